@@ -103,6 +103,22 @@ pub enum Error {
         source_url: String,
     },
 
+    /// The source served a different plugin or version than the entry declares.
+    #[error("{plugin}: the source served {actual}, but plugins.yaml declares {expected}")]
+    WrongPackage {
+        /// The plugin entry.
+        plugin: String,
+        /// What plugins.yaml declares (`author/name:version`).
+        expected: String,
+        /// What the package's manifest says.
+        actual: String,
+    },
+
+    /// A request that cannot be carried out as asked (bad flag values, paths outside the
+    /// repository, …).
+    #[error("{0}")]
+    Usage(String),
+
     /// `--locked` was given and the lock would change.
     #[error("plugins.lock is out of date:\n{0}")]
     LockOutOfDate(String),

@@ -1,0 +1,312 @@
+//! plugins.yaml and plugins.lock validation: every error names file, line, column and field.
+
+use std::path::Path;
+
+use plugsync::load::{load_lock, load_plugin_set, DeclaredSource};
+use plugsync::{Diagnostic, Error};
+
+const HEADER: &str = "\
+apiVersion: plugsync.dev/v1alpha1
+kind: PluginSet
+metadata:
+  name: team-a
+  namespace: dify
+spec:
+  registry:
+    prefix: registry.example.com/dify-plugins
+";
+
+fn diagnostics(text: &str) -> Vec<Diagnostic> {
+    match load_plugin_set(Path::new("plugins.yaml"), text) {
+        Err(Error::Invalid(d)) => d.0,
+        Err(other) => panic!("expected located diagnostics, got {other}"),
+        Ok(_) => panic!("expected the document to be refused:\n{text}"),
+    }
+}
+
+fn only(text: &str) -> Diagnostic {
+    let mut d = diagnostics(text);
+    assert_eq!(d.len(), 1, "expected one diagnostic, got {d:?}");
+    d.remove(0)
+}
+
+#[test]
+fn a_valid_set_loads_with_normalized_sources_and_merged_runtime() {
+    let text = format!(
+        "{HEADER}  runtime:
+    replicas: 1
+    labels: {{team: a}}
+    env: [{{name: A, value: '1'}}, {{name: B, value: '2'}}]
+  plugins:
+    - marketplace: langgenius/agent
+      version: 0.0.14
+    - url: https://example.com/p.difypkg
+    - path: ./plugins//hello/
+      runtime:
+        replicas: 3
+        labels: {{tier: x}}
+        env: [{{name: B, value: override}}]
+"
+    );
+    let set = load_plugin_set(Path::new("plugins.yaml"), &text).expect("valid");
+    assert_eq!(set.plugins.len(), 3);
+    assert_eq!(
+        set.plugins[0].source,
+        DeclaredSource::Marketplace {
+            author: "langgenius".into(),
+            name: "agent".into(),
+            version: "0.0.14".into()
+        }
+    );
+    assert_eq!(
+        set.plugins[2].source,
+        DeclaredSource::Path("plugins/hello".into())
+    );
+    let rt = &set.plugins[2].runtime;
+    assert_eq!(rt.replicas, Some(3));
+    let labels = rt.labels.as_ref().expect("labels");
+    assert_eq!(labels.get("team").map(String::as_str), Some("a"));
+    assert_eq!(labels.get("tier").map(String::as_str), Some("x"));
+    let env: Vec<(String, Option<String>)> = rt
+        .env
+        .as_ref()
+        .expect("env")
+        .iter()
+        .map(|e| (e.name.clone(), e.value.clone()))
+        .collect();
+    assert_eq!(
+        env,
+        vec![
+            ("A".to_string(), Some("1".to_string())),
+            ("B".to_string(), Some("override".to_string()))
+        ]
+    );
+    assert_eq!(set.plugins[1].runtime.replicas, Some(1));
+    assert_eq!(set.spec().spec.build.max_attempts, 3, "defaults apply");
+}
+
+#[test]
+fn unknown_field_is_located_at_its_key() {
+    let d = only(&format!("{HEADER}    insecur: true\n"));
+    assert_eq!(d.file, Path::new("plugins.yaml"));
+    assert_eq!((d.line, d.column), (9, 5), "{d}");
+    assert_eq!(d.path, "spec.registry.insecur");
+    assert!(d.message.starts_with("unknown field `insecur`"), "{d}");
+    assert!(
+        d.message.contains("insecure"),
+        "suggests the known fields: {d}"
+    );
+}
+
+#[test]
+fn unknown_field_inside_an_embedded_kubernetes_type_is_refused() {
+    let d = only(&format!(
+        "{HEADER}  runtime:\n    tolerations:\n      - key: gpu\n        efect: NoSchedule\n"
+    ));
+    assert_eq!(d.path, "spec.runtime.tolerations[0].efect");
+    assert_eq!((d.line, d.column), (12, 9), "{d}");
+    assert!(d.message.contains("unknown field"), "{d}");
+}
+
+#[test]
+fn wrong_type_names_field_and_position() {
+    let d = only(&format!("{HEADER}  build:\n    maxAttempts: lots\n"));
+    assert_eq!(d.path, "spec.build.maxAttempts");
+    assert_eq!(d.line, 10, "{d}");
+    assert!(d.message.contains("invalid type"), "{d}");
+}
+
+#[test]
+fn missing_required_field_is_reported() {
+    let d =
+        only("apiVersion: plugsync.dev/v1alpha1\nkind: PluginSet\nmetadata: {name: a}\nspec: {}\n");
+    assert!(d.message.contains("missing field `registry`"), "{d}");
+    assert_eq!(d.line, 4, "{d}");
+}
+
+#[test]
+fn two_kinds_of_source_in_one_entry() {
+    let d = only(&format!(
+        "{HEADER}  plugins:\n    - url: https://example.com/a.difypkg\n      path: plugins/a\n"
+    ));
+    assert_eq!(d.path, "spec.plugins[0]");
+    assert_eq!((d.line, d.column), (10, 7), "{d}");
+    assert!(d.message.contains("url and path"), "{d}");
+}
+
+#[test]
+fn entry_without_a_source() {
+    let d = only(&format!(
+        "{HEADER}  plugins:\n    - runtime: {{replicas: 1}}\n"
+    ));
+    assert!(d.message.contains("exactly one source"), "{d}");
+}
+
+#[test]
+fn duplicate_plugins_point_at_the_first_declaration() {
+    let d = only(&format!(
+        "{HEADER}  plugins:\n    - marketplace: langgenius/agent\n      version: 0.0.14\n    - marketplace: langgenius/agent\n      version: 0.0.15\n"
+    ));
+    assert_eq!(d.path, "spec.plugins[1]");
+    assert_eq!(d.line, 12);
+    assert!(d.message.contains("duplicate plugin"), "{d}");
+    assert!(d.message.contains("spec.plugins[0] (line 10)"), "{d}");
+}
+
+#[test]
+fn duplicate_yaml_keys_are_refused() {
+    let d = only(&format!("{HEADER}    prefix: other.example.com/x\n"));
+    assert!(d.message.contains("duplicate"), "{d}");
+    assert_eq!(d.line, 9, "{d}");
+}
+
+#[test]
+fn invalid_names_are_all_reported_at_once() {
+    let text = "\
+apiVersion: plugsync.dev/v1alpha1
+kind: PluginSet
+metadata:
+  name: Team_A
+  namespace: dify
+spec:
+  registry:
+    prefix: https://registry.example.com/x
+  plugins:
+    - marketplace: LangGenius/agent
+      version: 0.0.14
+    - marketplace: langgenius/agent2
+      version: latest
+    - path: ../outside
+    - url: https://user:hunter2@example.com/p.difypkg
+";
+    let d = diagnostics(text);
+    let paths: Vec<&str> = d.iter().map(|d| d.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec![
+            "metadata.name",
+            "spec.registry.prefix",
+            "spec.plugins[0].marketplace",
+            "spec.plugins[1].version",
+            "spec.plugins[2].path",
+            "spec.plugins[3].url",
+        ]
+    );
+    assert_eq!(d[0].line, 4);
+    assert_eq!(d[4].line, 14);
+    let all = d
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        !all.contains("hunter2"),
+        "secrets never appear in errors:\n{all}"
+    );
+}
+
+#[test]
+fn version_only_goes_with_marketplace() {
+    let d = only(&format!(
+        "{HEADER}  plugins:\n    - path: plugins/a\n      version: 1.0.0\n"
+    ));
+    assert_eq!(d.path, "spec.plugins[0].version");
+}
+
+#[test]
+fn ecr_needs_a_region() {
+    let d = only(&format!("{HEADER}    type: ecr\n"));
+    assert_eq!(d.path, "spec.registry");
+    assert!(d.message.contains("ecrRegion"), "{d}");
+}
+
+#[test]
+fn invalid_labels_and_env_names() {
+    let d = diagnostics(&format!(
+        "{HEADER}  runtime:\n    labels: {{'bad key!': x}}\n    env: [{{name: '1=2', value: x}}]\n"
+    ));
+    let paths: Vec<&str> = d.iter().map(|d| d.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec!["spec.runtime.labels.bad key!", "spec.runtime.env[0].name"]
+    );
+}
+
+#[test]
+fn wrong_api_version_and_kind() {
+    let d = diagnostics("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\nspec: {registry: {prefix: r.io/x}}\n");
+    assert_eq!(d.len(), 2);
+    assert_eq!((d[0].path.as_str(), d[0].line), ("apiVersion", 1));
+    assert_eq!((d[1].path.as_str(), d[1].line), ("kind", 2));
+}
+
+#[test]
+fn empty_and_unparsable_files() {
+    assert!(only("").message.contains("empty"));
+    let d = only("apiVersion: [unclosed\n");
+    assert!(d.line >= 1, "{d}");
+}
+
+#[test]
+fn diagnostics_render_as_file_line_column_path_message() {
+    let d = only(&format!("{HEADER}    insecur: true\n"));
+    let text = d.to_string();
+    assert!(
+        text.starts_with("plugins.yaml:9:5: spec.registry.insecur: unknown field `insecur`"),
+        "{text}"
+    );
+}
+
+const LOCK: &str = "\
+apiVersion: plugsync.dev/v1alpha1
+kind: PluginLock
+plugins:
+- name: langgenius/agent
+  version: 0.0.14
+  source: path:packages/langgenius-agent_0.0.14.difypkg
+  sha256: a58786359976dbbc96b353c9fc0e9ced05a3f5ee51995424c527934add9d323f
+  checksum: 26958a0e80a10655ce73812bdb7c35a66ce7b16f5ac346d298bda17ff85efd1e
+  unique_identifier: langgenius/agent:0.0.14@26958a0e80a10655ce73812bdb7c35a66ce7b16f5ac346d298bda17ff85efd1e
+  plugin_id: PLUGIN_ID
+";
+
+fn golden_plugin_id() -> String {
+    plugsync::package::plugin_id(
+        "langgenius/agent:0.0.14@26958a0e80a10655ce73812bdb7c35a66ce7b16f5ac346d298bda17ff85efd1e",
+    )
+}
+
+#[test]
+fn a_consistent_lock_loads() {
+    let text = LOCK.replace("PLUGIN_ID", &golden_plugin_id());
+    let lock = load_lock(Path::new("plugins.lock"), &text).expect("valid lock");
+    assert_eq!(lock.value.plugins.len(), 1);
+    assert_eq!(
+        lock.value
+            .to_yaml()
+            .lines()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n",
+        text
+    );
+}
+
+#[test]
+fn a_hand_edited_lock_is_refused_with_positions() {
+    let text = LOCK
+        .replace("PLUGIN_ID", &golden_plugin_id())
+        .replace("version: 0.0.14", "version: 0.0.15");
+    let Err(Error::Invalid(d)) = load_lock(Path::new("plugins.lock"), &text) else {
+        panic!("expected refusal")
+    };
+    assert_eq!(d.0[0].path, "plugins[0].unique_identifier");
+    assert_eq!(d.0[0].line, 9);
+
+    let text = LOCK.replace("PLUGIN_ID", "0123456789abcdef0123456789abcdef");
+    let Err(Error::Invalid(d)) = load_lock(Path::new("plugins.lock"), &text) else {
+        panic!("expected refusal")
+    };
+    assert_eq!(d.0[0].path, "plugins[0].plugin_id");
+}
