@@ -1,5 +1,12 @@
 //! plugsync: a declarative GitOps reconciler for Dify plugins on Kubernetes.
+//!
+//! The pipeline runs one way, each stage a module with plain data in and out:
+//! `load` (parse and validate) → `resolve` (exact packages, verified against the lock) → …
+pub mod cli;
+pub mod codegen;
 pub mod error;
+pub mod load;
+pub mod model;
 pub mod package;
 pub mod redact;
 pub mod resolve;

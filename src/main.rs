@@ -1,1 +1,4 @@
-fn main() {}
+//! The `plugsync` command.
+fn main() -> std::process::ExitCode {
+    plugsync::cli::main()
+}

@@ -1,3 +1,384 @@
-//! Resolve: turn each declared plugin into an exact package, verified against the lock.
+//! Resolve: turn each declared plugin into exact package bytes, verified against the lock.
+//!
+//! Rules, in the spirit of `cargo` and Carvel's `kbld` lock:
+//! - An entry whose declaration is unchanged since the lock was written (same `source`) is
+//!   pinned: its bytes must hash to the pinned sha256, or the whole run fails with
+//!   [`Error::DigestMismatch`] and nothing is written. Pinned bytes come from the cache when
+//!   present, so a second `lock` downloads nothing.
+//! - An entry that is new or whose declaration changed is resolved afresh.
+//! - `--update NAME` resolves NAME afresh even though it is pinned.
+//! - An in-repo `path:` plugin is packed from the working tree each time; its content is part
+//!   of the commit, so a changed directory is re-pinned by `lock` and reported as out of date
+//!   by `lock --locked`.
+
 pub mod cache;
 pub mod source;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::stream::{self, StreamExt, TryStreamExt};
+
+use crate::error::{Diagnostics, Error};
+use crate::load::{DeclaredPlugin, DeclaredSource, LoadedPluginSet};
+use crate::model::{LockedPlugin, PluginLock};
+use crate::package::{self, Package};
+use cache::Cache;
+use source::{NoProgress, Progress, SourceRegistry};
+
+/// How many packages are fetched at once.
+const CONCURRENT_FETCHES: usize = 4;
+
+/// Hands out a progress sink per download (a terminal bar in the CLI, nothing in tests).
+pub trait ProgressReporter: Send + Sync {
+    /// A sink for one download, labelled for the user.
+    fn download(&self, label: &str) -> Box<dyn Progress>;
+}
+
+/// Reports nothing.
+pub struct Quiet;
+
+impl ProgressReporter for Quiet {
+    fn download(&self, _label: &str) -> Box<dyn Progress> {
+        Box::new(NoProgress)
+    }
+}
+
+/// A declared plugin with its exact package.
+#[derive(Debug, Clone)]
+pub struct ResolvedPlugin {
+    /// The declaration it came from.
+    pub declared: DeclaredPlugin,
+    /// Its lock entry.
+    pub locked: LockedPlugin,
+    /// The package, read and validated.
+    pub package: Package,
+}
+
+/// The outcome of resolving a whole set.
+#[derive(Debug, Clone)]
+pub struct Resolution {
+    /// Every plugin, in declaration order.
+    pub plugins: Vec<ResolvedPlugin>,
+    /// The lock that pins exactly these packages.
+    pub lock: PluginLock,
+    /// How it differs from the lock that existed before.
+    pub changes: Vec<LockChange>,
+}
+
+/// One difference between an old and a new lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockChange {
+    /// A plugin pinned for the first time.
+    Added(LockedPlugin),
+    /// A plugin no longer declared.
+    Removed(LockedPlugin),
+    /// A plugin whose pin changed (version, source or digest).
+    Changed {
+        /// The old pin.
+        before: LockedPlugin,
+        /// The new pin.
+        after: LockedPlugin,
+    },
+}
+
+impl std::fmt::Display for LockChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let short = |s: &str| s.chars().take(12).collect::<String>();
+        match self {
+            LockChange::Added(p) => write!(
+                f,
+                "+ {} {} (sha256:{})",
+                p.name,
+                p.version,
+                short(&p.sha256)
+            ),
+            LockChange::Removed(p) => write!(f, "- {} {}", p.name, p.version),
+            LockChange::Changed { before, after } if before.version != after.version => write!(
+                f,
+                "~ {} {} -> {} (sha256:{})",
+                after.name,
+                before.version,
+                after.version,
+                short(&after.sha256)
+            ),
+            LockChange::Changed { before, after } => write!(
+                f,
+                "~ {} {} sha256:{} -> sha256:{}",
+                after.name,
+                after.version,
+                short(&before.sha256),
+                short(&after.sha256)
+            ),
+        }
+    }
+}
+
+/// The differences between two locks, by plugin name, in name order.
+pub fn lock_changes(old: &PluginLock, new: &PluginLock) -> Vec<LockChange> {
+    let mut changes = Vec::new();
+    for after in &new.plugins {
+        match old.plugins.iter().find(|p| p.name == after.name) {
+            None => changes.push(LockChange::Added(after.clone())),
+            Some(before) if before != after => changes.push(LockChange::Changed {
+                before: before.clone(),
+                after: after.clone(),
+            }),
+            Some(_) => {}
+        }
+    }
+    for before in &old.plugins {
+        if !new.plugins.iter().any(|p| p.name == before.name) {
+            changes.push(LockChange::Removed(before.clone()));
+        }
+    }
+    changes.sort_by(|a, b| change_name(a).cmp(change_name(b)));
+    changes
+}
+
+fn change_name(c: &LockChange) -> &str {
+    match c {
+        LockChange::Added(p) | LockChange::Removed(p) => &p.name,
+        LockChange::Changed { after, .. } => &after.name,
+    }
+}
+
+/// Fetches, verifies and caches packages.
+pub struct Resolver {
+    sources: SourceRegistry,
+    cache: Cache,
+    root: PathBuf,
+    max_bytes: u64,
+    progress: Arc<dyn ProgressReporter>,
+}
+
+impl Resolver {
+    /// A resolver for the plugins.yaml in `root` (where `path:` entries are relative to).
+    pub fn new(sources: SourceRegistry, cache: Cache, root: &Path, max_bytes: u64) -> Resolver {
+        Resolver {
+            sources,
+            cache,
+            root: root.to_path_buf(),
+            max_bytes,
+            progress: Arc::new(Quiet),
+        }
+    }
+
+    /// Shows download progress through `progress`.
+    pub fn with_progress(mut self, progress: Arc<dyn ProgressReporter>) -> Resolver {
+        self.progress = progress;
+        self
+    }
+
+    /// Resolves every declared plugin. `old` is the existing lock, if any; `update` names
+    /// plugins (`author/name`) to resolve afresh even though they are pinned.
+    pub async fn resolve(
+        &self,
+        set: &LoadedPluginSet,
+        old: Option<&PluginLock>,
+        update: &[String],
+    ) -> Result<Resolution, Error> {
+        let empty = PluginLock::default();
+        let old = old.unwrap_or(&empty);
+        check_update_names(set, old, update)?;
+        let update: BTreeSet<&str> = update.iter().map(String::as_str).collect();
+
+        let results: Vec<(LockedPlugin, Package)> = stream::iter(set.plugins.iter())
+            .map(|declared| {
+                let source = declared.source.lock_source(&set.marketplace);
+                let pinned = old
+                    .find_by_source(&source)
+                    .filter(|p| !update.contains(p.name.as_str()))
+                    .cloned();
+                async move { self.resolve_one(declared, source, pinned.as_ref()).await }
+            })
+            .buffered(CONCURRENT_FETCHES)
+            .try_collect()
+            .await?;
+
+        // Two entries may turn out to be the same plugin only once their packages are known.
+        let mut diagnostics = Vec::new();
+        for (i, (locked, _)) in results.iter().enumerate() {
+            if let Some(j) = results[..i].iter().position(|(l, _)| l.name == locked.name) {
+                let first = &set.plugins[j].path;
+                diagnostics.push(set.doc.error_at(
+                    &set.plugins[i].path,
+                    format!(
+                        "duplicate plugin: this package is {}, already declared at {first} (line {})",
+                        locked.name,
+                        set.doc.position(first).line
+                    ),
+                ));
+            }
+        }
+        if !diagnostics.is_empty() {
+            return Err(Error::Invalid(Diagnostics(diagnostics)));
+        }
+
+        let plugins: Vec<ResolvedPlugin> = set
+            .plugins
+            .iter()
+            .zip(results)
+            .map(|(declared, (locked, package))| ResolvedPlugin {
+                declared: declared.clone(),
+                locked,
+                package,
+            })
+            .collect();
+        let lock = PluginLock::new(plugins.iter().map(|p| p.locked.clone()).collect());
+        let changes = lock_changes(old, &lock);
+        Ok(Resolution {
+            plugins,
+            lock,
+            changes,
+        })
+    }
+
+    async fn resolve_one(
+        &self,
+        declared: &DeclaredPlugin,
+        source: String,
+        pinned: Option<&LockedPlugin>,
+    ) -> Result<(LockedPlugin, Package), Error> {
+        let label = declared.source.describe();
+        let bytes = match &declared.source {
+            DeclaredSource::Path(rel) => self.read_local(&label, rel)?,
+            DeclaredSource::Marketplace { .. } | DeclaredSource::Url(_) => {
+                let cached = match pinned {
+                    Some(pin) => self
+                        .cache
+                        .get(&pin.sha256)
+                        .map_err(|e| Error::io(self.cache.root(), e))?,
+                    None => None,
+                };
+                match cached {
+                    Some(bytes) => bytes,
+                    None => {
+                        let url = url::Url::parse(&source).map_err(|e| {
+                            Error::Usage(format!("{label}: invalid source URL: {e}"))
+                        })?;
+                        let progress = self.progress.download(&label);
+                        let bytes =
+                            self.sources
+                                .fetch(&url, progress.as_ref())
+                                .await
+                                .map_err(|e| Error::Source {
+                                    plugin: label.clone(),
+                                    source: e,
+                                })?;
+                        let sha = package::sha256_hex(&bytes);
+                        if let Some(pin) = pinned {
+                            if pin.sha256 != sha {
+                                return Err(Error::DigestMismatch {
+                                    plugin: pin.name.clone(),
+                                    expected: pin.sha256.clone(),
+                                    actual: sha,
+                                    source_url: label,
+                                });
+                            }
+                        }
+                        self.cache
+                            .put(&bytes)
+                            .map_err(|e| Error::io(self.cache.root(), e))?;
+                        bytes
+                    }
+                }
+            }
+        };
+        let package = Package::read(&bytes).map_err(|e| Error::Package {
+            plugin: label.clone(),
+            source: e,
+        })?;
+        if let DeclaredSource::Marketplace {
+            author,
+            name,
+            version,
+        } = &declared.source
+        {
+            let declared_id = format!("{author}/{name}:{version}");
+            let served = format!("{}:{}", package.name(), package.manifest.version);
+            if declared_id != served {
+                return Err(Error::WrongPackage {
+                    plugin: label,
+                    expected: declared_id,
+                    actual: served,
+                });
+            }
+        }
+        let unique_identifier = package.unique_identifier();
+        let locked = LockedPlugin {
+            name: package.name(),
+            version: package.manifest.version.clone(),
+            source,
+            sha256: package.sha256.clone(),
+            checksum: package.checksum.clone(),
+            plugin_id: package::plugin_id(&unique_identifier),
+            unique_identifier,
+        };
+        Ok((locked, package))
+    }
+
+    /// Packs an in-repo plugin directory, or reads an in-repo `.difypkg`, refusing anything
+    /// that resolves (through symlinks) outside the repository folder.
+    fn read_local(&self, label: &str, rel: &str) -> Result<Vec<u8>, Error> {
+        let path = self.root.join(rel);
+        let real = path.canonicalize().map_err(|e| Error::io(&path, e))?;
+        let root = self
+            .root
+            .canonicalize()
+            .map_err(|e| Error::io(&self.root, e))?;
+        if !real.starts_with(&root) {
+            return Err(Error::Usage(format!(
+                "{label}: `{rel}` resolves outside the repository folder (through a symlink)"
+            )));
+        }
+        if real.is_dir() {
+            package::pack_dir(&real).map_err(|e| Error::Package {
+                plugin: label.to_string(),
+                source: e,
+            })
+        } else {
+            let size = std::fs::metadata(&real)
+                .map_err(|e| Error::io(&path, e))?
+                .len();
+            if size > self.max_bytes {
+                return Err(Error::Usage(format!(
+                    "{label}: the package file is {size} bytes, over the {} byte limit",
+                    self.max_bytes
+                )));
+            }
+            std::fs::read(&real).map_err(|e| Error::io(&path, e))
+        }
+    }
+}
+
+fn check_update_names(
+    set: &LoadedPluginSet,
+    old: &PluginLock,
+    update: &[String],
+) -> Result<(), Error> {
+    let known: BTreeSet<String> = old
+        .plugins
+        .iter()
+        .map(|p| p.name.clone())
+        .chain(set.plugins.iter().filter_map(|d| match &d.source {
+            DeclaredSource::Marketplace { author, name, .. } => Some(format!("{author}/{name}")),
+            _ => None,
+        }))
+        .collect();
+    let unknown: Vec<&String> = update.iter().filter(|n| !known.contains(*n)).collect();
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "--update names no declared or locked plugin: {} (known: {})",
+            unknown
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            known.into_iter().collect::<Vec<_>>().join(", ")
+        )))
+    }
+}

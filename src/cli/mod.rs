@@ -1,0 +1,456 @@
+//! Command-line interface: argument parsing, output formatting and exit codes.
+//!
+//! Exit codes follow `kubectl diff`: 0 success and nothing to change, 1 something is out of
+//! date (`lock --locked`), 2 an error (invalid input, failed fetch, digest mismatch).
+
+mod progress;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracing::debug;
+
+use crate::error::Error;
+use crate::load::{self, LOCK_FILE, PLUGINS_FILE};
+use crate::model::PluginLock;
+use crate::package::{self, Package};
+use crate::resolve::cache::Cache;
+use crate::resolve::source::{FetchSettings, SourceOrigin, SourceRegistry};
+use crate::resolve::{Resolution, Resolver};
+
+/// plugsync: GitOps for Dify plugins on Kubernetes.
+#[derive(Debug, Parser)]
+#[command(name = "plugsync", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "PLUGSYNC_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Pin every plugin in plugins.yaml to exact package bytes in plugins.lock.
+    Lock(LockArgs),
+    /// Check plugins.yaml (and plugins.lock, when present) without fetching anything.
+    Validate(RepoArgs),
+    /// List the package source clients, in-tree and external (`plugsync-source-<scheme>`).
+    Plugins(PluginsArgs),
+    /// Work with single `.difypkg` packages.
+    #[command(subcommand)]
+    Package(PackageCommand),
+}
+
+/// Where the declared set lives.
+#[derive(Debug, Args)]
+struct RepoArgs {
+    /// The folder holding plugins.yaml and plugins.lock.
+    #[arg(long, default_value = ".")]
+    repo: PathBuf,
+    /// The declared set, relative to --repo.
+    #[arg(long, default_value = PLUGINS_FILE)]
+    file: PathBuf,
+}
+
+impl RepoArgs {
+    fn plugins_path(&self) -> PathBuf {
+        self.repo.join(&self.file)
+    }
+    fn lock_path(&self) -> PathBuf {
+        let plugins = self.plugins_path();
+        plugins
+            .parent()
+            .map(|p| p.join(LOCK_FILE))
+            .unwrap_or_else(|| PathBuf::from(LOCK_FILE))
+    }
+    fn root(&self) -> PathBuf {
+        self.plugins_path()
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+}
+
+/// How packages are fetched.
+#[derive(Debug, Args)]
+struct FetchArgs {
+    /// Package cache folder [default: $PLUGSYNC_CACHE_DIR, else the user cache dir].
+    #[arg(long, env = "PLUGSYNC_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Folders searched for `plugsync-source-<scheme>` clients before PATH.
+    #[arg(
+        long = "plugin-dir",
+        env = "PLUGSYNC_PLUGIN_DIRS",
+        value_delimiter = ':'
+    )]
+    plugin_dirs: Vec<PathBuf>,
+    /// Timeout of one download attempt, e.g. `2m`.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Extra attempts after a retryable failure (timeouts, 429, 5xx).
+    #[arg(long, default_value_t = 3)]
+    retries: u32,
+    /// Largest package accepted, in MiB.
+    #[arg(long, default_value_t = 64)]
+    max_size_mib: u64,
+}
+
+impl FetchArgs {
+    fn settings(&self) -> FetchSettings {
+        FetchSettings {
+            timeout: self.timeout,
+            retries: self.retries,
+            max_bytes: self.max_size_mib * 1024 * 1024,
+            plugin_dirs: self.plugin_dirs.clone(),
+            ..FetchSettings::default()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct LockArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    #[command(flatten)]
+    fetch: FetchArgs,
+    /// Change nothing; exit 1 when plugins.lock is missing or does not match plugins.yaml.
+    #[arg(long, conflicts_with = "update")]
+    locked: bool,
+    /// Resolve this plugin (`author/name`) afresh even though it is pinned; repeatable.
+    #[arg(long, value_name = "NAME")]
+    update: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct PluginsArgs {
+    #[command(flatten)]
+    fetch: FetchArgs,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Text)]
+    output: OutputFormat,
+    /// Marketplace base URL shown for the marketplace client.
+    #[arg(long, default_value = crate::model::DEFAULT_MARKETPLACE)]
+    marketplace: url::Url,
+}
+
+#[derive(Debug, Subcommand)]
+enum PackageCommand {
+    /// Show a package's identity: name, version, Dify checksum, unique identifier, plugin id.
+    Inspect {
+        /// A `.difypkg` file or a plugin directory (packed in memory first).
+        path: PathBuf,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+    /// Pack a plugin directory into a `.difypkg`, byte-identical on every machine.
+    Pack {
+        /// The plugin directory (with manifest.yaml).
+        dir: PathBuf,
+        /// Where to write the package.
+        #[arg(short = 'o', long)]
+        out: PathBuf,
+    },
+}
+
+/// Runs the command line and maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, verbose: u8) {
+    let default = match verbose {
+        0 => "plugsync=info",
+        1 => "plugsync=debug",
+        _ => "plugsync=trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.without_time().try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+async fn run(command: Command) -> Result<ExitCode, Error> {
+    match command {
+        Command::Lock(args) => lock(args).await,
+        Command::Validate(args) => validate(args),
+        Command::Plugins(args) => plugins(args).await,
+        Command::Package(cmd) => package_command(cmd),
+    }
+}
+
+fn read_existing_lock(path: &Path) -> Result<Option<PluginLock>, Error> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(load::load_lock(path, &text)?.value)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+async fn lock(args: LockArgs) -> Result<ExitCode, Error> {
+    let plugins_path = args.repo.plugins_path();
+    let lock_path = args.repo.lock_path();
+    let set = load::load_plugin_set(&plugins_path, &load::read_file(&plugins_path)?)?;
+    let old = read_existing_lock(&lock_path)?;
+    if args.locked && old.is_none() {
+        return out_of_date(
+            &lock_path,
+            "it does not exist; run `plugsync lock` and commit it",
+        );
+    }
+
+    let settings = args.fetch.settings();
+    let max_bytes = settings.max_bytes;
+    let cache_dir = args
+        .fetch
+        .cache_dir
+        .clone()
+        .unwrap_or_else(Cache::default_dir);
+    let cache = Cache::open(&cache_dir).map_err(|e| Error::io(&cache_dir, e))?;
+    let sources = SourceRegistry::discover(settings, set.marketplace.clone());
+    let mut resolver = Resolver::new(sources, cache, &args.repo.root(), max_bytes);
+    if std::io::stderr().is_terminal() {
+        resolver = resolver.with_progress(Arc::new(progress::TerminalProgress::new()));
+    }
+    let resolution: Resolution = resolver.resolve(&set, old.as_ref(), &args.update).await?;
+    debug!(plugins = resolution.plugins.len(), "resolved");
+
+    let text = resolution.lock.to_yaml();
+    let unchanged = old.as_ref().is_some_and(|o| o == &resolution.lock);
+    if args.locked {
+        if unchanged {
+            println!(
+                "{}: up to date ({} plugins)",
+                lock_path.display(),
+                resolution.lock.plugins.len()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        let changes: Vec<String> = resolution
+            .changes
+            .iter()
+            .map(|c| format!("  {c}"))
+            .collect();
+        return out_of_date(
+            &lock_path,
+            &format!("it differs from plugins.yaml:\n{}", changes.join("\n")),
+        );
+    }
+    let on_disk = std::fs::read_to_string(&lock_path).unwrap_or_default();
+    if on_disk != text {
+        write_atomically(&lock_path, text.as_bytes())?;
+    }
+    for change in &resolution.changes {
+        println!("{change}");
+    }
+    println!(
+        "{}: {} ({} plugins)",
+        lock_path.display(),
+        if unchanged && on_disk == text {
+            "up to date"
+        } else {
+            "written"
+        },
+        resolution.lock.plugins.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn out_of_date(lock_path: &Path, why: &str) -> Result<ExitCode, Error> {
+    eprintln!("error: {} is out of date: {why}", lock_path.display());
+    Ok(ExitCode::from(1))
+}
+
+/// Writes via a temporary file and a rename, so readers never see half a lockfile.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+    tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
+fn validate(args: RepoArgs) -> Result<ExitCode, Error> {
+    let plugins_path = args.plugins_path();
+    let set = load::load_plugin_set(&plugins_path, &load::read_file(&plugins_path)?)?;
+    println!(
+        "{}: valid ({} plugins)",
+        plugins_path.display(),
+        set.plugins.len()
+    );
+    let lock_path = args.lock_path();
+    if let Some(lock) = read_existing_lock(&lock_path)? {
+        println!(
+            "{}: valid ({} plugins)",
+            lock_path.display(),
+            lock.plugins.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn plugins(args: PluginsArgs) -> Result<ExitCode, Error> {
+    let registry = SourceRegistry::discover(args.fetch.settings(), args.marketplace.clone());
+    let list = registry.list().await;
+    match args.output {
+        OutputFormat::Json => {
+            let items: Vec<serde_json::Value> = list
+                .iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "scheme": s.scheme,
+                        "origin": match &s.origin { SourceOrigin::InTree => "in-tree".to_string(), SourceOrigin::External { .. } => "external".to_string() },
+                        "path": match &s.origin { SourceOrigin::InTree => None, SourceOrigin::External { path } => Some(path.display().to_string()) },
+                        "description": s.description,
+                        "attributes": s.attributes,
+                    })
+                })
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&items).unwrap_or_default()
+            );
+        }
+        OutputFormat::Text => {
+            println!(
+                "{:<12} {:<9} {:<44} ATTRIBUTES",
+                "SCHEME", "ORIGIN", "DESCRIPTION"
+            );
+            for s in &list {
+                let origin = match &s.origin {
+                    SourceOrigin::InTree => "in-tree".to_string(),
+                    SourceOrigin::External { path } => format!("external ({})", path.display()),
+                };
+                let attrs: Vec<String> = s
+                    .attributes
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                println!(
+                    "{:<12} {:<9} {:<44} {}",
+                    s.scheme,
+                    origin,
+                    s.description,
+                    attrs.join(" ")
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn package_command(cmd: PackageCommand) -> Result<ExitCode, Error> {
+    match cmd {
+        PackageCommand::Inspect { path, output } => {
+            let label = path.display().to_string();
+            let bytes = if path.is_dir() {
+                package::pack_dir(&path).map_err(|e| Error::Package {
+                    plugin: label.clone(),
+                    source: e,
+                })?
+            } else {
+                std::fs::read(&path).map_err(|e| Error::io(&path, e))?
+            };
+            let pkg = Package::read(&bytes).map_err(|e| Error::Package {
+                plugin: label,
+                source: e,
+            })?;
+            let info = serde_json::json!({
+                "name": pkg.name(),
+                "version": pkg.manifest.version,
+                "sha256": pkg.sha256,
+                "checksum": pkg.checksum,
+                "unique_identifier": pkg.unique_identifier(),
+                "plugin_id": pkg.plugin_id(),
+                "runner": {"language": pkg.manifest.runner_language, "version": pkg.manifest.runner_version, "entrypoint": pkg.manifest.entrypoint},
+                "memory": pkg.manifest.memory,
+            });
+            match output {
+                OutputFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&info).unwrap_or_default()
+                ),
+                OutputFormat::Text => {
+                    println!("name:              {}", pkg.name());
+                    println!("version:           {}", pkg.manifest.version);
+                    println!("sha256:            {}", pkg.sha256);
+                    println!("checksum:          {}", pkg.checksum);
+                    println!("unique_identifier: {}", pkg.unique_identifier());
+                    println!("plugin_id:         {}", pkg.plugin_id());
+                    println!(
+                        "runner:            python {} -m {}",
+                        pkg.manifest.runner_version, pkg.manifest.entrypoint
+                    );
+                }
+            }
+        }
+        PackageCommand::Pack { dir, out } => {
+            let label = dir.display().to_string();
+            let bytes = package::pack_dir(&dir).map_err(|e| Error::Package {
+                plugin: label.clone(),
+                source: e,
+            })?;
+            write_atomically(&out, &bytes)?;
+            let pkg = Package::read(&bytes).map_err(|e| Error::Package {
+                plugin: label,
+                source: e,
+            })?;
+            println!(
+                "{}: {} ({} bytes, sha256:{})",
+                out.display(),
+                pkg.unique_identifier(),
+                bytes.len(),
+                pkg.sha256
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

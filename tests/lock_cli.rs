@@ -1,0 +1,439 @@
+//! `plugsync lock` end to end: the real binary against real HTTP servers on loopback.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use assert_cmd::Command;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+
+const GOLDEN: &str = "tests/fixtures/packages/langgenius-agent_0.0.14.difypkg";
+const GOLDEN_SHA256: &str = "a58786359976dbbc96b353c9fc0e9ced05a3f5ee51995424c527934add9d323f";
+const GOLDEN_UID: &str =
+    "langgenius/agent:0.0.14@26958a0e80a10655ce73812bdb7c35a66ce7b16f5ac346d298bda17ff85efd1e";
+
+/// A package server whose served bytes can be swapped mid-test, counting requests.
+#[derive(Clone)]
+struct PackageServer {
+    body: Arc<Mutex<Vec<u8>>>,
+    requests: Arc<AtomicUsize>,
+    addr: SocketAddr,
+}
+
+impl PackageServer {
+    fn start(body: Vec<u8>) -> PackageServer {
+        let body = Arc::new(Mutex::new(body));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let state = (body.clone(), requests.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                type S = (Arc<Mutex<Vec<u8>>>, Arc<AtomicUsize>);
+                async fn package(State((body, n)): State<S>) -> Vec<u8> {
+                    n.fetch_add(1, Ordering::SeqCst);
+                    body.lock().expect("lock").clone()
+                }
+                async fn market(
+                    State((body, n)): State<S>,
+                    UrlPath((author, name, version)): UrlPath<(String, String, String)>,
+                ) -> Result<Vec<u8>, StatusCode> {
+                    n.fetch_add(1, Ordering::SeqCst);
+                    if (author.as_str(), name.as_str(), version.as_str())
+                        == ("langgenius", "agent", "0.0.14")
+                    {
+                        Ok(body.lock().expect("lock").clone())
+                    } else {
+                        Err(StatusCode::NOT_FOUND)
+                    }
+                }
+                let app = Router::new()
+                    .route("/pkg/agent.difypkg", get(package))
+                    .route(
+                        "/api/v1/plugins/{author}/{name}/{version}/download",
+                        get(market),
+                    )
+                    .with_state(state);
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                tx.send(listener.local_addr().expect("addr")).expect("send");
+                axum::serve(listener, app).await.expect("serve");
+            });
+        });
+        let addr = rx.recv().expect("server address");
+        PackageServer {
+            body,
+            requests,
+            addr,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/pkg/agent.difypkg", self.addr)
+    }
+
+    fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    fn serve(&self, bytes: Vec<u8>) {
+        *self.body.lock().expect("lock") = bytes;
+    }
+}
+
+struct Repo {
+    dir: tempfile::TempDir,
+    cache: tempfile::TempDir,
+}
+
+impl Repo {
+    fn new(plugins_yaml: &str) -> Repo {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("plugins.yaml"), plugins_yaml).expect("write");
+        Repo {
+            dir,
+            cache: tempfile::tempdir().expect("cache"),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        self.path().join("plugins.lock")
+    }
+
+    fn lock_text(&self) -> Option<String> {
+        std::fs::read_to_string(self.lock_path()).ok()
+    }
+
+    fn plugsync(&self, args: &[&str]) -> assert_cmd::assert::Assert {
+        Command::cargo_bin("plugsync")
+            .expect("binary")
+            .args(args)
+            .arg("--repo")
+            .arg(self.path())
+            .env("PLUGSYNC_CACHE_DIR", self.cache.path())
+            .env_remove("PLUGSYNC_PLUGIN_DIRS")
+            .timeout(std::time::Duration::from_secs(60))
+            .assert()
+    }
+
+    fn new_cache(&mut self) {
+        self.cache = tempfile::tempdir().expect("cache");
+    }
+}
+
+fn set_with(plugins: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: plugsync.dev/v1alpha1
+kind: PluginSet
+metadata:
+  name: test
+spec:
+  registry:
+    prefix: registry.local:5000/plugins
+{extra_spec}  plugins:
+{plugins}"
+    )
+}
+
+fn golden() -> Vec<u8> {
+    std::fs::read(GOLDEN).expect("golden package")
+}
+
+fn stdout(a: &assert_cmd::assert::Assert) -> String {
+    String::from_utf8_lossy(&a.get_output().stdout).into_owned()
+}
+
+fn stderr(a: &assert_cmd::assert::Assert) -> String {
+    String::from_utf8_lossy(&a.get_output().stderr).into_owned()
+}
+
+/// A second, different but valid package: the golden one with a changed README.
+fn tampered() -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(golden())).expect("zip");
+    let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for i in 0..archive.len() {
+        let mut f = archive.by_index(i).expect("entry");
+        let name = f.name().to_string();
+        let mut data = Vec::new();
+        f.read_to_end(&mut data).expect("read");
+        if name == "README.md" {
+            data.extend_from_slice(b"\nmalicious change\n");
+        }
+        out.start_file(name, zip::write::SimpleFileOptions::default())
+            .expect("start");
+        out.write_all(&data).expect("write");
+    }
+    out.finish().expect("finish").into_inner()
+}
+
+#[test]
+fn url_plugin_is_pinned_then_served_from_cache() {
+    let server = PackageServer::start(golden());
+    let repo = Repo::new(&set_with(&format!("    - url: {}\n", server.url()), ""));
+
+    let first = repo.plugsync(&["lock"]).success();
+    assert!(
+        stdout(&first).contains("+ langgenius/agent 0.0.14"),
+        "{}",
+        stdout(&first)
+    );
+    assert_eq!(server.requests(), 1);
+    let lock = repo.lock_text().expect("lock written");
+    assert!(lock.contains(&format!("sha256: {GOLDEN_SHA256}")), "{lock}");
+    assert!(
+        lock.contains(&format!("unique_identifier: {GOLDEN_UID}")),
+        "{lock}"
+    );
+    assert!(
+        lock.contains(&format!("source: {}", server.url())),
+        "{lock}"
+    );
+    assert!(lock.contains(&format!(
+        "plugin_id: {}",
+        plugsync::package::plugin_id(GOLDEN_UID)
+    )));
+
+    // A second lock downloads nothing and changes nothing.
+    let second = repo.plugsync(&["lock"]).success();
+    assert!(
+        stdout(&second).contains("up to date"),
+        "{}",
+        stdout(&second)
+    );
+    assert_eq!(server.requests(), 1, "second lock must come from the cache");
+    assert_eq!(repo.lock_text().as_deref(), Some(lock.as_str()));
+
+    repo.plugsync(&["lock", "--locked"]).success();
+    assert_eq!(server.requests(), 1);
+}
+
+#[test]
+fn tampered_package_is_refused_and_nothing_changes() {
+    let server = PackageServer::start(golden());
+    let mut repo = Repo::new(&set_with(&format!("    - url: {}\n", server.url()), ""));
+    repo.plugsync(&["lock"]).success();
+    let lock = repo.lock_text().expect("lock");
+
+    server.serve(tampered());
+    repo.new_cache();
+    let refused = repo.plugsync(&["lock"]).code(2);
+    let err = stderr(&refused);
+    let actual = plugsync::package::sha256_hex(&tampered());
+    assert!(err.contains("langgenius/agent"), "names the plugin: {err}");
+    assert!(
+        err.contains(GOLDEN_SHA256),
+        "names the expected digest: {err}"
+    );
+    assert!(err.contains(&actual), "names the actual digest: {err}");
+    assert_eq!(
+        repo.lock_text().as_deref(),
+        Some(lock.as_str()),
+        "lock untouched"
+    );
+
+    repo.plugsync(&["lock", "--locked"]).code(2);
+
+    // An explicit update accepts the new bytes.
+    let updated = repo
+        .plugsync(&["lock", "--update", "langgenius/agent"])
+        .success();
+    assert!(
+        stdout(&updated).contains("~ langgenius/agent 0.0.14 sha256:"),
+        "{}",
+        stdout(&updated)
+    );
+    let new_lock = repo.lock_text().expect("lock");
+    assert!(new_lock.contains(&actual), "{new_lock}");
+    assert!(!new_lock.contains(GOLDEN_SHA256));
+}
+
+#[test]
+fn locked_mode_reports_missing_and_stale_locks_without_writing() {
+    let server = PackageServer::start(golden());
+    let repo = Repo::new(&set_with(&format!("    - url: {}\n", server.url()), ""));
+    let missing = repo.plugsync(&["lock", "--locked"]).code(1);
+    assert!(
+        stderr(&missing).contains("does not exist"),
+        "{}",
+        stderr(&missing)
+    );
+    assert!(repo.lock_text().is_none());
+    assert_eq!(server.requests(), 0, "nothing fetched for a missing lock");
+
+    repo.plugsync(&["lock"]).success();
+    let lock = repo.lock_text().expect("lock");
+    // Declare a second plugin: the lock no longer matches.
+    let hello = repo.path().join("hello");
+    copy_dir(Path::new("examples/plugins/hello-world"), &hello);
+    std::fs::write(
+        repo.path().join("plugins.yaml"),
+        set_with(
+            &format!("    - url: {}\n    - path: hello\n", server.url()),
+            "",
+        ),
+    )
+    .expect("write");
+    let stale = repo.plugsync(&["lock", "--locked"]).code(1);
+    assert!(
+        stderr(&stale).contains("+ plugsync/hello-world 0.1.0"),
+        "{}",
+        stderr(&stale)
+    );
+    assert_eq!(repo.lock_text().as_deref(), Some(lock.as_str()));
+
+    repo.plugsync(&["lock"]).success();
+    repo.plugsync(&["lock", "--locked"]).success();
+
+    // Editing the in-repo plugin re-pins it with `lock`, and `--locked` notices.
+    std::fs::write(hello.join("README.md"), "changed\n").expect("write");
+    let changed = repo.plugsync(&["lock", "--locked"]).code(1);
+    assert!(
+        stderr(&changed).contains("~ plugsync/hello-world 0.1.0 sha256:"),
+        "{}",
+        stderr(&changed)
+    );
+    repo.plugsync(&["lock"]).success();
+    repo.plugsync(&["lock", "--locked"]).success();
+}
+
+#[test]
+fn marketplace_plugins_resolve_through_the_download_endpoint() {
+    let server = PackageServer::start(golden());
+    let sources = format!("  sources:\n    marketplace: {}\n", server.base());
+    let repo = Repo::new(&set_with(
+        "    - marketplace: langgenius/agent\n      version: 0.0.14\n",
+        &sources,
+    ));
+    repo.plugsync(&["lock"]).success();
+    let lock = repo.lock_text().expect("lock");
+    let expected = format!(
+        "source: {}/api/v1/plugins/langgenius/agent/0.0.14/download",
+        server.base()
+    );
+    assert!(lock.contains(&expected), "{lock}");
+
+    // A version the marketplace does not have is a clear fetch error.
+    let missing = Repo::new(&set_with(
+        "    - marketplace: langgenius/agent\n      version: 9.9.9\n",
+        &sources,
+    ));
+    let out = missing.plugsync(&["lock"]).code(2);
+    assert!(stderr(&out).contains("404"), "{}", stderr(&out));
+    assert!(missing.lock_text().is_none());
+}
+
+#[test]
+fn marketplace_serving_another_plugin_is_refused() {
+    // For a marketplace entry the package's manifest must match the declaration.
+    let server = PackageServer::start(golden());
+    let repo = Repo::new(&set_with(
+        "    - marketplace: langgenius/agent\n      version: 0.0.14\n",
+        &format!("  sources:\n    marketplace: {}\n", server.base()),
+    ));
+    server.serve(golden_with_manifest_version("0.0.15"));
+    let out = repo.plugsync(&["lock"]).code(2);
+    let err = stderr(&out);
+    assert!(err.contains("langgenius/agent:0.0.15"), "{err}");
+    assert!(err.contains("declares langgenius/agent:0.0.14"), "{err}");
+    assert!(repo.lock_text().is_none());
+}
+
+fn golden_with_manifest_version(version: &str) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(golden())).expect("zip");
+    let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for i in 0..archive.len() {
+        let mut f = archive.by_index(i).expect("entry");
+        let name = f.name().to_string();
+        let mut data = Vec::new();
+        f.read_to_end(&mut data).expect("read");
+        if name == "manifest.yaml" {
+            data = String::from_utf8(data)
+                .expect("utf8")
+                .replacen("version: 0.0.14", &format!("version: {version}"), 1)
+                .into_bytes();
+        }
+        out.start_file(name, zip::write::SimpleFileOptions::default())
+            .expect("start");
+        out.write_all(&data).expect("write");
+    }
+    out.finish().expect("finish").into_inner()
+}
+
+#[test]
+fn invalid_plugins_yaml_fetches_and_writes_nothing() {
+    let server = PackageServer::start(golden());
+    let repo = Repo::new(&set_with(
+        &format!("    - url: {}\n      path: also/a/path\n", server.url()),
+        "",
+    ));
+    let out = repo.plugsync(&["lock"]).code(2);
+    let err = stderr(&out);
+    assert!(err.contains("plugins.yaml:9:7: spec.plugins[0]:"), "{err}");
+    assert!(err.contains("url and path"), "{err}");
+    assert_eq!(server.requests(), 0);
+    assert!(repo.lock_text().is_none());
+}
+
+#[test]
+fn the_bundled_example_locks_offline_and_matches_the_committed_lock() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    copy_dir(Path::new("examples"), tmp.path());
+    let committed =
+        std::fs::read_to_string(tmp.path().join("plugins.lock")).expect("committed lock");
+    std::fs::remove_file(tmp.path().join("plugins.lock")).expect("rm");
+    let cache = tempfile::tempdir().expect("cache");
+    Command::cargo_bin("plugsync")
+        .expect("binary")
+        .args(["lock", "--repo"])
+        .arg(tmp.path())
+        .env("PLUGSYNC_CACHE_DIR", cache.path())
+        .assert()
+        .success();
+    let regenerated = std::fs::read_to_string(tmp.path().join("plugins.lock")).expect("lock");
+    assert_eq!(
+        regenerated, committed,
+        "packing is deterministic across paths and machines"
+    );
+    assert!(regenerated.contains(GOLDEN_UID));
+}
+
+#[test]
+fn update_of_an_unknown_plugin_is_an_error() {
+    let server = PackageServer::start(golden());
+    let repo = Repo::new(&set_with(&format!("    - url: {}\n", server.url()), ""));
+    let out = repo
+        .plugsync(&["lock", "--update", "nobody/nothing"])
+        .code(2);
+    assert!(stderr(&out).contains("nobody/nothing"), "{}", stderr(&out));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
