@@ -1,19 +1,147 @@
 //! Package source clients, chosen by URL scheme.
 //!
-//! CONTRACT STUB: the bodies are filled in by the sources work; signatures are fixed.
+//! A package URL's scheme picks the client that downloads it:
+//!
+//! - `file`: a local file, `file:///abs/path`, under the same size cap.
+//! - `http`, `https` ([`http`]): one shared HTTP client with timeouts, a size cap and
+//!   retries with exponential backoff. The Dify marketplace is reached through it, at
+//!   [`marketplace_download_url`].
+//! - any other scheme: an external program `plugsync-source-<scheme>` ([`external`]),
+//!   found in [`FetchSettings::plugin_dirs`] and then on `PATH`. The protocol it speaks
+//!   is documented in [`external`].
+//!
+//! The in-tree schemes `file`, `http` and `https` (and the name `marketplace`) cannot be
+//! overridden by an external client: a `plugsync-source-https` found on disk is never
+//! run; [`SourceRegistry::list`] shows it as shadowed so the user sees why.
+//!
+//! Every URL in every message is passed through [`crate::redact`], so presigned URLs and
+//! credentials do not leak into logs.
+
+pub mod external;
+mod file;
+pub mod http;
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use url::Url;
 
-/// Why a fetch failed.
+use crate::redact::redact_url;
+
+pub use http::Backoff;
+
+/// Why a fetch failed. Retry decisions use [`SourceError::is_retryable`], never the text.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    /// Placeholder until the sources work lands.
-    #[error("{0}")]
-    Other(String),
+    /// No client handles this URL's scheme.
+    #[error("{url}: no source client for scheme `{scheme}` (known schemes: {})", known.join(", "))]
+    UnsupportedScheme {
+        /// The scheme asked for.
+        scheme: String,
+        /// The URL, redacted.
+        url: String,
+        /// The schemes that would have worked, sorted.
+        known: Vec<String>,
+    },
+    /// The server answered with a non-success status.
+    #[error("GET {url}: {}", status_text(*status))]
+    Status {
+        /// The URL, redacted.
+        url: String,
+        /// The HTTP status code.
+        status: u16,
+        /// The server's `Retry-After`, in seconds form, when it sent one.
+        retry_after: Option<Duration>,
+    },
+    /// The request (or the external client) did not finish in time.
+    #[error("{what}: timed out after {}", humantime::format_duration(*after))]
+    Timeout {
+        /// What timed out: `GET <url>` or `<program> fetch <url>`, redacted.
+        what: String,
+        /// The limit that was hit.
+        after: Duration,
+    },
+    /// The connection failed or broke (refused, reset, DNS, TLS).
+    #[error("GET {url}: {message}")]
+    Network {
+        /// The URL, redacted.
+        url: String,
+        /// The cause chain, redacted.
+        message: String,
+    },
+    /// The package is larger than [`FetchSettings::max_bytes`].
+    #[error(
+        "{url}: package too large: {seen} bytes {}, limit is {limit} bytes",
+        if *declared { "declared" } else { "received before giving up" }
+    )]
+    TooLarge {
+        /// The URL, redacted.
+        url: String,
+        /// The configured limit.
+        limit: u64,
+        /// The declared size (Content-Length, file size) or the bytes received so far.
+        seen: u64,
+        /// Whether `seen` was declared up front rather than counted.
+        declared: bool,
+    },
+    /// Reading a local file or talking to a child process failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done, with the URL or path redacted.
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The URL is not one this client can use (a `file` URL with a host, for example).
+    #[error("{url}: {reason}")]
+    InvalidUrl {
+        /// The URL, redacted.
+        url: String,
+        /// What is wrong and what would be right.
+        reason: String,
+    },
+    /// An external client exited unsuccessfully or broke the protocol.
+    #[error("{} fetch {url}: {reason}{}", program.display(), stderr_suffix(stderr))]
+    External {
+        /// The client's path.
+        program: PathBuf,
+        /// The URL, redacted.
+        url: String,
+        /// What went wrong: the exit status, or the protocol violation.
+        reason: String,
+        /// The last lines of its stderr (at most ~2 KiB), redacted.
+        stderr: String,
+    },
+}
+
+impl SourceError {
+    /// Whether another attempt may succeed: network failures, timeouts, 429 and 5xx.
+    /// A 404, a size cap or a bad URL will fail the same way again.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SourceError::Network { .. } | SourceError::Timeout { .. } => true,
+            SourceError::Status { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+fn status_text(status: u16) -> String {
+    match reqwest::StatusCode::from_u16(status) {
+        Ok(code) => code.to_string(),
+        Err(_) => status.to_string(),
+    }
+}
+
+fn stderr_suffix(stderr: &str) -> String {
+    if stderr.is_empty() {
+        String::new()
+    } else {
+        format!("; stderr:\n{stderr}")
+    }
 }
 
 /// Where a source client comes from.
@@ -43,7 +171,8 @@ pub struct SourceInfo {
 
 /// Receives download progress (an indicatif bar on a terminal, nothing elsewhere).
 pub trait Progress: Send + Sync {
-    /// Called once when the total size is known (or not).
+    /// Called when a transfer starts, with the total size if known. A retry starts a new
+    /// transfer, so implementations should reset their position here.
     fn start(&self, total: Option<u64>);
     /// Called as bytes arrive.
     fn advance(&self, bytes: u64);
@@ -60,7 +189,8 @@ impl Progress for NoProgress {
 /// Limits that apply to every fetch.
 #[derive(Debug, Clone)]
 pub struct FetchSettings {
-    /// Whole-request timeout (and idle timeout for external clients).
+    /// Per-attempt HTTP timeout, from connecting to the last body byte (so a stalled
+    /// server cannot hang a run), and the bound on a whole external `fetch` run.
     pub timeout: Duration,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
@@ -84,31 +214,202 @@ impl Default for FetchSettings {
     }
 }
 
+/// Schemes served in-tree; external clients cannot take them over.
+pub const IN_TREE_SCHEMES: [&str; 3] = ["file", "http", "https"];
+
+/// The name the marketplace is listed under; reserved like the in-tree schemes.
+pub const MARKETPLACE: &str = "marketplace";
+
 /// All source clients known to this process.
 pub struct SourceRegistry {
-    _settings: FetchSettings,
+    settings: FetchSettings,
+    marketplace: Url,
+    http: http::HttpClient,
+    external: external::Discovered,
 }
 
 impl SourceRegistry {
     /// In-tree clients plus every external client found in the plugin dirs and on `PATH`.
-    pub fn discover(settings: FetchSettings, _marketplace: Url) -> Self {
+    pub fn discover(settings: FetchSettings, marketplace: Url) -> Self {
+        Self::discover_with_path(settings, marketplace, std::env::var_os("PATH"))
+    }
+
+    /// Like [`SourceRegistry::discover`] with an explicit `PATH`-style search list, so
+    /// tests (and embedders) need not mutate the process environment.
+    pub fn discover_with_path(
+        settings: FetchSettings,
+        marketplace: Url,
+        path: Option<OsString>,
+    ) -> Self {
+        let mut dirs = settings.plugin_dirs.clone();
+        dirs.extend(path.iter().flat_map(std::env::split_paths));
+        let external = external::discover(&dirs);
         SourceRegistry {
-            _settings: settings,
+            http: http::HttpClient::new(&settings),
+            external,
+            settings,
+            marketplace,
         }
     }
 
-    /// Fetches the package bytes at `url` with the client for its scheme.
-    pub async fn fetch(&self, _url: &Url, _progress: &dyn Progress) -> Result<Vec<u8>, SourceError> {
-        Err(SourceError::Other("not implemented yet".into()))
+    /// Replaces the retry backoff of the HTTP client (the default starts at 200 ms);
+    /// tests use a few milliseconds to stay fast.
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.http.set_backoff(backoff);
+        self
     }
 
-    /// Every client, for `plugsync plugins`.
-    pub fn list(&self) -> Vec<SourceInfo> {
-        Vec::new()
+    /// Fetches the package bytes at `url` with the client for its scheme.
+    pub async fn fetch(&self, url: &Url, progress: &dyn Progress) -> Result<Vec<u8>, SourceError> {
+        tracing::debug!(url = %redact_url(url), "fetching package");
+        match url.scheme() {
+            "file" => file::fetch(url, self.settings.max_bytes, progress).await,
+            "http" | "https" => self.http.fetch(url, progress).await,
+            scheme => match self.external.clients.get(scheme) {
+                Some(path) => external::fetch(path, url, &self.settings, progress).await,
+                None => Err(SourceError::UnsupportedScheme {
+                    scheme: scheme.to_owned(),
+                    url: redact_url(url),
+                    known: self.schemes(),
+                }),
+            },
+        }
+    }
+
+    /// The schemes [`SourceRegistry::fetch`] accepts, sorted.
+    pub fn schemes(&self) -> Vec<String> {
+        let mut schemes: Vec<String> = IN_TREE_SCHEMES.iter().map(|s| s.to_string()).collect();
+        schemes.extend(self.external.clients.keys().cloned());
+        schemes.sort();
+        schemes
+    }
+
+    /// Every client, for `plugsync plugins`, sorted by scheme (in-tree first on a tie).
+    /// Runs `info` on each external client, concurrently.
+    pub async fn list(&self) -> Vec<SourceInfo> {
+        let s = &self.settings;
+        let timeout = humantime::format_duration(s.timeout).to_string();
+        let http_attrs = BTreeMap::from([
+            ("timeout".to_owned(), timeout),
+            (
+                "connect_timeout".to_owned(),
+                humantime::format_duration(s.connect_timeout).to_string(),
+            ),
+            ("retries".to_owned(), s.retries.to_string()),
+            ("max_bytes".to_owned(), s.max_bytes.to_string()),
+            ("user_agent".to_owned(), http::USER_AGENT.to_owned()),
+        ]);
+        let in_tree = |scheme: &str, description: &str, attributes| SourceInfo {
+            scheme: scheme.to_owned(),
+            origin: SourceOrigin::InTree,
+            description: description.to_owned(),
+            attributes,
+        };
+        let mut infos = vec![
+            in_tree(
+                "file",
+                "local package files (file:///abs/path)",
+                BTreeMap::from([("max_bytes".to_owned(), s.max_bytes.to_string())]),
+            ),
+            in_tree("http", "HTTP download with retries", http_attrs.clone()),
+            in_tree("https", "HTTPS download with retries", http_attrs),
+            in_tree(
+                MARKETPLACE,
+                "Dify marketplace (downloaded over http/https)",
+                BTreeMap::from([("base_url".to_owned(), redact_url(&self.marketplace))]),
+            ),
+        ];
+        infos.extend(external::list(&self.external, s.timeout).await);
+        infos.sort_by(|a, b| {
+            let external = |i: &SourceInfo| matches!(i.origin, SourceOrigin::External { .. });
+            (a.scheme.as_str(), external(a)).cmp(&(b.scheme.as_str(), external(b)))
+        });
+        infos
     }
 }
 
-/// The Dify marketplace download URL for an exact version.
-pub fn marketplace_download_url(_base: &Url, _author: &str, _name: &str, _version: &str) -> Url {
-    Url::parse("http://invalid").expect("static")
+/// The Dify marketplace download URL for an exact version:
+/// `<base>/api/v1/plugins/<author>/<name>/<version>/download`.
+///
+/// The base may end in a slash or not and may carry a path prefix (a mirror behind a
+/// reverse proxy). Each part is percent-encoded as one path segment, so a `/` in a name
+/// cannot change the path; `.` and `..` parts are dropped by URL normalisation. A base
+/// that cannot have a path (`mailto:`) is returned unchanged and fails at fetch time.
+pub fn marketplace_download_url(base: &Url, author: &str, name: &str, version: &str) -> Url {
+    let mut url = base.clone();
+    url.set_fragment(None);
+    if let Ok(mut segments) = url.path_segments_mut() {
+        segments
+            .pop_if_empty()
+            .extend(["api", "v1", "plugins", author, name, version, "download"]);
+    }
+    url
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(s: &str) -> Url {
+        Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn marketplace_url_without_trailing_slash() {
+        let u =
+            marketplace_download_url(&url("https://m.example"), "langgenius", "agent", "0.0.14");
+        assert_eq!(
+            u.as_str(),
+            "https://m.example/api/v1/plugins/langgenius/agent/0.0.14/download"
+        );
+    }
+
+    #[test]
+    fn marketplace_url_with_prefix_and_slash() {
+        for base in ["https://m.example/market/", "https://m.example/market"] {
+            let u = marketplace_download_url(&url(base), "a", "b", "1.0.0");
+            assert_eq!(
+                u.as_str(),
+                "https://m.example/market/api/v1/plugins/a/b/1.0.0/download"
+            );
+        }
+    }
+
+    #[test]
+    fn marketplace_url_encodes_segments() {
+        let u = marketplace_download_url(&url("https://m.example/"), "a/../x", "b c", "1");
+        assert_eq!(
+            u.as_str(),
+            "https://m.example/api/v1/plugins/a%2F..%2Fx/b%20c/1/download"
+        );
+    }
+
+    #[test]
+    fn retryable_by_variant() {
+        let status = |status| SourceError::Status {
+            url: String::new(),
+            status,
+            retry_after: None,
+        };
+        assert!(status(503).is_retryable());
+        assert!(status(429).is_retryable());
+        assert!(!status(404).is_retryable());
+        assert!(!SourceError::TooLarge {
+            url: String::new(),
+            limit: 1,
+            seen: 2,
+            declared: true
+        }
+        .is_retryable());
+    }
+
+    #[test]
+    fn status_message_has_code_and_reason() {
+        let e = SourceError::Status {
+            url: "http://h/x".into(),
+            status: 404,
+            retry_after: None,
+        };
+        assert_eq!(e.to_string(), "GET http://h/x: 404 Not Found");
+    }
 }
