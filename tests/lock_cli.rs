@@ -437,3 +437,86 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Installs the demo external client and a package next to it in a fresh folder.
+fn demo_client_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("plugin dir");
+    let script = dir.path().join("plugsync-source-demo");
+    std::fs::copy("tests/fixtures/source-plugins/plugsync-source-demo", &script).expect("copy");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::create_dir(dir.path().join("packages")).expect("mkdir");
+    std::fs::write(dir.path().join("packages/agent.difypkg"), golden()).expect("write");
+    dir
+}
+
+#[test]
+fn external_source_client_resolves_its_scheme_through_lock() {
+    let clients = demo_client_dir();
+    let repo = Repo::new(&set_with("    - url: demo://agent.difypkg\n", ""));
+    let dir = clients.path().to_str().expect("utf8 path");
+    repo.plugsync(&["lock", "--plugin-dir", dir]).success();
+    let lock = repo.lock_text().expect("lock");
+    assert!(lock.contains("source: demo://agent.difypkg"), "{lock}");
+    assert!(lock.contains(GOLDEN_SHA256), "{lock}");
+
+    // Without the client the scheme is unknown: a clear error listing the known schemes.
+    let fresh = Repo::new(&set_with("    - url: demo://agent.difypkg\n", ""));
+    let out = fresh.plugsync(&["lock"]).code(2);
+    assert!(stderr(&out).contains("demo"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("https"), "{}", stderr(&out));
+}
+
+#[test]
+fn plugins_lists_in_tree_and_external_clients() {
+    let clients = demo_client_dir();
+    let out = Command::cargo_bin("plugsync")
+        .expect("binary")
+        .args(["plugins", "-o", "json", "--plugin-dir"])
+        .arg(clients.path())
+        .assert()
+        .success();
+    let list: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).expect("json");
+    let schemes: Vec<(&str, &str)> = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|s| {
+            (
+                s["scheme"].as_str().expect("scheme"),
+                s["origin"].as_str().expect("origin"),
+            )
+        })
+        .collect();
+    for expected in [
+        ("file", "in-tree"),
+        ("http", "in-tree"),
+        ("https", "in-tree"),
+        ("marketplace", "in-tree"),
+        ("demo", "external"),
+    ] {
+        assert!(schemes.contains(&expected), "{expected:?} missing from {schemes:?}");
+    }
+    let demo = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|s| s["scheme"] == "demo")
+        .expect("demo");
+    assert_eq!(demo["attributes"]["version"], "1.2.3");
+    assert!(demo["path"].as_str().expect("path").ends_with("plugsync-source-demo"));
+}
+
+#[test]
+fn package_inspect_prints_the_golden_identity() {
+    let out = Command::cargo_bin("plugsync")
+        .expect("binary")
+        .args(["package", "inspect", GOLDEN, "-o", "json"])
+        .assert()
+        .success();
+    let info: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).expect("json");
+    assert_eq!(info["unique_identifier"], GOLDEN_UID);
+    assert_eq!(info["sha256"], GOLDEN_SHA256);
+    // Computed independently: python3 -c "import hashlib; print(hashlib.sha256(UID.encode()).hexdigest()[:32])"
+    assert_eq!(info["plugin_id"], "d62e5e95afbb7da9993d56f58e120ce5");
+}

@@ -528,11 +528,8 @@ pub(super) fn validate_lock(doc: &Document<PluginLock>) -> Result<(), Diagnostic
                 );
             }
         }
-        let expected_uid = if p.name.contains('/') {
-            format!("{}:{}@{}", p.name, p.version, p.checksum)
-        } else {
-            format!("{}:{}@{}", p.name, p.version, p.checksum)
-        };
+        // `author/name:version@checksum`, or `name:version@checksum` for an author-less package.
+        let expected_uid = format!("{}:{}@{}", p.name, p.version, p.checksum);
         if p.unique_identifier != expected_uid {
             c.error(
                 &join_key(&path, "unique_identifier"),
