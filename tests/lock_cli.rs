@@ -443,7 +443,11 @@ fn demo_client_dir() -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("plugin dir");
     let script = dir.path().join("plugsync-source-demo");
-    std::fs::copy("tests/fixtures/source-plugins/plugsync-source-demo", &script).expect("copy");
+    std::fs::copy(
+        "tests/fixtures/source-plugins/plugsync-source-demo",
+        &script,
+    )
+    .expect("copy");
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     std::fs::create_dir(dir.path().join("packages")).expect("mkdir");
     std::fs::write(dir.path().join("packages/agent.difypkg"), golden()).expect("write");
@@ -495,7 +499,10 @@ fn plugins_lists_in_tree_and_external_clients() {
         ("marketplace", "in-tree"),
         ("demo", "external"),
     ] {
-        assert!(schemes.contains(&expected), "{expected:?} missing from {schemes:?}");
+        assert!(
+            schemes.contains(&expected),
+            "{expected:?} missing from {schemes:?}"
+        );
     }
     let demo = list
         .as_array()
@@ -504,7 +511,10 @@ fn plugins_lists_in_tree_and_external_clients() {
         .find(|s| s["scheme"] == "demo")
         .expect("demo");
     assert_eq!(demo["attributes"]["version"], "1.2.3");
-    assert!(demo["path"].as_str().expect("path").ends_with("plugsync-source-demo"));
+    assert!(demo["path"]
+        .as_str()
+        .expect("path")
+        .ends_with("plugsync-source-demo"));
 }
 
 #[test]
