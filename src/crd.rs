@@ -1,0 +1,128 @@
+//! The `Plugin` custom resource (`plugins.plugsync.dev`): one install of one plugin package.
+//!
+//! The git loop writes one `Plugin` per declared plugin; the plugin loop drives each through
+//! build and run. Its spec carries everything the plugin loop needs, so the plugin loop never
+//! has to read git: what the PR diff showed is exactly what runs.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Desired state of one plugin install.
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "plugsync.dev",
+    version = "v1alpha1",
+    kind = "Plugin",
+    namespaced,
+    status = "PluginStatus",
+    shortname = "plg",
+    category = "plugsync",
+    printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoint"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginSpec {
+    /// The PluginSet (`metadata.name` of plugins.yaml) this install belongs to.
+    pub plugin_set: String,
+    /// `author/name` from the package manifest.
+    pub name: String,
+    /// Version from the package manifest.
+    pub version: String,
+    /// Dify's `author/name:version@checksum`.
+    pub unique_identifier: String,
+    /// 32-hex id derived from the unique identifier; names every child object.
+    pub plugin_id: String,
+    /// 1 for the first build attempt, N for retry N (named `<plugin-id>--N`).
+    pub attempt: u32,
+    /// The exact package.
+    pub package: PackageRef,
+    /// How the plugin is run, from the package manifest.
+    pub runner: RunnerSpec,
+    /// What is built and where it is pushed.
+    pub build: BuildRef,
+    /// The pushed image's digest (`sha256:…`) when already known: the Deployment runs it
+    /// and no build runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+}
+
+/// The package an install is built from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PackageRef {
+    /// Exact source, as in plugins.lock.
+    pub source: String,
+    /// sha256 of the package file.
+    pub sha256: String,
+    /// Dify's checksum of the package contents.
+    pub checksum: String,
+}
+
+/// Runner settings from the package manifest (`meta.runner`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerSpec {
+    /// Always `python` today.
+    pub language: String,
+    /// Python version, e.g. `3.12`.
+    pub version: String,
+    /// Module run with `python -m`.
+    pub entrypoint: String,
+}
+
+/// Build inputs and output location.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildRef {
+    /// sha256 of the deterministic build context tar (package + Dockerfile).
+    pub context_sha256: String,
+    /// Hash of everything that determines the image (context, builder, destination): two
+    /// installs with the same hash need only one build.
+    pub inputs_hash: String,
+    /// Destination `<prefix>/<plugin-name>-<plugin-id>:<version>`.
+    pub image: String,
+}
+
+/// Lifecycle phase of a plugin install.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+pub enum PluginPhase {
+    /// Accepted, nothing started yet.
+    #[default]
+    Pending,
+    /// The build Job is running.
+    Building,
+    /// The Deployment is available behind its Service.
+    Running,
+    /// The last build failed; a retry may follow.
+    BuildFailed,
+    /// The Deployment cannot become available.
+    Failed,
+}
+
+/// Observed state of a plugin install.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginStatus {
+    /// Where the install is in its lifecycle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<PluginPhase>,
+    /// `http://svc-<plugin-id>.<namespace>:8080` once running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Digest of the built image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Reconciling`, `Stalled` (kstatus-compatible).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Why the install is where it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}

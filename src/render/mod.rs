@@ -1,0 +1,699 @@
+//! Render: a pure function from a locked PluginSet to everything that will run.
+//!
+//! Inputs are plain data (the declared set, each plugin's lock entry, manifest and package
+//! bytes, and the templates); outputs are the Dockerfile, the build context and the
+//! Kubernetes objects of each plugin. No I/O, no clock, no randomness, and every map is
+//! ordered, so identical inputs give byte-identical output on every machine: that is what
+//! makes the pull-request diff trustworthy and cheap.
+//!
+//! Templates are minijinja, embedded in the binary (`templates/` in this repository); a
+//! `templates/` folder in the user's repository overrides any of them by file name. Values
+//! are interpolated with `tojson` (JSON is YAML), so no value can break the YAML structure.
+
+pub mod context;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use minijinja::{Environment, UndefinedBehavior};
+use serde::Serialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+pub use context::{build_context, BuildContext};
+
+use crate::crd::{BuildRef, PackageRef, PluginSpec, RunnerSpec};
+use crate::model::{LockedPlugin, PluginSet, RegistryType, RuntimeSpec};
+use crate::package::Manifest;
+
+/// The templates plugsync renders, by file name, with the kind of object each must produce.
+pub const TEMPLATES: [(&str, Option<&str>); 5] = [
+    ("Dockerfile.j2", None),
+    ("plugin.yaml.j2", Some("Plugin")),
+    ("job.yaml.j2", Some("Job")),
+    ("deployment.yaml.j2", Some("Deployment")),
+    ("service.yaml.j2", Some("Service")),
+];
+
+const BUILTIN: [(&str, &str); 5] = [
+    (
+        "Dockerfile.j2",
+        include_str!("../../templates/Dockerfile.j2"),
+    ),
+    (
+        "plugin.yaml.j2",
+        include_str!("../../templates/plugin.yaml.j2"),
+    ),
+    ("job.yaml.j2", include_str!("../../templates/job.yaml.j2")),
+    (
+        "deployment.yaml.j2",
+        include_str!("../../templates/deployment.yaml.j2"),
+    ),
+    (
+        "service.yaml.j2",
+        include_str!("../../templates/service.yaml.j2"),
+    ),
+];
+
+/// Label that marks every object plugsync owns, with the PluginSet's name as value; prune
+/// only ever considers objects that carry it.
+pub const LABEL_PLUGINSET: &str = "plugsync.dev/pluginset";
+/// Label with the plugin id, stable across retries (the Service selects on it).
+pub const LABEL_PLUGIN_ID: &str = "plugsync.dev/plugin-id";
+/// Annotation with Dify's unique identifier.
+pub const ANNOTATION_UNIQUE_IDENTIFIER: &str = "plugsync.dev/unique-identifier";
+/// Annotation with the hash of the build inputs.
+pub const ANNOTATION_BUILD_INPUTS: &str = "plugsync.dev/build-inputs";
+
+/// Why rendering failed. Nothing is applied when it does.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// A template does not parse or fails while rendering.
+    #[error("template {name}{}: {message}", line.map(|l| format!(" line {l}")).unwrap_or_default())]
+    Template {
+        /// Template file name.
+        name: String,
+        /// 1-based line in the template, when known.
+        line: Option<usize>,
+        /// What went wrong.
+        message: String,
+    },
+    /// A file in the user's `templates/` folder that plugsync does not use (likely a typo).
+    #[error("templates/{name}: not a plugsync template; overridable templates are {known}")]
+    UnknownTemplate {
+        /// The file name.
+        name: String,
+        /// The names plugsync uses.
+        known: String,
+    },
+    /// The package's Python version has no base image configured.
+    #[error("{plugin}: no base image for Python {version} in spec.build.python.baseImages (configured: {known})")]
+    MissingBaseImage {
+        /// The plugin.
+        plugin: String,
+        /// `meta.runner.version` of its manifest.
+        version: String,
+        /// The configured versions.
+        known: String,
+    },
+    /// A template produced something that is not the object it must produce.
+    #[error("{plugin}: template {template} produced an invalid object: {message}")]
+    InvalidOutput {
+        /// The plugin.
+        plugin: String,
+        /// Template file name.
+        template: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The set of templates in effect: the built-in ones, with any user overrides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Templates {
+    sources: BTreeMap<String, String>,
+    overridden: BTreeSet<String>,
+}
+
+impl Templates {
+    /// The templates compiled into plugsync.
+    pub fn builtin() -> Templates {
+        Templates {
+            sources: BUILTIN
+                .iter()
+                .map(|(n, s)| (n.to_string(), s.to_string()))
+                .collect(),
+            overridden: BTreeSet::new(),
+        }
+    }
+
+    /// The built-in templates with `overrides` (file name → source) replacing them by name.
+    /// Unknown names are refused: a misspelled override must not be silently ignored.
+    pub fn with_overrides(
+        overrides: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Templates, RenderError> {
+        let mut templates = Templates::builtin();
+        for (name, source) in overrides {
+            if !templates.sources.contains_key(&name) {
+                return Err(RenderError::UnknownTemplate {
+                    name,
+                    known: TEMPLATES.map(|(n, _)| n).join(", "),
+                });
+            }
+            templates.overridden.insert(name.clone());
+            templates.sources.insert(name, source);
+        }
+        Ok(templates)
+    }
+
+    /// Template file names overridden by the user.
+    pub fn overridden(&self) -> impl Iterator<Item = &str> {
+        self.overridden.iter().map(String::as_str)
+    }
+
+    /// The source of a template.
+    pub fn source(&self, name: &str) -> Option<&str> {
+        self.sources.get(name).map(String::as_str)
+    }
+
+    /// A compiled environment; compile once, render many plugins.
+    pub fn environment(&self) -> Result<Environment<'_>, RenderError> {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_keep_trailing_newline(true);
+        env.add_filter("sh", shell_quote);
+        for (name, source) in &self.sources {
+            env.add_template(name, source)
+                .map_err(|e| template_error(name, &e))?;
+        }
+        Ok(env)
+    }
+}
+
+/// Single-quotes a value for a POSIX shell (`'it'\''s'`).
+fn shell_quote(value: String) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+fn template_error(name: &str, e: &minijinja::Error) -> RenderError {
+    let message = match e.detail() {
+        Some(detail) => format!("{}: {detail}", e.kind()),
+        None => e.kind().to_string(),
+    };
+    RenderError::Template {
+        name: e.name().unwrap_or(name).to_string(),
+        line: e.line(),
+        message,
+    }
+}
+
+/// Settings of the plugsync installation (not of the PluginSet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderSettings {
+    /// Base URL at which plugsync serves build contexts to build Jobs.
+    pub context_base_url: String,
+}
+
+impl Default for RenderSettings {
+    fn default() -> Self {
+        RenderSettings {
+            context_base_url: "http://plugsync.plugsync-system.svc:8080".to_string(),
+        }
+    }
+}
+
+/// Everything render needs to know about one plugin.
+#[derive(Debug, Clone, Copy)]
+pub struct PluginInput<'a> {
+    /// Its lock entry.
+    pub locked: &'a LockedPlugin,
+    /// Its package manifest.
+    pub manifest: &'a Manifest,
+    /// The package bytes (they go into the build context).
+    pub package: &'a [u8],
+    /// `spec.runtime` merged with the entry's overrides.
+    pub runtime: &'a RuntimeSpec,
+    /// Build attempt, 1 for the first.
+    pub attempt: u32,
+    /// The image digest when it is already known (then no build Job is rendered).
+    pub image_digest: Option<&'a str>,
+}
+
+/// The rendered form of one plugin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedPlugin {
+    /// `author/name`.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// The plugin id.
+    pub plugin_id: String,
+    /// `<plugin-id>` or `<plugin-id>--N`.
+    pub resource_name: String,
+    /// The Dockerfile.
+    pub dockerfile: String,
+    /// The build context.
+    pub context: BuildContext,
+    /// Plugin, Job (unless the image is known), Deployment and Service, in apply order.
+    pub objects: Vec<Value>,
+}
+
+/// `<plugin-id>` for the first attempt, `<plugin-id>--N` for attempt N.
+pub fn resource_name(plugin_id: &str, attempt: u32) -> String {
+    if attempt <= 1 {
+        plugin_id.to_string()
+    } else {
+        format!("{plugin_id}--{attempt}")
+    }
+}
+
+/// Renders every plugin of a set. Plugins are independent, so errors name the plugin.
+pub fn render_set(
+    set: &PluginSet,
+    plugins: &[PluginInput<'_>],
+    templates: &Templates,
+    settings: &RenderSettings,
+) -> Result<Vec<RenderedPlugin>, RenderError> {
+    let env = templates.environment()?;
+    plugins
+        .iter()
+        .map(|p| render_plugin(set, p, &env, settings))
+        .collect()
+}
+
+#[derive(Serialize)]
+struct PluginContext<'a> {
+    name: &'a str,
+    author: &'a str,
+    full_name: &'a str,
+    version: &'a str,
+    plugin_id: &'a str,
+    unique_identifier: &'a str,
+    attempt: u32,
+    resource_name: &'a str,
+    service_name: String,
+    endpoint: String,
+    image: &'a str,
+    image_ref: String,
+}
+
+/// Renders one plugin with a compiled environment.
+pub fn render_plugin(
+    set: &PluginSet,
+    input: &PluginInput<'_>,
+    env: &Environment<'_>,
+    settings: &RenderSettings,
+) -> Result<RenderedPlugin, RenderError> {
+    let locked = input.locked;
+    let manifest = input.manifest;
+    let spec = &set.spec;
+    let namespace = &set.metadata.namespace;
+    let plugin_id = &locked.plugin_id;
+    let resource_name = resource_name(plugin_id, input.attempt);
+
+    let base_image = spec
+        .build
+        .python
+        .base_images
+        .get(&manifest.runner_version)
+        .ok_or_else(|| RenderError::MissingBaseImage {
+            plugin: locked.name.clone(),
+            version: manifest.runner_version.clone(),
+            known: spec
+                .build
+                .python
+                .base_images
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
+
+    let image = format!(
+        "{}/{}-{}:{}",
+        spec.registry.prefix, manifest.name, plugin_id, locked.version
+    );
+    let image_ref = match input.image_digest {
+        Some(digest) => format!(
+            "{}/{}-{}@{}",
+            spec.registry.prefix, manifest.name, plugin_id, digest
+        ),
+        None => image.clone(),
+    };
+    let service_name = format!("svc-{plugin_id}");
+    let plugin = PluginContext {
+        name: &manifest.name,
+        author: &manifest.author,
+        full_name: &locked.name,
+        version: &locked.version,
+        plugin_id,
+        unique_identifier: &locked.unique_identifier,
+        attempt: input.attempt.max(1),
+        resource_name: &resource_name,
+        endpoint: format!("http://{service_name}.{namespace}:8080"),
+        service_name,
+        image: &image,
+        image_ref,
+    };
+    let runner = json!({
+        "language": manifest.runner_language,
+        "version": manifest.runner_version,
+        "entrypoint": manifest.entrypoint,
+    });
+    let mut build = json!({
+        "base_image": base_image,
+        "builder_image": spec.build.builder_image,
+        "busybox_image": spec.build.busybox_image,
+        "pip_mirror": spec.build.python.pip_mirror,
+        "pre_compile": spec.build.python.pre_compile,
+        "timeout_seconds": spec.build.timeout.as_secs(),
+    });
+    let registry = json!({
+        "prefix": spec.registry.prefix,
+        "type": match spec.registry.kind { RegistryType::Docker => "docker", RegistryType::Ecr => "ecr" },
+        "secret_name": spec.registry.secret_name,
+        "insecure": spec.registry.insecure,
+        "ecr_region": spec.registry.ecr_region,
+    });
+    let set_ctx = json!({ "name": set.metadata.name, "namespace": namespace });
+
+    // 1. The Dockerfile, and from it the build context and the build-inputs hash.
+    let dockerfile = render_template(
+        env,
+        "Dockerfile.j2",
+        &locked.name,
+        minijinja::context! { plugin => &plugin, runner => &runner, build => &build, registry => &registry, set => &set_ctx },
+    )?;
+    let context = build_context(input.package, &dockerfile);
+    let mut args = vec![
+        "--context=dir:///workspace".to_string(),
+        "--dockerfile=/workspace/Dockerfile".to_string(),
+        format!("--destination={image}"),
+        "--digest-file=/dev/termination-log".to_string(),
+        "--reproducible".to_string(),
+    ];
+    if spec.registry.insecure {
+        args.push("--insecure".to_string());
+        args.push("--skip-tls-verify".to_string());
+    }
+    let inputs_hash = hex::encode(Sha256::digest(
+        format!(
+            "{}\n{}\n{}\n",
+            context.sha256,
+            spec.build.builder_image,
+            args.join(" ")
+        )
+        .as_bytes(),
+    ));
+    if let Value::Object(b) = &mut build {
+        b.insert("context_sha256".into(), json!(context.sha256));
+        b.insert(
+            "context_url".into(),
+            json!(format!(
+                "{}/contexts/{}",
+                settings.context_base_url.trim_end_matches('/'),
+                context.sha256
+            )),
+        );
+        b.insert("inputs_hash".into(), json!(inputs_hash));
+        b.insert("args".into(), json!(args));
+    }
+
+    // 2. Labels, annotations, runtime settings.
+    let mut labels: BTreeMap<String, String> = input.runtime.labels.clone().unwrap_or_default();
+    let k8s_name = label_safe(&manifest.name);
+    for (k, v) in [
+        ("app.kubernetes.io/name", k8s_name.as_str()),
+        ("app.kubernetes.io/instance", resource_name.as_str()),
+        ("app.kubernetes.io/version", &label_safe(&locked.version)),
+        ("app.kubernetes.io/managed-by", "plugsync"),
+        ("app.kubernetes.io/part-of", &set.metadata.name),
+        (LABEL_PLUGINSET, &set.metadata.name),
+        (LABEL_PLUGIN_ID, plugin_id),
+    ] {
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let selector_labels: BTreeMap<&str, &str> = [
+        ("app.kubernetes.io/instance", resource_name.as_str()),
+        (LABEL_PLUGIN_ID, plugin_id.as_str()),
+    ]
+    .into();
+    let mut service_labels = labels.clone();
+    service_labels.remove("app.kubernetes.io/instance");
+    let service_selector: BTreeMap<&str, &str> = [
+        (LABEL_PLUGINSET, set.metadata.name.as_str()),
+        (LABEL_PLUGIN_ID, plugin_id.as_str()),
+    ]
+    .into();
+    let annotations: BTreeMap<&str, &str> = [
+        (
+            ANNOTATION_UNIQUE_IDENTIFIER,
+            locked.unique_identifier.as_str(),
+        ),
+        (ANNOTATION_BUILD_INPUTS, inputs_hash.as_str()),
+    ]
+    .into();
+
+    let mut runtime = input.runtime.clone();
+    runtime.replicas.get_or_insert(1);
+    // Every runtime key is present (null when unset): templates run in strict mode, where a
+    // misspelled variable is an error, and `{% if runtime.affinity %}` must still work.
+    let mut runtime_json = serde_json::to_value(&runtime).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut runtime_json {
+        for key in [
+            "replicas",
+            "resources",
+            "env",
+            "nodeSelector",
+            "affinity",
+            "tolerations",
+            "labels",
+            "annotations",
+        ] {
+            map.entry(key).or_insert(Value::Null);
+        }
+    }
+    let env_vars = plugin_env(&runtime);
+    let resources = plugin_resources(&runtime, manifest.memory);
+
+    let plugin_spec = PluginSpec {
+        plugin_set: set.metadata.name.clone(),
+        name: locked.name.clone(),
+        version: locked.version.clone(),
+        unique_identifier: locked.unique_identifier.clone(),
+        plugin_id: plugin_id.clone(),
+        attempt: input.attempt.max(1),
+        package: PackageRef {
+            source: locked.source.clone(),
+            sha256: locked.sha256.clone(),
+            checksum: locked.checksum.clone(),
+        },
+        runner: RunnerSpec {
+            language: manifest.runner_language.clone(),
+            version: manifest.runner_version.clone(),
+            entrypoint: manifest.entrypoint.clone(),
+        },
+        build: BuildRef {
+            context_sha256: context.sha256.clone(),
+            inputs_hash: inputs_hash.clone(),
+            image: image.clone(),
+        },
+        image_digest: input.image_digest.map(str::to_string),
+    };
+
+    let ctx = minijinja::context! {
+        set => &set_ctx,
+        plugin => &plugin,
+        runner => &runner,
+        build => &build,
+        registry => &registry,
+        runtime => &runtime_json,
+        labels => &labels,
+        pod_labels => &labels,
+        selector_labels => &selector_labels,
+        service_labels => &service_labels,
+        service_selector => &service_selector,
+        annotations => &annotations,
+        env => &env_vars,
+        resources => &resources,
+        plugin_spec => &plugin_spec,
+    };
+
+    // 3. The objects, in apply order; no Job when the image is already known.
+    let mut objects = Vec::with_capacity(4);
+    for (template, kind) in TEMPLATES.iter().skip(1) {
+        if *template == "job.yaml.j2" && input.image_digest.is_some() {
+            continue;
+        }
+        let text = render_template(env, template, &locked.name, ctx.clone())?;
+        let expected_name = if *template == "service.yaml.j2" {
+            &plugin.service_name
+        } else {
+            &resource_name
+        };
+        objects.push(parse_object(
+            &text,
+            template,
+            kind.unwrap_or_default(),
+            expected_name,
+            namespace,
+            &locked.name,
+        )?);
+    }
+
+    Ok(RenderedPlugin {
+        name: locked.name.clone(),
+        version: locked.version.clone(),
+        plugin_id: plugin_id.clone(),
+        resource_name,
+        dockerfile,
+        context,
+        objects,
+    })
+}
+
+/// Multi-document YAML, one object per document, in the given (apply) order.
+pub fn objects_to_yaml(objects: &[Value]) -> String {
+    let mut out = String::new();
+    for object in objects {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(object).unwrap_or_default());
+    }
+    out
+}
+
+fn render_template<S: Serialize>(
+    env: &Environment<'_>,
+    name: &str,
+    plugin: &str,
+    ctx: S,
+) -> Result<String, RenderError> {
+    let template = env
+        .get_template(name)
+        .map_err(|e| template_error(name, &e))?;
+    template.render(ctx).map_err(|e| {
+        let mut err = template_error(name, &e);
+        if let RenderError::Template { message, .. } = &mut err {
+            *message = format!("{message} (rendering {plugin})");
+        }
+        err
+    })
+}
+
+fn parse_object(
+    text: &str,
+    template: &str,
+    kind: &str,
+    name: &str,
+    namespace: &str,
+    plugin: &str,
+) -> Result<Value, RenderError> {
+    let invalid = |message: String| RenderError::InvalidOutput {
+        plugin: plugin.to_string(),
+        template: template.to_string(),
+        message,
+    };
+    let value: Value = serde_yaml::from_str(text).map_err(|e| invalid(format!("not YAML: {e}")))?;
+    let got_kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if got_kind != kind {
+        return Err(invalid(format!("kind is `{got_kind}`, must be `{kind}`")));
+    }
+    if value.get("apiVersion").and_then(Value::as_str).is_none() {
+        return Err(invalid("apiVersion is missing".into()));
+    }
+    let meta = value.get("metadata");
+    let got_name = meta
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if got_name != name {
+        return Err(invalid(format!("metadata.name is `{got_name}`, must be `{name}` (names are how plugsync finds its objects)")));
+    }
+    let got_ns = meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if got_ns != namespace {
+        return Err(invalid(format!(
+            "metadata.namespace is `{got_ns}`, must be `{namespace}`"
+        )));
+    }
+    Ok(value)
+}
+
+/// A Dify name (`[a-z0-9_-]{1,128}`) made into a valid label value (≤ 63, alphanumeric ends).
+fn label_safe(value: &str) -> String {
+    let cut: String = value.chars().take(63).collect();
+    cut.trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string()
+}
+
+/// The serverless environment Dify's plugin runtime expects, then the user's variables
+/// (a user variable of the same name wins).
+fn plugin_env(runtime: &RuntimeSpec) -> Vec<EnvVar> {
+    let user = runtime.env.clone().unwrap_or_default();
+    let mut env: Vec<EnvVar> = [
+        ("INSTALL_METHOD", "serverless"),
+        ("SERVERLESS_HOST", "0.0.0.0"),
+        ("SERVERLESS_PORT", "8080"),
+    ]
+    .into_iter()
+    .filter(|(n, _)| !user.iter().any(|u| u.name == *n))
+    .map(|(name, value)| EnvVar {
+        name: name.to_string(),
+        value: Some(value.to_string()),
+        value_from: None,
+    })
+    .collect();
+    env.extend(user);
+    env
+}
+
+/// The user's resources, with the memory request and limit taken from the package's
+/// `resource.memory` where the user set none.
+fn plugin_resources(runtime: &RuntimeSpec, memory: i64) -> ResourceRequirements {
+    let mut resources = runtime.resources.clone().unwrap_or_default();
+    let memory = Quantity(memory.to_string());
+    resources
+        .requests
+        .get_or_insert_with(BTreeMap::new)
+        .entry("memory".to_string())
+        .or_insert_with(|| memory.clone());
+    resources
+        .limits
+        .get_or_insert_with(BTreeMap::new)
+        .entry("memory".to_string())
+        .or_insert(memory);
+    resources
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_names_follow_the_retry_convention() {
+        assert_eq!(resource_name("abc", 1), "abc");
+        assert_eq!(resource_name("abc", 0), "abc");
+        assert_eq!(resource_name("abc", 2), "abc--2");
+        assert_eq!(resource_name("abc", 10), "abc--10");
+    }
+
+    #[test]
+    fn shell_quoting_survives_quotes() {
+        assert_eq!(shell_quote("a b".into()), "'a b'");
+        assert_eq!(shell_quote("it's".into()), r"'it'\''s'");
+    }
+
+    #[test]
+    fn label_values_are_made_valid() {
+        assert_eq!(label_safe("_agent-"), "agent");
+        assert_eq!(label_safe(&"a".repeat(100)).len(), 63);
+    }
+
+    #[test]
+    fn unknown_override_is_refused() {
+        let err = Templates::with_overrides([("deploymnet.yaml.j2".to_string(), String::new())])
+            .expect_err("typo refused");
+        assert!(err.to_string().contains("deployment.yaml.j2"), "{err}");
+    }
+
+    #[test]
+    fn template_syntax_error_names_template_and_line() {
+        let t = Templates::with_overrides([(
+            "service.yaml.j2".to_string(),
+            "apiVersion: v1\nkind: Service\nmetadata: {{ oops(\n".to_string(),
+        )])
+        .expect("known name");
+        let err = t.environment().expect_err("syntax error");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("template service.yaml.j2 line 3:"),
+            "{text}"
+        );
+    }
+}

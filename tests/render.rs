@@ -1,0 +1,340 @@
+//! Render: golden output of the bundled example, validity of every object for its kind,
+//! determinism across runs and checkout paths, template overrides and template errors.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Service;
+use plugsync::crd::Plugin;
+use plugsync::pipeline::{desired_state, DesiredState, LockState};
+use plugsync::render::{objects_to_yaml, RenderSettings};
+use plugsync::resolve::cache::Cache;
+use plugsync::resolve::source::{FetchSettings, SourceRegistry};
+use plugsync::resolve::Resolver;
+use plugsync::source::WorkTree;
+use serde_json::Value;
+
+fn render_dir(dir: &Path) -> DesiredState {
+    let cache = tempfile::tempdir().expect("cache");
+    let resolver = Resolver::new(
+        SourceRegistry::discover(
+            FetchSettings::default(),
+            url::Url::parse("https://marketplace.dify.ai").expect("url"),
+        ),
+        Cache::open(cache.path()).expect("cache"),
+        64 << 20,
+    );
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let snapshot = WorkTree::new(dir).expect("worktree");
+    rt.block_on(desired_state(
+        &snapshot,
+        "plugins.yaml",
+        &resolver,
+        &RenderSettings::default(),
+    ))
+    .expect("renders")
+    .expect("plugins.yaml present")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// Compares with a committed golden file; `UPDATE_GOLDEN=1 cargo test` rewrites it.
+fn check_golden(name: &str, actual: &str) {
+    let path = PathBuf::from("tests/golden").join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).expect("write golden");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run with UPDATE_GOLDEN=1", path.display()));
+    assert!(
+        expected == actual,
+        "{} differs from the rendered output; if the change is intended, rerun with UPDATE_GOLDEN=1 and review the diff",
+        path.display()
+    );
+}
+
+#[test]
+fn bundled_example_matches_the_golden_files() {
+    let state = render_dir(Path::new("examples"));
+    assert_eq!(state.lock, LockState::UpToDate);
+    check_golden("example-objects.yaml", &objects_to_yaml(&state.objects()));
+    for plugin in &state.rendered {
+        let file = format!("example-{}.Dockerfile", plugin.name.replace('/', "_"));
+        check_golden(&file, &plugin.dockerfile);
+    }
+}
+
+#[test]
+fn every_object_is_valid_for_its_kind() {
+    let state = render_dir(Path::new("examples"));
+    let objects = state.objects();
+    assert_eq!(
+        objects.len(),
+        8,
+        "Plugin, Job, Deployment, Service for each of two plugins"
+    );
+    for object in objects {
+        let kind = object["kind"].as_str().expect("kind").to_string();
+        // Deserialize into the typed API object and back: a misspelled or misplaced field
+        // is dropped (or refused) by the typed model, so the round trip would differ.
+        let round_trip = match kind.as_str() {
+            "Plugin" => serde_json::to_value(
+                serde_json::from_value::<Plugin>(object.clone()).expect("Plugin"),
+            ),
+            "Job" => {
+                serde_json::to_value(serde_json::from_value::<Job>(object.clone()).expect("Job"))
+            }
+            "Deployment" => serde_json::to_value(
+                serde_json::from_value::<Deployment>(object.clone()).expect("Deployment"),
+            ),
+            "Service" => serde_json::to_value(
+                serde_json::from_value::<Service>(object.clone()).expect("Service"),
+            ),
+            other => panic!("unexpected kind {other}"),
+        }
+        .expect("serializes");
+        assert_eq!(
+            round_trip, object,
+            "{kind} does not survive its typed round trip"
+        );
+    }
+}
+
+#[test]
+fn names_labels_and_build_context_follow_the_conventions() {
+    let state = render_dir(Path::new("examples"));
+    let agent = state
+        .rendered
+        .iter()
+        .find(|p| p.name == "langgenius/agent")
+        .expect("agent rendered");
+    let id = "d62e5e95afbb7da9993d56f58e120ce5";
+    assert_eq!(agent.plugin_id, id);
+    let by_kind = |k: &str| -> &Value {
+        agent
+            .objects
+            .iter()
+            .find(|o| o["kind"] == k)
+            .expect("object of kind")
+    };
+    for kind in ["Plugin", "Job", "Deployment"] {
+        assert_eq!(by_kind(kind)["metadata"]["name"], id);
+    }
+    let service = by_kind("Service");
+    assert_eq!(service["metadata"]["name"], format!("svc-{id}"));
+    assert_eq!(service["spec"]["ports"][0]["port"], 8080);
+    let labels = &by_kind("Deployment")["metadata"]["labels"];
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "plugsync");
+    assert_eq!(labels["app.kubernetes.io/part-of"], "example");
+    assert_eq!(labels["app.kubernetes.io/version"], "0.0.14");
+    assert_eq!(labels["plugsync.dev/plugin-id"], id);
+    let image = format!("registry.local:5000/dify-plugins/agent-{id}:0.0.14");
+    let container = &by_kind("Deployment")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], image.as_str());
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/health");
+    assert_eq!(
+        container["resources"]["limits"]["memory"], "1048576",
+        "from resource.memory"
+    );
+    assert_eq!(
+        container["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+    // The Service selects pods of any attempt of this plugin.
+    let pod_labels = &by_kind("Deployment")["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in service["spec"]["selector"].as_object().expect("selector") {
+        assert_eq!(&pod_labels[k], v, "selector {k} must match the pods");
+    }
+
+    // The build context holds exactly the pinned package and the Dockerfile, and the Job
+    // checks the digest the Plugin records.
+    let mut archive = tar::Archive::new(&agent.context.bytes[..]);
+    let mut files = std::collections::BTreeMap::new();
+    for entry in archive.entries().expect("entries") {
+        let mut entry = entry.expect("entry");
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut data).expect("read");
+        files.insert(entry.path().expect("path").display().to_string(), data);
+    }
+    assert_eq!(
+        plugsync::package::sha256_hex(&files["plugin.difypkg"]),
+        "a58786359976dbbc96b353c9fc0e9ced05a3f5ee51995424c527934add9d323f"
+    );
+    assert_eq!(files["Dockerfile"], agent.dockerfile.as_bytes());
+    assert_eq!(
+        by_kind("Plugin")["spec"]["build"]["contextSha256"],
+        agent.context.sha256.as_str()
+    );
+    let init = &by_kind("Job")["spec"]["template"]["spec"]["initContainers"][0];
+    assert_eq!(init["env"][1]["value"], agent.context.sha256.as_str());
+    assert_eq!(by_kind("Job")["spec"]["backoffLimit"], 0);
+    assert_eq!(by_kind("Job")["spec"]["activeDeadlineSeconds"], 1800);
+
+    assert!(agent
+        .dockerfile
+        .contains("FROM langgenius/plugin-build-base-python:3.12\n"));
+    assert!(agent
+        .dockerfile
+        .contains("CMD [\"python\", \"-m\", \"main\"]"));
+    assert!(agent.dockerfile.contains("python -m compileall"));
+    assert!(agent.dockerfile.contains("USER 65532:65532"));
+}
+
+fn cli_render(dir: &Path, cache: &Path) -> Vec<u8> {
+    Command::cargo_bin("plugsync")
+        .expect("binary")
+        .args(["render", "--repo"])
+        .arg(dir)
+        .env("PLUGSYNC_CACHE_DIR", cache)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone()
+}
+
+#[test]
+fn identical_bytes_across_runs_and_checkout_paths() {
+    let a = tempfile::tempdir().expect("a");
+    let b = tempfile::tempdir().expect("b");
+    let b_nested = b.path().join("some/deeper/checkout");
+    copy_dir(Path::new("examples"), a.path());
+    copy_dir(Path::new("examples"), &b_nested);
+    let cache = tempfile::tempdir().expect("cache");
+    let first = cli_render(a.path(), cache.path());
+    let second = cli_render(a.path(), cache.path());
+    let elsewhere = cli_render(&b_nested, cache.path());
+    assert!(!first.is_empty());
+    assert_eq!(first, second, "two runs");
+    assert_eq!(first, elsewhere, "two checkout paths");
+
+    let out = tempfile::tempdir().expect("out");
+    Command::cargo_bin("plugsync")
+        .expect("binary")
+        .args(["render", "-o", "json", "--repo"])
+        .arg(a.path())
+        .arg("--out")
+        .arg(out.path())
+        .env("PLUGSYNC_CACHE_DIR", cache.path())
+        .assert()
+        .success();
+    let context = std::fs::read(
+        out.path()
+            .join("d62e5e95afbb7da9993d56f58e120ce5/context.tar"),
+    )
+    .expect("context written");
+    let state = render_dir(a.path());
+    let agent = state
+        .rendered
+        .iter()
+        .find(|p| p.name == "langgenius/agent")
+        .expect("agent");
+    assert_eq!(context, agent.context.bytes);
+}
+
+#[test]
+fn a_template_override_in_the_repository_changes_the_output() {
+    let dir = tempfile::tempdir().expect("dir");
+    copy_dir(Path::new("examples"), dir.path());
+    let base = render_dir(dir.path());
+    std::fs::create_dir(dir.path().join("templates")).expect("mkdir");
+    let service =
+        include_str!("../templates/service.yaml.j2").replace("type: ClusterIP", "type: NodePort");
+    std::fs::write(dir.path().join("templates/service.yaml.j2"), service).expect("write");
+    let overridden = render_dir(dir.path());
+    assert_eq!(
+        overridden.templates.overridden().collect::<Vec<_>>(),
+        vec!["service.yaml.j2"]
+    );
+    let types = |s: &DesiredState| -> Vec<String> {
+        s.objects()
+            .iter()
+            .filter(|o| o["kind"] == "Service")
+            .map(|o| o["spec"]["type"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(types(&base), vec!["ClusterIP", "ClusterIP"]);
+    assert_eq!(types(&overridden), vec!["NodePort", "NodePort"]);
+}
+
+#[test]
+fn template_errors_name_the_template_and_line_and_exit_2() {
+    let dir = tempfile::tempdir().expect("dir");
+    copy_dir(Path::new("examples"), dir.path());
+    std::fs::create_dir(dir.path().join("templates")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("templates/deployment.yaml.j2"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {{ plugin.resource_nme }}\n",
+    )
+    .expect("write");
+    let cache = tempfile::tempdir().expect("cache");
+    let out = Command::cargo_bin("plugsync")
+        .expect("binary")
+        .args(["render", "--repo"])
+        .arg(dir.path())
+        .env("PLUGSYNC_CACHE_DIR", cache.path())
+        .assert()
+        .code(2);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(err.contains("template deployment.yaml.j2 line 4"), "{err}");
+    assert!(
+        out.get_output().stdout.is_empty(),
+        "nothing rendered on error"
+    );
+
+    // A template that renders the wrong kind of object is refused too.
+    std::fs::write(
+        dir.path().join("templates/deployment.yaml.j2"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, namespace: dify}\n",
+    )
+    .expect("write");
+    let out = Command::cargo_bin("plugsync")
+        .expect("binary")
+        .args(["render", "--repo"])
+        .arg(dir.path())
+        .env("PLUGSYNC_CACHE_DIR", cache.path())
+        .assert()
+        .code(2);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(
+        err.contains("kind is `ConfigMap`, must be `Deployment`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_base_image_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("dir");
+    copy_dir(Path::new("examples"), dir.path());
+    let yaml = std::fs::read_to_string(dir.path().join("plugins.yaml")).expect("read");
+    let yaml = yaml.replace(
+        "      preCompile: true\n",
+        "      preCompile: true\n      baseImages: {\"3.11\": python:3.11-slim}\n",
+    );
+    std::fs::write(dir.path().join("plugins.yaml"), yaml).expect("write");
+    let cache = tempfile::tempdir().expect("cache");
+    let out = Command::cargo_bin("plugsync")
+        .expect("binary")
+        .args(["render", "--repo"])
+        .arg(dir.path())
+        .env("PLUGSYNC_CACHE_DIR", cache.path())
+        .assert()
+        .code(2);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(err.contains("no base image for Python 3.12"), "{err}");
+    assert!(err.contains("configured: 3.11"), "{err}");
+}
