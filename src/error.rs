@@ -119,6 +119,10 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
 
+    /// Rendering failed (a template error, a missing base image, an invalid object).
+    #[error(transparent)]
+    Render(#[from] crate::render::RenderError),
+
     /// `--locked` was given and the lock would change.
     #[error("plugins.lock is out of date:\n{0}")]
     LockOutOfDate(String),

@@ -4,11 +4,17 @@
 //! `load` (parse and validate) → `resolve` (exact packages, verified against the lock) → …
 pub mod cli;
 pub mod codegen;
+pub mod crd;
 pub mod error;
 pub mod load;
 pub mod model;
 pub mod package;
+pub mod pipeline;
+pub mod plan;
 pub mod redact;
+pub mod render;
+pub mod report;
 pub mod resolve;
+pub mod source;
 
 pub use error::{Diagnostic, Diagnostics, Error, Result};

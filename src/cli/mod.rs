@@ -18,9 +18,13 @@ use crate::error::Error;
 use crate::load::{self, LOCK_FILE, PLUGINS_FILE};
 use crate::model::PluginLock;
 use crate::package::{self, Package};
+use crate::pipeline::{self, LockState};
+use crate::render::{self, RenderSettings};
+use crate::report::DiffReport;
 use crate::resolve::cache::Cache;
 use crate::resolve::source::{FetchSettings, SourceOrigin, SourceRegistry};
 use crate::resolve::{Resolution, Resolver};
+use crate::source::{discover_repo_root, GitRevision, Snapshot, WorkTree};
 
 /// plugsync: GitOps for Dify plugins on Kubernetes.
 #[derive(Debug, Parser)]
@@ -54,6 +58,11 @@ enum Command {
     Lock(LockArgs),
     /// Check plugins.yaml (and plugins.lock, when present) without fetching anything.
     Validate(RepoArgs),
+    /// Render the Dockerfiles, build contexts and Kubernetes objects of every plugin.
+    Render(RenderArgs),
+    /// Show what a change does, per plugin and per object, straight from git (no cluster).
+    /// Exit 0: no changes, 1: changes, 2: error.
+    Diff(DiffArgs),
     /// List the package source clients, in-tree and external (`plugsync-source-<scheme>`).
     Plugins(PluginsArgs),
     /// Work with single `.difypkg` packages.
@@ -142,6 +151,85 @@ struct LockArgs {
 }
 
 #[derive(Debug, Args)]
+struct RenderArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    #[command(flatten)]
+    fetch: FetchArgs,
+    #[command(flatten)]
+    render: RenderSettingsArgs,
+    /// Output format of the objects on stdout.
+    #[arg(short, long, value_enum, default_value_t = ObjectFormat::Yaml)]
+    output: ObjectFormat,
+    /// Also write `<plugin-id>/{Dockerfile,context.tar,objects.yaml}` per plugin into DIR.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+/// Settings of the plugsync installation that show up in rendered objects.
+#[derive(Debug, Args)]
+struct RenderSettingsArgs {
+    /// Base URL at which plugsync serves build contexts to build Jobs.
+    #[arg(
+        long,
+        env = "PLUGSYNC_CONTEXT_URL",
+        default_value = "http://plugsync.plugsync-system.svc:8080"
+    )]
+    context_url: String,
+}
+
+impl RenderSettingsArgs {
+    fn settings(&self) -> RenderSettings {
+        RenderSettings {
+            context_base_url: self.context_url.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct DiffArgs {
+    /// The folder holding plugins.yaml, inside a git work tree.
+    #[arg(long, default_value = ".")]
+    repo: PathBuf,
+    /// The declared set, relative to --repo.
+    #[arg(long, default_value = PLUGINS_FILE)]
+    file: PathBuf,
+    /// Base revision (a branch, remote branch, tag or commit), e.g. `origin/main`.
+    #[arg(long)]
+    base: String,
+    /// Head revision [default: the working tree, uncommitted changes included].
+    #[arg(long)]
+    head: Option<String>,
+    /// Compare with the base revision itself rather than with the merge base of base and
+    /// head (the default, which shows only what the head side changed, like a pull request).
+    #[arg(long)]
+    no_merge_base: bool,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = DiffFormat::Text)]
+    output: DiffFormat,
+    /// Lines of context around each object change.
+    #[arg(long, default_value_t = 3)]
+    context: usize,
+    #[command(flatten)]
+    fetch: FetchArgs,
+    #[command(flatten)]
+    render: RenderSettingsArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum DiffFormat {
+    Text,
+    Json,
+    Markdown,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum ObjectFormat {
+    Yaml,
+    Json,
+}
+
+#[derive(Debug, Args)]
 struct PluginsArgs {
     #[command(flatten)]
     fetch: FetchArgs,
@@ -217,6 +305,8 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
     match command {
         Command::Lock(args) => lock(args).await,
         Command::Validate(args) => validate(args),
+        Command::Render(args) => render_command(args).await,
+        Command::Diff(args) => diff_command(args).await,
         Command::Plugins(args) => plugins(args).await,
         Command::Package(cmd) => package_command(cmd),
     }
@@ -251,11 +341,14 @@ async fn lock(args: LockArgs) -> Result<ExitCode, Error> {
         .unwrap_or_else(Cache::default_dir);
     let cache = Cache::open(&cache_dir).map_err(|e| Error::io(&cache_dir, e))?;
     let sources = SourceRegistry::discover(settings, set.marketplace.clone());
-    let mut resolver = Resolver::new(sources, cache, &args.repo.root(), max_bytes);
+    let mut resolver = Resolver::new(sources, cache, max_bytes);
     if std::io::stderr().is_terminal() {
         resolver = resolver.with_progress(Arc::new(progress::TerminalProgress::new()));
     }
-    let resolution: Resolution = resolver.resolve(&set, old.as_ref(), &args.update).await?;
+    let snapshot = WorkTree::new(&args.repo.root()).map_err(|e| Error::Usage(e.to_string()))?;
+    let resolution: Resolution = resolver
+        .resolve(&snapshot, &set, old.as_ref(), &args.update)
+        .await?;
     debug!(plugins = resolution.plugins.len(), "resolved");
 
     let text = resolution.lock.to_yaml();
@@ -297,6 +390,129 @@ async fn lock(args: LockArgs) -> Result<ExitCode, Error> {
         resolution.lock.plugins.len()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn resolver_for(fetch: &FetchArgs, marketplace: url::Url) -> Result<Resolver, Error> {
+    let settings = fetch.settings();
+    let max_bytes = settings.max_bytes;
+    let cache_dir = fetch.cache_dir.clone().unwrap_or_else(Cache::default_dir);
+    let cache = Cache::open(&cache_dir).map_err(|e| Error::io(&cache_dir, e))?;
+    let mut resolver = Resolver::new(
+        SourceRegistry::discover(settings, marketplace),
+        cache,
+        max_bytes,
+    );
+    if std::io::stderr().is_terminal() {
+        resolver = resolver.with_progress(Arc::new(progress::TerminalProgress::new()));
+    }
+    Ok(resolver)
+}
+
+async fn render_command(args: RenderArgs) -> Result<ExitCode, Error> {
+    let root = args.repo.root();
+    let file = args
+        .repo
+        .file
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| PLUGINS_FILE.to_string());
+    let snapshot = WorkTree::new(&root).map_err(|e| Error::Usage(e.to_string()))?;
+    // The marketplace URL is only known after loading; load once to find it.
+    let plugins_path = args.repo.plugins_path();
+    let set = load::load_plugin_set(&plugins_path, &load::read_file(&plugins_path)?)?;
+    let resolver = resolver_for(&args.fetch, set.marketplace.clone())?;
+    let Some(state) =
+        pipeline::desired_state(&snapshot, &file, &resolver, &args.render.settings()).await?
+    else {
+        return Err(Error::Usage(format!(
+            "{}: not found",
+            plugins_path.display()
+        )));
+    };
+    if let LockState::Stale(changes) = &state.lock {
+        let lines: Vec<String> = changes.iter().map(|c| format!("  {c}")).collect();
+        tracing::warn!(
+            "plugins.lock is out of date; rendering what plugins.yaml declares:\n{}",
+            lines.join("\n")
+        );
+    }
+    let objects = state.objects();
+    match args.output {
+        ObjectFormat::Yaml => print!("{}", render::objects_to_yaml(&objects)),
+        ObjectFormat::Json => {
+            let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects});
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&list).unwrap_or_default()
+            );
+        }
+    }
+    if let Some(out) = &args.out {
+        for plugin in &state.rendered {
+            let dir = out.join(&plugin.resource_name);
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            write_atomically(&dir.join("Dockerfile"), plugin.dockerfile.as_bytes())?;
+            write_atomically(&dir.join("context.tar"), &plugin.context.bytes)?;
+            write_atomically(
+                &dir.join("objects.yaml"),
+                render::objects_to_yaml(&plugin.objects).as_bytes(),
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn diff_command(args: DiffArgs) -> Result<ExitCode, Error> {
+    let snap = |e: crate::source::SnapshotError| Error::Usage(e.to_string());
+    let (root, subdir) = discover_repo_root(&args.repo).map_err(snap)?;
+    let file = args.file.to_string_lossy().into_owned();
+    let head_rev = args.head.clone().unwrap_or_else(|| "HEAD".to_string());
+    let base_rev = if args.no_merge_base {
+        args.base.clone()
+    } else {
+        GitRevision::merge_base(&root, &args.base, &head_rev).map_err(snap)?
+    };
+    let base = GitRevision::open(&root, &base_rev, subdir.as_deref()).map_err(snap)?;
+    let base_label = if args.no_merge_base {
+        args.base.clone()
+    } else {
+        format!("merge-base of {} and {head_rev}", args.base)
+    };
+    let head: Box<dyn Snapshot> = match &args.head {
+        Some(rev) => Box::new(GitRevision::open(&root, rev, subdir.as_deref()).map_err(snap)?),
+        None => Box::new(WorkTree::new(&args.repo).map_err(snap)?),
+    };
+
+    let resolver = resolver_for(
+        &args.fetch,
+        url::Url::parse(crate::model::DEFAULT_MARKETPLACE)
+            .map_err(|e| Error::Usage(e.to_string()))?,
+    )?;
+    let settings = args.render.settings();
+    let head_state = pipeline::desired_state(head.as_ref(), &file, &resolver, &settings)
+        .await?
+        .ok_or_else(|| Error::Usage(format!("{file}: not found in {}", head.describe())))?;
+    let base_state = pipeline::desired_state(&base, &file, &resolver, &settings).await?;
+    let report = DiffReport::build(
+        &format!("{base_label} ({})", &base_rev[..base_rev.len().min(12)]),
+        base_state.as_ref(),
+        &head_state,
+        args.context,
+    )
+    .map_err(|e| Error::Usage(e.to_string()))?;
+    match args.output {
+        DiffFormat::Text => print!("{}", report.to_text()),
+        DiffFormat::Markdown => print!("{}", report.to_markdown()),
+        DiffFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report.to_json()).unwrap_or_default()
+        ),
+    }
+    Ok(if report.has_changes() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn out_of_date(lock_path: &Path, why: &str) -> Result<ExitCode, Error> {

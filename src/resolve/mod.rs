@@ -15,7 +15,6 @@ pub mod cache;
 pub mod source;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -24,6 +23,7 @@ use crate::error::{Diagnostics, Error};
 use crate::load::{DeclaredPlugin, DeclaredSource, LoadedPluginSet};
 use crate::model::{LockedPlugin, PluginLock};
 use crate::package::{self, Package};
+use crate::source::{EntryKind, Snapshot};
 use cache::Cache;
 use source::{NoProgress, Progress, SourceRegistry};
 
@@ -54,6 +54,8 @@ pub struct ResolvedPlugin {
     pub locked: LockedPlugin,
     /// The package, read and validated.
     pub package: Package,
+    /// The package bytes (they go into the build context).
+    pub bytes: Arc<Vec<u8>>,
 }
 
 /// The outcome of resolving a whole set.
@@ -148,18 +150,17 @@ fn change_name(c: &LockChange) -> &str {
 pub struct Resolver {
     sources: SourceRegistry,
     cache: Cache,
-    root: PathBuf,
     max_bytes: u64,
     progress: Arc<dyn ProgressReporter>,
 }
 
 impl Resolver {
-    /// A resolver for the plugins.yaml in `root` (where `path:` entries are relative to).
-    pub fn new(sources: SourceRegistry, cache: Cache, root: &Path, max_bytes: u64) -> Resolver {
+    /// A resolver fetching through `sources`, caching in `cache`, refusing packages over
+    /// `max_bytes`.
+    pub fn new(sources: SourceRegistry, cache: Cache, max_bytes: u64) -> Resolver {
         Resolver {
             sources,
             cache,
-            root: root.to_path_buf(),
             max_bytes,
             progress: Arc::new(Quiet),
         }
@@ -171,10 +172,12 @@ impl Resolver {
         self
     }
 
-    /// Resolves every declared plugin. `old` is the existing lock, if any; `update` names
-    /// plugins (`author/name`) to resolve afresh even though they are pinned.
+    /// Resolves every declared plugin. `snapshot` is the revision the set was read from
+    /// (`path:` entries are read from it); `old` is its lock, if any; `update` names plugins
+    /// (`author/name`) to resolve afresh even though they are pinned.
     pub async fn resolve(
         &self,
+        snapshot: &dyn Snapshot,
         set: &LoadedPluginSet,
         old: Option<&PluginLock>,
         update: &[String],
@@ -184,14 +187,17 @@ impl Resolver {
         check_update_names(set, old, update)?;
         let update: BTreeSet<&str> = update.iter().map(String::as_str).collect();
 
-        let results: Vec<(LockedPlugin, Package)> = stream::iter(set.plugins.iter())
+        let results: Vec<(LockedPlugin, Package, Arc<Vec<u8>>)> = stream::iter(set.plugins.iter())
             .map(|declared| {
                 let source = declared.source.lock_source(&set.marketplace);
                 let pinned = old
                     .find_by_source(&source)
                     .filter(|p| !update.contains(p.name.as_str()))
                     .cloned();
-                async move { self.resolve_one(declared, source, pinned.as_ref()).await }
+                async move {
+                    self.resolve_one(snapshot, declared, source, pinned.as_ref())
+                        .await
+                }
             })
             .buffered(CONCURRENT_FETCHES)
             .try_collect()
@@ -199,8 +205,11 @@ impl Resolver {
 
         // Two entries may turn out to be the same plugin only once their packages are known.
         let mut diagnostics = Vec::new();
-        for (i, (locked, _)) in results.iter().enumerate() {
-            if let Some(j) = results[..i].iter().position(|(l, _)| l.name == locked.name) {
+        for (i, (locked, _, _)) in results.iter().enumerate() {
+            if let Some(j) = results[..i]
+                .iter()
+                .position(|(l, _, _)| l.name == locked.name)
+            {
                 let first = &set.plugins[j].path;
                 diagnostics.push(set.doc.error_at(
                     &set.plugins[i].path,
@@ -220,10 +229,11 @@ impl Resolver {
             .plugins
             .iter()
             .zip(results)
-            .map(|(declared, (locked, package))| ResolvedPlugin {
+            .map(|(declared, (locked, package, bytes))| ResolvedPlugin {
                 declared: declared.clone(),
                 locked,
                 package,
+                bytes,
             })
             .collect();
         let lock = PluginLock::new(plugins.iter().map(|p| p.locked.clone()).collect());
@@ -237,13 +247,14 @@ impl Resolver {
 
     async fn resolve_one(
         &self,
+        snapshot: &dyn Snapshot,
         declared: &DeclaredPlugin,
         source: String,
         pinned: Option<&LockedPlugin>,
-    ) -> Result<(LockedPlugin, Package), Error> {
+    ) -> Result<(LockedPlugin, Package, Arc<Vec<u8>>), Error> {
         let label = declared.source.describe();
         let bytes = match &declared.source {
-            DeclaredSource::Path(rel) => self.read_local(&label, rel)?,
+            DeclaredSource::Path(rel) => self.read_local(snapshot, &label, rel)?,
             DeclaredSource::Marketplace { .. } | DeclaredSource::Url(_) => {
                 let cached = match pinned {
                     Some(pin) => self
@@ -316,39 +327,47 @@ impl Resolver {
             plugin_id: package::plugin_id(&unique_identifier),
             unique_identifier,
         };
-        Ok((locked, package))
+        Ok((locked, package, Arc::new(bytes)))
     }
 
-    /// Packs an in-repo plugin directory, or reads an in-repo `.difypkg`, refusing anything
-    /// that resolves (through symlinks) outside the repository folder.
-    fn read_local(&self, label: &str, rel: &str) -> Result<Vec<u8>, Error> {
-        let path = self.root.join(rel);
-        let real = path.canonicalize().map_err(|e| Error::io(&path, e))?;
-        let root = self
-            .root
-            .canonicalize()
-            .map_err(|e| Error::io(&self.root, e))?;
-        if !real.starts_with(&root) {
-            return Err(Error::Usage(format!(
-                "{label}: `{rel}` resolves outside the repository folder (through a symlink)"
-            )));
-        }
-        if real.is_dir() {
-            package::pack_dir(&real).map_err(|e| Error::Package {
-                plugin: label.to_string(),
-                source: e,
-            })
-        } else {
-            let size = std::fs::metadata(&real)
-                .map_err(|e| Error::io(&path, e))?
-                .len();
-            if size > self.max_bytes {
-                return Err(Error::Usage(format!(
-                    "{label}: the package file is {size} bytes, over the {} byte limit",
-                    self.max_bytes
-                )));
+    /// Packs an in-repo plugin directory, or reads an in-repo `.difypkg`, from the snapshot
+    /// (a working tree or a git revision; both refuse symlinks and paths leaving the repo).
+    fn read_local(
+        &self,
+        snapshot: &dyn Snapshot,
+        label: &str,
+        rel: &str,
+    ) -> Result<Vec<u8>, Error> {
+        let snap = |e: crate::source::SnapshotError| Error::Usage(format!("{label}: {e}"));
+        match snapshot.kind(rel).map_err(snap)? {
+            EntryKind::Dir => {
+                let tmp = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+                snapshot.materialize(rel, tmp.path()).map_err(snap)?;
+                package::pack_dir(tmp.path()).map_err(|e| Error::Package {
+                    plugin: label.to_string(),
+                    source: e,
+                })
             }
-            std::fs::read(&real).map_err(|e| Error::io(&path, e))
+            EntryKind::File => {
+                let bytes = snapshot.read(rel).map_err(snap)?.ok_or_else(|| {
+                    Error::Usage(format!("{label}: `{rel}` vanished while reading"))
+                })?;
+                if bytes.len() as u64 > self.max_bytes {
+                    return Err(Error::Usage(format!(
+                        "{label}: the package file is {} bytes, over the {} byte limit",
+                        bytes.len(),
+                        self.max_bytes
+                    )));
+                }
+                Ok(bytes)
+            }
+            EntryKind::Missing => Err(Error::Usage(format!(
+                "{label}: `{rel}` does not exist in {}",
+                snapshot.describe()
+            ))),
+            other => Err(Error::Usage(format!(
+                "{label}: `{rel}` is a {other:?}; use a plugin directory or a .difypkg file"
+            ))),
         }
     }
 }
