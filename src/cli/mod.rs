@@ -472,7 +472,13 @@ async fn diff_command(args: DiffArgs) -> Result<ExitCode, Error> {
     } else {
         GitRevision::merge_base(&root, &args.base, &head_rev).map_err(snap)?
     };
-    let base = GitRevision::open(&root, &base_rev, subdir.as_deref()).map_err(snap)?;
+    // Name the base by its ref when the merge base is the base itself (the usual case).
+    let base_tip = GitRevision::open(&root, &args.base, subdir.as_deref()).map_err(snap)?;
+    let base = if base_tip.commit_id() == base_rev {
+        base_tip
+    } else {
+        GitRevision::open(&root, &base_rev, subdir.as_deref()).map_err(snap)?
+    };
     let base_label = if args.no_merge_base {
         args.base.clone()
     } else {

@@ -434,6 +434,13 @@ pub fn render_plugin(
         (ANNOTATION_BUILD_INPUTS, inputs_hash.as_str()),
     ]
     .into();
+    // The Service outlives rebuilds and retries: only the identity, so a rebuild does not
+    // touch it.
+    let service_annotations: BTreeMap<&str, &str> = [(
+        ANNOTATION_UNIQUE_IDENTIFIER,
+        locked.unique_identifier.as_str(),
+    )]
+    .into();
 
     let mut runtime = input.runtime.clone();
     runtime.replicas.get_or_insert(1);
@@ -495,6 +502,7 @@ pub fn render_plugin(
         service_labels => &service_labels,
         service_selector => &service_selector,
         annotations => &annotations,
+        service_annotations => &service_annotations,
         env => &env_vars,
         resources => &resources,
         plugin_spec => &plugin_spec,
