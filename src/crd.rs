@@ -126,3 +126,43 @@ pub struct PluginStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
+
+/// Observed state of a PluginSet: what plugsync applied, and from which commit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginSetStatus {
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The commit last read from git.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fetched_commit: Option<String>,
+    /// The commit whose objects were last applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_applied_commit: Option<String>,
+    /// Number of plugins declared by the last applied commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_count: Option<i64>,
+    /// `Ready`, `Reconciling`, `Stalled` (kstatus-compatible).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Every object plugsync applied for this set (as Flux's `status.inventory`): prune deletes
+    /// what is here but no longer desired, even if its labels were changed since.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inventory: Vec<InventoryEntry>,
+}
+
+/// One applied object.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InventoryEntry {
+    /// `apiVersion` of the object.
+    pub api_version: String,
+    /// `kind` of the object.
+    pub kind: String,
+    /// Namespace (empty for cluster-scoped objects).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}

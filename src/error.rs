@@ -123,6 +123,21 @@ pub enum Error {
     #[error(transparent)]
     Render(#[from] crate::render::RenderError),
 
+    /// The Kubernetes API answered with an error status.
+    #[error("{what}: {message} ({code})")]
+    ClusterApi {
+        /// The operation (`apply Deployment dify/x`).
+        what: String,
+        /// HTTP status code.
+        code: u16,
+        /// The API server's message (conflicts name the fields and managers).
+        message: String,
+    },
+
+    /// The cluster could not be reached or did not behave.
+    #[error("{0}")]
+    Cluster(String),
+
     /// `--locked` was given and the lock would change.
     #[error("plugins.lock is out of date:\n{0}")]
     LockOutOfDate(String),
@@ -139,6 +154,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// Wraps a kube client error with the operation it failed.
+    pub fn from_kube(what: &str, error: kube::Error) -> Self {
+        match error {
+            kube::Error::Api(status) => Error::ClusterApi {
+                what: what.to_string(),
+                code: status.code,
+                message: status.message,
+            },
+            other => Error::Cluster(format!("{what}: {other}")),
+        }
+    }
+
     /// Wraps an I/O error with the path it happened on.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {

@@ -2,7 +2,9 @@
 //!
 //! The pipeline runs one way, each stage a module with plain data in and out:
 //! `load` (parse and validate) → `resolve` (exact packages, verified against the lock) → …
+pub mod apply;
 pub mod cli;
+pub mod cluster;
 pub mod codegen;
 pub mod crd;
 pub mod error;

@@ -18,6 +18,7 @@ use crate::error::Error;
 use crate::load::{self, LOCK_FILE, PLUGINS_FILE};
 use crate::model::PluginLock;
 use crate::package::{self, Package};
+use crate::apply::{ApplyOptions, Applier, Outcome};
 use crate::pipeline::{self, LockState};
 use crate::render::{self, RenderSettings};
 use crate::report::DiffReport;
@@ -60,9 +61,12 @@ enum Command {
     Validate(RepoArgs),
     /// Render the Dockerfiles, build contexts and Kubernetes objects of every plugin.
     Render(RenderArgs),
-    /// Show what a change does, per plugin and per object, straight from git (no cluster).
+    /// Show what a change does, per plugin and per object, straight from git (no cluster),
+    /// or with --cluster what applying the working tree would change in the cluster.
     /// Exit 0: no changes, 1: changes, 2: error.
     Diff(DiffArgs),
+    /// Apply the working tree's plugins to the cluster once (server-side apply, then prune).
+    Apply(ApplyArgs),
     /// List the package source clients, in-tree and external (`plugsync-source-<scheme>`).
     Plugins(PluginsArgs),
     /// Work with single `.difypkg` packages.
@@ -195,8 +199,13 @@ struct DiffArgs {
     #[arg(long, default_value = PLUGINS_FILE)]
     file: PathBuf,
     /// Base revision (a branch, remote branch, tag or commit), e.g. `origin/main`.
+    #[arg(long, required_unless_present = "cluster", conflicts_with = "cluster")]
+    base: Option<String>,
+    /// Compare the working tree with the live cluster instead of with a git revision.
     #[arg(long)]
-    base: String,
+    cluster: bool,
+    #[command(flatten)]
+    kube: KubeArgs,
     /// Head revision [default: the working tree, uncommitted changes included].
     #[arg(long)]
     head: Option<String>,
@@ -209,11 +218,52 @@ struct DiffArgs {
     output: DiffFormat,
     /// Lines of context around each object change.
     #[arg(long, default_value_t = 3)]
-    context: usize,
+    context_lines: usize,
     #[command(flatten)]
     fetch: FetchArgs,
     #[command(flatten)]
     render: RenderSettingsArgs,
+}
+
+/// How to reach the cluster, as kubectl users expect.
+#[derive(Debug, Args)]
+struct KubeArgs {
+    /// Path to a kubeconfig file [default: $KUBECONFIG, ~/.kube/config, or in-cluster].
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use [default: the current context].
+    #[arg(long)]
+    context: Option<String>,
+}
+
+impl KubeArgs {
+    fn options(&self) -> crate::cluster::ClusterOptions {
+        crate::cluster::ClusterOptions {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct ApplyArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    #[command(flatten)]
+    fetch: FetchArgs,
+    #[command(flatten)]
+    render: RenderSettingsArgs,
+    #[command(flatten)]
+    kube: KubeArgs,
+    /// Send every write as a server-side dry run; delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Do not delete objects the set no longer declares.
+    #[arg(long)]
+    no_prune: bool,
+    /// Do not install or update the plugsync CRDs (when RBAC does not allow it).
+    #[arg(long)]
+    skip_crds: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -306,7 +356,9 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
         Command::Lock(args) => lock(args).await,
         Command::Validate(args) => validate(args),
         Command::Render(args) => render_command(args).await,
+        Command::Diff(args) if args.cluster => cluster_diff_command(args).await,
         Command::Diff(args) => diff_command(args).await,
+        Command::Apply(args) => apply_command(args).await,
         Command::Plugins(args) => plugins(args).await,
         Command::Package(cmd) => package_command(cmd),
     }
@@ -466,23 +518,26 @@ async fn diff_command(args: DiffArgs) -> Result<ExitCode, Error> {
     let snap = |e: crate::source::SnapshotError| Error::Usage(e.to_string());
     let (root, subdir) = discover_repo_root(&args.repo).map_err(snap)?;
     let file = args.file.to_string_lossy().into_owned();
+    let Some(base_arg) = args.base.clone() else {
+        return Err(Error::Usage("--base is required without --cluster".into()));
+    };
     let head_rev = args.head.clone().unwrap_or_else(|| "HEAD".to_string());
     let base_rev = if args.no_merge_base {
-        args.base.clone()
+        base_arg.clone()
     } else {
-        GitRevision::merge_base(&root, &args.base, &head_rev).map_err(snap)?
+        GitRevision::merge_base(&root, &base_arg, &head_rev).map_err(snap)?
     };
     // Name the base by its ref when the merge base is the base itself (the usual case).
-    let base_tip = GitRevision::open(&root, &args.base, subdir.as_deref()).map_err(snap)?;
+    let base_tip = GitRevision::open(&root, &base_arg, subdir.as_deref()).map_err(snap)?;
     let base = if base_tip.commit_id() == base_rev {
         base_tip
     } else {
         GitRevision::open(&root, &base_rev, subdir.as_deref()).map_err(snap)?
     };
     let base_label = if args.no_merge_base {
-        args.base.clone()
+        base_arg.clone()
     } else {
-        format!("merge-base of {} and {head_rev}", args.base)
+        format!("merge-base of {base_arg} and {head_rev}")
     };
     let head: Box<dyn Snapshot> = match &args.head {
         Some(rev) => Box::new(GitRevision::open(&root, rev, subdir.as_deref()).map_err(snap)?),
@@ -503,7 +558,7 @@ async fn diff_command(args: DiffArgs) -> Result<ExitCode, Error> {
         &format!("{base_label} ({})", &base_rev[..base_rev.len().min(12)]),
         base_state.as_ref(),
         &head_state,
-        args.context,
+        args.context_lines,
     )
     .map_err(|e| Error::Usage(e.to_string()))?;
     match args.output {
@@ -519,6 +574,104 @@ async fn diff_command(args: DiffArgs) -> Result<ExitCode, Error> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Renders the working tree for a cluster operation, refusing a missing or stale lock: what
+/// reaches a cluster is always pinned.
+async fn pinned_state(
+    repo: &RepoArgs,
+    fetch: &FetchArgs,
+    render: &RenderSettingsArgs,
+) -> Result<pipeline::DesiredState, Error> {
+    let root = repo.root();
+    let file = repo
+        .file
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| PLUGINS_FILE.to_string());
+    let snapshot = WorkTree::new(&root).map_err(|e| Error::Usage(e.to_string()))?;
+    let resolver = resolver_for(fetch, url::Url::parse(crate::model::DEFAULT_MARKETPLACE).map_err(|e| Error::Usage(e.to_string()))?)?;
+    let state = pipeline::desired_state(&snapshot, &file, &resolver, &render.settings())
+        .await?
+        .ok_or_else(|| Error::Usage(format!("{}: not found", repo.plugins_path().display())))?;
+    match &state.lock {
+        LockState::UpToDate => Ok(state),
+        LockState::Missing => Err(Error::LockOutOfDate(format!(
+            "{} does not exist; run `plugsync lock` and commit it",
+            repo.lock_path().display()
+        ))),
+        LockState::Stale(changes) => Err(Error::LockOutOfDate(
+            changes.iter().map(|c| format!("  {c}")).collect::<Vec<_>>().join("\n"),
+        )),
+    }
+}
+
+fn plugsync_crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
+    use kube::CustomResourceExt;
+    vec![
+        crate::crd::Plugin::crd(),
+        crate::model::PluginSetResource::crd(),
+    ]
+}
+
+async fn apply_command(args: ApplyArgs) -> Result<ExitCode, Error> {
+    let state = pinned_state(&args.repo, &args.fetch, &args.render).await?;
+    let client = crate::cluster::client(&args.kube.options()).await?;
+    let applier = Applier::new(client);
+    let options = ApplyOptions {
+        dry_run: args.dry_run,
+        prune: !args.no_prune,
+    };
+    if !args.skip_crds {
+        applier.ensure_crds(&plugsync_crds(), options).await?;
+    }
+    let report = applier
+        .apply_set(&state.set.spec().clone(), &state.objects(), options)
+        .await?;
+    let suffix = if args.dry_run { " (server dry run)" } else { "" };
+    for (key, outcome) in &report.objects {
+        if *outcome != Outcome::Unchanged {
+            println!("{} {key}{suffix}", format!("{outcome:?}").to_lowercase());
+        }
+    }
+    for (key, why) in &report.failed {
+        eprintln!("error: {key}: {why}");
+    }
+    println!("{}{suffix}", report.summary());
+    Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+}
+
+async fn cluster_diff_command(args: DiffArgs) -> Result<ExitCode, Error> {
+    let repo = RepoArgs { repo: args.repo.clone(), file: args.file.clone() };
+    let state = pinned_state(&repo, &args.fetch, &args.render).await?;
+    let client = crate::cluster::client(&args.kube.options()).await?;
+    let applier = Applier::new(client);
+    let options = ApplyOptions { dry_run: true, prune: true };
+    let report = applier.apply_set(&state.set.spec().clone(), &state.objects(), options).await?;
+    for (key, why) in &report.failed {
+        eprintln!("error: {key}: {why}");
+    }
+    match args.output {
+        DiffFormat::Json => {
+            let objects: Vec<serde_json::Value> = report.changes.iter().map(|c| serde_json::json!({
+                "apiVersion": c.key.api_version, "kind": c.key.kind, "namespace": c.key.namespace,
+                "name": c.key.name, "action": c.action.to_string(), "reason": c.reason,
+                "changedPaths": c.changed_paths, "diff": crate::plan::render_diff(c, args.context_lines),
+            })).collect();
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({"changed": !report.changes.is_empty(), "objects": objects})).unwrap_or_default());
+        }
+        DiffFormat::Text | DiffFormat::Markdown => {
+            for c in &report.changes {
+                println!("{} {}: {}", c.action, c.key, c.reason);
+                print!("{}", crate::plan::render_diff(c, args.context_lines));
+            }
+            println!("cluster: {} object changes", report.changes.len());
+        }
+    }
+    if !report.failed.is_empty() {
+        return Ok(ExitCode::from(2));
+    }
+    Ok(if report.changes.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn out_of_date(lock_path: &Path, why: &str) -> Result<ExitCode, Error> {
@@ -675,4 +828,23 @@ fn package_command(cmd: PackageCommand) -> Result<ExitCode, Error> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn diff_needs_a_base_or_the_cluster() {
+        assert!(Cli::try_parse_from(["plugsync", "diff"]).is_err());
+        assert!(Cli::try_parse_from(["plugsync", "diff", "--base", "main"]).is_ok());
+        assert!(Cli::try_parse_from(["plugsync", "diff", "--cluster", "--context", "kind"]).is_ok());
+        assert!(Cli::try_parse_from(["plugsync", "diff", "--cluster", "--base", "main"]).is_err());
+    }
 }

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
+use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -45,8 +46,24 @@ fn default_namespace() -> String {
     "default".to_string()
 }
 
-/// The desired state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// The desired state. In the cluster, the same spec is the `PluginSet` custom resource
+/// (`pluginsets.plugsync.dev`, Rust type [`PluginSetResource`]) that plugsync applies next to
+/// the plugins, and whose status records what was applied (inventory, commits, conditions).
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "plugsync.dev",
+    version = "v1alpha1",
+    kind = "PluginSet",
+    root = "PluginSetResource",
+    namespaced,
+    status = "crate::crd::PluginSetStatus",
+    shortname = "pset",
+    category = "plugsync",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Plugins","type":"integer","jsonPath":".status.pluginCount"}"#,
+    printcolumn = r#"{"name":"Commit","type":"string","jsonPath":".status.lastAppliedCommit"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PluginSetSpec {
     /// Where built images are pushed.
