@@ -18,5 +18,6 @@ pub mod render;
 pub mod report;
 pub mod resolve;
 pub mod source;
+pub mod testkit;
 
 pub use error::{Diagnostic, Diagnostics, Error, Result};
