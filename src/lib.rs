@@ -18,6 +18,7 @@ pub mod render;
 pub mod report;
 pub mod resolve;
 pub mod source;
+pub mod synth;
 pub mod testkit;
 
 pub use error::{Diagnostic, Diagnostics, Error, Result};

@@ -1,0 +1,167 @@
+//! The synthetic-repository generator behind `cargo bench --bench pipeline`, at small N:
+//! what it writes locks, renders offline and diffs as exactly one changed plugin. No
+//! timing here: performance is the benchmark's business, not the test suite's.
+
+use std::path::Path;
+
+use plugsync::pipeline::{desired_state, DesiredState, LockState};
+use plugsync::render::RenderSettings;
+use plugsync::report::{DiffReport, PluginChangeKind};
+use plugsync::resolve::cache::Cache;
+use plugsync::resolve::source::{FetchSettings, SourceRegistry};
+use plugsync::resolve::Resolver;
+use plugsync::source::{Snapshot, WorkTree};
+use plugsync::synth::{self, SynthChange};
+
+const N: usize = 5;
+
+fn resolver(cache: &Cache) -> Resolver {
+    Resolver::new(
+        SourceRegistry::discover(
+            FetchSettings::default(),
+            url::Url::parse("https://marketplace.dify.ai").expect("url"),
+        ),
+        cache.clone(),
+        64 << 20,
+    )
+}
+
+fn state_of(snapshot: &dyn Snapshot, cache: &Cache) -> DesiredState {
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(desired_state(
+            snapshot,
+            "plugins.yaml",
+            &resolver(cache),
+            &RenderSettings::default(),
+        ))
+        .expect("renders offline, from the lock and the cache")
+        .expect("plugins.yaml present")
+}
+
+fn render(dir: &Path, cache: &Cache) -> DesiredState {
+    state_of(&WorkTree::new(dir).expect("worktree"), cache)
+}
+
+#[test]
+fn generated_repo_is_locked_and_renders_offline() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cache = Cache::open(&tmp.path().join("cache")).expect("cache");
+    let repo = synth::generate_repo(&tmp.path().join("repo"), N, &cache).expect("generates");
+
+    let state = render(&repo.dir, &cache);
+    // What `plugsync lock --locked` checks: the lock pins exactly what is declared.
+    assert_eq!(state.lock, LockState::UpToDate);
+    assert_eq!(state.resolution.lock, repo.lock);
+    assert_eq!(state.rendered.len(), N);
+    let mut names: Vec<&str> = state.rendered.iter().map(|p| p.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["synth/p0", "synth/p1", "synth/p2", "synth/p3", "synth/p4"]
+    );
+    // Plugin, Job, Deployment, Service for each.
+    assert_eq!(state.objects().len(), 4 * N);
+}
+
+#[test]
+fn resolving_never_fetches() {
+    // An empty cache: the packages exist nowhere else (their URLs are under .invalid), so
+    // rendering must fail rather than succeed by reaching out.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cache = Cache::open(&tmp.path().join("cache")).expect("cache");
+    let repo = synth::generate_repo(&tmp.path().join("repo"), 2, &cache).expect("generates");
+    let empty = Cache::open(&tmp.path().join("empty")).expect("cache");
+    let result = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(desired_state(
+            &WorkTree::new(&repo.dir).expect("worktree"),
+            "plugins.yaml",
+            &resolver(&empty),
+            &RenderSettings::default(),
+        ));
+    assert!(result.is_err(), "rendered without the cached packages");
+}
+
+fn diff_after(change: SynthChange) -> DiffReport {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cache = Cache::open(&tmp.path().join("cache")).expect("cache");
+    let base_dir = tmp.path().join("base");
+    let head_dir = tmp.path().join("head");
+    synth::generate_repo(&base_dir, N, &cache).expect("generates base");
+    synth::generate_repo(&head_dir, N, &cache).expect("generates head");
+    synth::change_one(&head_dir, &cache, change).expect("changes one plugin");
+
+    let base = render(&base_dir, &cache);
+    let head = render(&head_dir, &cache);
+    assert_eq!(head.lock, LockState::UpToDate, "change_one keeps the lock");
+    DiffReport::build("base", Some(&base), &head, 3).expect("report")
+}
+
+fn changed(report: &DiffReport) -> Vec<(&str, PluginChangeKind)> {
+    report
+        .plugins
+        .iter()
+        .filter(|p| p.kind != PluginChangeKind::Unchanged)
+        .map(|p| (p.name.as_str(), p.kind))
+        .collect()
+}
+
+#[test]
+fn upgrading_one_plugin_changes_exactly_that_plugin() {
+    let report = diff_after(SynthChange::Upgrade);
+    assert_eq!(changed(&report), [("synth/p0", PluginChangeKind::Upgraded)]);
+    let p0 = &report.plugins[0];
+    assert_eq!(p0.from.as_deref(), Some("1.0.0"));
+    assert_eq!(p0.to.as_deref(), Some("2.0.0"));
+    assert_eq!(
+        report.summary_line(),
+        "0 added, 1 upgraded, 0 removed, 0 reconfigured, 4 unchanged"
+    );
+    assert!(report.to_markdown().contains("`synth/p0`"));
+}
+
+#[test]
+fn reconfiguring_one_plugin_changes_exactly_that_plugin() {
+    let report = diff_after(SynthChange::Reconfigure);
+    assert_eq!(
+        changed(&report),
+        [("synth/p0", PluginChangeKind::Reconfigured)]
+    );
+    let paths: Vec<&str> = report.plugins[0]
+        .objects
+        .iter()
+        .flat_map(|c| c.changed_paths.iter().map(String::as_str))
+        .collect();
+    assert_eq!(paths, ["spec.replicas"]);
+}
+
+#[test]
+fn generation_is_deterministic() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let read = |dir: &Path, file: &str| std::fs::read(dir.join(file)).expect("read");
+    let mut outputs = Vec::new();
+    for run in ["a", "b"] {
+        let cache = Cache::open(&tmp.path().join(run).join("cache")).expect("cache");
+        let dir = tmp.path().join(run).join("repo");
+        let repo = synth::generate_repo(&dir, N, &cache).expect("generates");
+        let packages: Vec<Vec<u8>> = repo
+            .lock
+            .plugins
+            .iter()
+            .map(|p| {
+                cache
+                    .get(&p.sha256)
+                    .expect("readable")
+                    .expect("cached package")
+            })
+            .collect();
+        outputs.push((
+            read(&dir, "plugins.yaml"),
+            read(&dir, "plugins.lock"),
+            packages,
+        ));
+    }
+    assert_eq!(outputs[0], outputs[1]);
+    assert_eq!(outputs[0].2.len(), N);
+}
