@@ -532,7 +532,7 @@ impl Applier {
             .await
         {
             Ok(_) => {
-                info!(object = %key, ?outcome, "applied");
+                debug!(object = %key, ?outcome, "applied");
                 report.objects.push((key.clone(), outcome));
             }
             Err(e) => report.failed.push((key.clone(), e.to_string())),
