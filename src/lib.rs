@@ -6,6 +6,7 @@ pub mod apply;
 pub mod cli;
 pub mod cluster;
 pub mod codegen;
+pub mod controller;
 pub mod crd;
 pub mod error;
 pub mod load;

@@ -1,0 +1,551 @@
+//! The plugin lifecycle, as a pure function: what the controller observed about one
+//! `Plugin` and its children in, the actions to take and the status to publish out.
+//!
+//! No Kubernetes client, no clock, no I/O: the controller edge gathers [`Observed`], calls
+//! [`decide`], and carries out the [`Decision`]. Every transition is therefore testable with
+//! plain data, and the same observation always gives the same decision.
+//!
+//! Phases: `Pending` (accepted; deploying a known image) → `Building` (a build Job runs) →
+//! `Running` (the Deployment is available), or `BuildFailed` (the build failed; a retry may
+//! follow) / `Failed` (the Deployment cannot become available). Conditions follow kstatus:
+//! `Ready`, `Reconciling` (work in progress) and `Stalled` (no progress without a change).
+
+use std::time::Duration;
+
+use crate::crd::{PluginPhase, PluginSpec};
+
+/// What the build Job of this attempt looks like, if it exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobState {
+    /// No Job yet.
+    Absent,
+    /// Created, not finished.
+    Running,
+    /// Finished successfully; `digest` from the build pod's termination message.
+    Succeeded {
+        /// `sha256:…` pushed by the builder, when the termination message had one.
+        digest: Option<String>,
+    },
+    /// Failed; why, from the Job's condition and its pod.
+    Failed {
+        /// Short machine-readable reason (`BackoffLimitExceeded`, `DeadlineExceeded`, `Error`).
+        reason: String,
+        /// Human message (the builder's last words when available).
+        message: String,
+        /// Seconds since the failure (for the retry backoff).
+        age: Duration,
+    },
+}
+
+/// What the Deployment looks like, if it exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeploymentState {
+    /// No Deployment yet.
+    Absent,
+    /// Exists and runs the expected image, rolling out.
+    Progressing,
+    /// Exists, runs the expected image, and is Available for its current generation.
+    Available,
+    /// Exists but runs another image (the digest changed): it must be updated.
+    Outdated,
+    /// Its rollout failed (`Progressing=False`, e.g. `ProgressDeadlineExceeded`).
+    Failed {
+        /// The Deployment condition's message.
+        message: String,
+    },
+}
+
+/// Everything the controller knows about one Plugin when it decides.
+#[derive(Debug, Clone)]
+pub struct Observed<'a> {
+    /// The Plugin's spec.
+    pub spec: &'a PluginSpec,
+    /// Its namespace (for the endpoint).
+    pub namespace: &'a str,
+    /// The digest recorded in its status by an earlier reconcile, if any.
+    pub recorded_digest: Option<&'a str>,
+    /// Whether the registry still has the known digest (`None`: no digest to check, or the
+    /// check could not be made).
+    pub registry_has_digest: Option<bool>,
+    /// The build Job of this attempt.
+    pub job: JobState,
+    /// The Deployment of this attempt.
+    pub deployment: DeploymentState,
+    /// Whether `svc-<plugin-id>` exists.
+    pub service_exists: bool,
+    /// Whether the next attempt's Plugin (`<plugin-id>--N+1`) already exists.
+    pub next_attempt_exists: bool,
+    /// `spec.build.maxAttempts` of the PluginSet.
+    pub max_attempts: u32,
+    /// Retry backoff of the PluginSet.
+    pub backoff: Backoff,
+}
+
+/// Exponential backoff between build attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// Delay before attempt 2.
+    pub base: Duration,
+    /// Longest delay.
+    pub cap: Duration,
+}
+
+impl Backoff {
+    /// Delay before attempt `next` (2, 3, …): `base * 2^(next-2)`, capped.
+    pub fn before_attempt(&self, next: u32) -> Duration {
+        let doublings = next.saturating_sub(2).min(30);
+        self.base
+            .checked_mul(1u32 << doublings)
+            .unwrap_or(self.cap)
+            .min(self.cap)
+    }
+}
+
+/// One thing for the controller edge to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Create the build Job of this attempt.
+    CreateJob,
+    /// Create or update the Deployment to run `image` (by digest).
+    ApplyDeployment {
+        /// `repository@sha256:…`.
+        image: String,
+    },
+    /// Create the Service `svc-<plugin-id>`.
+    CreateService,
+    /// Create the Plugin of the next attempt (`<plugin-id>--N`).
+    CreateNextAttempt {
+        /// N.
+        attempt: u32,
+    },
+}
+
+/// A condition to publish (kstatus types: `Ready`, `Reconciling`, `Stalled`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConditionSpec {
+    /// Condition type.
+    pub type_: &'static str,
+    /// `True` or `False`.
+    pub status: bool,
+    /// CamelCase reason.
+    pub reason: &'static str,
+    /// Human message.
+    pub message: String,
+}
+
+/// The outcome of one decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The phase to publish.
+    pub phase: PluginPhase,
+    /// The endpoint, once Running.
+    pub endpoint: Option<String>,
+    /// The image digest to record, once known.
+    pub image_digest: Option<String>,
+    /// Why the plugin is where it is.
+    pub message: String,
+    /// `Ready`, `Reconciling` and `Stalled`, always all three.
+    pub conditions: Vec<ConditionSpec>,
+    /// What to do now.
+    pub actions: Vec<Action>,
+    /// When to look again even if nothing changes (`None`: wait for a watch event).
+    pub requeue_after: Option<Duration>,
+}
+
+fn conditions(ready: (bool, &'static str), reconciling: Option<&'static str>, stalled: Option<&'static str>, message: &str) -> Vec<ConditionSpec> {
+    vec![
+        ConditionSpec {
+            type_: "Ready",
+            status: ready.0,
+            reason: ready.1,
+            message: message.to_string(),
+        },
+        ConditionSpec {
+            type_: "Reconciling",
+            status: reconciling.is_some(),
+            reason: reconciling.unwrap_or("Idle"),
+            message: if reconciling.is_some() { message.to_string() } else { String::new() },
+        },
+        ConditionSpec {
+            type_: "Stalled",
+            status: stalled.is_some(),
+            reason: stalled.unwrap_or("Progressing"),
+            message: if stalled.is_some() { message.to_string() } else { String::new() },
+        },
+    ]
+}
+
+/// The image reference that runs `digest`: the spec's repository (tag dropped) `@digest`.
+pub fn image_by_digest(image: &str, digest: &str) -> String {
+    let repository = match image.rfind(':') {
+        Some(i) if !image[i..].contains('/') => &image[..i],
+        _ => image,
+    };
+    format!("{repository}@{digest}")
+}
+
+/// Decides what to do about one Plugin.
+pub fn decide(o: &Observed<'_>) -> Decision {
+    let endpoint = format!("http://svc-{}.{}:8080", o.spec.plugin_id, o.namespace);
+    // The digest to run: from this attempt's build, else recorded, else the spec's (reuse),
+    // the last two only while the registry still has it.
+    let built = match &o.job {
+        JobState::Succeeded { digest: Some(d) } => Some(d.clone()),
+        _ => None,
+    };
+    let known = o
+        .recorded_digest
+        .map(str::to_string)
+        .or_else(|| o.spec.image_digest.clone());
+    let usable_known = known.filter(|_| o.registry_has_digest != Some(false));
+    let digest = built.or(usable_known);
+
+    if let Some(digest) = digest {
+        let image = image_by_digest(&o.spec.build.image, &digest);
+        let mut actions = Vec::new();
+        if !o.service_exists {
+            actions.push(Action::CreateService);
+        }
+        return match &o.deployment {
+            DeploymentState::Available => Decision {
+                phase: PluginPhase::Running,
+                endpoint: Some(endpoint),
+                image_digest: Some(digest),
+                message: "Deployment available".into(),
+                conditions: conditions((true, "Available"), None, None, "Deployment available"),
+                actions,
+                requeue_after: None,
+            },
+            DeploymentState::Failed { message } => {
+                let message = format!("Deployment cannot become available: {message}");
+                Decision {
+                    phase: PluginPhase::Failed,
+                    endpoint: None,
+                    image_digest: Some(digest),
+                    conditions: conditions((false, "DeploymentFailed"), None, Some("DeploymentFailed"), &message),
+                    message,
+                    actions,
+                    requeue_after: None,
+                }
+            }
+            DeploymentState::Absent | DeploymentState::Outdated | DeploymentState::Progressing => {
+                if o.deployment != DeploymentState::Progressing {
+                    actions.insert(0, Action::ApplyDeployment { image });
+                }
+                let message = "Deployment rolling out".to_string();
+                Decision {
+                    phase: if matches!(o.job, JobState::Succeeded { .. }) {
+                        PluginPhase::Building
+                    } else {
+                        PluginPhase::Pending
+                    },
+                    endpoint: None,
+                    image_digest: Some(digest),
+                    conditions: conditions((false, "RollingOut"), Some("RollingOut"), None, &message),
+                    message,
+                    actions,
+                    requeue_after: None,
+                }
+            }
+        };
+    }
+
+    match &o.job {
+        JobState::Absent => {
+            let message = if o.registry_has_digest == Some(false) {
+                "the recorded image is gone from the registry; building it again".to_string()
+            } else {
+                format!("building attempt {}", o.spec.attempt)
+            };
+            Decision {
+                phase: PluginPhase::Building,
+                endpoint: None,
+                image_digest: None,
+                conditions: conditions((false, "Building"), Some("Building"), None, &message),
+                message,
+                actions: vec![Action::CreateJob],
+                requeue_after: None,
+            }
+        }
+        JobState::Running => {
+            let message = format!("building attempt {}", o.spec.attempt);
+            Decision {
+                phase: PluginPhase::Building,
+                endpoint: None,
+                image_digest: None,
+                conditions: conditions((false, "Building"), Some("Building"), None, &message),
+                message,
+                actions: Vec::new(),
+                requeue_after: None,
+            }
+        }
+        // A success with a digest returned above; here the builder reported none.
+        JobState::Succeeded { .. } => {
+            let message = "the build succeeded but reported no image digest".to_string();
+            Decision {
+                phase: PluginPhase::BuildFailed,
+                endpoint: None,
+                image_digest: None,
+                conditions: conditions((false, "NoDigest"), None, Some("NoDigest"), &message),
+                message,
+                actions: Vec::new(),
+                requeue_after: None,
+            }
+        }
+        JobState::Failed { reason, message, age } => {
+            let attempt = o.spec.attempt.max(1);
+            let what = format!("build attempt {attempt} failed: {reason}: {message}");
+            if attempt >= o.max_attempts {
+                let message = format!("{what}; no attempts left ({} of {})", attempt, o.max_attempts);
+                return Decision {
+                    phase: PluginPhase::BuildFailed,
+                    endpoint: None,
+                    image_digest: None,
+                    conditions: conditions((false, "BuildFailed"), None, Some("MaxAttemptsReached"), &message),
+                    message,
+                    actions: Vec::new(),
+                    requeue_after: None,
+                };
+            }
+            let next = attempt + 1;
+            let wait = o.backoff.before_attempt(next);
+            if o.next_attempt_exists {
+                let message = format!("{what}; attempt {next} started");
+                return Decision {
+                    phase: PluginPhase::BuildFailed,
+                    endpoint: None,
+                    image_digest: None,
+                    conditions: conditions((false, "BuildFailed"), None, None, &message),
+                    message,
+                    actions: Vec::new(),
+                    requeue_after: None,
+                };
+            }
+            if *age >= wait {
+                let message = format!("{what}; starting attempt {next}");
+                Decision {
+                    phase: PluginPhase::BuildFailed,
+                    endpoint: None,
+                    image_digest: None,
+                    conditions: conditions((false, "BuildFailed"), Some("Retrying"), None, &message),
+                    message,
+                    actions: vec![Action::CreateNextAttempt { attempt: next }],
+                    requeue_after: None,
+                }
+            } else {
+                let remaining = wait - *age;
+                let message = format!("{what}; attempt {next} in {}s", remaining.as_secs().max(1));
+                Decision {
+                    phase: PluginPhase::BuildFailed,
+                    endpoint: None,
+                    image_digest: None,
+                    conditions: conditions((false, "BuildFailed"), Some("BackingOff"), None, &message),
+                    message,
+                    actions: Vec::new(),
+                    requeue_after: Some(remaining),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{BuildRef, PackageRef, RunnerSpec};
+
+    fn spec(attempt: u32, image_digest: Option<&str>) -> PluginSpec {
+        PluginSpec {
+            plugin_set: "team".into(),
+            name: "langgenius/agent".into(),
+            version: "0.0.14".into(),
+            unique_identifier: "langgenius/agent:0.0.14@abc".into(),
+            plugin_id: "d62e5e95afbb7da9993d56f58e120ce5".into(),
+            attempt,
+            package: PackageRef {
+                source: "path:x".into(),
+                sha256: "a".repeat(64),
+                checksum: "b".repeat(64),
+            },
+            runner: RunnerSpec {
+                language: "python".into(),
+                version: "3.12".into(),
+                entrypoint: "main".into(),
+            },
+            build: BuildRef {
+                context_sha256: "c".repeat(64),
+                inputs_hash: "d".repeat(64),
+                image: "registry.local:5000/plugins/agent-d62e:0.0.14".into(),
+            },
+            image_digest: image_digest.map(str::to_string),
+        }
+    }
+
+    fn observed(spec: &PluginSpec) -> Observed<'_> {
+        Observed {
+            spec,
+            namespace: "dify",
+            recorded_digest: None,
+            registry_has_digest: None,
+            job: JobState::Absent,
+            deployment: DeploymentState::Absent,
+            service_exists: false,
+            next_attempt_exists: false,
+            max_attempts: 3,
+            backoff: Backoff {
+                base: Duration::from_secs(30),
+                cap: Duration::from_secs(600),
+            },
+        }
+    }
+
+    fn condition(d: &Decision, type_: &str) -> (bool, &'static str) {
+        let c = d.conditions.iter().find(|c| c.type_ == type_).expect("condition present");
+        (c.status, c.reason)
+    }
+
+    const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+    #[test]
+    fn a_new_plugin_starts_its_build() {
+        let s = spec(1, None);
+        let d = decide(&observed(&s));
+        assert_eq!(d.phase, PluginPhase::Building);
+        assert_eq!(d.actions, vec![Action::CreateJob]);
+        assert_eq!(condition(&d, "Ready"), (false, "Building"));
+        assert_eq!(condition(&d, "Reconciling"), (true, "Building"));
+        assert_eq!(condition(&d, "Stalled").0, false);
+    }
+
+    #[test]
+    fn a_running_build_waits_for_the_job() {
+        let s = spec(1, None);
+        let d = decide(&Observed { job: JobState::Running, ..observed(&s) });
+        assert_eq!(d.phase, PluginPhase::Building);
+        assert!(d.actions.is_empty());
+        assert_eq!(d.requeue_after, None, "the Job watch wakes us");
+    }
+
+    #[test]
+    fn a_finished_build_deploys_the_image_by_digest() {
+        let s = spec(1, None);
+        let d = decide(&Observed {
+            job: JobState::Succeeded { digest: Some(DIGEST.into()) },
+            ..observed(&s)
+        });
+        assert_eq!(d.image_digest.as_deref(), Some(DIGEST));
+        assert_eq!(
+            d.actions,
+            vec![
+                Action::ApplyDeployment { image: format!("registry.local:5000/plugins/agent-d62e@{DIGEST}") },
+                Action::CreateService,
+            ]
+        );
+        assert_eq!(condition(&d, "Reconciling"), (true, "RollingOut"));
+    }
+
+    #[test]
+    fn an_available_deployment_is_running_with_its_endpoint() {
+        let s = spec(1, None);
+        let d = decide(&Observed {
+            job: JobState::Succeeded { digest: Some(DIGEST.into()) },
+            deployment: DeploymentState::Available,
+            service_exists: true,
+            ..observed(&s)
+        });
+        assert_eq!(d.phase, PluginPhase::Running);
+        assert_eq!(d.endpoint.as_deref(), Some("http://svc-d62e5e95afbb7da9993d56f58e120ce5.dify:8080"));
+        assert!(d.actions.is_empty());
+        assert_eq!(condition(&d, "Ready"), (true, "Available"));
+        assert_eq!(condition(&d, "Reconciling").0, false);
+        assert_eq!(condition(&d, "Stalled").0, false);
+    }
+
+    #[test]
+    fn a_failed_build_backs_off_then_starts_the_next_attempt() {
+        let s = spec(1, None);
+        let failed = |age| JobState::Failed {
+            reason: "BackoffLimitExceeded".into(),
+            message: "error building image".into(),
+            age: Duration::from_secs(age),
+        };
+        let d = decide(&Observed { job: failed(10), ..observed(&s) });
+        assert_eq!(d.phase, PluginPhase::BuildFailed);
+        assert!(d.actions.is_empty());
+        assert_eq!(d.requeue_after, Some(Duration::from_secs(20)));
+        assert_eq!(condition(&d, "Reconciling"), (true, "BackingOff"));
+        assert!(d.message.contains("error building image"), "{}", d.message);
+
+        let d = decide(&Observed { job: failed(30), ..observed(&s) });
+        assert_eq!(d.actions, vec![Action::CreateNextAttempt { attempt: 2 }]);
+
+        let d = decide(&Observed { job: failed(300), next_attempt_exists: true, ..observed(&s) });
+        assert!(d.actions.is_empty(), "never two next attempts");
+    }
+
+    #[test]
+    fn the_last_attempt_failing_stalls() {
+        let s = spec(3, None);
+        let d = decide(&Observed {
+            job: JobState::Failed { reason: "Error".into(), message: "pip failed".into(), age: Duration::from_secs(9999) },
+            ..observed(&s)
+        });
+        assert!(d.actions.is_empty());
+        assert_eq!(condition(&d, "Stalled"), (true, "MaxAttemptsReached"));
+        assert!(d.message.contains("no attempts left (3 of 3)"), "{}", d.message);
+    }
+
+    #[test]
+    fn a_known_digest_still_in_the_registry_skips_the_build() {
+        let s = spec(1, Some(DIGEST));
+        let d = decide(&Observed { registry_has_digest: Some(true), ..observed(&s) });
+        assert_eq!(d.phase, PluginPhase::Pending);
+        assert!(!d.actions.contains(&Action::CreateJob));
+        assert!(matches!(d.actions[0], Action::ApplyDeployment { .. }));
+    }
+
+    #[test]
+    fn a_known_digest_gone_from_the_registry_is_rebuilt() {
+        let s = spec(1, Some(DIGEST));
+        let d = decide(&Observed { registry_has_digest: Some(false), ..observed(&s) });
+        assert_eq!(d.actions, vec![Action::CreateJob]);
+        assert!(d.message.contains("gone from the registry"));
+    }
+
+    #[test]
+    fn a_build_without_a_digest_is_a_failure_not_a_loop() {
+        let s = spec(1, None);
+        let d = decide(&Observed { job: JobState::Succeeded { digest: None }, ..observed(&s) });
+        assert_eq!(d.phase, PluginPhase::BuildFailed);
+        assert_eq!(condition(&d, "Stalled"), (true, "NoDigest"));
+    }
+
+    #[test]
+    fn deployment_failures_and_outdated_images() {
+        let s = spec(1, Some(DIGEST));
+        let d = decide(&Observed {
+            deployment: DeploymentState::Failed { message: "ProgressDeadlineExceeded".into() },
+            service_exists: true,
+            ..observed(&s)
+        });
+        assert_eq!(d.phase, PluginPhase::Failed);
+        assert_eq!(condition(&d, "Stalled"), (true, "DeploymentFailed"));
+        let d = decide(&Observed { deployment: DeploymentState::Outdated, service_exists: true, ..observed(&s) });
+        assert!(matches!(d.actions.as_slice(), [Action::ApplyDeployment { .. }]));
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let b = Backoff { base: Duration::from_secs(30), cap: Duration::from_secs(600) };
+        let secs: Vec<u64> = (2..=8).map(|n| b.before_attempt(n).as_secs()).collect();
+        assert_eq!(secs, vec![30, 60, 120, 240, 480, 600, 600]);
+        assert_eq!(b.before_attempt(100).as_secs(), 600);
+    }
+
+    #[test]
+    fn images_run_by_digest() {
+        assert_eq!(image_by_digest("r:5000/a/b:1.0", "sha256:x"), "r:5000/a/b@sha256:x");
+        assert_eq!(image_by_digest("r:5000/a/b", "sha256:x"), "r:5000/a/b@sha256:x");
+        assert_eq!(image_by_digest("b:1", "sha256:x"), "b@sha256:x");
+    }
+}
