@@ -15,6 +15,7 @@ pub mod package;
 pub mod pipeline;
 pub mod plan;
 pub mod redact;
+pub mod registry;
 pub mod render;
 pub mod report;
 pub mod resolve;
