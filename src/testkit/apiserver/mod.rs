@@ -48,6 +48,7 @@ mod ssa_glue;
 mod store;
 mod table;
 mod watch;
+pub mod workloads;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -61,6 +62,9 @@ pub use errors::ApiError;
 pub use faults::{FaultSpec, Faults, Match, Stats, Verb, VerbCounts};
 pub use registry::ResourceType;
 pub use store::{Propagation, Store};
+pub use workloads::{
+    BuildOutcome, SimulatorStats, WorkloadMatcher, WorkloadPolicy, WorkloadSimulator,
+};
 
 /// Start-up options.
 #[derive(Debug, Clone)]
@@ -192,6 +196,14 @@ impl ApiServer {
     /// Direct access to stored objects (no HTTP, no stats).
     pub fn store(&self) -> Store {
         self.store.clone()
+    }
+
+    /// Starts playing the job controller, the deployment controller and the kubelet: Jobs
+    /// get a build Pod and finish, Deployments become available, as `policy` says (see
+    /// [`workloads`]). Runs until the returned handle is dropped or stopped. Must be called
+    /// inside a Tokio runtime.
+    pub fn simulate_workloads(&self, policy: WorkloadPolicy) -> WorkloadSimulator {
+        WorkloadSimulator::start(self.store.clone(), policy)
     }
 
     /// Closes open watches and stops serving.

@@ -856,6 +856,13 @@ impl Store {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Change notifications: every event watchers get from now on, of every resource type
+    /// (the workload simulator's trigger). A receiver that falls more than the channel's
+    /// capacity behind gets `Lagged` and should re-list.
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.lock().tx.subscribe()
+    }
+
     /// The current (latest) resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.lock().rv
