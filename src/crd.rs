@@ -44,6 +44,10 @@ pub struct PluginSpec {
     pub runner: RunnerSpec,
     /// What is built and where it is pushed.
     pub build: BuildRef,
+    /// `spec.runtime` of the PluginSet merged with this plugin's overrides: everything the
+    /// Deployment needs, so the controller renders it from the Plugin alone.
+    #[serde(default)]
+    pub runtime: crate::model::RuntimeSpec,
     /// The pushed image's digest (`sha256:…`) when already known: the Deployment runs it
     /// and no build runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -377,6 +377,7 @@ mod tests {
                 inputs_hash: "d".repeat(64),
                 image: "registry.local:5000/plugins/agent-d62e:0.0.14".into(),
             },
+            runtime: Default::default(),
             image_digest: image_digest.map(str::to_string),
         }
     }

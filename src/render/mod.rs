@@ -486,6 +486,7 @@ pub fn render_plugin(
             inputs_hash: inputs_hash.clone(),
             image: image.clone(),
         },
+        runtime: input.runtime.clone(),
         image_digest: input.image_digest.map(str::to_string),
     };
 

@@ -1,0 +1,466 @@
+//! The controller's Kubernetes edge: gathers what [`lifecycle::decide`] needs about one
+//! `Plugin`, carries out its decision (children by server-side apply, owned by the Plugin),
+//! publishes the status, and records an Event on every phase change.
+//!
+//! Children are rendered by the same render code as `plugsync render` and the PR diff, from
+//! the Plugin's spec, its PluginSet's spec, the package (from the content-addressed cache the
+//! git loop fills) and the templates in effect, so what the diff showed is what runs.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action as RequeueAction;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::{json, Value};
+use tracing::{debug, info, warn};
+
+use super::lifecycle::{self, Action, Backoff, Decision, DeploymentState, JobState, Observed};
+use crate::crd::{Plugin, PluginPhase, PluginStatus};
+use crate::model::{LockedPlugin, PluginSet, PluginSetMetadata, PluginSetResource, API_VERSION};
+use crate::package::Package;
+use crate::render::{self, PluginInput, RenderSettings, Templates};
+use crate::resolve::cache::Cache;
+
+/// Field manager of everything the controller writes.
+pub const CONTROLLER_MANAGER: &str = "plugsync-controller";
+
+/// Answers "does the registry still have this digest?" for image reuse.
+#[async_trait::async_trait]
+pub trait RegistryCheck: Send + Sync {
+    /// `Some(true)`/`Some(false)` when the registry answered; `None` when it could not be
+    /// asked (then the known digest is trusted).
+    async fn has_digest(&self, set: &PluginSetResource, image: &str, digest: &str) -> Option<bool>;
+}
+
+/// Shared state of the controller.
+pub struct Context {
+    /// The Kubernetes client.
+    pub client: Client,
+    /// Packages (and build contexts, which the context server serves) by sha256.
+    pub cache: Cache,
+    /// The templates of the last commit the git loop read (built-in until then).
+    pub templates: Arc<RwLock<Templates>>,
+    /// Where build Jobs fetch contexts.
+    pub settings: RenderSettings,
+    /// Registry check for image reuse (none: known digests are trusted).
+    pub registry: Option<Arc<dyn RegistryCheck>>,
+    /// Publishes Kubernetes Events.
+    pub recorder: Recorder,
+}
+
+impl Context {
+    /// A context with the built-in templates and no registry check.
+    pub fn new(client: Client, cache: Cache, settings: RenderSettings) -> Context {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: CONTROLLER_MANAGER.into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        );
+        Context {
+            client,
+            cache,
+            templates: Arc::new(RwLock::new(Templates::builtin())),
+            settings,
+            registry: None,
+            recorder,
+        }
+    }
+}
+
+/// Why a reconcile failed (it is retried with backoff by the controller runtime).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// A Kubernetes API call failed.
+    #[error("{0}")]
+    Kube(#[from] kube::Error),
+    /// Rendering the children failed.
+    #[error("{0}")]
+    Render(#[from] render::RenderError),
+    /// Something the reconcile needs is not there yet.
+    #[error("{0}")]
+    Waiting(String),
+}
+
+/// Reconciles one Plugin.
+pub async fn reconcile(plugin: Arc<Plugin>, ctx: Arc<Context>) -> Result<RequeueAction, ReconcileError> {
+    let namespace = plugin.namespace().unwrap_or_default();
+    let name = plugin.name_any();
+    let spec = &plugin.spec;
+    let client = &ctx.client;
+
+    let sets: Api<PluginSetResource> = Api::namespaced(client.clone(), &namespace);
+    let Some(set) = sets.get_opt(&spec.plugin_set).await? else {
+        publish_status(&ctx, &plugin, &waiting(&format!("PluginSet {} not found", spec.plugin_set))).await?;
+        return Ok(RequeueAction::requeue(Duration::from_secs(30)));
+    };
+
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &namespace);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
+    let plugins: Api<Plugin> = Api::namespaced(client.clone(), &namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+
+    let job = observe_job(&jobs, &pods, &name).await?;
+    let recorded = plugin.status.as_ref().and_then(|s| s.image_digest.clone());
+    let known = match &job {
+        JobState::Succeeded { digest: Some(d) } => Some(d.clone()),
+        _ => recorded.clone().or_else(|| spec.image_digest.clone()),
+    };
+    let deployment = observe_deployment(&deployments, &name, &spec.build.image, known.as_deref()).await?;
+    let service_exists = services.get_opt(&format!("svc-{}", spec.plugin_id)).await?.is_some();
+    let next_name = render::resource_name(&spec.plugin_id, spec.attempt + 1);
+    let next_attempt_exists = plugins.get_opt(&next_name).await?.is_some();
+    let registry_has_digest = match (&ctx.registry, recorded.as_deref().or(spec.image_digest.as_deref()), &job) {
+        (Some(check), Some(digest), JobState::Absent) => check.has_digest(&set, &spec.build.image, digest).await,
+        _ => None,
+    };
+
+    let decision = lifecycle::decide(&Observed {
+        spec,
+        namespace: &namespace,
+        recorded_digest: recorded.as_deref(),
+        registry_has_digest,
+        job,
+        deployment,
+        service_exists,
+        next_attempt_exists,
+        max_attempts: set.spec.build.max_attempts,
+        backoff: Backoff {
+            base: set.spec.build.backoff.base,
+            cap: set.spec.build.backoff.cap,
+        },
+    });
+    debug!(plugin = %name, phase = ?decision.phase, actions = ?decision.actions, "decided");
+
+    for action in &decision.actions {
+        carry_out(&ctx, &plugin, &set, action, decision.image_digest.as_deref()).await?;
+    }
+    publish_status(&ctx, &plugin, &decision).await?;
+    Ok(match decision.requeue_after {
+        Some(after) => RequeueAction::requeue(after),
+        None => RequeueAction::await_change(),
+    })
+}
+
+/// How the controller runtime retries a failed reconcile.
+pub fn error_policy(plugin: Arc<Plugin>, error: &ReconcileError, _ctx: Arc<Context>) -> RequeueAction {
+    warn!(plugin = %plugin.name_any(), %error, "reconcile failed");
+    RequeueAction::requeue(Duration::from_secs(match error {
+        ReconcileError::Waiting(_) => 5,
+        _ => 10,
+    }))
+}
+
+fn waiting(message: &str) -> Decision {
+    Decision {
+        phase: PluginPhase::Pending,
+        endpoint: None,
+        image_digest: None,
+        message: message.to_string(),
+        conditions: vec![
+            lifecycle::ConditionSpec { type_: "Ready", status: false, reason: "Waiting", message: message.into() },
+            lifecycle::ConditionSpec { type_: "Reconciling", status: true, reason: "Waiting", message: message.into() },
+            lifecycle::ConditionSpec { type_: "Stalled", status: false, reason: "Progressing", message: String::new() },
+        ],
+        actions: Vec::new(),
+        requeue_after: None,
+    }
+}
+
+/// The `sha256:<64 hex>` a builder wrote to its termination message, if that is what it is.
+pub fn digest_from_termination_message(message: &str) -> Option<String> {
+    let m = message.trim();
+    let hex = m.strip_prefix("sha256:")?;
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+        .then(|| m.to_string())
+}
+
+async fn observe_job(jobs: &Api<Job>, pods: &Api<Pod>, name: &str) -> Result<JobState, kube::Error> {
+    let Some(job) = jobs.get_opt(name).await? else {
+        return Ok(JobState::Absent);
+    };
+    let conditions = job.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+    let true_condition = |t: &str| conditions.iter().find(|c| c.type_ == t && c.status == "True");
+    let build_pod_message = || async {
+        let params = ListParams::default().labels(&format!("batch.kubernetes.io/job-name={name}"));
+        let list = pods.list(&params).await?;
+        Ok::<Option<String>, kube::Error>(list.items.iter().find_map(|pod| {
+            pod.status.as_ref()?.container_statuses.as_ref()?.iter().find_map(|c| {
+                (c.name == "build").then_some(())?;
+                c.state.as_ref()?.terminated.as_ref()?.message.clone()
+            })
+        }))
+    };
+    if true_condition("Complete").is_some() {
+        let digest = build_pod_message().await?.and_then(|m| digest_from_termination_message(&m));
+        return Ok(JobState::Succeeded { digest });
+    }
+    if let Some(failed) = true_condition("Failed") {
+        let pod_message = build_pod_message().await?.unwrap_or_default();
+        let message = if pod_message.trim().is_empty() {
+            failed.message.clone().unwrap_or_default()
+        } else {
+            // The builder's last words, bounded.
+            let tail: String = pod_message.chars().rev().take(1024).collect::<Vec<_>>().into_iter().rev().collect();
+            tail.trim().to_string()
+        };
+        let age = failed
+            .last_transition_time
+            .as_ref()
+            .map(|t| {
+                let now = k8s_openapi::jiff::Timestamp::now();
+                let secs = (now.as_second() - t.0.as_second()).max(0);
+                Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+            })
+            .unwrap_or(Duration::ZERO);
+        return Ok(JobState::Failed {
+            reason: failed.reason.clone().unwrap_or_else(|| "Failed".into()),
+            message,
+            age,
+        });
+    }
+    Ok(JobState::Running)
+}
+
+async fn observe_deployment(
+    deployments: &Api<Deployment>,
+    name: &str,
+    image: &str,
+    digest: Option<&str>,
+) -> Result<DeploymentState, kube::Error> {
+    let Some(d) = deployments.get_opt(name).await? else {
+        return Ok(DeploymentState::Absent);
+    };
+    let running = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default();
+    if let Some(digest) = digest {
+        if running != lifecycle::image_by_digest(image, digest) {
+            return Ok(DeploymentState::Outdated);
+        }
+    }
+    let generation = d.metadata.generation.unwrap_or(0);
+    let status = d.status.unwrap_or_default();
+    let conditions = status.conditions.unwrap_or_default();
+    if let Some(c) = conditions.iter().find(|c| c.type_ == "Progressing" && c.status == "False") {
+        return Ok(DeploymentState::Failed {
+            message: c.message.clone().or_else(|| c.reason.clone()).unwrap_or_default(),
+        });
+    }
+    let available = conditions.iter().any(|c| c.type_ == "Available" && c.status == "True");
+    let current = status.observed_generation.unwrap_or(0) >= generation;
+    Ok(if available && current {
+        DeploymentState::Available
+    } else {
+        DeploymentState::Progressing
+    })
+}
+
+fn owner_reference(plugin: &Plugin) -> Option<OwnerReference> {
+    plugin.controller_owner_ref(&())
+}
+
+/// The attempt-1 Plugin owns the retries, so deleting it (prune) removes every attempt.
+fn root_owner(plugin: &Plugin) -> Option<OwnerReference> {
+    if plugin.spec.attempt <= 1 {
+        return owner_reference(plugin);
+    }
+    plugin
+        .metadata
+        .owner_references
+        .as_ref()
+        .and_then(|refs| refs.iter().find(|r| r.kind == "Plugin").cloned())
+}
+
+async fn carry_out(
+    ctx: &Context,
+    plugin: &Plugin,
+    set: &PluginSetResource,
+    action: &Action,
+    digest: Option<&str>,
+) -> Result<(), ReconcileError> {
+    let namespace = plugin.namespace().unwrap_or_default();
+    let params = PatchParams::apply(CONTROLLER_MANAGER);
+    match action {
+        Action::CreateNextAttempt { attempt } => {
+            let mut spec = plugin.spec.clone();
+            spec.attempt = *attempt;
+            let name = render::resource_name(&spec.plugin_id, *attempt);
+            let mut labels = plugin.labels().clone();
+            labels.insert("app.kubernetes.io/instance".into(), name.clone());
+            let object = json!({
+                "apiVersion": API_VERSION,
+                "kind": "Plugin",
+                "metadata": {
+                    "name": name,
+                    "namespace": namespace,
+                    "labels": labels,
+                    "annotations": plugin.annotations(),
+                    "ownerReferences": root_owner(plugin).into_iter().collect::<Vec<_>>(),
+                },
+                "spec": spec,
+            });
+            let api: Api<Plugin> = Api::namespaced(ctx.client.clone(), &namespace);
+            api.patch(&name, &params, &Patch::Apply(&object)).await?;
+            info!(plugin = %plugin.name_any(), next = %name, "next build attempt created");
+        }
+        Action::CreateJob | Action::ApplyDeployment { .. } | Action::CreateService => {
+            let rendered = render_children(ctx, plugin, set, digest)?;
+            let kind = match action {
+                Action::CreateJob => "Job",
+                Action::ApplyDeployment { .. } => "Deployment",
+                _ => "Service",
+            };
+            let Some(mut object) = rendered.objects.iter().find(|o| o["kind"] == kind).cloned() else {
+                return Err(ReconcileError::Waiting(format!("render produced no {kind}")));
+            };
+            if kind == "Job" {
+                // The build Job fetches its context from plugsync by sha256.
+                ctx.cache
+                    .put(&rendered.context.bytes)
+                    .map_err(|e| ReconcileError::Waiting(format!("cannot store the build context: {e}")))?;
+            }
+            let owner = if kind == "Service" { root_owner(plugin) } else { owner_reference(plugin) };
+            object["metadata"]["ownerReferences"] = json!(owner.into_iter().collect::<Vec<_>>());
+            let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let api: Api<kube::api::DynamicObject> = match kind {
+                "Job" => Api::namespaced_with(ctx.client.clone(), &namespace, &kube::api::ApiResource::erase::<Job>(&())),
+                "Deployment" => Api::namespaced_with(ctx.client.clone(), &namespace, &kube::api::ApiResource::erase::<Deployment>(&())),
+                _ => Api::namespaced_with(ctx.client.clone(), &namespace, &kube::api::ApiResource::erase::<Service>(&())),
+            };
+            api.patch(&name, &params, &Patch::Apply(&object)).await?;
+            info!(plugin = %plugin.name_any(), %kind, %name, "applied");
+        }
+    }
+    Ok(())
+}
+
+/// Renders this Plugin's children with the same code as the PR diff.
+fn render_children(
+    ctx: &Context,
+    plugin: &Plugin,
+    set: &PluginSetResource,
+    digest: Option<&str>,
+) -> Result<render::RenderedPlugin, ReconcileError> {
+    let spec = &plugin.spec;
+    let bytes = ctx
+        .cache
+        .get(&spec.package.sha256)
+        .map_err(|e| ReconcileError::Waiting(format!("package cache: {e}")))?
+        .ok_or_else(|| ReconcileError::Waiting(format!("package sha256:{} not in the cache yet", spec.package.sha256)))?;
+    let package = Package::read(&bytes).map_err(|e| ReconcileError::Waiting(format!("package: {e}")))?;
+    let locked = LockedPlugin {
+        name: spec.name.clone(),
+        version: spec.version.clone(),
+        source: spec.package.source.clone(),
+        sha256: spec.package.sha256.clone(),
+        checksum: spec.package.checksum.clone(),
+        unique_identifier: spec.unique_identifier.clone(),
+        plugin_id: spec.plugin_id.clone(),
+    };
+    let declared = PluginSet {
+        api_version: API_VERSION.to_string(),
+        kind: "PluginSet".to_string(),
+        metadata: PluginSetMetadata {
+            name: set.name_any(),
+            namespace: set.namespace().unwrap_or_default(),
+        },
+        spec: set.spec.clone(),
+    };
+    let templates = ctx
+        .templates
+        .read()
+        .map(|t| t.clone())
+        .unwrap_or_else(|_| Templates::builtin());
+    let env = templates.environment()?;
+    Ok(render::render_plugin(
+        &declared,
+        &PluginInput {
+            locked: &locked,
+            manifest: &package.manifest,
+            package: &bytes,
+            runtime: &spec.runtime,
+            attempt: spec.attempt,
+            image_digest: digest,
+        },
+        &env,
+        &ctx.settings,
+    )?)
+}
+
+fn phase_event(phase: PluginPhase, message: &str) -> Event {
+    let (type_, reason) = match phase {
+        PluginPhase::Pending => (EventType::Normal, "Pending"),
+        PluginPhase::Building => (EventType::Normal, "Building"),
+        PluginPhase::Running => (EventType::Normal, "Running"),
+        PluginPhase::BuildFailed => (EventType::Warning, "BuildFailed"),
+        PluginPhase::Failed => (EventType::Warning, "Failed"),
+    };
+    Event {
+        type_,
+        reason: reason.into(),
+        note: Some(message.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    }
+}
+
+/// Writes the status when it changed (never a no-op write), keeping each condition's
+/// `lastTransitionTime` unless its status flipped, and records an Event on a phase change.
+async fn publish_status(ctx: &Context, plugin: &Plugin, decision: &Decision) -> Result<(), ReconcileError> {
+    let old = plugin.status.clone().unwrap_or_default();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let conditions: Vec<Condition> = decision
+        .conditions
+        .iter()
+        .map(|c| {
+            let status = if c.status { "True" } else { "False" }.to_string();
+            let previous = old.conditions.iter().find(|o| o.type_ == c.type_);
+            Condition {
+                type_: c.type_.to_string(),
+                status: status.clone(),
+                reason: c.reason.to_string(),
+                message: c.message.clone(),
+                observed_generation: plugin.metadata.generation,
+                last_transition_time: previous
+                    .filter(|p| p.status == status)
+                    .map(|p| p.last_transition_time.clone())
+                    .unwrap_or_else(|| now.clone()),
+            }
+        })
+        .collect();
+    let new = PluginStatus {
+        phase: Some(decision.phase),
+        endpoint: decision.endpoint.clone(),
+        image_digest: decision.image_digest.clone().or(old.image_digest.clone()),
+        observed_generation: plugin.metadata.generation,
+        conditions,
+        message: Some(decision.message.clone()),
+    };
+    if new == old {
+        return Ok(());
+    }
+    let api: Api<Plugin> = Api::namespaced(ctx.client.clone(), &plugin.namespace().unwrap_or_default());
+    let patch: Value = json!({"status": new});
+    api.patch_status(&plugin.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    if old.phase != new.phase {
+        let reference: ObjectReference = plugin.object_ref(&());
+        if let Err(e) = ctx.recorder.publish(&phase_event(decision.phase, &decision.message), &reference).await {
+            warn!(error = %e, "could not record an event");
+        }
+    }
+    Ok(())
+}
