@@ -19,6 +19,7 @@ pub mod registry;
 pub mod render;
 pub mod report;
 pub mod resolve;
+pub mod server;
 pub mod source;
 pub mod synth;
 pub mod testkit;
