@@ -17,7 +17,10 @@ pub fn artifacts() -> Vec<(&'static str, String)> {
             "schemas/pluginlock.schema.json",
             json_schema::<PluginLock>(),
         ),
-        ("deploy/crds/plugins.plugsync.dev.yaml", crd_yaml(&Plugin::crd())),
+        (
+            "deploy/crds/plugins.plugsync.dev.yaml",
+            crd_yaml(&Plugin::crd()),
+        ),
         (
             "deploy/crds/pluginsets.plugsync.dev.yaml",
             crd_yaml(&PluginSetResource::crd()),

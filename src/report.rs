@@ -68,8 +68,14 @@ impl DiffReport {
         head: &DesiredState,
         context_lines: usize,
     ) -> Result<DiffReport, PlanError> {
-        let base_objects = base.map(DesiredState::objects).unwrap_or_default();
-        let plan = plan::plan(&head.objects(), &base_objects, Compare::Exact)?;
+        // Borrowed, not collected with `DesiredState::objects`: copying every object of
+        // both sides cost as much time and memory as planning them.
+        let plan = plan::plan_refs(
+            head.rendered.iter().flat_map(|p| &p.objects),
+            base.into_iter()
+                .flat_map(|b| b.rendered.iter().flat_map(|p| &p.objects)),
+            Compare::Exact,
+        )?;
 
         let empty = Vec::new();
         let base_plugins: &[RenderedPlugin] = base.map(|b| b.rendered.as_slice()).unwrap_or(&empty);

@@ -23,14 +23,27 @@ pub fn router(cache: Cache) -> Router {
 }
 
 async fn context(State(cache): State<Cache>, Path(sha256): Path<String>) -> Response {
-    let valid = sha256.len() == 64 && sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let valid = sha256.len() == 64
+        && sha256
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     if !valid {
-        return (StatusCode::BAD_REQUEST, "a build context is named by 64 lowercase hex characters\n").into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            "a build context is named by 64 lowercase hex characters\n",
+        )
+            .into_response();
     }
     match tokio::task::spawn_blocking(move || cache.get(&sha256)).await {
-        Ok(Ok(Some(bytes))) => ([(header::CONTENT_TYPE, "application/x-tar")], bytes).into_response(),
+        Ok(Ok(Some(bytes))) => {
+            ([(header::CONTENT_TYPE, "application/x-tar")], bytes).into_response()
+        }
         Ok(Ok(None)) => (StatusCode::NOT_FOUND, "no such build context\n").into_response(),
-        _ => (StatusCode::INTERNAL_SERVER_ERROR, "cannot read the build context\n").into_response(),
+        _ => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot read the build context\n",
+        )
+            .into_response(),
     }
 }
 

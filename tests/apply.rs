@@ -7,7 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams};
 use kube::CustomResourceExt;
-use plugsync::apply::{ApplyOptions, Applier, Outcome, RetryPolicy};
+use plugsync::apply::{Applier, ApplyOptions, Outcome, RetryPolicy};
 use plugsync::crd::Plugin;
 use plugsync::model::PluginSetResource;
 use plugsync::pipeline::{desired_state, DesiredState};
@@ -39,10 +39,15 @@ async fn render(dir: &Path, cache: &Cache) -> DesiredState {
         64 << 20,
     );
     let snapshot = WorkTree::new(dir).expect("worktree");
-    desired_state(&snapshot, "plugins.yaml", &resolver, &RenderSettings::default())
-        .await
-        .expect("renders")
-        .expect("plugins.yaml present")
+    desired_state(
+        &snapshot,
+        "plugins.yaml",
+        &resolver,
+        &RenderSettings::default(),
+    )
+    .await
+    .expect("renders")
+    .expect("plugins.yaml present")
 }
 
 /// A synthetic repository of `n` plugins in namespace `dify`, rendered.
@@ -65,7 +70,10 @@ async fn server_with_namespace() -> ApiServer {
 
 async fn install_crds(applier: &Applier) {
     applier
-        .ensure_crds(&[Plugin::crd(), PluginSetResource::crd()], ApplyOptions::default())
+        .ensure_crds(
+            &[Plugin::crd(), PluginSetResource::crd()],
+            ApplyOptions::default(),
+        )
         .await
         .expect("CRDs installed");
 }
@@ -75,7 +83,10 @@ fn labelled(server: &ApiServer, api_version: &str, kind: &str) -> Vec<Value> {
         .store()
         .list(api_version, kind, Some(NS))
         .into_iter()
-        .filter(|o| o.pointer("/metadata/labels/plugsync.dev~1pluginset").is_some())
+        .filter(|o| {
+            o.pointer("/metadata/labels/plugsync.dev~1pluginset")
+                .is_some()
+        })
         .collect()
 }
 
@@ -110,7 +121,12 @@ async fn apply_creates_everything_and_records_the_inventory() {
         .await
         .expect("applies");
     assert!(report.failed.is_empty(), "{:?}", report.failed);
-    assert_eq!(report.count(Outcome::Created), 3 * 4 + 1, "{}", report.summary());
+    assert_eq!(
+        report.count(Outcome::Created),
+        3 * 4 + 1,
+        "{}",
+        report.summary()
+    );
     assert_eq!(count_objects(&server), 12);
 
     let set = server
@@ -151,8 +167,17 @@ async fn second_apply_requests(n: usize) -> (u64, u64, u64) {
         .await
         .expect("second apply");
     let stats = server.stats();
-    assert_eq!(report.count(Outcome::Unchanged), n * 4 + 1, "{}", report.summary());
-    assert_eq!(server.store().resource_version(), rv_before, "no resourceVersion bumped");
+    assert_eq!(
+        report.count(Outcome::Unchanged),
+        n * 4 + 1,
+        "{}",
+        report.summary()
+    );
+    assert_eq!(
+        server.store().resource_version(),
+        rv_before,
+        "no resourceVersion bumped"
+    );
     let reads = stats.real.get + stats.real.list + stats.real.other;
     (stats.writes, reads, stats.dry_run.writes())
 }
@@ -163,7 +188,10 @@ async fn an_unchanged_set_costs_zero_writes_and_constant_reads() {
     let (writes_100, reads_100, dry_100) = second_apply_requests(100).await;
     assert_eq!((writes_10, writes_100), (0, 0), "zero writes");
     assert_eq!((dry_10, dry_100), (0, 0), "not even dry runs");
-    assert_eq!(reads_10, reads_100, "reads do not grow with the number of plugins");
+    assert_eq!(
+        reads_10, reads_100,
+        "reads do not grow with the number of plugins"
+    );
     assert!(reads_100 <= 12, "a handful of reads: {reads_100}");
 }
 
@@ -179,8 +207,12 @@ async fn a_changed_plugin_updates_only_its_deployment_and_the_set() {
         .await
         .expect("first apply");
 
-    plugsync::synth::change_one(dir.path(), &cache, plugsync::synth::SynthChange::Reconfigure)
-        .expect("change");
+    plugsync::synth::change_one(
+        dir.path(),
+        &cache,
+        plugsync::synth::SynthChange::Reconfigure,
+    )
+    .expect("change");
     let state = render(dir.path(), &cache).await;
     server.reset_stats();
     let report = applier
@@ -193,9 +225,15 @@ async fn a_changed_plugin_updates_only_its_deployment_and_the_set() {
         .filter(|(_, o)| *o == Outcome::Updated)
         .map(|(k, _)| k.kind.clone())
         .collect();
-    // plugins.yaml changed, so the PluginSet (whose spec mirrors it) changes too.
-    assert_eq!(updated, vec!["PluginSet", "Deployment"], "{}", report.summary());
-    assert_eq!(server.stats().writes, 2);
+    // plugins.yaml changed, so the PluginSet (whose spec mirrors it) changes too, and the
+    // Plugin carries its merged runtime settings.
+    assert_eq!(
+        updated,
+        vec!["PluginSet", "Plugin", "Deployment"],
+        "{}",
+        report.summary()
+    );
+    assert_eq!(server.stats().writes, 3);
 }
 
 #[tokio::test]
@@ -237,13 +275,31 @@ async fn prune_removes_undeclared_objects_by_label_and_by_inventory_but_nothing_
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     assert_eq!(report.count(Outcome::Pruned), 8, "{}", report.summary());
     assert_eq!(count_objects(&server), 4);
-    assert!(server.store().get("v1", "Service", Some(NS), &service_name).is_none(), "pruned through the inventory");
-    assert!(server.store().get("v1", "Service", Some(NS), "svc-mine").is_some(), "foreign object kept");
+    assert!(
+        server
+            .store()
+            .get("v1", "Service", Some(NS), &service_name)
+            .is_none(),
+        "pruned through the inventory"
+    );
+    assert!(
+        server
+            .store()
+            .get("v1", "Service", Some(NS), "svc-mine")
+            .is_some(),
+        "foreign object kept"
+    );
     let set = server
         .store()
         .get("plugsync.dev/v1alpha1", "PluginSet", Some(NS), "synth")
         .expect("set");
-    assert_eq!(set["status"]["inventory"].as_array().expect("inventory").len(), 4);
+    assert_eq!(
+        set["status"]["inventory"]
+            .as_array()
+            .expect("inventory")
+            .len(),
+        4
+    );
 }
 
 #[tokio::test]
@@ -263,7 +319,11 @@ async fn a_field_owned_by_another_manager_is_a_reported_conflict() {
     let deployments: Api<Deployment> = Api::namespaced(server.client(), NS);
     let scale = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name}, "spec": {"replicas": 5}});
     deployments
-        .patch(&name, &PatchParams::apply("operator").force(), &Patch::Apply(&scale))
+        .patch(
+            &name,
+            &PatchParams::apply("operator").force(),
+            &Patch::Apply(&scale),
+        )
         .await
         .expect("operator applies");
 
@@ -279,9 +339,16 @@ async fn a_field_owned_by_another_manager_is_a_reported_conflict() {
     assert_eq!(report.failed.len(), 1, "{}", report.summary());
     let (key, why) = &report.failed[0];
     assert_eq!(key.kind, "Deployment");
-    assert!(why.contains("operator") && why.contains(".spec.replicas"), "{why}");
+    assert!(
+        why.contains("operator") && why.contains(".spec.replicas"),
+        "{why}"
+    );
     let live = deployments.get(&name).await.expect("get");
-    assert_eq!(live.spec.and_then(|s| s.replicas), Some(5), "not silently taken");
+    assert_eq!(
+        live.spec.and_then(|s| s.replicas),
+        Some(5),
+        "not silently taken"
+    );
 }
 
 #[tokio::test]
@@ -291,8 +358,12 @@ async fn transient_faults_are_retried() {
     let applier = Applier::new(server.client()).with_retry(fast_retry());
     install_crds(&applier).await;
     let state = render(dir.path(), &cache).await;
-    server.faults().fail_next_matching(2, 503, Match::verb(Verb::Apply));
-    server.faults().fail_next_matching(1, 429, Match::verb(Verb::List));
+    server
+        .faults()
+        .fail_next_matching(2, 503, Match::verb(Verb::Apply));
+    server
+        .faults()
+        .fail_next_matching(1, 429, Match::verb(Verb::List));
     let report = applier
         .apply_set(&set_ns(&state), &state.objects(), ApplyOptions::default())
         .await
@@ -325,7 +396,11 @@ async fn a_run_that_fails_half_way_converges_on_the_next_run() {
         .apply_set(&set_ns(&state), &state.objects(), ApplyOptions::default())
         .await
         .expect("runs");
-    assert!(!report.failed.is_empty(), "the fault bit: {}", report.summary());
+    assert!(
+        !report.failed.is_empty(),
+        "the fault bit: {}",
+        report.summary()
+    );
     let partial = count_objects(&server);
     assert_eq!(partial, 9, "half-applied");
     // Everything that exists is in the inventory: nothing is orphaned.
@@ -333,7 +408,13 @@ async fn a_run_that_fails_half_way_converges_on_the_next_run() {
         .store()
         .get("plugsync.dev/v1alpha1", "PluginSet", Some(NS), "synth")
         .expect("set");
-    assert!(set["status"]["inventory"].as_array().expect("inventory").len() >= partial);
+    assert!(
+        set["status"]["inventory"]
+            .as_array()
+            .expect("inventory")
+            .len()
+            >= partial
+    );
 
     server.faults().clear();
     let report = applier

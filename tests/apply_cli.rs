@@ -72,7 +72,13 @@ impl Env {
             ("v1", "Service"),
         ] {
             for o in self.server.store().list(v, k, Some(NS)) {
-                out.push((k.to_string(), o["metadata"]["name"].as_str().unwrap_or_default().to_string()));
+                out.push((
+                    k.to_string(),
+                    o["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                ));
             }
         }
         out.sort();
@@ -97,11 +103,21 @@ async fn apply_then_diff_cluster_then_change() {
     let env = Env::new(2).await;
     let out = env.run(&["apply"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("9 created, 0 updated, 0 unchanged, 0 pruned, 0 failed"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("9 created, 0 updated, 0 unchanged, 0 pruned, 0 failed"),
+        "{}",
+        text(&out.stdout)
+    );
     assert_eq!(env.plugsync_objects().len(), 8);
 
     let out = env.run(&["diff", "--cluster"]).await;
-    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
 
     // Someone scales a Deployment by hand: drift shows in the cluster diff and apply fixes it.
     let (_, name) = env
@@ -109,20 +125,44 @@ async fn apply_then_diff_cluster_then_change() {
         .into_iter()
         .find(|(k, _)| k == "Deployment")
         .expect("deployment");
-    let mut d = env.server.store().get("apps/v1", "Deployment", Some(NS), &name).expect("get");
+    let mut d = env
+        .server
+        .store()
+        .get("apps/v1", "Deployment", Some(NS), &name)
+        .expect("get");
     d["spec"]["replicas"] = json!(7);
     env.server.store().put(d).expect("drift");
     let out = env.run(&["diff", "--cluster", "-o", "json"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(report["objects"][0]["kind"], "Deployment");
-    assert_eq!(report["objects"][0]["changedPaths"], json!(["spec.replicas"]));
-    assert_eq!(env.server.store().get("apps/v1", "Deployment", Some(NS), &name).expect("get")["spec"]["replicas"], 7, "diff changed nothing");
+    assert_eq!(
+        report["objects"][0]["changedPaths"],
+        json!(["spec.replicas"])
+    );
+    assert_eq!(
+        env.server
+            .store()
+            .get("apps/v1", "Deployment", Some(NS), &name)
+            .expect("get")["spec"]["replicas"],
+        7,
+        "diff changed nothing"
+    );
 
     let out = env.run(&["apply"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("0 created, 1 updated"), "{}", text(&out.stdout));
-    assert_eq!(env.server.store().get("apps/v1", "Deployment", Some(NS), &name).expect("get")["spec"]["replicas"], 1);
+    assert!(
+        text(&out.stdout).contains("0 created, 1 updated"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        env.server
+            .store()
+            .get("apps/v1", "Deployment", Some(NS), &name)
+            .expect("get")["spec"]["replicas"],
+        1
+    );
 }
 
 #[tokio::test]
@@ -136,7 +176,11 @@ async fn a_stale_lock_changes_nothing_in_the_cluster() {
     let rv = env.server.store().resource_version();
     let out = env.run(&["apply"]).await;
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("plugins.lock is out of date"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("plugins.lock is out of date"),
+        "{}",
+        text(&out.stderr)
+    );
     assert_eq!(env.server.store().resource_version(), rv, "nothing applied");
 }
 
@@ -144,9 +188,11 @@ async fn a_stale_lock_changes_nothing_in_the_cluster() {
 async fn a_process_killed_mid_apply_converges_on_rerun() {
     let env = Env::new(6).await;
     // Slow every apply down so the kill lands in the middle of the run.
-    env.server
-        .faults()
-        .delay_next_matching(1000, Duration::from_millis(150), Match::verb(Verb::Apply));
+    env.server.faults().delay_next_matching(
+        1000,
+        Duration::from_millis(150),
+        Match::verb(Verb::Apply),
+    );
     let mut child = tokio::process::Command::from(env.command(&["apply"]))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -159,14 +205,24 @@ async fn a_process_killed_mid_apply_converges_on_rerun() {
         if n >= 3 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "apply never started");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "apply never started"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     child.start_kill().expect("kill");
     let _ = child.wait().await;
     let partial = env.plugsync_objects();
-    assert!(partial.len() < 24, "killed before the end: {}", partial.len());
-    assert!(env.inventory_len() >= partial.len(), "everything created is in the inventory");
+    assert!(
+        partial.len() < 24,
+        "killed before the end: {}",
+        partial.len()
+    );
+    assert!(
+        env.inventory_len() >= partial.len(),
+        "everything created is in the inventory"
+    );
 
     env.server.faults().clear();
     let out = env.run(&["apply"]).await;
@@ -176,7 +232,11 @@ async fn a_process_killed_mid_apply_converges_on_rerun() {
     let mut dedup = objects.clone();
     dedup.dedup();
     assert_eq!(dedup, objects, "no duplicates");
-    assert_eq!(env.inventory_len(), 24, "inventory narrowed to exactly what exists");
+    assert_eq!(
+        env.inventory_len(),
+        24,
+        "inventory narrowed to exactly what exists"
+    );
 
     // And a further run is a no-op.
     env.server.reset_stats();
@@ -196,9 +256,15 @@ async fn context_selects_the_cluster_like_kubectl() {
     let path = env.kubeconfig.path().join("two-contexts");
     std::fs::write(&path, config).expect("write");
     let path = path.to_str().expect("utf8").to_string();
-    let out = env.run(&["apply", "--kubeconfig", &path, "--context", "double"]).await;
+    let out = env
+        .run(&["apply", "--kubeconfig", &path, "--context", "double"])
+        .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(env.plugsync_objects().len(), 4);
     let out = env.run(&["apply", "--kubeconfig", &path]).await;
-    assert_eq!(out.status.code(), Some(2), "the current context is unreachable");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "the current context is unreachable"
+    );
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::CustomResourceExt;
-use plugsync::apply::{ApplyOptions, Applier};
+use plugsync::apply::{Applier, ApplyOptions};
 use plugsync::controller::{self, Context, RegistryCheck};
 use plugsync::crd::Plugin;
 use plugsync::model::{PluginSet, PluginSetResource};
@@ -21,7 +21,6 @@ use plugsync::testkit::apiserver::ApiServer;
 use serde_json::{json, Value};
 
 #[path = "common/registry_fixture.rs"]
-#[allow(dead_code)]
 mod registry_fixture;
 
 const NS: &str = "dify";
@@ -36,7 +35,10 @@ struct Harness {
 
 impl Harness {
     /// One synthetic plugin, its PluginSet and Plugin applied as the git loop would.
-    async fn new(tune: impl FnOnce(&mut PluginSet), registry: Option<Arc<dyn RegistryCheck>>) -> Harness {
+    async fn new(
+        tune: impl FnOnce(&mut PluginSet),
+        registry: Option<Arc<dyn RegistryCheck>>,
+    ) -> Harness {
         Harness::with(|_| {}, tune, |_| {}, |_| registry).await
     }
 
@@ -61,14 +63,22 @@ impl Harness {
         edit_yaml(&mut yaml);
         std::fs::write(&yaml_path, yaml).expect("write");
         let resolver = Resolver::new(
-            SourceRegistry::discover(FetchSettings::default(), url::Url::parse("https://marketplace.dify.ai").expect("url")),
+            SourceRegistry::discover(
+                FetchSettings::default(),
+                url::Url::parse("https://marketplace.dify.ai").expect("url"),
+            ),
             cache.clone(),
             64 << 20,
         );
-        let state = desired_state(&WorkTree::new(repo.path()).expect("tree"), "plugins.yaml", &resolver, &RenderSettings::default())
-            .await
-            .expect("renders")
-            .expect("present");
+        let state = desired_state(
+            &WorkTree::new(repo.path()).expect("tree"),
+            "plugins.yaml",
+            &resolver,
+            &RenderSettings::default(),
+        )
+        .await
+        .expect("renders")
+        .expect("present");
 
         let server = ApiServer::start().await.expect("double");
         server
@@ -77,14 +87,24 @@ impl Harness {
             .expect("namespace");
         let applier = Applier::new(server.client());
         applier
-            .ensure_crds(&[Plugin::crd(), PluginSetResource::crd()], ApplyOptions::default())
+            .ensure_crds(
+                &[Plugin::crd(), PluginSetResource::crd()],
+                ApplyOptions::default(),
+            )
             .await
             .expect("crds");
         let mut set = state.set.spec().clone();
         tune(&mut set);
-        let mut plugins: Vec<Value> = state.objects().into_iter().filter(|o| o["kind"] == "Plugin").collect();
+        let mut plugins: Vec<Value> = state
+            .objects()
+            .into_iter()
+            .filter(|o| o["kind"] == "Plugin")
+            .collect();
         plugins.iter_mut().for_each(&edit_plugin);
-        let report = applier.apply_set(&set, &plugins, ApplyOptions::default()).await.expect("git loop applies");
+        let report = applier
+            .apply_set(&set, &plugins, ApplyOptions::default())
+            .await
+            .expect("git loop applies");
         assert!(report.failed.is_empty(), "{:?}", report.failed);
 
         let mut ctx = Context::new(server.client(), cache.clone(), RenderSettings::default());
@@ -93,7 +113,13 @@ impl Harness {
         tokio::spawn(controller::run(Arc::new(ctx), NS, async move {
             let _ = rx.await;
         }));
-        Harness { server, cache, state, _dirs: (repo, cache_dir), stop: Some(tx) }
+        Harness {
+            server,
+            cache,
+            state,
+            _dirs: (repo, cache_dir),
+            stop: Some(tx),
+        }
     }
 
     fn plugin_id(&self) -> String {
@@ -136,12 +162,16 @@ impl Harness {
 
     fn condition(&self, name: &str, type_: &str) -> Option<(String, String)> {
         let p = self.get("plugsync.dev/v1alpha1", "Plugin", name)?;
-        p["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_).map(|c| {
-            (
-                c["status"].as_str().unwrap_or_default().to_string(),
-                c["reason"].as_str().unwrap_or_default().to_string(),
-            )
-        })
+        p["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == type_)
+            .map(|c| {
+                (
+                    c["status"].as_str().unwrap_or_default().to_string(),
+                    c["reason"].as_str().unwrap_or_default().to_string(),
+                )
+            })
     }
 }
 
@@ -171,27 +201,52 @@ async fn a_plugin_is_built_deployed_and_running() {
     let h = Harness::new(|_| {}, None).await;
     let _workloads = h.server.simulate_workloads(WorkloadPolicy::default());
     let id = h.plugin_id();
-    h.wait_for("Running", |h| h.phase(&id).as_deref() == Some("Running")).await;
+    h.wait_for("Running", |h| h.phase(&id).as_deref() == Some("Running"))
+        .await;
 
-    let plugin = h.get("plugsync.dev/v1alpha1", "Plugin", &id).expect("plugin");
-    let digest = plugin["status"]["imageDigest"].as_str().expect("digest recorded").to_string();
+    let plugin = h
+        .get("plugsync.dev/v1alpha1", "Plugin", &id)
+        .expect("plugin");
+    let digest = plugin["status"]["imageDigest"]
+        .as_str()
+        .expect("digest recorded")
+        .to_string();
     assert!(digest.starts_with("sha256:"));
-    assert_eq!(plugin["status"]["endpoint"], format!("http://svc-{id}.{NS}:8080"));
-    assert_eq!(h.condition(&id, "Ready"), Some(("True".into(), "Available".into())));
-    assert_eq!(h.condition(&id, "Stalled").map(|c| c.0), Some("False".into()));
+    assert_eq!(
+        plugin["status"]["endpoint"],
+        format!("http://svc-{id}.{NS}:8080")
+    );
+    assert_eq!(
+        h.condition(&id, "Ready"),
+        Some(("True".into(), "Available".into()))
+    );
+    assert_eq!(
+        h.condition(&id, "Stalled").map(|c| c.0),
+        Some("False".into())
+    );
 
     let job = h.get("batch/v1", "Job", &id).expect("build job");
     assert_eq!(job["metadata"]["ownerReferences"][0]["name"], id.as_str());
     let deployment = h.get("apps/v1", "Deployment", &id).expect("deployment");
-    let image = deployment["spec"]["template"]["spec"]["containers"][0]["image"].as_str().expect("image");
-    assert!(image.ends_with(&format!("@{digest}")), "runs by digest: {image}");
+    let image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .expect("image");
+    assert!(
+        image.ends_with(&format!("@{digest}")),
+        "runs by digest: {image}"
+    );
     assert!(h.get("v1", "Service", &format!("svc-{id}")).is_some());
     // The build context the Job verifies is served from the cache.
-    let context = job["spec"]["template"]["spec"]["initContainers"][0]["env"][1]["value"].as_str().expect("sha");
+    let context = job["spec"]["template"]["spec"]["initContainers"][0]["env"][1]["value"]
+        .as_str()
+        .expect("sha");
     assert!(h.cache.get(context).expect("cache").is_some());
 
     let events = events_for(&h.server, &id);
-    assert!(events.contains(&"Building".to_string()) && events.contains(&"Running".to_string()), "{events:?}");
+    assert!(
+        events.contains(&"Building".to_string()) && events.contains(&"Running".to_string()),
+        "{events:?}"
+    );
 }
 
 #[tokio::test]
@@ -204,19 +259,41 @@ async fn a_failed_build_is_retried_as_attempt_2() {
         None,
     )
     .await;
-    let _workloads = h.server.simulate_workloads(WorkloadPolicy::default().fail_first_attempts(1));
+    let _workloads = h
+        .server
+        .simulate_workloads(WorkloadPolicy::default().fail_first_attempts(1));
     let id = h.plugin_id();
     let retry = format!("{id}--2");
-    h.wait_for("attempt 2 running", |h| h.phase(&retry).as_deref() == Some("Running")).await;
+    h.wait_for("attempt 2 running", |h| {
+        h.phase(&retry).as_deref() == Some("Running")
+    })
+    .await;
     assert_eq!(h.phase(&id).as_deref(), Some("BuildFailed"));
-    let first = h.get("plugsync.dev/v1alpha1", "Plugin", &id).expect("first");
-    assert!(first["status"]["message"].as_str().unwrap_or_default().contains("attempt 2"), "{}", first["status"]);
-    let second = h.get("plugsync.dev/v1alpha1", "Plugin", &retry).expect("second");
+    let first = h
+        .get("plugsync.dev/v1alpha1", "Plugin", &id)
+        .expect("first");
+    assert!(
+        first["status"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("attempt 2"),
+        "{}",
+        first["status"]
+    );
+    let second = h
+        .get("plugsync.dev/v1alpha1", "Plugin", &retry)
+        .expect("second");
     assert_eq!(second["spec"]["attempt"], 2);
-    assert_eq!(second["metadata"]["ownerReferences"][0]["name"], id.as_str());
+    assert_eq!(
+        second["metadata"]["ownerReferences"][0]["name"],
+        id.as_str()
+    );
     assert!(h.get("batch/v1", "Job", &retry).is_some());
     assert!(h.get("apps/v1", "Deployment", &retry).is_some());
-    assert!(h.get("v1", "Service", &format!("svc-{id}")).is_some(), "one stable Service");
+    assert!(
+        h.get("v1", "Service", &format!("svc-{id}")).is_some(),
+        "one stable Service"
+    );
     assert!(events_for(&h.server, &id).contains(&"BuildFailed".to_string()));
 }
 
@@ -231,13 +308,25 @@ async fn max_attempts_reached_stalls() {
         None,
     )
     .await;
-    let _workloads = h.server.simulate_workloads(WorkloadPolicy::default().fail_builds_matching(""));
+    let _workloads = h
+        .server
+        .simulate_workloads(WorkloadPolicy::default().fail_builds_matching(""));
     let id = h.plugin_id();
     let retry = format!("{id}--2");
-    h.wait_for("stalled", |h| h.condition(&retry, "Stalled").map(|c| c.0).as_deref() == Some("True")).await;
-    assert_eq!(h.condition(&retry, "Stalled").map(|c| c.1).as_deref(), Some("MaxAttemptsReached"));
+    h.wait_for("stalled", |h| {
+        h.condition(&retry, "Stalled").map(|c| c.0).as_deref() == Some("True")
+    })
+    .await;
+    assert_eq!(
+        h.condition(&retry, "Stalled").map(|c| c.1).as_deref(),
+        Some("MaxAttemptsReached")
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(h.get("plugsync.dev/v1alpha1", "Plugin", &format!("{id}--3")).is_none(), "no third attempt");
+    assert!(
+        h.get("plugsync.dev/v1alpha1", "Plugin", &format!("{id}--3"))
+            .is_none(),
+        "no third attempt"
+    );
     assert!(h.get("apps/v1", "Deployment", &retry).is_none());
 }
 
@@ -245,7 +334,12 @@ struct RegistryHas(bool);
 
 #[async_trait::async_trait]
 impl RegistryCheck for RegistryHas {
-    async fn has_digest(&self, _set: &PluginSetResource, _image: &str, _digest: &str) -> Option<bool> {
+    async fn has_digest(
+        &self,
+        _set: &PluginSetResource,
+        _image: &str,
+        _digest: &str,
+    ) -> Option<bool> {
         Some(self.0)
     }
 }
@@ -256,14 +350,19 @@ async fn a_known_digest_still_in_the_registry_skips_the_build() {
     let id = h.plugin_id();
     let digest = format!("sha256:{}", "ab".repeat(32));
     // The digest an earlier install recorded (as the lock would carry it).
-    let mut plugin = h.get("plugsync.dev/v1alpha1", "Plugin", &id).expect("plugin");
+    let mut plugin = h
+        .get("plugsync.dev/v1alpha1", "Plugin", &id)
+        .expect("plugin");
     plugin["spec"]["imageDigest"] = json!(digest);
     h.server.store().put(plugin).expect("record digest");
     let _workloads = h.server.simulate_workloads(WorkloadPolicy::default());
-    h.wait_for("Running", |h| h.phase(&id).as_deref() == Some("Running")).await;
+    h.wait_for("Running", |h| h.phase(&id).as_deref() == Some("Running"))
+        .await;
     assert!(h.get("batch/v1", "Job", &id).is_none(), "no build ran");
     let deployment = h.get("apps/v1", "Deployment", &id).expect("deployment");
-    let image = deployment["spec"]["template"]["spec"]["containers"][0]["image"].as_str().expect("image");
+    let image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .expect("image");
     assert!(image.ends_with(&digest), "{image}");
 }
 
@@ -272,9 +371,13 @@ async fn deleting_a_plugin_removes_its_children() {
     let h = Harness::new(|_| {}, None).await;
     let _workloads = h.server.simulate_workloads(WorkloadPolicy::default());
     let id = h.plugin_id();
-    h.wait_for("Running", |h| h.phase(&id).as_deref() == Some("Running")).await;
+    h.wait_for("Running", |h| h.phase(&id).as_deref() == Some("Running"))
+        .await;
     let plugins: kube::Api<Plugin> = kube::Api::namespaced(h.server.client(), NS);
-    plugins.delete(&id, &Default::default()).await.expect("delete");
+    plugins
+        .delete(&id, &Default::default())
+        .await
+        .expect("delete");
     h.wait_for("children gone", |h| {
         h.get("batch/v1", "Job", &id).is_none()
             && h.get("apps/v1", "Deployment", &id).is_none()
@@ -296,7 +399,11 @@ async fn reuse_against_a_real_registry(
     let host = registry.host.clone();
     let image = registry_fixture::OciImage::new(test);
     let pushed = image.manifest_digest.clone();
-    let recorded = if record_pushed_digest { pushed.clone() } else { format!("sha256:{}", "0".repeat(64)) };
+    let recorded = if record_pushed_digest {
+        pushed.clone()
+    } else {
+        format!("sha256:{}", "0".repeat(64))
+    };
     let h = Harness::with(
         |yaml| {
             *yaml = yaml.replace(
@@ -308,47 +415,64 @@ async fn reuse_against_a_real_registry(
         |_| {},
         |plugin| plugin["spec"]["imageDigest"] = json!(recorded),
         |client| {
-            Some(Arc::new(plugsync::controller::registry_check::SecretRegistryCheck::new(
-                client,
-                Duration::from_secs(5),
-            )) as Arc<dyn RegistryCheck>)
+            Some(Arc::new(
+                plugsync::controller::registry_check::SecretRegistryCheck::new(
+                    client,
+                    Duration::from_secs(5),
+                ),
+            ) as Arc<dyn RegistryCheck>)
         },
     )
     .await;
     // Push the image where the Plugin says it lives, and give the namespace the Secret.
-    let plugin = h.get("plugsync.dev/v1alpha1", "Plugin", &h.plugin_id()).expect("plugin");
-    let spec_image = plugin["spec"]["build"]["image"].as_str().expect("image").to_string();
+    let plugin = h
+        .get("plugsync.dev/v1alpha1", "Plugin", &h.plugin_id())
+        .expect("plugin");
+    let spec_image = plugin["spec"]["build"]["image"]
+        .as_str()
+        .expect("image")
+        .to_string();
     let (repository, tag) = spec_image
         .strip_prefix(&format!("{host}/"))
         .and_then(|rest| rest.rsplit_once(':'))
         .expect("image under the registry");
     registry.push(&image, repository, tag);
     let secret = registry_fixture::basic_auth_secret(&host, "plugsync", "s3cret-pw");
-    h.server.store().put(serde_json::to_value(secret).expect("json")).expect("secret");
+    h.server
+        .store()
+        .put(serde_json::to_value(secret).expect("json"))
+        .expect("secret");
     Some((h, pushed, registry))
 }
 
 #[tokio::test]
 async fn reuse_checks_the_real_registry_and_skips_the_build() {
-    let Some((h, pushed, _registry)) = reuse_against_a_real_registry("reuse_present", true).await else {
+    let Some((h, pushed, _registry)) = reuse_against_a_real_registry("reuse_present", true).await
+    else {
         return;
     };
     let _workloads = h.server.simulate_workloads(WorkloadPolicy::default());
     let id = h.plugin_id();
-    h.wait_for("Running", |h| h.phase(&id).as_deref() == Some("Running")).await;
+    h.wait_for("Running", |h| h.phase(&id).as_deref() == Some("Running"))
+        .await;
     assert!(h.get("batch/v1", "Job", &id).is_none(), "no build ran");
     let deployment = h.get("apps/v1", "Deployment", &id).expect("deployment");
-    let image = deployment["spec"]["template"]["spec"]["containers"][0]["image"].as_str().expect("image");
+    let image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .expect("image");
     assert!(image.ends_with(&format!("@{pushed}")), "{image}");
 }
 
 #[tokio::test]
 async fn a_digest_gone_from_the_real_registry_is_rebuilt() {
-    let Some((h, _pushed, _registry)) = reuse_against_a_real_registry("reuse_gone", false).await else {
+    let Some((h, _pushed, _registry)) = reuse_against_a_real_registry("reuse_gone", false).await
+    else {
         return;
     };
     let _workloads = h.server.simulate_workloads(WorkloadPolicy::default());
     let id = h.plugin_id();
-    h.wait_for("a build", |h| h.get("batch/v1", "Job", &id).is_some()).await;
-    h.wait_for("Running", |h| h.phase(&id).as_deref() == Some("Running")).await;
+    h.wait_for("a build", |h| h.get("batch/v1", "Job", &id).is_some())
+        .await;
+    h.wait_for("Running", |h| h.phase(&id).as_deref() == Some("Running"))
+        .await;
 }

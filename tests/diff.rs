@@ -237,19 +237,41 @@ fn config_only_change_is_an_update_of_the_deployment() {
     for name in ["plugsync/hello-world", "langgenius/agent"] {
         assert_eq!(plugin(&report, name)["change"], "reconfigured");
     }
+    // Each plugin's Deployment changes, and its Plugin, which carries the runtime settings.
     let objects = report["objects"].as_array().expect("objects");
-    assert_eq!(objects.len(), 2);
+    let mut kinds: Vec<(&str, &str)> = objects
+        .iter()
+        .map(|o| {
+            (
+                o["action"].as_str().unwrap_or_default(),
+                o["kind"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        vec![
+            ("update", "Deployment"),
+            ("update", "Deployment"),
+            ("update", "Plugin"),
+            ("update", "Plugin")
+        ]
+    );
     for o in objects {
-        assert_eq!(
-            (o["action"].as_str(), o["kind"].as_str()),
-            (Some("update"), Some("Deployment"))
-        );
-        assert_eq!(o["changedPaths"], serde_json::json!(["spec.replicas"]));
-        let diff = o["diff"].as_str().expect("diff");
-        assert!(
-            diff.contains("-  replicas: 1") && diff.contains("+  replicas: 3"),
-            "{diff}"
-        );
+        let expected = if o["kind"] == "Plugin" {
+            "spec.runtime.replicas"
+        } else {
+            "spec.replicas"
+        };
+        assert_eq!(o["changedPaths"], serde_json::json!([expected]));
+        if o["kind"] == "Deployment" {
+            let diff = o["diff"].as_str().expect("diff");
+            assert!(
+                diff.contains("-  replicas: 1") && diff.contains("+  replicas: 3"),
+                "{diff}"
+            );
+        }
     }
 }
 

@@ -133,7 +133,8 @@ fn reconfiguring_one_plugin_changes_exactly_that_plugin() {
         .iter()
         .flat_map(|c| c.changed_paths.iter().map(String::as_str))
         .collect();
-    assert_eq!(paths, ["spec.replicas"]);
+    // The Plugin (carrying the merged runtime) and its Deployment.
+    assert_eq!(paths, ["spec.runtime.replicas", "spec.replicas"]);
 }
 
 #[test]

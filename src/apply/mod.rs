@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
-    PropagationPolicy,
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
+    PatchParams, PropagationPolicy,
 };
 use kube::Client;
 use serde_json::{json, Value};
@@ -145,9 +145,7 @@ fn with_applied_hash(object: &Value) -> Value {
     let hash = applied_hash(object);
     let mut out = object.clone();
     if let Some(meta) = out.get_mut("metadata").and_then(Value::as_object_mut) {
-        let annotations = meta
-            .entry("annotations")
-            .or_insert_with(|| json!({}));
+        let annotations = meta.entry("annotations").or_insert_with(|| json!({}));
         if let Some(a) = annotations.as_object_mut() {
             a.insert(ANNOTATION_APPLIED_HASH.to_string(), Value::String(hash));
         }
@@ -310,8 +308,15 @@ impl Applier {
             .into_iter()
             .collect();
         let set_key = ObjectKey::of(&set_object).map_err(|e| Error::Usage(e.to_string()))?;
-        self.apply_one(&set_api, &set_key, &set_object, live_set.as_ref(), options, &mut report)
-            .await;
+        self.apply_one(
+            &set_api,
+            &set_key,
+            &set_object,
+            live_set.as_ref(),
+            options,
+            &mut report,
+        )
+        .await;
         if let Some((key, why)) = report.failed.first() {
             return Err(Error::Cluster(format!("{key}: {why}")));
         }
@@ -443,7 +448,8 @@ impl Applier {
             }
         }
         if !options.dry_run && kept_inventory != widened {
-            self.write_inventory(&set_api, name, &kept_inventory).await?;
+            self.write_inventory(&set_api, name, &kept_inventory)
+                .await?;
         }
         Ok(report)
     }
@@ -458,7 +464,9 @@ impl Applier {
         let patch = Patch::Merge(&body);
         let params = PatchParams::default();
         self.retry
-            .run("write inventory", || api.patch_status(name, &params, &patch))
+            .run("write inventory", || {
+                api.patch_status(name, &params, &patch)
+            })
             .await?;
         debug!(entries = inventory.len(), "inventory written");
         Ok(())
@@ -494,7 +502,9 @@ impl Applier {
         let dry = PatchParams::apply(FIELD_MANAGER).dry_run();
         let would_be = match self
             .retry
-            .run(&format!("dry-run apply {key}"), || api.patch(&key.name, &dry, &patch))
+            .run(&format!("dry-run apply {key}"), || {
+                api.patch(&key.name, &dry, &patch)
+            })
             .await
         {
             Ok(o) => serde_json::to_value(o).unwrap_or(Value::Null),
@@ -511,10 +521,16 @@ impl Applier {
         }
         if let Ok(p) = plan::plan(
             std::slice::from_ref(&with_identity(would_be, key)),
-            &live.map(|l| vec![with_identity(l.clone(), key)]).unwrap_or_default(),
+            &live
+                .map(|l| vec![with_identity(l.clone(), key)])
+                .unwrap_or_default(),
             Compare::Exact,
         ) {
-            report.changes.extend(p.changes.into_iter().filter(|c| c.action != Action::Unchanged));
+            report.changes.extend(
+                p.changes
+                    .into_iter()
+                    .filter(|c| c.action != Action::Unchanged),
+            );
         }
         let outcome = if live.is_some() {
             Outcome::Updated
@@ -528,7 +544,9 @@ impl Applier {
         let params = PatchParams::apply(FIELD_MANAGER);
         match self
             .retry
-            .run(&format!("apply {key}"), || api.patch(&key.name, &params, &patch))
+            .run(&format!("apply {key}"), || {
+                api.patch(&key.name, &params, &patch)
+            })
             .await
         {
             Ok(_) => {

@@ -14,11 +14,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing::debug;
 
+use crate::apply::{Applier, ApplyOptions, Outcome};
 use crate::error::Error;
 use crate::load::{self, LOCK_FILE, PLUGINS_FILE};
 use crate::model::PluginLock;
 use crate::package::{self, Package};
-use crate::apply::{ApplyOptions, Applier, Outcome};
 use crate::pipeline::{self, LockState};
 use crate::render::{self, RenderSettings};
 use crate::report::DiffReport;
@@ -590,7 +590,11 @@ async fn pinned_state(
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_else(|| PLUGINS_FILE.to_string());
     let snapshot = WorkTree::new(&root).map_err(|e| Error::Usage(e.to_string()))?;
-    let resolver = resolver_for(fetch, url::Url::parse(crate::model::DEFAULT_MARKETPLACE).map_err(|e| Error::Usage(e.to_string()))?)?;
+    let resolver = resolver_for(
+        fetch,
+        url::Url::parse(crate::model::DEFAULT_MARKETPLACE)
+            .map_err(|e| Error::Usage(e.to_string()))?,
+    )?;
     let state = pipeline::desired_state(&snapshot, &file, &resolver, &render.settings())
         .await?
         .ok_or_else(|| Error::Usage(format!("{}: not found", repo.plugins_path().display())))?;
@@ -601,12 +605,18 @@ async fn pinned_state(
             repo.lock_path().display()
         ))),
         LockState::Stale(changes) => Err(Error::LockOutOfDate(
-            changes.iter().map(|c| format!("  {c}")).collect::<Vec<_>>().join("\n"),
+            changes
+                .iter()
+                .map(|c| format!("  {c}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
         )),
     }
 }
 
-fn plugsync_crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
+fn plugsync_crds(
+) -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
     use kube::CustomResourceExt;
     vec![
         crate::crd::Plugin::crd(),
@@ -628,7 +638,11 @@ async fn apply_command(args: ApplyArgs) -> Result<ExitCode, Error> {
     let report = applier
         .apply_set(&state.set.spec().clone(), &state.objects(), options)
         .await?;
-    let suffix = if args.dry_run { " (server dry run)" } else { "" };
+    let suffix = if args.dry_run {
+        " (server dry run)"
+    } else {
+        ""
+    };
     for (key, outcome) in &report.objects {
         if *outcome != Outcome::Unchanged {
             println!("{} {key}{suffix}", format!("{outcome:?}").to_lowercase());
@@ -638,16 +652,28 @@ async fn apply_command(args: ApplyArgs) -> Result<ExitCode, Error> {
         eprintln!("error: {key}: {why}");
     }
     println!("{}{suffix}", report.summary());
-    Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+    Ok(if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }
 
 async fn cluster_diff_command(args: DiffArgs) -> Result<ExitCode, Error> {
-    let repo = RepoArgs { repo: args.repo.clone(), file: args.file.clone() };
+    let repo = RepoArgs {
+        repo: args.repo.clone(),
+        file: args.file.clone(),
+    };
     let state = pinned_state(&repo, &args.fetch, &args.render).await?;
     let client = crate::cluster::client(&args.kube.options()).await?;
     let applier = Applier::new(client);
-    let options = ApplyOptions { dry_run: true, prune: true };
-    let report = applier.apply_set(&state.set.spec().clone(), &state.objects(), options).await?;
+    let options = ApplyOptions {
+        dry_run: true,
+        prune: true,
+    };
+    let report = applier
+        .apply_set(&state.set.spec().clone(), &state.objects(), options)
+        .await?;
     for (key, why) in &report.failed {
         eprintln!("error: {key}: {why}");
     }
@@ -658,7 +684,13 @@ async fn cluster_diff_command(args: DiffArgs) -> Result<ExitCode, Error> {
                 "name": c.key.name, "action": c.action.to_string(), "reason": c.reason,
                 "changedPaths": c.changed_paths, "diff": crate::plan::render_diff(c, args.context_lines),
             })).collect();
-            println!("{}", serde_json::to_string_pretty(&serde_json::json!({"changed": !report.changes.is_empty(), "objects": objects})).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({"changed": !report.changes.is_empty(), "objects": objects})
+                )
+                .unwrap_or_default()
+            );
         }
         DiffFormat::Text | DiffFormat::Markdown => {
             for c in &report.changes {
@@ -671,7 +703,11 @@ async fn cluster_diff_command(args: DiffArgs) -> Result<ExitCode, Error> {
     if !report.failed.is_empty() {
         return Ok(ExitCode::from(2));
     }
-    Ok(if report.changes.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.changes.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn out_of_date(lock_path: &Path, why: &str) -> Result<ExitCode, Error> {
@@ -844,7 +880,9 @@ mod tests {
     fn diff_needs_a_base_or_the_cluster() {
         assert!(Cli::try_parse_from(["plugsync", "diff"]).is_err());
         assert!(Cli::try_parse_from(["plugsync", "diff", "--base", "main"]).is_ok());
-        assert!(Cli::try_parse_from(["plugsync", "diff", "--cluster", "--context", "kind"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["plugsync", "diff", "--cluster", "--context", "kind"]).is_ok()
+        );
         assert!(Cli::try_parse_from(["plugsync", "diff", "--cluster", "--base", "main"]).is_err());
     }
 }

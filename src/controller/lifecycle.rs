@@ -152,7 +152,12 @@ pub struct Decision {
     pub requeue_after: Option<Duration>,
 }
 
-fn conditions(ready: (bool, &'static str), reconciling: Option<&'static str>, stalled: Option<&'static str>, message: &str) -> Vec<ConditionSpec> {
+fn conditions(
+    ready: (bool, &'static str),
+    reconciling: Option<&'static str>,
+    stalled: Option<&'static str>,
+    message: &str,
+) -> Vec<ConditionSpec> {
     vec![
         ConditionSpec {
             type_: "Ready",
@@ -164,13 +169,21 @@ fn conditions(ready: (bool, &'static str), reconciling: Option<&'static str>, st
             type_: "Reconciling",
             status: reconciling.is_some(),
             reason: reconciling.unwrap_or("Idle"),
-            message: if reconciling.is_some() { message.to_string() } else { String::new() },
+            message: if reconciling.is_some() {
+                message.to_string()
+            } else {
+                String::new()
+            },
         },
         ConditionSpec {
             type_: "Stalled",
             status: stalled.is_some(),
             reason: stalled.unwrap_or("Progressing"),
-            message: if stalled.is_some() { message.to_string() } else { String::new() },
+            message: if stalled.is_some() {
+                message.to_string()
+            } else {
+                String::new()
+            },
         },
     ]
 }
@@ -222,7 +235,12 @@ pub fn decide(o: &Observed<'_>) -> Decision {
                     phase: PluginPhase::Failed,
                     endpoint: None,
                     image_digest: Some(digest),
-                    conditions: conditions((false, "DeploymentFailed"), None, Some("DeploymentFailed"), &message),
+                    conditions: conditions(
+                        (false, "DeploymentFailed"),
+                        None,
+                        Some("DeploymentFailed"),
+                        &message,
+                    ),
                     message,
                     actions,
                     requeue_after: None,
@@ -241,7 +259,12 @@ pub fn decide(o: &Observed<'_>) -> Decision {
                     },
                     endpoint: None,
                     image_digest: Some(digest),
-                    conditions: conditions((false, "RollingOut"), Some("RollingOut"), None, &message),
+                    conditions: conditions(
+                        (false, "RollingOut"),
+                        Some("RollingOut"),
+                        None,
+                        &message,
+                    ),
                     message,
                     actions,
                     requeue_after: None,
@@ -292,16 +315,28 @@ pub fn decide(o: &Observed<'_>) -> Decision {
                 requeue_after: None,
             }
         }
-        JobState::Failed { reason, message, age } => {
+        JobState::Failed {
+            reason,
+            message,
+            age,
+        } => {
             let attempt = o.spec.attempt.max(1);
             let what = format!("build attempt {attempt} failed: {reason}: {message}");
             if attempt >= o.max_attempts {
-                let message = format!("{what}; no attempts left ({} of {})", attempt, o.max_attempts);
+                let message = format!(
+                    "{what}; no attempts left ({} of {})",
+                    attempt, o.max_attempts
+                );
                 return Decision {
                     phase: PluginPhase::BuildFailed,
                     endpoint: None,
                     image_digest: None,
-                    conditions: conditions((false, "BuildFailed"), None, Some("MaxAttemptsReached"), &message),
+                    conditions: conditions(
+                        (false, "BuildFailed"),
+                        None,
+                        Some("MaxAttemptsReached"),
+                        &message,
+                    ),
                     message,
                     actions: Vec::new(),
                     requeue_after: None,
@@ -327,7 +362,12 @@ pub fn decide(o: &Observed<'_>) -> Decision {
                     phase: PluginPhase::BuildFailed,
                     endpoint: None,
                     image_digest: None,
-                    conditions: conditions((false, "BuildFailed"), Some("Retrying"), None, &message),
+                    conditions: conditions(
+                        (false, "BuildFailed"),
+                        Some("Retrying"),
+                        None,
+                        &message,
+                    ),
                     message,
                     actions: vec![Action::CreateNextAttempt { attempt: next }],
                     requeue_after: None,
@@ -339,7 +379,12 @@ pub fn decide(o: &Observed<'_>) -> Decision {
                     phase: PluginPhase::BuildFailed,
                     endpoint: None,
                     image_digest: None,
-                    conditions: conditions((false, "BuildFailed"), Some("BackingOff"), None, &message),
+                    conditions: conditions(
+                        (false, "BuildFailed"),
+                        Some("BackingOff"),
+                        None,
+                        &message,
+                    ),
                     message,
                     actions: Vec::new(),
                     requeue_after: Some(remaining),
@@ -401,7 +446,11 @@ mod tests {
     }
 
     fn condition(d: &Decision, type_: &str) -> (bool, &'static str) {
-        let c = d.conditions.iter().find(|c| c.type_ == type_).expect("condition present");
+        let c = d
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .expect("condition present");
         (c.status, c.reason)
     }
 
@@ -415,13 +464,16 @@ mod tests {
         assert_eq!(d.actions, vec![Action::CreateJob]);
         assert_eq!(condition(&d, "Ready"), (false, "Building"));
         assert_eq!(condition(&d, "Reconciling"), (true, "Building"));
-        assert_eq!(condition(&d, "Stalled").0, false);
+        assert!(!condition(&d, "Stalled").0);
     }
 
     #[test]
     fn a_running_build_waits_for_the_job() {
         let s = spec(1, None);
-        let d = decide(&Observed { job: JobState::Running, ..observed(&s) });
+        let d = decide(&Observed {
+            job: JobState::Running,
+            ..observed(&s)
+        });
         assert_eq!(d.phase, PluginPhase::Building);
         assert!(d.actions.is_empty());
         assert_eq!(d.requeue_after, None, "the Job watch wakes us");
@@ -431,14 +483,18 @@ mod tests {
     fn a_finished_build_deploys_the_image_by_digest() {
         let s = spec(1, None);
         let d = decide(&Observed {
-            job: JobState::Succeeded { digest: Some(DIGEST.into()) },
+            job: JobState::Succeeded {
+                digest: Some(DIGEST.into()),
+            },
             ..observed(&s)
         });
         assert_eq!(d.image_digest.as_deref(), Some(DIGEST));
         assert_eq!(
             d.actions,
             vec![
-                Action::ApplyDeployment { image: format!("registry.local:5000/plugins/agent-d62e@{DIGEST}") },
+                Action::ApplyDeployment {
+                    image: format!("registry.local:5000/plugins/agent-d62e@{DIGEST}")
+                },
                 Action::CreateService,
             ]
         );
@@ -449,17 +505,22 @@ mod tests {
     fn an_available_deployment_is_running_with_its_endpoint() {
         let s = spec(1, None);
         let d = decide(&Observed {
-            job: JobState::Succeeded { digest: Some(DIGEST.into()) },
+            job: JobState::Succeeded {
+                digest: Some(DIGEST.into()),
+            },
             deployment: DeploymentState::Available,
             service_exists: true,
             ..observed(&s)
         });
         assert_eq!(d.phase, PluginPhase::Running);
-        assert_eq!(d.endpoint.as_deref(), Some("http://svc-d62e5e95afbb7da9993d56f58e120ce5.dify:8080"));
+        assert_eq!(
+            d.endpoint.as_deref(),
+            Some("http://svc-d62e5e95afbb7da9993d56f58e120ce5.dify:8080")
+        );
         assert!(d.actions.is_empty());
         assert_eq!(condition(&d, "Ready"), (true, "Available"));
-        assert_eq!(condition(&d, "Reconciling").0, false);
-        assert_eq!(condition(&d, "Stalled").0, false);
+        assert!(!condition(&d, "Reconciling").0);
+        assert!(!condition(&d, "Stalled").0);
     }
 
     #[test]
@@ -470,17 +531,27 @@ mod tests {
             message: "error building image".into(),
             age: Duration::from_secs(age),
         };
-        let d = decide(&Observed { job: failed(10), ..observed(&s) });
+        let d = decide(&Observed {
+            job: failed(10),
+            ..observed(&s)
+        });
         assert_eq!(d.phase, PluginPhase::BuildFailed);
         assert!(d.actions.is_empty());
         assert_eq!(d.requeue_after, Some(Duration::from_secs(20)));
         assert_eq!(condition(&d, "Reconciling"), (true, "BackingOff"));
         assert!(d.message.contains("error building image"), "{}", d.message);
 
-        let d = decide(&Observed { job: failed(30), ..observed(&s) });
+        let d = decide(&Observed {
+            job: failed(30),
+            ..observed(&s)
+        });
         assert_eq!(d.actions, vec![Action::CreateNextAttempt { attempt: 2 }]);
 
-        let d = decide(&Observed { job: failed(300), next_attempt_exists: true, ..observed(&s) });
+        let d = decide(&Observed {
+            job: failed(300),
+            next_attempt_exists: true,
+            ..observed(&s)
+        });
         assert!(d.actions.is_empty(), "never two next attempts");
     }
 
@@ -488,18 +559,29 @@ mod tests {
     fn the_last_attempt_failing_stalls() {
         let s = spec(3, None);
         let d = decide(&Observed {
-            job: JobState::Failed { reason: "Error".into(), message: "pip failed".into(), age: Duration::from_secs(9999) },
+            job: JobState::Failed {
+                reason: "Error".into(),
+                message: "pip failed".into(),
+                age: Duration::from_secs(9999),
+            },
             ..observed(&s)
         });
         assert!(d.actions.is_empty());
         assert_eq!(condition(&d, "Stalled"), (true, "MaxAttemptsReached"));
-        assert!(d.message.contains("no attempts left (3 of 3)"), "{}", d.message);
+        assert!(
+            d.message.contains("no attempts left (3 of 3)"),
+            "{}",
+            d.message
+        );
     }
 
     #[test]
     fn a_known_digest_still_in_the_registry_skips_the_build() {
         let s = spec(1, Some(DIGEST));
-        let d = decide(&Observed { registry_has_digest: Some(true), ..observed(&s) });
+        let d = decide(&Observed {
+            registry_has_digest: Some(true),
+            ..observed(&s)
+        });
         assert_eq!(d.phase, PluginPhase::Pending);
         assert!(!d.actions.contains(&Action::CreateJob));
         assert!(matches!(d.actions[0], Action::ApplyDeployment { .. }));
@@ -508,7 +590,10 @@ mod tests {
     #[test]
     fn a_known_digest_gone_from_the_registry_is_rebuilt() {
         let s = spec(1, Some(DIGEST));
-        let d = decide(&Observed { registry_has_digest: Some(false), ..observed(&s) });
+        let d = decide(&Observed {
+            registry_has_digest: Some(false),
+            ..observed(&s)
+        });
         assert_eq!(d.actions, vec![Action::CreateJob]);
         assert!(d.message.contains("gone from the registry"));
     }
@@ -516,7 +601,10 @@ mod tests {
     #[test]
     fn a_build_without_a_digest_is_a_failure_not_a_loop() {
         let s = spec(1, None);
-        let d = decide(&Observed { job: JobState::Succeeded { digest: None }, ..observed(&s) });
+        let d = decide(&Observed {
+            job: JobState::Succeeded { digest: None },
+            ..observed(&s)
+        });
         assert_eq!(d.phase, PluginPhase::BuildFailed);
         assert_eq!(condition(&d, "Stalled"), (true, "NoDigest"));
     }
@@ -525,19 +613,31 @@ mod tests {
     fn deployment_failures_and_outdated_images() {
         let s = spec(1, Some(DIGEST));
         let d = decide(&Observed {
-            deployment: DeploymentState::Failed { message: "ProgressDeadlineExceeded".into() },
+            deployment: DeploymentState::Failed {
+                message: "ProgressDeadlineExceeded".into(),
+            },
             service_exists: true,
             ..observed(&s)
         });
         assert_eq!(d.phase, PluginPhase::Failed);
         assert_eq!(condition(&d, "Stalled"), (true, "DeploymentFailed"));
-        let d = decide(&Observed { deployment: DeploymentState::Outdated, service_exists: true, ..observed(&s) });
-        assert!(matches!(d.actions.as_slice(), [Action::ApplyDeployment { .. }]));
+        let d = decide(&Observed {
+            deployment: DeploymentState::Outdated,
+            service_exists: true,
+            ..observed(&s)
+        });
+        assert!(matches!(
+            d.actions.as_slice(),
+            [Action::ApplyDeployment { .. }]
+        ));
     }
 
     #[test]
     fn backoff_doubles_and_caps() {
-        let b = Backoff { base: Duration::from_secs(30), cap: Duration::from_secs(600) };
+        let b = Backoff {
+            base: Duration::from_secs(30),
+            cap: Duration::from_secs(600),
+        };
         let secs: Vec<u64> = (2..=8).map(|n| b.before_attempt(n).as_secs()).collect();
         assert_eq!(secs, vec![30, 60, 120, 240, 480, 600, 600]);
         assert_eq!(b.before_attempt(100).as_secs(), 600);
@@ -545,8 +645,14 @@ mod tests {
 
     #[test]
     fn images_run_by_digest() {
-        assert_eq!(image_by_digest("r:5000/a/b:1.0", "sha256:x"), "r:5000/a/b@sha256:x");
-        assert_eq!(image_by_digest("r:5000/a/b", "sha256:x"), "r:5000/a/b@sha256:x");
+        assert_eq!(
+            image_by_digest("r:5000/a/b:1.0", "sha256:x"),
+            "r:5000/a/b@sha256:x"
+        );
+        assert_eq!(
+            image_by_digest("r:5000/a/b", "sha256:x"),
+            "r:5000/a/b@sha256:x"
+        );
         assert_eq!(image_by_digest("b:1", "sha256:x"), "b@sha256:x");
     }
 }

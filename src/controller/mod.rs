@@ -22,14 +22,30 @@ pub use reconcile::{Context, RegistryCheck};
 
 /// Runs the plugin loop in `namespace` until `shutdown` resolves: watches Plugins and the
 /// Jobs, Deployments and Services they own, and reconciles each Plugin on every change.
-pub async fn run(ctx: Arc<Context>, namespace: &str, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: &str,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let client = ctx.client.clone();
     let plugins: Api<Plugin> = Api::namespaced(client.clone(), namespace);
     Controller::new(plugins, watcher::Config::default())
-        .owns(Api::<Job>::namespaced(client.clone(), namespace), watcher::Config::default())
-        .owns(Api::<Deployment>::namespaced(client.clone(), namespace), watcher::Config::default())
-        .owns(Api::<Service>::namespaced(client.clone(), namespace), watcher::Config::default())
-        .owns(Api::<Plugin>::namespaced(client, namespace), watcher::Config::default())
+        .owns(
+            Api::<Job>::namespaced(client.clone(), namespace),
+            watcher::Config::default(),
+        )
+        .owns(
+            Api::<Deployment>::namespaced(client.clone(), namespace),
+            watcher::Config::default(),
+        )
+        .owns(
+            Api::<Service>::namespaced(client.clone(), namespace),
+            watcher::Config::default(),
+        )
+        .owns(
+            Api::<Plugin>::namespaced(client, namespace),
+            watcher::Config::default(),
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|result| async move {

@@ -90,7 +90,10 @@ pub enum ReconcileError {
 }
 
 /// Reconciles one Plugin.
-pub async fn reconcile(plugin: Arc<Plugin>, ctx: Arc<Context>) -> Result<RequeueAction, ReconcileError> {
+pub async fn reconcile(
+    plugin: Arc<Plugin>,
+    ctx: Arc<Context>,
+) -> Result<RequeueAction, ReconcileError> {
     let namespace = plugin.namespace().unwrap_or_default();
     let name = plugin.name_any();
     let spec = &plugin.spec;
@@ -98,7 +101,12 @@ pub async fn reconcile(plugin: Arc<Plugin>, ctx: Arc<Context>) -> Result<Requeue
 
     let sets: Api<PluginSetResource> = Api::namespaced(client.clone(), &namespace);
     let Some(set) = sets.get_opt(&spec.plugin_set).await? else {
-        publish_status(&ctx, &plugin, &waiting(&format!("PluginSet {} not found", spec.plugin_set))).await?;
+        publish_status(
+            &ctx,
+            &plugin,
+            &waiting(&format!("PluginSet {} not found", spec.plugin_set)),
+        )
+        .await?;
         return Ok(RequeueAction::requeue(Duration::from_secs(30)));
     };
 
@@ -114,12 +122,22 @@ pub async fn reconcile(plugin: Arc<Plugin>, ctx: Arc<Context>) -> Result<Requeue
         JobState::Succeeded { digest: Some(d) } => Some(d.clone()),
         _ => recorded.clone().or_else(|| spec.image_digest.clone()),
     };
-    let deployment = observe_deployment(&deployments, &name, &spec.build.image, known.as_deref()).await?;
-    let service_exists = services.get_opt(&format!("svc-{}", spec.plugin_id)).await?.is_some();
+    let deployment =
+        observe_deployment(&deployments, &name, &spec.build.image, known.as_deref()).await?;
+    let service_exists = services
+        .get_opt(&format!("svc-{}", spec.plugin_id))
+        .await?
+        .is_some();
     let next_name = render::resource_name(&spec.plugin_id, spec.attempt + 1);
     let next_attempt_exists = plugins.get_opt(&next_name).await?.is_some();
-    let registry_has_digest = match (&ctx.registry, recorded.as_deref().or(spec.image_digest.as_deref()), &job) {
-        (Some(check), Some(digest), JobState::Absent) => check.has_digest(&set, &spec.build.image, digest).await,
+    let registry_has_digest = match (
+        &ctx.registry,
+        recorded.as_deref().or(spec.image_digest.as_deref()),
+        &job,
+    ) {
+        (Some(check), Some(digest), JobState::Absent) => {
+            check.has_digest(&set, &spec.build.image, digest).await
+        }
         _ => None,
     };
 
@@ -141,7 +159,14 @@ pub async fn reconcile(plugin: Arc<Plugin>, ctx: Arc<Context>) -> Result<Requeue
     debug!(plugin = %name, phase = ?decision.phase, actions = ?decision.actions, "decided");
 
     for action in &decision.actions {
-        carry_out(&ctx, &plugin, &set, action, decision.image_digest.as_deref()).await?;
+        carry_out(
+            &ctx,
+            &plugin,
+            &set,
+            action,
+            decision.image_digest.as_deref(),
+        )
+        .await?;
     }
     publish_status(&ctx, &plugin, &decision).await?;
     Ok(match decision.requeue_after {
@@ -151,7 +176,11 @@ pub async fn reconcile(plugin: Arc<Plugin>, ctx: Arc<Context>) -> Result<Requeue
 }
 
 /// How the controller runtime retries a failed reconcile.
-pub fn error_policy(plugin: Arc<Plugin>, error: &ReconcileError, _ctx: Arc<Context>) -> RequeueAction {
+pub fn error_policy(
+    plugin: Arc<Plugin>,
+    error: &ReconcileError,
+    _ctx: Arc<Context>,
+) -> RequeueAction {
     warn!(plugin = %plugin.name_any(), %error, "reconcile failed");
     RequeueAction::requeue(Duration::from_secs(match error {
         ReconcileError::Waiting(_) => 5,
@@ -166,9 +195,24 @@ fn waiting(message: &str) -> Decision {
         image_digest: None,
         message: message.to_string(),
         conditions: vec![
-            lifecycle::ConditionSpec { type_: "Ready", status: false, reason: "Waiting", message: message.into() },
-            lifecycle::ConditionSpec { type_: "Reconciling", status: true, reason: "Waiting", message: message.into() },
-            lifecycle::ConditionSpec { type_: "Stalled", status: false, reason: "Progressing", message: String::new() },
+            lifecycle::ConditionSpec {
+                type_: "Ready",
+                status: false,
+                reason: "Waiting",
+                message: message.into(),
+            },
+            lifecycle::ConditionSpec {
+                type_: "Reconciling",
+                status: true,
+                reason: "Waiting",
+                message: message.into(),
+            },
+            lifecycle::ConditionSpec {
+                type_: "Stalled",
+                status: false,
+                reason: "Progressing",
+                message: String::new(),
+            },
         ],
         actions: Vec::new(),
         requeue_after: None,
@@ -179,28 +223,50 @@ fn waiting(message: &str) -> Decision {
 pub fn digest_from_termination_message(message: &str) -> Option<String> {
     let m = message.trim();
     let hex = m.strip_prefix("sha256:")?;
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
-        .then(|| m.to_string())
+    (hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+    .then(|| m.to_string())
 }
 
-async fn observe_job(jobs: &Api<Job>, pods: &Api<Pod>, name: &str) -> Result<JobState, kube::Error> {
+async fn observe_job(
+    jobs: &Api<Job>,
+    pods: &Api<Pod>,
+    name: &str,
+) -> Result<JobState, kube::Error> {
     let Some(job) = jobs.get_opt(name).await? else {
         return Ok(JobState::Absent);
     };
-    let conditions = job.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
-    let true_condition = |t: &str| conditions.iter().find(|c| c.type_ == t && c.status == "True");
+    let conditions = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let true_condition = |t: &str| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == t && c.status == "True")
+    };
     let build_pod_message = || async {
         let params = ListParams::default().labels(&format!("batch.kubernetes.io/job-name={name}"));
         let list = pods.list(&params).await?;
         Ok::<Option<String>, kube::Error>(list.items.iter().find_map(|pod| {
-            pod.status.as_ref()?.container_statuses.as_ref()?.iter().find_map(|c| {
-                (c.name == "build").then_some(())?;
-                c.state.as_ref()?.terminated.as_ref()?.message.clone()
-            })
+            pod.status
+                .as_ref()?
+                .container_statuses
+                .as_ref()?
+                .iter()
+                .find_map(|c| {
+                    (c.name == "build").then_some(())?;
+                    c.state.as_ref()?.terminated.as_ref()?.message.clone()
+                })
         }))
     };
     if true_condition("Complete").is_some() {
-        let digest = build_pod_message().await?.and_then(|m| digest_from_termination_message(&m));
+        let digest = build_pod_message()
+            .await?
+            .and_then(|m| digest_from_termination_message(&m));
         return Ok(JobState::Succeeded { digest });
     }
     if let Some(failed) = true_condition("Failed") {
@@ -209,7 +275,14 @@ async fn observe_job(jobs: &Api<Job>, pods: &Api<Pod>, name: &str) -> Result<Job
             failed.message.clone().unwrap_or_default()
         } else {
             // The builder's last words, bounded.
-            let tail: String = pod_message.chars().rev().take(1024).collect::<Vec<_>>().into_iter().rev().collect();
+            let tail: String = pod_message
+                .chars()
+                .rev()
+                .take(1024)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             tail.trim().to_string()
         };
         let age = failed
@@ -254,12 +327,21 @@ async fn observe_deployment(
     let generation = d.metadata.generation.unwrap_or(0);
     let status = d.status.unwrap_or_default();
     let conditions = status.conditions.unwrap_or_default();
-    if let Some(c) = conditions.iter().find(|c| c.type_ == "Progressing" && c.status == "False") {
+    if let Some(c) = conditions
+        .iter()
+        .find(|c| c.type_ == "Progressing" && c.status == "False")
+    {
         return Ok(DeploymentState::Failed {
-            message: c.message.clone().or_else(|| c.reason.clone()).unwrap_or_default(),
+            message: c
+                .message
+                .clone()
+                .or_else(|| c.reason.clone())
+                .unwrap_or_default(),
         });
     }
-    let available = conditions.iter().any(|c| c.type_ == "Available" && c.status == "True");
+    let available = conditions
+        .iter()
+        .any(|c| c.type_ == "Available" && c.status == "True");
     let current = status.observed_generation.unwrap_or(0) >= generation;
     Ok(if available && current {
         DeploymentState::Available
@@ -323,22 +405,44 @@ async fn carry_out(
                 Action::ApplyDeployment { .. } => "Deployment",
                 _ => "Service",
             };
-            let Some(mut object) = rendered.objects.iter().find(|o| o["kind"] == kind).cloned() else {
-                return Err(ReconcileError::Waiting(format!("render produced no {kind}")));
+            let Some(mut object) = rendered.objects.iter().find(|o| o["kind"] == kind).cloned()
+            else {
+                return Err(ReconcileError::Waiting(format!(
+                    "render produced no {kind}"
+                )));
             };
             if kind == "Job" {
                 // The build Job fetches its context from plugsync by sha256.
-                ctx.cache
-                    .put(&rendered.context.bytes)
-                    .map_err(|e| ReconcileError::Waiting(format!("cannot store the build context: {e}")))?;
+                ctx.cache.put(&rendered.context.bytes).map_err(|e| {
+                    ReconcileError::Waiting(format!("cannot store the build context: {e}"))
+                })?;
             }
-            let owner = if kind == "Service" { root_owner(plugin) } else { owner_reference(plugin) };
+            let owner = if kind == "Service" {
+                root_owner(plugin)
+            } else {
+                owner_reference(plugin)
+            };
             object["metadata"]["ownerReferences"] = json!(owner.into_iter().collect::<Vec<_>>());
-            let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let name = object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             let api: Api<kube::api::DynamicObject> = match kind {
-                "Job" => Api::namespaced_with(ctx.client.clone(), &namespace, &kube::api::ApiResource::erase::<Job>(&())),
-                "Deployment" => Api::namespaced_with(ctx.client.clone(), &namespace, &kube::api::ApiResource::erase::<Deployment>(&())),
-                _ => Api::namespaced_with(ctx.client.clone(), &namespace, &kube::api::ApiResource::erase::<Service>(&())),
+                "Job" => Api::namespaced_with(
+                    ctx.client.clone(),
+                    &namespace,
+                    &kube::api::ApiResource::erase::<Job>(&()),
+                ),
+                "Deployment" => Api::namespaced_with(
+                    ctx.client.clone(),
+                    &namespace,
+                    &kube::api::ApiResource::erase::<Deployment>(&()),
+                ),
+                _ => Api::namespaced_with(
+                    ctx.client.clone(),
+                    &namespace,
+                    &kube::api::ApiResource::erase::<Service>(&()),
+                ),
             };
             api.patch(&name, &params, &Patch::Apply(&object)).await?;
             info!(plugin = %plugin.name_any(), %kind, %name, "applied");
@@ -359,8 +463,14 @@ fn render_children(
         .cache
         .get(&spec.package.sha256)
         .map_err(|e| ReconcileError::Waiting(format!("package cache: {e}")))?
-        .ok_or_else(|| ReconcileError::Waiting(format!("package sha256:{} not in the cache yet", spec.package.sha256)))?;
-    let package = Package::read(&bytes).map_err(|e| ReconcileError::Waiting(format!("package: {e}")))?;
+        .ok_or_else(|| {
+            ReconcileError::Waiting(format!(
+                "package sha256:{} not in the cache yet",
+                spec.package.sha256
+            ))
+        })?;
+    let package =
+        Package::read(&bytes).map_err(|e| ReconcileError::Waiting(format!("package: {e}")))?;
     let locked = LockedPlugin {
         name: spec.name.clone(),
         version: spec.version.clone(),
@@ -419,7 +529,11 @@ fn phase_event(phase: PluginPhase, message: &str) -> Event {
 
 /// Writes the status when it changed (never a no-op write), keeping each condition's
 /// `lastTransitionTime` unless its status flipped, and records an Event on a phase change.
-async fn publish_status(ctx: &Context, plugin: &Plugin, decision: &Decision) -> Result<(), ReconcileError> {
+async fn publish_status(
+    ctx: &Context,
+    plugin: &Plugin,
+    decision: &Decision,
+) -> Result<(), ReconcileError> {
     let old = plugin.status.clone().unwrap_or_default();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let conditions: Vec<Condition> = decision
@@ -452,13 +566,22 @@ async fn publish_status(ctx: &Context, plugin: &Plugin, decision: &Decision) -> 
     if new == old {
         return Ok(());
     }
-    let api: Api<Plugin> = Api::namespaced(ctx.client.clone(), &plugin.namespace().unwrap_or_default());
+    let api: Api<Plugin> =
+        Api::namespaced(ctx.client.clone(), &plugin.namespace().unwrap_or_default());
     let patch: Value = json!({"status": new});
-    api.patch_status(&plugin.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
+    api.patch_status(
+        &plugin.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
     if old.phase != new.phase {
         let reference: ObjectReference = plugin.object_ref(&());
-        if let Err(e) = ctx.recorder.publish(&phase_event(decision.phase, &decision.message), &reference).await {
+        if let Err(e) = ctx
+            .recorder
+            .publish(&phase_event(decision.phase, &decision.message), &reference)
+            .await
+        {
             warn!(error = %e, "could not record an event");
         }
     }

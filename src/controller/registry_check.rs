@@ -34,7 +34,8 @@ impl RegistryCheck for SecretRegistryCheck {
                 return None;
             }
         };
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &set.namespace().unwrap_or_default());
+        let secrets: Api<Secret> =
+            Api::namespaced(self.client.clone(), &set.namespace().unwrap_or_default());
         let credentials = match secrets.get_opt(&set.spec.registry.secret_name).await {
             Ok(Some(secret)) => DockerConfig::from_secret(&secret)
                 .map_err(|e| warn!(secret = %set.spec.registry.secret_name, error = %e, "unusable registry Secret"))
@@ -47,7 +48,10 @@ impl RegistryCheck for SecretRegistryCheck {
             }
         };
         let client = RegistryClient::new(set.spec.registry.insecure, self.timeout);
-        match client.has_manifest(&image, digest, credentials.as_ref()).await {
+        match client
+            .has_manifest(&image, digest, credentials.as_ref())
+            .await
+        {
             Ok(has) => Some(has),
             Err(e) => {
                 warn!(error = %e, "registry check failed; trusting the known digest");

@@ -339,6 +339,16 @@ impl Plan {
 /// Objects are paired by [`ObjectKey`], so desired objects of namespaced kinds must carry
 /// their namespace. In both inputs a field set to `null` counts as absent.
 pub fn plan(desired: &[Value], live: &[Value], compare: Compare) -> Result<Plan, PlanError> {
+    plan_refs(desired, live, compare)
+}
+
+/// [`plan`] over borrowed objects, so callers whose objects are spread over several
+/// owners (each rendered plugin holds its own) need not copy them all into one list.
+pub fn plan_refs<'a>(
+    desired: impl IntoIterator<Item = &'a Value>,
+    live: impl IntoIterator<Item = &'a Value>,
+    compare: Compare,
+) -> Result<Plan, PlanError> {
     let desired = index(desired, Side::Desired)?;
     let live = index(live, Side::Live)?;
     let mut changes = Vec::with_capacity(desired.len() + live.len());
@@ -346,7 +356,13 @@ pub fn plan(desired: &[Value], live: &[Value], compare: Compare) -> Result<Plan,
         let (action, reason, paths, l) = match live.get(key) {
             None => (Action::Create, "not present".to_string(), Vec::new(), None),
             Some(&l) => {
-                let paths = diff::changed_paths(d, l, compare);
+                // Identical objects (most of them, in a pull request) differ nowhere:
+                // skip normalizing and walking them.
+                let paths = if d == l {
+                    Vec::new()
+                } else {
+                    diff::changed_paths(d, l, compare)
+                };
                 if paths.is_empty() {
                     (Action::Unchanged, "in sync".to_string(), paths, Some(l))
                 } else {
@@ -381,9 +397,12 @@ pub fn plan(desired: &[Value], live: &[Value], compare: Compare) -> Result<Plan,
 }
 
 /// Keys one input list, refusing invalid and repeated objects.
-fn index(objects: &[Value], side: Side) -> Result<BTreeMap<ObjectKey, &Value>, PlanError> {
+fn index<'a>(
+    objects: impl IntoIterator<Item = &'a Value>,
+    side: Side,
+) -> Result<BTreeMap<ObjectKey, &'a Value>, PlanError> {
     let mut map = BTreeMap::new();
-    for (index, obj) in objects.iter().enumerate() {
+    for (index, obj) in objects.into_iter().enumerate() {
         let key = ObjectKey::of(obj).map_err(|e| PlanError::InvalidObject {
             side,
             index,

@@ -11,6 +11,7 @@
 //! are interpolated with `tojson` (JSON is YAML), so no value can break the YAML structure.
 
 pub mod context;
+mod yaml;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -249,6 +250,10 @@ pub fn resource_name(plugin_id: &str, attempt: u32) -> String {
 }
 
 /// Renders every plugin of a set. Plugins are independent, so errors name the plugin.
+///
+/// Sets of more than a few dozen plugins are split over the available cores; the output,
+/// and the error when some plugin fails (the first one's), are the same as rendering the
+/// plugins one by one.
 pub fn render_set(
     set: &PluginSet,
     plugins: &[PluginInput<'_>],
@@ -256,11 +261,50 @@ pub fn render_set(
     settings: &RenderSettings,
 ) -> Result<Vec<RenderedPlugin>, RenderError> {
     let env = templates.environment()?;
-    plugins
-        .iter()
-        .map(|p| render_plugin(set, p, &env, settings))
-        .collect()
+    let render_all = |part: &[PluginInput<'_>]| -> Result<Vec<RenderedPlugin>, RenderError> {
+        part.iter()
+            .map(|p| render_plugin(set, p, &env, settings))
+            .collect()
+    };
+    // Plugins are independent and rendering is pure, so large sets are split over the
+    // cores. Each part stops at its first error and parts are joined in order, so the
+    // error returned is the first plugin's, exactly as a sequential render would return.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(MAX_RENDER_THREADS)
+        .min(plugins.len() / MIN_PLUGINS_PER_THREAD)
+        .max(1);
+    if threads == 1 {
+        return render_all(plugins);
+    }
+    let chunk = plugins.len().div_ceil(threads);
+    let mut parts = plugins.chunks(chunk);
+    let first = parts.next().unwrap_or_default();
+    let results: Vec<Result<Vec<RenderedPlugin>, RenderError>> = std::thread::scope(|scope| {
+        let others: Vec<_> = parts
+            .map(|part| scope.spawn(move || render_all(part)))
+            .collect();
+        let mut results = vec![render_all(first)];
+        for handle in others {
+            results.push(
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            );
+        }
+        results
+    });
+    let mut rendered = Vec::with_capacity(plugins.len());
+    for part in results {
+        rendered.extend(part?);
+    }
+    Ok(rendered)
 }
+
+/// Most threads [`render_set`] uses.
+const MAX_RENDER_THREADS: usize = 8;
+/// Fewest plugins worth a thread of their own (below, spawning costs more than it saves).
+const MIN_PLUGINS_PER_THREAD: usize = 16;
 
 #[derive(Serialize)]
 struct PluginContext<'a> {
@@ -583,7 +627,12 @@ fn parse_object(
         template: template.to_string(),
         message,
     };
-    let value: Value = serde_yaml::from_str(text).map_err(|e| invalid(format!("not YAML: {e}")))?;
+    // The subset the built-in templates produce parses without serde_yaml, to the same
+    // value; anything else (user templates included) takes serde_yaml.
+    let value: Value = match yaml::parse(text) {
+        Some(value) => value,
+        None => serde_yaml::from_str(text).map_err(|e| invalid(format!("not YAML: {e}")))?,
+    };
     let got_kind = value
         .get("kind")
         .and_then(Value::as_str)

@@ -14,8 +14,8 @@
 pub mod cache;
 pub mod source;
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 
@@ -119,9 +119,13 @@ impl std::fmt::Display for LockChange {
 
 /// The differences between two locks, by plugin name, in name order.
 pub fn lock_changes(old: &PluginLock, new: &PluginLock) -> Vec<LockChange> {
+    // Indexed by name (first entry of a name wins, as a linear search would find it), so
+    // comparing locks of thousands of plugins stays linear.
+    let old_by_name = first_by(&old.plugins, |p| p.name.as_str());
+    let new_names: HashSet<&str> = new.plugins.iter().map(|p| p.name.as_str()).collect();
     let mut changes = Vec::new();
     for after in &new.plugins {
-        match old.plugins.iter().find(|p| p.name == after.name) {
+        match old_by_name.get(after.name.as_str()).copied() {
             None => changes.push(LockChange::Added(after.clone())),
             Some(before) if before != after => changes.push(LockChange::Changed {
                 before: before.clone(),
@@ -131,12 +135,21 @@ pub fn lock_changes(old: &PluginLock, new: &PluginLock) -> Vec<LockChange> {
         }
     }
     for before in &old.plugins {
-        if !new.plugins.iter().any(|p| p.name == before.name) {
+        if !new_names.contains(before.name.as_str()) {
             changes.push(LockChange::Removed(before.clone()));
         }
     }
     changes.sort_by(|a, b| change_name(a).cmp(change_name(b)));
     changes
+}
+
+/// Each key's first item, by key.
+fn first_by<'a, T>(items: &'a [T], key: impl Fn(&'a T) -> &'a str) -> HashMap<&'a str, &'a T> {
+    let mut map = HashMap::with_capacity(items.len());
+    for item in items {
+        map.entry(key(item)).or_insert(item);
+    }
+    map
 }
 
 fn change_name(c: &LockChange) -> &str {
@@ -146,12 +159,18 @@ fn change_name(c: &LockChange) -> &str {
     }
 }
 
+/// Packages read, by sha256: the bytes (alive while some resolution holds them) and what
+/// reading them gave.
+type ReadPackages = HashMap<String, (Weak<Vec<u8>>, Package)>;
+
 /// Fetches, verifies and caches packages.
 pub struct Resolver {
     sources: SourceRegistry,
     cache: Cache,
     max_bytes: u64,
     progress: Arc<dyn ProgressReporter>,
+    /// Packages already read, by sha256, while a resolution still holds their bytes.
+    read: Mutex<ReadPackages>,
 }
 
 impl Resolver {
@@ -163,6 +182,7 @@ impl Resolver {
             cache,
             max_bytes,
             progress: Arc::new(Quiet),
+            read: Mutex::new(HashMap::new()),
         }
     }
 
@@ -186,14 +206,17 @@ impl Resolver {
         let old = old.unwrap_or(&empty);
         check_update_names(set, old, update)?;
         let update: BTreeSet<&str> = update.iter().map(String::as_str).collect();
+        let pins = first_by(&old.plugins, |p| p.source.as_str());
+        self.read_packages()
+            .retain(|_, (bytes, _)| bytes.strong_count() > 0);
 
         let results: Vec<(LockedPlugin, Package, Arc<Vec<u8>>)> = stream::iter(set.plugins.iter())
             .map(|declared| {
                 let source = declared.source.lock_source(&set.marketplace);
-                let pinned = old
-                    .find_by_source(&source)
+                let pinned = pins
+                    .get(source.as_str())
                     .filter(|p| !update.contains(p.name.as_str()))
-                    .cloned();
+                    .map(|p| (*p).clone());
                 async move {
                     self.resolve_one(snapshot, declared, source, pinned.as_ref())
                         .await
@@ -205,11 +228,9 @@ impl Resolver {
 
         // Two entries may turn out to be the same plugin only once their packages are known.
         let mut diagnostics = Vec::new();
+        let mut first_of: HashMap<&str, usize> = HashMap::with_capacity(results.len());
         for (i, (locked, _, _)) in results.iter().enumerate() {
-            if let Some(j) = results[..i]
-                .iter()
-                .position(|(l, _, _)| l.name == locked.name)
-            {
+            if let Some(&j) = first_of.get(locked.name.as_str()) {
                 let first = &set.plugins[j].path;
                 diagnostics.push(set.doc.error_at(
                     &set.plugins[i].path,
@@ -219,6 +240,8 @@ impl Resolver {
                         set.doc.position(first).line
                     ),
                 ));
+            } else {
+                first_of.insert(&locked.name, i);
             }
         }
         if !diagnostics.is_empty() {
@@ -253,6 +276,70 @@ impl Resolver {
         pinned: Option<&LockedPlugin>,
     ) -> Result<(LockedPlugin, Package, Arc<Vec<u8>>), Error> {
         let label = declared.source.describe();
+        // A pinned package this resolver has read before (a diff resolves base and head
+        // with one resolver, and they share all but the changed packages): the same
+        // verified bytes, so the same package, without reading the cache or the archive.
+        let remembered = match (&declared.source, pinned) {
+            (DeclaredSource::Path(_), _) | (_, None) => None,
+            (_, Some(pin)) => self
+                .read_packages()
+                .get(&pin.sha256)
+                .and_then(|(bytes, package)| bytes.upgrade().map(|bytes| (package.clone(), bytes))),
+        };
+        let (package, bytes) = match remembered {
+            Some(found) => found,
+            None => {
+                self.read_one(snapshot, declared, &source, &label, pinned)
+                    .await?
+            }
+        };
+        if let DeclaredSource::Marketplace {
+            author,
+            name,
+            version,
+        } = &declared.source
+        {
+            let declared_id = format!("{author}/{name}:{version}");
+            let served = format!("{}:{}", package.name(), package.manifest.version);
+            if declared_id != served {
+                return Err(Error::WrongPackage {
+                    plugin: label,
+                    expected: declared_id,
+                    actual: served,
+                });
+            }
+        }
+        let unique_identifier = package.unique_identifier();
+        let locked = LockedPlugin {
+            name: package.name(),
+            version: package.manifest.version.clone(),
+            source,
+            sha256: package.sha256.clone(),
+            checksum: package.checksum.clone(),
+            plugin_id: package::plugin_id(&unique_identifier),
+            unique_identifier,
+        };
+        Ok((locked, package, bytes))
+    }
+
+    /// The memo of packages read, by sha256 (a poisoned lock still holds valid entries:
+    /// each is inserted whole).
+    fn read_packages(&self) -> std::sync::MutexGuard<'_, ReadPackages> {
+        self.read
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Gets a package's bytes (packed, cached or fetched and verified) and reads them.
+    async fn read_one(
+        &self,
+        snapshot: &dyn Snapshot,
+        declared: &DeclaredPlugin,
+        source: &str,
+        label: &str,
+        pinned: Option<&LockedPlugin>,
+    ) -> Result<(Package, Arc<Vec<u8>>), Error> {
+        let label = label.to_string();
         let bytes = match &declared.source {
             DeclaredSource::Path(rel) => self.read_local(snapshot, &label, rel)?,
             DeclaredSource::Marketplace { .. } | DeclaredSource::Url(_) => {
@@ -266,7 +353,7 @@ impl Resolver {
                 match cached {
                     Some(bytes) => bytes,
                     None => {
-                        let url = url::Url::parse(&source).map_err(|e| {
+                        let url = url::Url::parse(source).map_err(|e| {
                             Error::Usage(format!("{label}: invalid source URL: {e}"))
                         })?;
                         let progress = self.progress.download(&label);
@@ -298,36 +385,17 @@ impl Resolver {
             }
         };
         let package = Package::read(&bytes).map_err(|e| Error::Package {
-            plugin: label.clone(),
+            plugin: label,
             source: e,
         })?;
-        if let DeclaredSource::Marketplace {
-            author,
-            name,
-            version,
-        } = &declared.source
-        {
-            let declared_id = format!("{author}/{name}:{version}");
-            let served = format!("{}:{}", package.name(), package.manifest.version);
-            if declared_id != served {
-                return Err(Error::WrongPackage {
-                    plugin: label,
-                    expected: declared_id,
-                    actual: served,
-                });
-            }
+        let bytes = Arc::new(bytes);
+        if !matches!(declared.source, DeclaredSource::Path(_)) {
+            self.read_packages().insert(
+                package.sha256.clone(),
+                (Arc::downgrade(&bytes), package.clone()),
+            );
         }
-        let unique_identifier = package.unique_identifier();
-        let locked = LockedPlugin {
-            name: package.name(),
-            version: package.manifest.version.clone(),
-            source,
-            sha256: package.sha256.clone(),
-            checksum: package.checksum.clone(),
-            plugin_id: package::plugin_id(&unique_identifier),
-            unique_identifier,
-        };
-        Ok((locked, package, Arc::new(bytes)))
+        Ok((package, bytes))
     }
 
     /// Packs an in-repo plugin directory, or reads an in-repo `.difypkg`, from the snapshot
