@@ -569,7 +569,11 @@ async fn diff_command(args: DiffArgs) -> Result<ExitCode, Error> {
             serde_json::to_string_pretty(&report.to_json()).unwrap_or_default()
         ),
     }
-    Ok(if report.has_changes() {
+    let changed = report.has_changes();
+    // The process exits right after this: freeing two rendered states object by object costs
+    // more (~0.2 s at 1000 plugins) than the operating system reclaiming the memory at once.
+    std::mem::forget((report, head_state, base_state));
+    Ok(if changed {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

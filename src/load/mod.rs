@@ -28,13 +28,20 @@ pub struct Document<T> {
     pub value: T,
     /// The file it came from (for messages).
     pub file: PathBuf,
-    index: LocationIndex,
+    /// The source text, kept so positions can be computed when (and only when) a message
+    /// needs one: most documents are valid, and indexing a large one costs more than parsing.
+    text: std::sync::Arc<str>,
+    index: std::sync::OnceLock<LocationIndex>,
 }
 
 impl<T> Document<T> {
+    fn index(&self) -> &LocationIndex {
+        self.index.get_or_init(|| LocationIndex::build(&self.text))
+    }
+
     /// A diagnostic at the value of `path` (or its nearest ancestor).
     pub fn error_at(&self, path: &str, message: impl Into<String>) -> Diagnostic {
-        let pos = self.index.nearest(path);
+        let pos = self.index().nearest(path);
         Diagnostic {
             file: self.file.clone(),
             line: pos.line,
@@ -46,7 +53,7 @@ impl<T> Document<T> {
 
     /// Where the value at `path` was written.
     pub fn position(&self, path: &str) -> Position {
-        self.index.nearest(path)
+        self.index().nearest(path)
     }
 }
 
@@ -56,7 +63,8 @@ pub fn parse_document<T>(file: &Path, text: &str) -> Result<Document<T>, Diagnos
 where
     T: DeserializeOwned + Serialize,
 {
-    let index = LocationIndex::build(text);
+    let index = std::sync::OnceLock::new();
+    let index_of = || index.get_or_init(|| LocationIndex::build(text));
     let located = |path: String, pos: Option<Position>, message: String| Diagnostic {
         file: file.to_path_buf(),
         line: pos.map(|p| p.line).unwrap_or(0),
@@ -84,7 +92,7 @@ where
             let duplicate = message
                 .strip_prefix("duplicate field `")
                 .and_then(|rest| rest.split('`').next())
-                .and_then(|field| index.key(&locate::join_key(&path, field)));
+                .and_then(|field| index_of().key(&locate::join_key(&path, field)));
             let pos = duplicate
                 .or_else(|| {
                     inner.location().map(|l| Position {
@@ -92,7 +100,7 @@ where
                         column: l.column(),
                     })
                 })
-                .or_else(|| Some(index.nearest(&path)));
+                .or_else(|| Some(index_of().nearest(&path)));
             return Err(Diagnostics(vec![located(path, pos, message)]));
         }
     };
@@ -108,7 +116,7 @@ where
             unknown
                 .into_iter()
                 .map(|path| {
-                    let pos = index.key(&path).or_else(|| index.value(&path));
+                    let pos = index_of().key(&path).or_else(|| index_of().value(&path));
                     let field = path.rsplit(['.', '[']).next().unwrap_or(&path).to_string();
                     located(path, pos, format!("unknown field `{field}`"))
                 })
@@ -119,6 +127,7 @@ where
     Ok(Document {
         value,
         file: file.to_path_buf(),
+        text: std::sync::Arc::from(text),
         index,
     })
 }
