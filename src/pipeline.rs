@@ -47,6 +47,16 @@ pub enum LockState {
 }
 
 impl DesiredState {
+    /// The objects the git loop applies to a cluster: the Plugins. Their Jobs, Deployments and
+    /// Services are the controller's (it renders them with the same code, owned by each
+    /// Plugin), so `apply` never competes with it for them.
+    pub fn cluster_objects(&self) -> Vec<serde_json::Value> {
+        self.rendered
+            .iter()
+            .flat_map(|p| p.objects.iter().filter(|o| o["kind"] == "Plugin").cloned())
+            .collect()
+    }
+
     /// Every rendered Kubernetes object, plugin by plugin.
     pub fn objects(&self) -> Vec<serde_json::Value> {
         self.rendered

@@ -104,11 +104,13 @@ async fn apply_then_diff_cluster_then_change() {
     let out = env.run(&["apply"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("9 created, 0 updated, 0 unchanged, 0 pruned, 0 failed"),
+        text(&out.stdout).contains("3 created, 0 updated, 0 unchanged, 0 pruned, 0 failed"),
         "{}",
         text(&out.stdout)
     );
-    assert_eq!(env.plugsync_objects().len(), 8);
+    // The PluginSet and one Plugin per plugin; Jobs, Deployments and Services are the
+    // controller's.
+    assert_eq!(env.plugsync_objects().len(), 2);
 
     let out = env.run(&["diff", "--cluster"]).await;
     assert_eq!(
@@ -119,35 +121,35 @@ async fn apply_then_diff_cluster_then_change() {
         text(&out.stderr)
     );
 
-    // Someone scales a Deployment by hand: drift shows in the cluster diff and apply fixes it.
+    // Someone edits a Plugin by hand: drift shows in the cluster diff and apply fixes it.
     let (_, name) = env
         .plugsync_objects()
         .into_iter()
-        .find(|(k, _)| k == "Deployment")
-        .expect("deployment");
-    let mut d = env
+        .find(|(k, _)| k == "Plugin")
+        .expect("plugin");
+    let replicas = |env: &Env| {
+        env.server
+            .store()
+            .get("plugsync.dev/v1alpha1", "Plugin", Some(NS), &name)
+            .expect("get")["spec"]["runtime"]["replicas"]
+            .clone()
+    };
+    let mut p = env
         .server
         .store()
-        .get("apps/v1", "Deployment", Some(NS), &name)
+        .get("plugsync.dev/v1alpha1", "Plugin", Some(NS), &name)
         .expect("get");
-    d["spec"]["replicas"] = json!(7);
-    env.server.store().put(d).expect("drift");
+    p["spec"]["runtime"]["replicas"] = json!(7);
+    env.server.store().put(p).expect("drift");
     let out = env.run(&["diff", "--cluster", "-o", "json"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(report["objects"][0]["kind"], "Deployment");
+    assert_eq!(report["objects"][0]["kind"], "Plugin");
     assert_eq!(
         report["objects"][0]["changedPaths"],
-        json!(["spec.replicas"])
+        json!(["spec.runtime.replicas"])
     );
-    assert_eq!(
-        env.server
-            .store()
-            .get("apps/v1", "Deployment", Some(NS), &name)
-            .expect("get")["spec"]["replicas"],
-        7,
-        "diff changed nothing"
-    );
+    assert_eq!(replicas(&env), 7, "diff changed nothing");
 
     let out = env.run(&["apply"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -156,13 +158,7 @@ async fn apply_then_diff_cluster_then_change() {
         "{}",
         text(&out.stdout)
     );
-    assert_eq!(
-        env.server
-            .store()
-            .get("apps/v1", "Deployment", Some(NS), &name)
-            .expect("get")["spec"]["replicas"],
-        1
-    );
+    assert_eq!(replicas(&env), 1);
 }
 
 #[tokio::test]
@@ -202,7 +198,7 @@ async fn a_process_killed_mid_apply_converges_on_rerun() {
     let started = std::time::Instant::now();
     loop {
         let n = env.plugsync_objects().len();
-        if n >= 3 {
+        if n >= 2 {
             break;
         }
         assert!(
@@ -215,7 +211,7 @@ async fn a_process_killed_mid_apply_converges_on_rerun() {
     let _ = child.wait().await;
     let partial = env.plugsync_objects();
     assert!(
-        partial.len() < 24,
+        partial.len() < 6,
         "killed before the end: {}",
         partial.len()
     );
@@ -228,13 +224,13 @@ async fn a_process_killed_mid_apply_converges_on_rerun() {
     let out = env.run(&["apply"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let objects = env.plugsync_objects();
-    assert_eq!(objects.len(), 24, "converged");
+    assert_eq!(objects.len(), 6, "converged");
     let mut dedup = objects.clone();
     dedup.dedup();
     assert_eq!(dedup, objects, "no duplicates");
     assert_eq!(
         env.inventory_len(),
-        24,
+        6,
         "inventory narrowed to exactly what exists"
     );
 
@@ -260,7 +256,7 @@ async fn context_selects_the_cluster_like_kubectl() {
         .run(&["apply", "--kubeconfig", &path, "--context", "double"])
         .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(env.plugsync_objects().len(), 4);
+    assert_eq!(env.plugsync_objects().len(), 1);
     let out = env.run(&["apply", "--kubeconfig", &path]).await;
     assert_eq!(
         out.status.code(),

@@ -110,7 +110,7 @@ impl Harness {
         let mut ctx = Context::new(server.client(), cache.clone(), RenderSettings::default());
         ctx.registry = registry(server.client());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(controller::run(Arc::new(ctx), NS, async move {
+        tokio::spawn(controller::run(Arc::new(ctx), NS.to_string(), async move {
             let _ = rx.await;
         }));
         Harness {
@@ -242,11 +242,12 @@ async fn a_plugin_is_built_deployed_and_running() {
         .expect("sha");
     assert!(h.cache.get(context).expect("cache").is_some());
 
-    let events = events_for(&h.server, &id);
-    assert!(
-        events.contains(&"Building".to_string()) && events.contains(&"Running".to_string()),
-        "{events:?}"
-    );
+    // The Event follows the status write; wait for it rather than race it.
+    h.wait_for("Building and Running events", |h| {
+        let events = events_for(&h.server, &id);
+        events.contains(&"Building".to_string()) && events.contains(&"Running".to_string())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -294,7 +295,10 @@ async fn a_failed_build_is_retried_as_attempt_2() {
         h.get("v1", "Service", &format!("svc-{id}")).is_some(),
         "one stable Service"
     );
-    assert!(events_for(&h.server, &id).contains(&"BuildFailed".to_string()));
+    h.wait_for("a BuildFailed event", |h| {
+        events_for(&h.server, &id).contains(&"BuildFailed".to_string())
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -65,8 +65,11 @@ enum Command {
     /// or with --cluster what applying the working tree would change in the cluster.
     /// Exit 0: no changes, 1: changes, 2: error.
     Diff(DiffArgs),
-    /// Apply the working tree's plugins to the cluster once (server-side apply, then prune).
+    /// Apply the working tree's PluginSet and Plugins to the cluster once (server-side apply,
+    /// then prune); the controller builds and runs them.
     Apply(ApplyArgs),
+    /// Run the plugin controller (build, run, retry each Plugin) and the build-context server.
+    Controller(ControllerArgs),
     /// List the package source clients, in-tree and external (`plugsync-source-<scheme>`).
     Plugins(PluginsArgs),
     /// Work with single `.difypkg` packages.
@@ -266,6 +269,23 @@ struct ApplyArgs {
     skip_crds: bool,
 }
 
+#[derive(Debug, Args)]
+struct ControllerArgs {
+    #[command(flatten)]
+    kube: KubeArgs,
+    /// Namespace whose Plugins to reconcile.
+    #[arg(long, env = "PLUGSYNC_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// Address of the build-context server (build Jobs fetch `/contexts/<sha256>` from it).
+    #[arg(long, env = "PLUGSYNC_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: std::net::SocketAddr,
+    /// Package and build-context cache [default: $PLUGSYNC_CACHE_DIR, else the user cache dir].
+    #[arg(long, env = "PLUGSYNC_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    render: RenderSettingsArgs,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum DiffFormat {
     Text,
@@ -359,6 +379,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
         Command::Diff(args) if args.cluster => cluster_diff_command(args).await,
         Command::Diff(args) => diff_command(args).await,
         Command::Apply(args) => apply_command(args).await,
+        Command::Controller(args) => controller_command(args).await,
         Command::Plugins(args) => plugins(args).await,
         Command::Package(cmd) => package_command(cmd),
     }
@@ -640,7 +661,7 @@ async fn apply_command(args: ApplyArgs) -> Result<ExitCode, Error> {
         applier.ensure_crds(&plugsync_crds(), options).await?;
     }
     let report = applier
-        .apply_set(&state.set.spec().clone(), &state.objects(), options)
+        .apply_set(&state.set.spec().clone(), &state.cluster_objects(), options)
         .await?;
     let suffix = if args.dry_run {
         " (server dry run)"
@@ -663,6 +684,45 @@ async fn apply_command(args: ApplyArgs) -> Result<ExitCode, Error> {
     })
 }
 
+async fn controller_command(args: ControllerArgs) -> Result<ExitCode, Error> {
+    let client = crate::cluster::client(&args.kube.options()).await?;
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(Cache::default_dir);
+    let cache = Cache::open(&cache_dir).map_err(|e| Error::io(&cache_dir, e))?;
+    let mut context =
+        crate::controller::Context::new(client.clone(), cache.clone(), args.render.settings());
+    context.registry = Some(Arc::new(
+        crate::controller::registry_check::SecretRegistryCheck::new(
+            client,
+            Duration::from_secs(10),
+        ),
+    ));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shutdown = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let server = tokio::spawn(crate::server::serve(
+        args.listen,
+        cache,
+        shutdown(stop_rx.clone()),
+    ));
+    let controller = tokio::spawn(crate::controller::run(
+        Arc::new(context),
+        args.namespace.clone(),
+        shutdown(stop_rx),
+    ));
+    tracing::info!(namespace = %args.namespace, listen = %args.listen, "controller running");
+    let _ = tokio::signal::ctrl_c().await;
+    let _ = stop_tx.send(true);
+    let _ = controller.await;
+    match server.await {
+        Ok(Err(e)) => Err(Error::Cluster(format!(
+            "context server on {}: {e}",
+            args.listen
+        ))),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
 async fn cluster_diff_command(args: DiffArgs) -> Result<ExitCode, Error> {
     let repo = RepoArgs {
         repo: args.repo.clone(),
@@ -676,7 +736,7 @@ async fn cluster_diff_command(args: DiffArgs) -> Result<ExitCode, Error> {
         prune: true,
     };
     let report = applier
-        .apply_set(&state.set.spec().clone(), &state.objects(), options)
+        .apply_set(&state.set.spec().clone(), &state.cluster_objects(), options)
         .await?;
     for (key, why) in &report.failed {
         eprintln!("error: {key}: {why}");

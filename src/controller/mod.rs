@@ -24,10 +24,11 @@ pub use reconcile::{Context, RegistryCheck};
 /// Jobs, Deployments and Services they own, and reconciles each Plugin on every change.
 pub async fn run(
     ctx: Arc<Context>,
-    namespace: &str,
+    namespace: String,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
+    let namespace: &str = &namespace;
     let plugins: Api<Plugin> = Api::namespaced(client.clone(), namespace);
     Controller::new(plugins, watcher::Config::default())
         .owns(

@@ -341,7 +341,18 @@ impl Resolver {
     ) -> Result<(Package, Arc<Vec<u8>>), Error> {
         let label = label.to_string();
         let bytes = match &declared.source {
-            DeclaredSource::Path(rel) => self.read_local(snapshot, &label, rel)?,
+            DeclaredSource::Path(rel) => {
+                let bytes = self.read_local(snapshot, &label, rel)?;
+                // In-repo packages are cached too: the controller renders build contexts from
+                // the cache, whatever the source.
+                let sha = package::sha256_hex(&bytes);
+                if !self.cache.contains(&sha) {
+                    self.cache
+                        .put(&bytes)
+                        .map_err(|e| Error::io(self.cache.root(), e))?;
+                }
+                bytes
+            }
             DeclaredSource::Marketplace { .. } | DeclaredSource::Url(_) => {
                 let cached = match pinned {
                     Some(pin) => self
