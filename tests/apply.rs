@@ -450,3 +450,88 @@ async fn dry_run_persists_nothing() {
     assert_eq!(server.store().resource_version(), rv);
     assert_eq!(count_objects(&server), 0);
 }
+
+#[tokio::test]
+async fn an_upgraded_plugin_keeps_its_old_version_until_the_new_one_runs() {
+    let (dir, cache, _c) = synthetic(2).await;
+    let server = server_with_namespace().await;
+    let applier = Applier::new(server.client()).with_retry(fast_retry());
+    install_crds(&applier).await;
+    let plugins_of = |state: &DesiredState| -> Vec<Value> {
+        state
+            .objects()
+            .into_iter()
+            .filter(|o| o["kind"] == "Plugin")
+            .collect()
+    };
+    let before = render(dir.path(), &cache).await;
+    applier
+        .apply_set(
+            &set_ns(&before),
+            &plugins_of(&before),
+            ApplyOptions::default(),
+        )
+        .await
+        .expect("first apply");
+    let old_id = before.rendered[0].plugin_id.clone();
+
+    plugsync::synth::change_one(dir.path(), &cache, plugsync::synth::SynthChange::Upgrade)
+        .expect("upgrade plugin 0");
+    let after = render(dir.path(), &cache).await;
+    let new_id = after.rendered[0].plugin_id.clone();
+    assert_ne!(old_id, new_id);
+
+    // The new version exists but does not run yet: the old one is held, not pruned.
+    let report = applier
+        .apply_set(
+            &set_ns(&after),
+            &plugins_of(&after),
+            ApplyOptions::default(),
+        )
+        .await
+        .expect("apply the upgrade");
+    assert_eq!(report.count(Outcome::Held), 1, "{}", report.summary());
+    assert_eq!(report.count(Outcome::Pruned), 0);
+    let plugin = |id: &str| {
+        server
+            .store()
+            .get("plugsync.dev/v1alpha1", "Plugin", Some(NS), id)
+    };
+    assert!(plugin(&old_id).is_some() && plugin(&new_id).is_some());
+    let set = server
+        .store()
+        .get("plugsync.dev/v1alpha1", "PluginSet", Some(NS), "synth")
+        .expect("set");
+    let inventory = set["status"]["inventory"].as_array().expect("inventory");
+    assert!(
+        inventory.iter().any(|e| e["name"] == old_id.as_str()),
+        "still inventoried"
+    );
+
+    // Once the new version is Running, the next apply prunes the old one.
+    let mut new_plugin = plugin(&new_id).expect("new");
+    new_plugin["status"] = json!({"phase": "Running"});
+    server.store().put(new_plugin).expect("running");
+    let report = applier
+        .apply_set(
+            &set_ns(&after),
+            &plugins_of(&after),
+            ApplyOptions::default(),
+        )
+        .await
+        .expect("apply again");
+    assert_eq!(report.count(Outcome::Pruned), 1, "{}", report.summary());
+    assert!(plugin(&old_id).is_none());
+
+    // A plugin removed (not upgraded) is pruned at once.
+    let only_second: Vec<Value> = plugins_of(&after)
+        .into_iter()
+        .filter(|o| o["metadata"]["name"] != new_id.as_str())
+        .collect();
+    let report = applier
+        .apply_set(&set_ns(&after), &only_second, ApplyOptions::default())
+        .await
+        .expect("remove");
+    assert_eq!(report.count(Outcome::Pruned), 1, "{}", report.summary());
+    assert_eq!(report.count(Outcome::Held), 0);
+}

@@ -104,7 +104,7 @@ async fn apply_then_diff_cluster_then_change() {
     let out = env.run(&["apply"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("3 created, 0 updated, 0 unchanged, 0 pruned, 0 failed"),
+        text(&out.stdout).contains("3 created, 0 updated, 0 unchanged, 0 pruned, 0 held, 0 failed"),
         "{}",
         text(&out.stdout)
     );

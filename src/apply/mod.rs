@@ -74,6 +74,9 @@ pub enum Outcome {
     Unchanged,
     /// No longer desired; deleted.
     Pruned,
+    /// No longer desired, but kept for now: the Plugin of an older version of a plugin whose
+    /// new version is not Running yet (an upgrade never leaves a plugin without a runner).
+    Held,
 }
 
 /// The result of an apply run.
@@ -93,14 +96,15 @@ impl ApplyReport {
         self.objects.iter().filter(|(_, o)| *o == outcome).count()
     }
 
-    /// `2 created, 1 updated, 5 unchanged, 0 pruned, 0 failed`.
+    /// `2 created, 1 updated, 5 unchanged, 0 pruned, 0 held, 0 failed`.
     pub fn summary(&self) -> String {
         format!(
-            "{} created, {} updated, {} unchanged, {} pruned, {} failed",
+            "{} created, {} updated, {} unchanged, {} pruned, {} held, {} failed",
             self.count(Outcome::Created),
             self.count(Outcome::Updated),
             self.count(Outcome::Unchanged),
             self.count(Outcome::Pruned),
+            self.count(Outcome::Held),
             self.failed.len()
         )
     }
@@ -408,7 +412,14 @@ impl Applier {
                 };
                 let Some(object) = object else { continue };
                 if !managed_by_plugsync(&object) {
-                    warn!(object = %key, "not pruned: plugsync never applied it");
+                    // Retries the controller created, or someone else's object: not ours to prune.
+                    debug!(object = %key, "not pruned: plugsync never applied it");
+                    continue;
+                }
+                if replacement_not_running(&object, objects, &live) {
+                    info!(object = %key, "kept until the new version of its plugin is Running");
+                    kept_inventory.insert(inventory_entry(key));
+                    report.objects.push((key.clone(), Outcome::Held));
                     continue;
                 }
                 report.changes.push(deletion_change(key, &object));
@@ -556,6 +567,34 @@ impl Applier {
             Err(e) => report.failed.push((key.clone(), e.to_string())),
         }
     }
+}
+
+/// For a Plugin about to be pruned: whether a desired Plugin of the same plugin (`spec.name`)
+/// exists whose install (any attempt) is not Running yet, so the old one must keep serving.
+fn replacement_not_running(
+    old: &Value,
+    desired: &[Value],
+    live: &BTreeMap<ObjectKey, Value>,
+) -> bool {
+    if old["kind"] != "Plugin" {
+        return false;
+    }
+    let name = &old["spec"]["name"];
+    let replacements: Vec<&Value> = desired
+        .iter()
+        .filter(|d| d["kind"] == "Plugin" && &d["spec"]["name"] == name)
+        .collect();
+    if replacements.is_empty() {
+        return false; // removed, not upgraded: prune now
+    }
+    let running = |plugin_id: &Value| {
+        live.values().any(|l| {
+            l["kind"] == "Plugin"
+                && &l["spec"]["pluginId"] == plugin_id
+                && l["status"]["phase"] == "Running"
+        })
+    };
+    !replacements.iter().any(|r| running(&r["spec"]["pluginId"]))
 }
 
 fn with_identity(mut object: Value, key: &ObjectKey) -> Value {
