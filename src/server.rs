@@ -23,11 +23,7 @@ pub fn router(cache: Cache) -> Router {
 }
 
 async fn context(State(cache): State<Cache>, Path(sha256): Path<String>) -> Response {
-    let valid = sha256.len() == 64
-        && sha256
-            .bytes()
-            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    if !valid {
+    if !crate::package::is_sha256_hex(&sha256) {
         return (
             StatusCode::BAD_REQUEST,
             "a build context is named by 64 lowercase hex characters\n",

@@ -223,11 +223,7 @@ fn waiting(message: &str) -> Decision {
 pub fn digest_from_termination_message(message: &str) -> Option<String> {
     let m = message.trim();
     let hex = m.strip_prefix("sha256:")?;
-    (hex.len() == 64
-        && hex
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
-    .then(|| m.to_string())
+    crate::package::is_sha256_hex(hex).then(|| m.to_string())
 }
 
 async fn observe_job(

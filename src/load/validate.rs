@@ -38,8 +38,6 @@ static DNS_SUBDOMAIN: LazyLock<Regex> = LazyLock::new(|| {
 });
 static ENV_NAME: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$").expect("static regex"));
-static HEX64: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^[a-f0-9]{64}$").expect("static regex"));
 
 /// Where one declared plugin's package comes from, checked and normalized.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -521,7 +519,7 @@ pub(super) fn validate_lock(doc: &Document<PluginLock>) -> Result<(), Diagnostic
     for (i, p) in lock.plugins.iter().enumerate() {
         let path = join_index("plugins", i);
         for (field, value) in [("sha256", &p.sha256), ("checksum", &p.checksum)] {
-            if !HEX64.is_match(value) {
+            if !crate::package::is_sha256_hex(value) {
                 c.error(
                     &join_key(&path, field),
                     "must be 64 lowercase hex characters",

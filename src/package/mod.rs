@@ -345,6 +345,14 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// Whether `s` is a digest as [`sha256_hex`] writes it: exactly 64 lowercase hex digits.
+/// Everything that names content by digest (the lock, the cache, the build-context server,
+/// a builder's termination message) accepts only this form, so `..`, separators and upper-case
+/// aliases never reach a path or a comparison.
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// Dify's unique identifier pattern (`PluginUniqueIdentifierRegex` in the plugin daemon),
 /// with ASCII-only classes as in Go.
 static UNIQUE_IDENTIFIER: LazyLock<Regex> = LazyLock::new(|| {
@@ -419,6 +427,20 @@ mod tests {
             sha256_hex(b"abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+        assert_eq!(
+            sha256_hex(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn only_64_lowercase_hex_digits_are_digests() {
+        assert!(is_sha256_hex(&sha256_hex(b"x")));
+        assert!(!is_sha256_hex(&sha256_hex(b"x").to_uppercase()));
+        assert!(!is_sha256_hex(&"a".repeat(63)));
+        assert!(!is_sha256_hex(&"a".repeat(65)));
+        assert!(!is_sha256_hex(&format!("../{}", "a".repeat(61))));
+        assert!(!is_sha256_hex(&"g".repeat(64)));
     }
 
     #[test]

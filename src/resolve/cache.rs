@@ -11,7 +11,6 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 
 /// Packages stored by sha256.
@@ -57,7 +56,7 @@ impl Cache {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        if digest(&bytes) == sha256 {
+        if crate::package::sha256_hex(&bytes) == sha256 {
             return Ok(Some(bytes));
         }
         tracing::warn!(path = %path.display(), "corrupt cache entry removed");
@@ -73,7 +72,7 @@ impl Cache {
     /// system as the entries, so the rename is atomic), then renamed to the final name.
     /// An existing entry is simply replaced by identical content.
     pub fn put(&self, bytes: &[u8]) -> io::Result<String> {
-        let sha = digest(bytes);
+        let sha = crate::package::sha256_hex(bytes);
         let mut tmp = NamedTempFile::new_in(self.tmp_dir())?;
         tmp.write_all(bytes)?;
         tmp.as_file().sync_all()?;
@@ -104,34 +103,12 @@ impl Cache {
     /// The entry path for a validated digest; rejecting anything but 64 lowercase hex
     /// digits keeps `..`, separators and aliases (upper case) out of the path.
     fn entry_path(&self, sha256: &str) -> io::Result<PathBuf> {
-        let valid = sha256.len() == 64
-            && sha256
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if !valid {
+        if !crate::package::is_sha256_hex(sha256) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("not a sha256 digest (64 lowercase hex digits): {sha256:?}"),
             ));
         }
         Ok(self.entries_dir().join(sha256))
-    }
-}
-
-/// Lowercase hex sha256 of `bytes`.
-fn digest(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn digest_is_lowercase_hex() {
-        assert_eq!(
-            digest(b""),
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
     }
 }
