@@ -13,6 +13,7 @@
 use std::time::Duration;
 
 use crate::crd::{PluginPhase, PluginSpec};
+use crate::render::image_by_digest;
 
 /// What the build Job of this attempt looks like, if it exists.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,49 +153,47 @@ pub struct Decision {
     pub requeue_after: Option<Duration>,
 }
 
-fn conditions(
-    ready: (bool, &'static str),
-    reconciling: Option<&'static str>,
-    stalled: Option<&'static str>,
-    message: &str,
-) -> Vec<ConditionSpec> {
-    vec![
-        ConditionSpec {
-            type_: "Ready",
-            status: ready.0,
-            reason: ready.1,
-            message: message.to_string(),
-        },
-        ConditionSpec {
-            type_: "Reconciling",
-            status: reconciling.is_some(),
-            reason: reconciling.unwrap_or("Idle"),
-            message: if reconciling.is_some() {
-                message.to_string()
+impl Decision {
+    /// A decision with no endpoint, digest, actions or requeue yet, whose three conditions
+    /// follow from the arguments: `Ready` = `ready`; `Reconciling` and `Stalled` are `True`
+    /// (with `message`) exactly when given a reason.
+    pub fn new(
+        phase: PluginPhase,
+        message: String,
+        ready: (bool, &'static str),
+        reconciling: Option<&'static str>,
+        stalled: Option<&'static str>,
+    ) -> Decision {
+        let flag = |type_, reason: Option<&'static str>, idle| ConditionSpec {
+            type_,
+            status: reason.is_some(),
+            reason: reason.unwrap_or(idle),
+            message: if reason.is_some() {
+                message.clone()
             } else {
                 String::new()
             },
-        },
-        ConditionSpec {
-            type_: "Stalled",
-            status: stalled.is_some(),
-            reason: stalled.unwrap_or("Progressing"),
-            message: if stalled.is_some() {
-                message.to_string()
-            } else {
-                String::new()
+        };
+        let conditions = vec![
+            ConditionSpec {
+                type_: "Ready",
+                status: ready.0,
+                reason: ready.1,
+                message: message.clone(),
             },
-        },
-    ]
-}
-
-/// The image reference that runs `digest`: the spec's repository (tag dropped) `@digest`.
-pub fn image_by_digest(image: &str, digest: &str) -> String {
-    let repository = match image.rfind(':') {
-        Some(i) if !image[i..].contains('/') => &image[..i],
-        _ => image,
-    };
-    format!("{repository}@{digest}")
+            flag("Reconciling", reconciling, "Idle"),
+            flag("Stalled", stalled, "Progressing"),
+        ];
+        Decision {
+            phase,
+            endpoint: None,
+            image_digest: None,
+            message,
+            conditions,
+            actions: Vec::new(),
+            requeue_after: None,
+        }
+    }
 }
 
 /// Decides what to do about one Plugin.
@@ -219,57 +218,46 @@ pub fn decide(o: &Observed<'_>) -> Decision {
         if !o.service_exists {
             actions.push(Action::CreateService);
         }
-        return match &o.deployment {
+        let decision = match &o.deployment {
             DeploymentState::Available => Decision {
-                phase: PluginPhase::Running,
                 endpoint: Some(endpoint),
-                image_digest: Some(digest),
-                message: "Deployment available".into(),
-                conditions: conditions((true, "Available"), None, None, "Deployment available"),
-                actions,
-                requeue_after: None,
+                ..Decision::new(
+                    PluginPhase::Running,
+                    "Deployment available".into(),
+                    (true, "Available"),
+                    None,
+                    None,
+                )
             },
-            DeploymentState::Failed { message } => {
-                let message = format!("Deployment cannot become available: {message}");
-                Decision {
-                    phase: PluginPhase::Failed,
-                    endpoint: None,
-                    image_digest: Some(digest),
-                    conditions: conditions(
-                        (false, "DeploymentFailed"),
-                        None,
-                        Some("DeploymentFailed"),
-                        &message,
-                    ),
-                    message,
-                    actions,
-                    requeue_after: None,
-                }
-            }
+            DeploymentState::Failed { message } => Decision::new(
+                PluginPhase::Failed,
+                format!("Deployment cannot become available: {message}"),
+                (false, "DeploymentFailed"),
+                None,
+                Some("DeploymentFailed"),
+            ),
             DeploymentState::Absent | DeploymentState::Outdated | DeploymentState::Progressing => {
                 if o.deployment != DeploymentState::Progressing {
                     actions.insert(0, Action::ApplyDeployment { image });
                 }
-                let message = "Deployment rolling out".to_string();
-                Decision {
-                    phase: if matches!(o.job, JobState::Succeeded { .. }) {
-                        PluginPhase::Building
-                    } else {
-                        PluginPhase::Pending
-                    },
-                    endpoint: None,
-                    image_digest: Some(digest),
-                    conditions: conditions(
-                        (false, "RollingOut"),
-                        Some("RollingOut"),
-                        None,
-                        &message,
-                    ),
-                    message,
-                    actions,
-                    requeue_after: None,
-                }
+                let phase = if matches!(o.job, JobState::Succeeded { .. }) {
+                    PluginPhase::Building
+                } else {
+                    PluginPhase::Pending
+                };
+                Decision::new(
+                    phase,
+                    "Deployment rolling out".into(),
+                    (false, "RollingOut"),
+                    Some("RollingOut"),
+                    None,
+                )
             }
+        };
+        return Decision {
+            image_digest: Some(digest),
+            actions,
+            ..decision
         };
     }
 
@@ -281,40 +269,31 @@ pub fn decide(o: &Observed<'_>) -> Decision {
                 format!("building attempt {}", o.spec.attempt)
             };
             Decision {
-                phase: PluginPhase::Building,
-                endpoint: None,
-                image_digest: None,
-                conditions: conditions((false, "Building"), Some("Building"), None, &message),
-                message,
                 actions: vec![Action::CreateJob],
-                requeue_after: None,
+                ..Decision::new(
+                    PluginPhase::Building,
+                    message,
+                    (false, "Building"),
+                    Some("Building"),
+                    None,
+                )
             }
         }
-        JobState::Running => {
-            let message = format!("building attempt {}", o.spec.attempt);
-            Decision {
-                phase: PluginPhase::Building,
-                endpoint: None,
-                image_digest: None,
-                conditions: conditions((false, "Building"), Some("Building"), None, &message),
-                message,
-                actions: Vec::new(),
-                requeue_after: None,
-            }
-        }
+        JobState::Running => Decision::new(
+            PluginPhase::Building,
+            format!("building attempt {}", o.spec.attempt),
+            (false, "Building"),
+            Some("Building"),
+            None,
+        ),
         // A success with a digest returned above; here the builder reported none.
-        JobState::Succeeded { .. } => {
-            let message = "the build succeeded but reported no image digest".to_string();
-            Decision {
-                phase: PluginPhase::BuildFailed,
-                endpoint: None,
-                image_digest: None,
-                conditions: conditions((false, "NoDigest"), None, Some("NoDigest"), &message),
-                message,
-                actions: Vec::new(),
-                requeue_after: None,
-            }
-        }
+        JobState::Succeeded { .. } => Decision::new(
+            PluginPhase::BuildFailed,
+            "the build succeeded but reported no image digest".into(),
+            (false, "NoDigest"),
+            None,
+            Some("NoDigest"),
+        ),
         JobState::Failed {
             reason,
             message,
@@ -322,72 +301,45 @@ pub fn decide(o: &Observed<'_>) -> Decision {
         } => {
             let attempt = o.spec.attempt.max(1);
             let what = format!("build attempt {attempt} failed: {reason}: {message}");
-            if attempt >= o.max_attempts {
-                let message = format!(
-                    "{what}; no attempts left ({} of {})",
-                    attempt, o.max_attempts
-                );
-                return Decision {
-                    phase: PluginPhase::BuildFailed,
-                    endpoint: None,
-                    image_digest: None,
-                    conditions: conditions(
-                        (false, "BuildFailed"),
-                        None,
-                        Some("MaxAttemptsReached"),
-                        &message,
-                    ),
+            let failed = |message: String, reconciling, stalled| {
+                Decision::new(
+                    PluginPhase::BuildFailed,
                     message,
-                    actions: Vec::new(),
-                    requeue_after: None,
-                };
+                    (false, "BuildFailed"),
+                    reconciling,
+                    stalled,
+                )
+            };
+            if attempt >= o.max_attempts {
+                return failed(
+                    format!("{what}; no attempts left ({attempt} of {})", o.max_attempts),
+                    None,
+                    Some("MaxAttemptsReached"),
+                );
             }
             let next = attempt + 1;
             let wait = o.backoff.before_attempt(next);
             if o.next_attempt_exists {
-                let message = format!("{what}; attempt {next} started");
-                return Decision {
-                    phase: PluginPhase::BuildFailed,
-                    endpoint: None,
-                    image_digest: None,
-                    conditions: conditions((false, "BuildFailed"), None, None, &message),
-                    message,
-                    actions: Vec::new(),
-                    requeue_after: None,
-                };
+                return failed(format!("{what}; attempt {next} started"), None, None);
             }
             if *age >= wait {
-                let message = format!("{what}; starting attempt {next}");
                 Decision {
-                    phase: PluginPhase::BuildFailed,
-                    endpoint: None,
-                    image_digest: None,
-                    conditions: conditions(
-                        (false, "BuildFailed"),
+                    actions: vec![Action::CreateNextAttempt { attempt: next }],
+                    ..failed(
+                        format!("{what}; starting attempt {next}"),
                         Some("Retrying"),
                         None,
-                        &message,
-                    ),
-                    message,
-                    actions: vec![Action::CreateNextAttempt { attempt: next }],
-                    requeue_after: None,
+                    )
                 }
             } else {
                 let remaining = wait - *age;
-                let message = format!("{what}; attempt {next} in {}s", remaining.as_secs().max(1));
                 Decision {
-                    phase: PluginPhase::BuildFailed,
-                    endpoint: None,
-                    image_digest: None,
-                    conditions: conditions(
-                        (false, "BuildFailed"),
+                    requeue_after: Some(remaining),
+                    ..failed(
+                        format!("{what}; attempt {next} in {}s", remaining.as_secs().max(1)),
                         Some("BackingOff"),
                         None,
-                        &message,
-                    ),
-                    message,
-                    actions: Vec::new(),
-                    requeue_after: Some(remaining),
+                    )
                 }
             }
         }
@@ -641,18 +593,5 @@ mod tests {
         let secs: Vec<u64> = (2..=8).map(|n| b.before_attempt(n).as_secs()).collect();
         assert_eq!(secs, vec![30, 60, 120, 240, 480, 600, 600]);
         assert_eq!(b.before_attempt(100).as_secs(), 600);
-    }
-
-    #[test]
-    fn images_run_by_digest() {
-        assert_eq!(
-            image_by_digest("r:5000/a/b:1.0", "sha256:x"),
-            "r:5000/a/b@sha256:x"
-        );
-        assert_eq!(
-            image_by_digest("r:5000/a/b", "sha256:x"),
-            "r:5000/a/b@sha256:x"
-        );
-        assert_eq!(image_by_digest("b:1", "sha256:x"), "b@sha256:x");
     }
 }

@@ -189,34 +189,13 @@ pub fn error_policy(
 }
 
 fn waiting(message: &str) -> Decision {
-    Decision {
-        phase: PluginPhase::Pending,
-        endpoint: None,
-        image_digest: None,
-        message: message.to_string(),
-        conditions: vec![
-            lifecycle::ConditionSpec {
-                type_: "Ready",
-                status: false,
-                reason: "Waiting",
-                message: message.into(),
-            },
-            lifecycle::ConditionSpec {
-                type_: "Reconciling",
-                status: true,
-                reason: "Waiting",
-                message: message.into(),
-            },
-            lifecycle::ConditionSpec {
-                type_: "Stalled",
-                status: false,
-                reason: "Progressing",
-                message: String::new(),
-            },
-        ],
-        actions: Vec::new(),
-        requeue_after: None,
-    }
+    Decision::new(
+        PluginPhase::Pending,
+        message.to_string(),
+        (false, "Waiting"),
+        Some("Waiting"),
+        None,
+    )
 }
 
 /// The `sha256:<64 hex>` a builder wrote to its termination message, if that is what it is.
@@ -316,7 +295,7 @@ async fn observe_deployment(
         .and_then(|c| c.image.clone())
         .unwrap_or_default();
     if let Some(digest) = digest {
-        if running != lifecycle::image_by_digest(image, digest) {
+        if running != render::image_by_digest(image, digest) {
             return Ok(DeploymentState::Outdated);
         }
     }

@@ -249,6 +249,17 @@ pub fn resource_name(plugin_id: &str, attempt: u32) -> String {
     }
 }
 
+/// The image reference that runs `digest`: the repository of `image` (its tag dropped)
+/// `@digest`. The rendered Deployment and the controller's "is it running the right image?"
+/// check both use it, so they cannot disagree.
+pub fn image_by_digest(image: &str, digest: &str) -> String {
+    let repository = match image.rfind(':') {
+        Some(i) if !image[i..].contains('/') => &image[..i],
+        _ => image,
+    };
+    format!("{repository}@{digest}")
+}
+
 /// Renders every plugin of a set. Plugins are independent, so errors name the plugin.
 ///
 /// Sets of more than a few dozen plugins are split over the available cores; the output,
@@ -359,10 +370,7 @@ pub fn render_plugin(
         spec.registry.prefix, manifest.name, plugin_id, locked.version
     );
     let image_ref = match input.image_digest {
-        Some(digest) => format!(
-            "{}/{}-{}@{}",
-            spec.registry.prefix, manifest.name, plugin_id, digest
-        ),
+        Some(digest) => image_by_digest(&image, digest),
         None => image.clone(),
     };
     let service_name = format!("svc-{plugin_id}");
@@ -712,6 +720,19 @@ fn plugin_resources(runtime: &RuntimeSpec, memory: i64) -> ResourceRequirements 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn images_run_by_digest() {
+        assert_eq!(
+            image_by_digest("r:5000/a/b:1.0", "sha256:x"),
+            "r:5000/a/b@sha256:x"
+        );
+        assert_eq!(
+            image_by_digest("r:5000/a/b", "sha256:x"),
+            "r:5000/a/b@sha256:x"
+        );
+        assert_eq!(image_by_digest("b:1", "sha256:x"), "b@sha256:x");
+    }
 
     #[test]
     fn resource_names_follow_the_retry_convention() {
