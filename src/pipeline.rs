@@ -79,7 +79,7 @@ pub async fn desired_state(
     let Some(text) = snapshot.read(file).map_err(snap)? else {
         return Ok(None);
     };
-    let display = display_path(snapshot, file);
+    let display = snapshot.display_path(file);
     let text = String::from_utf8(text)
         .map_err(|_| Error::Usage(format!("{}: not UTF-8 text", display.display())))?;
     let set = load::load_plugin_set(&display, &text)?;
@@ -90,7 +90,7 @@ pub async fn desired_state(
         Some(bytes) => {
             let text = String::from_utf8(bytes)
                 .map_err(|_| Error::Usage(format!("{lock_file}: not UTF-8 text")))?;
-            Some(load::load_lock(&display_path(snapshot, &lock_file), &text)?.value)
+            Some(load::load_lock(&snapshot.display_path(&lock_file), &text)?.value)
         }
         None => None,
     };
@@ -182,15 +182,6 @@ fn join(dir: &str, name: &str) -> String {
     }
 }
 
-/// How a file of a snapshot is named in messages: a real path for working trees,
-/// `<rev>:<path>` for git revisions.
-fn display_path(snapshot: &dyn Snapshot, file: &str) -> std::path::PathBuf {
-    match snapshot.revision() {
-        Some(rev) => Path::new(&format!("{}:{file}", &rev[..rev.len().min(12)])).to_path_buf(),
-        None => Path::new(file).to_path_buf(),
-    }
-}
-
 /// A view of a snapshot's subfolder, so `path:` entries resolve relative to plugins.yaml.
 struct SubdirSnapshot<'a> {
     inner: &'a dyn Snapshot,
@@ -215,5 +206,8 @@ impl Snapshot for SubdirSnapshot<'_> {
     }
     fn materialize(&self, rel_dir: &str, dest: &Path) -> Result<(), crate::source::SnapshotError> {
         self.inner.materialize(&join(self.dir, rel_dir), dest)
+    }
+    fn display_path(&self, rel: &str) -> std::path::PathBuf {
+        self.inner.display_path(&join(self.dir, rel))
     }
 }

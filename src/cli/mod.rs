@@ -99,6 +99,13 @@ impl RepoArgs {
             .map(|p| p.join(LOCK_FILE))
             .unwrap_or_else(|| PathBuf::from(LOCK_FILE))
     }
+    /// The declared set's file name inside [`RepoArgs::root`].
+    fn file_name(&self) -> String {
+        self.file
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| PLUGINS_FILE.to_string())
+    }
     fn root(&self) -> PathBuf {
         self.plugins_path()
             .parent()
@@ -405,19 +412,7 @@ async fn lock(args: LockArgs) -> Result<ExitCode, Error> {
         );
     }
 
-    let settings = args.fetch.settings();
-    let max_bytes = settings.max_bytes;
-    let cache_dir = args
-        .fetch
-        .cache_dir
-        .clone()
-        .unwrap_or_else(Cache::default_dir);
-    let cache = Cache::open(&cache_dir).map_err(|e| Error::io(&cache_dir, e))?;
-    let sources = SourceRegistry::discover(settings, set.marketplace.clone());
-    let mut resolver = Resolver::new(sources, cache, max_bytes);
-    if std::io::stderr().is_terminal() {
-        resolver = resolver.with_progress(Arc::new(progress::TerminalProgress::new()));
-    }
+    let resolver = resolver_for(&args.fetch)?;
     let snapshot = WorkTree::new(&args.repo.root()).map_err(|e| Error::Usage(e.to_string()))?;
     let resolution: Resolution = resolver
         .resolve(&snapshot, &set, old.as_ref(), &args.update)
@@ -465,13 +460,16 @@ async fn lock(args: LockArgs) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn resolver_for(fetch: &FetchArgs, marketplace: url::Url) -> Result<Resolver, Error> {
+/// The resolver every command uses. Resolving fetches the exact URLs in the lock (a
+/// marketplace entry's download URL included), so the registry's marketplace URL only matters
+/// for `plugsync plugins`, which builds its own.
+fn resolver_for(fetch: &FetchArgs) -> Result<Resolver, Error> {
     let settings = fetch.settings();
     let max_bytes = settings.max_bytes;
     let cache_dir = fetch.cache_dir.clone().unwrap_or_else(Cache::default_dir);
     let cache = Cache::open(&cache_dir).map_err(|e| Error::io(&cache_dir, e))?;
     let mut resolver = Resolver::new(
-        SourceRegistry::discover(settings, marketplace),
+        SourceRegistry::discover(settings, crate::model::default_marketplace_url()),
         cache,
         max_bytes,
     );
@@ -483,17 +481,10 @@ fn resolver_for(fetch: &FetchArgs, marketplace: url::Url) -> Result<Resolver, Er
 
 async fn render_command(args: RenderArgs) -> Result<ExitCode, Error> {
     let root = args.repo.root();
-    let file = args
-        .repo
-        .file
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_else(|| PLUGINS_FILE.to_string());
+    let file = args.repo.file_name();
     let snapshot = WorkTree::new(&root).map_err(|e| Error::Usage(e.to_string()))?;
-    // The marketplace URL is only known after loading; load once to find it.
     let plugins_path = args.repo.plugins_path();
-    let set = load::load_plugin_set(&plugins_path, &load::read_file(&plugins_path)?)?;
-    let resolver = resolver_for(&args.fetch, set.marketplace.clone())?;
+    let resolver = resolver_for(&args.fetch)?;
     let Some(state) =
         pipeline::desired_state(&snapshot, &file, &resolver, &args.render.settings()).await?
     else {
@@ -565,11 +556,7 @@ async fn diff_command(args: DiffArgs) -> Result<ExitCode, Error> {
         None => Box::new(WorkTree::new(&args.repo).map_err(snap)?),
     };
 
-    let resolver = resolver_for(
-        &args.fetch,
-        url::Url::parse(crate::model::DEFAULT_MARKETPLACE)
-            .map_err(|e| Error::Usage(e.to_string()))?,
-    )?;
+    let resolver = resolver_for(&args.fetch)?;
     let settings = args.render.settings();
     let head_state = pipeline::desired_state(head.as_ref(), &file, &resolver, &settings)
         .await?
@@ -609,17 +596,9 @@ async fn pinned_state(
     render: &RenderSettingsArgs,
 ) -> Result<pipeline::DesiredState, Error> {
     let root = repo.root();
-    let file = repo
-        .file
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_else(|| PLUGINS_FILE.to_string());
+    let file = repo.file_name();
     let snapshot = WorkTree::new(&root).map_err(|e| Error::Usage(e.to_string()))?;
-    let resolver = resolver_for(
-        fetch,
-        url::Url::parse(crate::model::DEFAULT_MARKETPLACE)
-            .map_err(|e| Error::Usage(e.to_string()))?,
-    )?;
+    let resolver = resolver_for(fetch)?;
     let state = pipeline::desired_state(&snapshot, &file, &resolver, &render.settings())
         .await?
         .ok_or_else(|| Error::Usage(format!("{}: not found", repo.plugins_path().display())))?;

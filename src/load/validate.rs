@@ -236,7 +236,7 @@ pub(super) fn validate_plugin_set(
                     set.spec.sources.marketplace
                 ),
             );
-            Url::parse(crate::model::DEFAULT_MARKETPLACE).expect("static URL")
+            crate::model::default_marketplace_url()
         }
     };
 

@@ -348,6 +348,11 @@ impl Default for SourcesSpec {
 /// The public Dify marketplace.
 pub const DEFAULT_MARKETPLACE: &str = "https://marketplace.dify.ai";
 
+/// [`DEFAULT_MARKETPLACE`], parsed.
+pub fn default_marketplace_url() -> url::Url {
+    url::Url::parse(DEFAULT_MARKETPLACE).expect("DEFAULT_MARKETPLACE is a valid URL")
+}
+
 fn default_marketplace() -> String {
     DEFAULT_MARKETPLACE.to_string()
 }

@@ -176,6 +176,13 @@ impl Snapshot for GitRevision {
         self.label.clone()
     }
 
+    fn display_path(&self, rel: &str) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!(
+            "{}:{rel}",
+            &self.commit[..self.commit.len().min(12)]
+        ))
+    }
+
     fn revision(&self) -> Option<String> {
         Some(self.commit.clone())
     }

@@ -44,6 +44,11 @@ pub trait Snapshot: Send + Sync {
     /// 0o644, for packing a plugin directory. The whole subtree is checked before the
     /// first write, so a refused symlink leaves nothing half-written.
     fn materialize(&self, rel_dir: &str, dest: &Path) -> Result<(), SnapshotError>;
+    /// How `rel` is named in messages (`file:line:column: …`): a path the user can open for a
+    /// working tree, `<commit>:<path>` for a git revision.
+    fn display_path(&self, rel: &str) -> std::path::PathBuf {
+        std::path::PathBuf::from(rel)
+    }
 }
 
 /// What a path names inside a snapshot. Symlinks are reported, never followed.

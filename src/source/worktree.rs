@@ -124,6 +124,10 @@ impl Snapshot for WorkTree {
         self.label.clone()
     }
 
+    fn display_path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
     fn revision(&self) -> Option<String> {
         None
     }
