@@ -504,7 +504,7 @@ impl Applier {
                     .pointer("/metadata/annotations")
                     .and_then(|a| a.get(ANNOTATION_APPLIED_HASH))
                     .and_then(Value::as_str);
-            if hash_matches && same(&desired, live, Compare::DesiredSubset) {
+            if hash_matches && contains_desired(&desired, live, key) {
                 report.objects.push((key.clone(), Outcome::Unchanged));
                 return;
             }
@@ -524,25 +524,28 @@ impl Applier {
                 return;
             }
         };
-        if let Some(live) = live {
-            if same(&would_be, live, Compare::Exact) {
-                report.objects.push((key.clone(), Outcome::Unchanged));
-                return;
-            }
-        }
-        if let Ok(p) = plan::plan(
-            std::slice::from_ref(&with_identity(would_be, key)),
-            &live
-                .map(|l| vec![with_identity(l.clone(), key)])
-                .unwrap_or_default(),
+        // One comparison decides (unchanged: no write) and, when it differs, is the change
+        // reported. List items may lack identity fields; the caller matched them by key.
+        let would_be = with_identity(would_be, key);
+        let live_now = live.map(|l| with_identity(l.clone(), key));
+        let change = plan::plan(
+            std::slice::from_ref(&would_be),
+            live_now.as_slice(),
             Compare::Exact,
-        ) {
-            report.changes.extend(
-                p.changes
-                    .into_iter()
-                    .filter(|c| c.action != Action::Unchanged),
-            );
+        )
+        .ok()
+        .and_then(|p| p.changes.into_iter().next());
+        if live.is_some()
+            && change
+                .as_ref()
+                .is_some_and(|c| c.action == Action::Unchanged)
+        {
+            report.objects.push((key.clone(), Outcome::Unchanged));
+            return;
         }
+        report
+            .changes
+            .extend(change.filter(|c| c.action != Action::Unchanged));
         let outcome = if live.is_some() {
             Outcome::Updated
         } else {
@@ -603,29 +606,17 @@ fn with_identity(mut object: Value, key: &ObjectKey) -> Value {
     object
 }
 
-fn same(a: &Value, b: &Value, compare: Compare) -> bool {
-    // Identity fields may be missing from list items; the caller matched them already.
-    let b = match (a.get("apiVersion"), a.get("kind")) {
-        (Some(v), Some(k)) => {
-            let mut b = b.clone();
-            b["apiVersion"] = v.clone();
-            b["kind"] = k.clone();
-            b
-        }
-        _ => b.clone(),
-    };
-    let a = match (b.get("apiVersion"), b.get("kind")) {
-        (Some(v), Some(k)) => {
-            let mut a = a.clone();
-            a["apiVersion"] = v.clone();
-            a["kind"] = k.clone();
-            a
-        }
-        _ => a.clone(),
-    };
-    plan::plan(std::slice::from_ref(&a), std::slice::from_ref(&b), compare)
-        .map(|p| p.changes.iter().all(|c| c.action == Action::Unchanged))
-        .unwrap_or(false)
+/// Whether `live` holds every field of `desired` (API-server defaults and fields of other
+/// managers aside): the no-request idempotency check.
+fn contains_desired(desired: &Value, live: &Value, key: &ObjectKey) -> bool {
+    let desired = with_identity(desired.clone(), key);
+    let live = with_identity(live.clone(), key);
+    plan::plan(
+        std::slice::from_ref(&desired),
+        std::slice::from_ref(&live),
+        Compare::DesiredSubset,
+    )
+    .is_ok_and(|p| p.changes.iter().all(|c| c.action == Action::Unchanged))
 }
 
 fn deletion_change(key: &ObjectKey, live: &Value) -> Change {
