@@ -302,18 +302,24 @@ impl DiffReport {
                 "to": p.to,
                 "objects": p.objects.iter().map(|c| c.key.to_string()).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
-            "objects": self.plan.changed().map(|c| json!({
-                "apiVersion": c.key.api_version,
-                "kind": c.key.kind,
-                "namespace": c.key.namespace,
-                "name": c.key.name,
-                "action": c.action.to_string(),
-                "reason": c.reason,
-                "changedPaths": c.changed_paths,
-                "diff": plan::render_diff(c, self.context_lines),
-            })).collect::<Vec<_>>(),
+            "objects": self.plan.changed().map(|c| change_json(c, self.context_lines)).collect::<Vec<_>>(),
         })
     }
+}
+
+/// One object change as JSON, the same in the PR diff and the cluster diff, so tools read
+/// both alike. The diff text masks Secret values, as [`plan::render_diff`] does.
+pub fn change_json(c: &Change, context_lines: usize) -> Value {
+    json!({
+        "apiVersion": c.key.api_version,
+        "kind": c.key.kind,
+        "namespace": c.key.namespace,
+        "name": c.key.name,
+        "action": c.action.to_string(),
+        "reason": c.reason,
+        "changedPaths": c.changed_paths,
+        "diff": plan::render_diff(c, context_lines),
+    })
 }
 
 fn marker(kind: PluginChangeKind) -> &'static str {

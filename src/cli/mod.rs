@@ -722,11 +722,11 @@ async fn cluster_diff_command(args: DiffArgs) -> Result<ExitCode, Error> {
     }
     match args.output {
         DiffFormat::Json => {
-            let objects: Vec<serde_json::Value> = report.changes.iter().map(|c| serde_json::json!({
-                "apiVersion": c.key.api_version, "kind": c.key.kind, "namespace": c.key.namespace,
-                "name": c.key.name, "action": c.action.to_string(), "reason": c.reason,
-                "changedPaths": c.changed_paths, "diff": crate::plan::render_diff(c, args.context_lines),
-            })).collect();
+            let objects: Vec<serde_json::Value> = report
+                .changes
+                .iter()
+                .map(|c| crate::report::change_json(c, args.context_lines))
+                .collect();
             println!(
                 "{}",
                 serde_json::to_string_pretty(
