@@ -68,6 +68,14 @@ async fn server_with_namespace() -> ApiServer {
     server
 }
 
+/// A double with the namespace, an applier with fast retries, and the plugsync CRDs.
+async fn cluster() -> (ApiServer, Applier) {
+    let server = server_with_namespace().await;
+    let applier = Applier::new(server.client()).with_retry(fast_retry());
+    install_crds(&applier).await;
+    (server, applier)
+}
+
 async fn install_crds(applier: &Applier) {
     applier
         .ensure_crds(
@@ -112,9 +120,7 @@ fn set_ns(state: &DesiredState) -> plugsync::model::PluginSet {
 async fn apply_creates_everything_and_records_the_inventory() {
     let (dir, cache, _c) = synthetic(3).await;
     let state = render(dir.path(), &cache).await;
-    let server = server_with_namespace().await;
-    let applier = Applier::new(server.client()).with_retry(fast_retry());
-    install_crds(&applier).await;
+    let (server, applier) = cluster().await;
 
     let report = applier
         .apply_set(&set_ns(&state), &state.objects(), ApplyOptions::default())
@@ -153,9 +159,7 @@ async fn apply_creates_everything_and_records_the_inventory() {
 async fn second_apply_requests(n: usize) -> (u64, u64, u64) {
     let (dir, cache, _c) = synthetic(n).await;
     let state = render(dir.path(), &cache).await;
-    let server = server_with_namespace().await;
-    let applier = Applier::new(server.client()).with_retry(fast_retry());
-    install_crds(&applier).await;
+    let (server, applier) = cluster().await;
     applier
         .apply_set(&set_ns(&state), &state.objects(), ApplyOptions::default())
         .await
@@ -198,9 +202,7 @@ async fn an_unchanged_set_costs_zero_writes_and_constant_reads() {
 #[tokio::test]
 async fn a_changed_plugin_updates_only_its_deployment_and_the_set() {
     let (dir, cache, _c) = synthetic(3).await;
-    let server = server_with_namespace().await;
-    let applier = Applier::new(server.client()).with_retry(fast_retry());
-    install_crds(&applier).await;
+    let (server, applier) = cluster().await;
     let state = render(dir.path(), &cache).await;
     applier
         .apply_set(&set_ns(&state), &state.objects(), ApplyOptions::default())
@@ -239,9 +241,7 @@ async fn a_changed_plugin_updates_only_its_deployment_and_the_set() {
 #[tokio::test]
 async fn prune_removes_undeclared_objects_by_label_and_by_inventory_but_nothing_else() {
     let (dir, cache, _c) = synthetic(3).await;
-    let server = server_with_namespace().await;
-    let applier = Applier::new(server.client()).with_retry(fast_retry());
-    install_crds(&applier).await;
+    let (server, applier) = cluster().await;
     let state = render(dir.path(), &cache).await;
     applier
         .apply_set(&set_ns(&state), &state.objects(), ApplyOptions::default())
@@ -305,9 +305,7 @@ async fn prune_removes_undeclared_objects_by_label_and_by_inventory_but_nothing_
 #[tokio::test]
 async fn a_field_owned_by_another_manager_is_a_reported_conflict() {
     let (dir, cache, _c) = synthetic(1).await;
-    let server = server_with_namespace().await;
-    let applier = Applier::new(server.client()).with_retry(fast_retry());
-    install_crds(&applier).await;
+    let (server, applier) = cluster().await;
     let state = render(dir.path(), &cache).await;
     applier
         .apply_set(&set_ns(&state), &state.objects(), ApplyOptions::default())
@@ -354,9 +352,7 @@ async fn a_field_owned_by_another_manager_is_a_reported_conflict() {
 #[tokio::test]
 async fn transient_faults_are_retried() {
     let (dir, cache, _c) = synthetic(2).await;
-    let server = server_with_namespace().await;
-    let applier = Applier::new(server.client()).with_retry(fast_retry());
-    install_crds(&applier).await;
+    let (server, applier) = cluster().await;
     let state = render(dir.path(), &cache).await;
     server
         .faults()
@@ -376,12 +372,11 @@ async fn transient_faults_are_retried() {
 #[tokio::test]
 async fn a_run_that_fails_half_way_converges_on_the_next_run() {
     let (dir, cache, _c) = synthetic(3).await;
-    let server = server_with_namespace().await;
-    let applier = Applier::new(server.client()).with_retry(RetryPolicy {
+    let (server, applier) = cluster().await;
+    let applier = applier.with_retry(RetryPolicy {
         attempts: 1,
         ..fast_retry()
     });
-    install_crds(&applier).await;
     let state = render(dir.path(), &cache).await;
     // Every Deployment write fails: Plugins, Jobs and Services land, Deployments do not.
     server.faults().fail_next_matching(
@@ -428,9 +423,7 @@ async fn a_run_that_fails_half_way_converges_on_the_next_run() {
 #[tokio::test]
 async fn dry_run_persists_nothing() {
     let (dir, cache, _c) = synthetic(2).await;
-    let server = server_with_namespace().await;
-    let applier = Applier::new(server.client()).with_retry(fast_retry());
-    install_crds(&applier).await;
+    let (server, applier) = cluster().await;
     let state = render(dir.path(), &cache).await;
     server.reset_stats();
     let rv = server.store().resource_version();
@@ -454,9 +447,7 @@ async fn dry_run_persists_nothing() {
 #[tokio::test]
 async fn an_upgraded_plugin_keeps_its_old_version_until_the_new_one_runs() {
     let (dir, cache, _c) = synthetic(2).await;
-    let server = server_with_namespace().await;
-    let applier = Applier::new(server.client()).with_retry(fast_retry());
-    install_crds(&applier).await;
+    let (server, applier) = cluster().await;
     let plugins_of = |state: &DesiredState| -> Vec<Value> {
         state
             .objects()

@@ -6,6 +6,10 @@ use std::process::Command as Process;
 use assert_cmd::Command;
 use serde_json::Value;
 
+#[path = "common/fs.rs"]
+mod fs;
+use fs::copy_dir;
+
 struct GitRepo {
     dir: tempfile::TempDir,
     cache: tempfile::TempDir,
@@ -97,19 +101,6 @@ impl GitRepo {
             code,
             serde_json::from_slice(&out.stdout).expect("json report"),
         )
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read_dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
     }
 }
 

@@ -11,6 +11,10 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 
+#[path = "common/fs.rs"]
+mod fs;
+use fs::copy_dir;
+
 const GOLDEN: &str = "tests/fixtures/packages/langgenius-agent_0.0.14.difypkg";
 const GOLDEN_SHA256: &str = "a58786359976dbbc96b353c9fc0e9ced05a3f5ee51995424c527934add9d323f";
 const GOLDEN_UID: &str =
@@ -423,19 +427,6 @@ fn update_of_an_unknown_plugin_is_an_error() {
         .plugsync(&["lock", "--update", "nobody/nothing"])
         .code(2);
     assert!(stderr(&out).contains("nobody/nothing"), "{}", stderr(&out));
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read_dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
 }
 
 /// Installs the demo external client and a package next to it in a fresh folder.

@@ -16,6 +16,10 @@ use plugsync::resolve::Resolver;
 use plugsync::source::WorkTree;
 use serde_json::Value;
 
+#[path = "common/fs.rs"]
+mod fs;
+use fs::copy_dir;
+
 fn render_dir(dir: &Path) -> DesiredState {
     let cache = tempfile::tempdir().expect("cache");
     let resolver = Resolver::new(
@@ -36,19 +40,6 @@ fn render_dir(dir: &Path) -> DesiredState {
     ))
     .expect("renders")
     .expect("plugins.yaml present")
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read_dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
 }
 
 /// Compares with a committed golden file; `UPDATE_GOLDEN=1 cargo test` rewrites it.
