@@ -185,17 +185,18 @@ fn names_labels_and_build_context_follow_the_conventions() {
     assert!(agent.dockerfile.contains("USER 65532:65532"));
 }
 
-fn cli_render(dir: &Path, cache: &Path) -> Vec<u8> {
+/// `plugsync render --repo DIR` with its own package cache, run to completion.
+fn render_cmd(dir: &Path, cache: &Path) -> assert_cmd::assert::Assert {
     Command::cargo_bin("plugsync")
         .expect("binary")
         .args(["render", "--repo"])
         .arg(dir)
         .env("PLUGSYNC_CACHE_DIR", cache)
         .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone()
+}
+
+fn cli_render(dir: &Path, cache: &Path) -> Vec<u8> {
+    render_cmd(dir, cache).success().get_output().stdout.clone()
 }
 
 #[test]
@@ -273,13 +274,7 @@ fn template_errors_name_the_template_and_line_and_exit_2() {
     )
     .expect("write");
     let cache = tempfile::tempdir().expect("cache");
-    let out = Command::cargo_bin("plugsync")
-        .expect("binary")
-        .args(["render", "--repo"])
-        .arg(dir.path())
-        .env("PLUGSYNC_CACHE_DIR", cache.path())
-        .assert()
-        .code(2);
+    let out = render_cmd(dir.path(), cache.path()).code(2);
     let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
     assert!(err.contains("template deployment.yaml.j2 line 4"), "{err}");
     assert!(
@@ -293,13 +288,7 @@ fn template_errors_name_the_template_and_line_and_exit_2() {
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, namespace: dify}\n",
     )
     .expect("write");
-    let out = Command::cargo_bin("plugsync")
-        .expect("binary")
-        .args(["render", "--repo"])
-        .arg(dir.path())
-        .env("PLUGSYNC_CACHE_DIR", cache.path())
-        .assert()
-        .code(2);
+    let out = render_cmd(dir.path(), cache.path()).code(2);
     let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
     assert!(
         err.contains("kind is `ConfigMap`, must be `Deployment`"),
@@ -318,13 +307,7 @@ fn missing_base_image_is_a_clear_error() {
     );
     std::fs::write(dir.path().join("plugins.yaml"), yaml).expect("write");
     let cache = tempfile::tempdir().expect("cache");
-    let out = Command::cargo_bin("plugsync")
-        .expect("binary")
-        .args(["render", "--repo"])
-        .arg(dir.path())
-        .env("PLUGSYNC_CACHE_DIR", cache.path())
-        .assert()
-        .code(2);
+    let out = render_cmd(dir.path(), cache.path()).code(2);
     let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
     assert!(err.contains("no base image for Python 3.12"), "{err}");
     assert!(err.contains("configured: 3.11"), "{err}");
