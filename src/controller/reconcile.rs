@@ -158,15 +158,23 @@ pub async fn reconcile(
     });
     debug!(plugin = %name, phase = ?decision.phase, actions = ?decision.actions, "decided");
 
-    for action in &decision.actions {
-        carry_out(
+    // Children are rendered once per reconcile, however many of them the decision applies.
+    let needs_children = decision
+        .actions
+        .iter()
+        .any(|a| !matches!(a, Action::CreateNextAttempt { .. }));
+    let rendered = if needs_children {
+        Some(render_children(
             &ctx,
             &plugin,
             &set,
-            action,
             decision.image_digest.as_deref(),
-        )
-        .await?;
+        )?)
+    } else {
+        None
+    };
+    for action in &decision.actions {
+        carry_out(&ctx, &plugin, action, rendered.as_ref()).await?;
     }
     publish_status(&ctx, &plugin, &decision).await?;
     Ok(match decision.requeue_after {
@@ -344,9 +352,8 @@ fn root_owner(plugin: &Plugin) -> Option<OwnerReference> {
 async fn carry_out(
     ctx: &Context,
     plugin: &Plugin,
-    set: &PluginSetResource,
     action: &Action,
-    digest: Option<&str>,
+    rendered: Option<&render::RenderedPlugin>,
 ) -> Result<(), ReconcileError> {
     let namespace = plugin.namespace().unwrap_or_default();
     let params = PatchParams::apply(CONTROLLER_MANAGER);
@@ -374,7 +381,9 @@ async fn carry_out(
             info!(plugin = %plugin.name_any(), next = %name, "next build attempt created");
         }
         Action::CreateJob | Action::ApplyDeployment { .. } | Action::CreateService => {
-            let rendered = render_children(ctx, plugin, set, digest)?;
+            let Some(rendered) = rendered else {
+                return Err(ReconcileError::Waiting("children were not rendered".into()));
+            };
             let kind = match action {
                 Action::CreateJob => "Job",
                 Action::ApplyDeployment { .. } => "Deployment",
