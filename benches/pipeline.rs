@@ -448,6 +448,7 @@ fn child(args: &[String]) -> BenchResult<()> {
                     runtime: &p.declared.runtime,
                     attempt: 1,
                     image_digest: None,
+                    built_images: None,
                 })
                 .collect();
             let settings = RenderSettings::default();

@@ -120,6 +120,14 @@ pub struct PluginStatus {
     /// Digest of the built image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_digest: Option<String>,
+    /// The build inputs `imageDigest` was built from: a digest is reused only for the same
+    /// inputs, and `plugsync lock --from-cluster` records it under this key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub built_inputs_hash: Option<String>,
+    /// The last failed build of the current inputs, kept after its Job is garbage-collected
+    /// so the failure is neither forgotten nor rebuilt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<BuildFailure>,
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -129,6 +137,18 @@ pub struct PluginStatus {
     /// Why the install is where it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// A failed build, as its Job reported it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildFailure {
+    /// `spec.build.inputsHash` of the failed build.
+    pub inputs_hash: String,
+    /// Short reason (`Error`, `DeadlineExceeded`, …).
+    pub reason: String,
+    /// The builder's last words.
+    pub message: String,
 }
 
 /// Observed state of a PluginSet: what plugsync applied, and from which commit.

@@ -112,7 +112,11 @@ pub async fn desired_state(
         Some(_) if resolution.changes.is_empty() => LockState::UpToDate,
         Some(_) => LockState::Stale(resolution.changes.clone()),
     };
-    let rendered = render_resolution(&set, &resolution, &templates, settings)?;
+    let built_images = old
+        .as_ref()
+        .map(PluginLock::built_images)
+        .unwrap_or_default();
+    let rendered = render_resolution(&set, &resolution, &templates, settings, &built_images)?;
     Ok(Some(DesiredState {
         source: snapshot.describe(),
         revision: snapshot.revision(),
@@ -124,12 +128,14 @@ pub async fn desired_state(
     }))
 }
 
-/// Renders a resolved set (first attempt of every plugin, no known image digests yet).
+/// Renders a resolved set: the first attempt of every plugin, running the digest recorded
+/// in `built_images` (plugins.lock `images`, by build-inputs hash) where the inputs match.
 pub fn render_resolution(
     set: &LoadedPluginSet,
     resolution: &Resolution,
     templates: &Templates,
     settings: &RenderSettings,
+    built_images: &std::collections::BTreeMap<String, String>,
 ) -> Result<Vec<RenderedPlugin>, Error> {
     let inputs: Vec<PluginInput<'_>> = resolution
         .plugins
@@ -141,6 +147,7 @@ pub fn render_resolution(
             runtime: &p.declared.runtime,
             attempt: 1,
             image_digest: None,
+            built_images: Some(built_images),
         })
         .collect();
     Ok(render::render_set(

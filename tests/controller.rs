@@ -126,6 +126,44 @@ impl Harness {
         self.state.rendered[0].plugin_id.clone()
     }
 
+    /// A new commit: edits plugins.yaml, renders it and applies its Plugins as the git loop
+    /// would, with `tune` applied to the set as at start.
+    async fn recommit(
+        &mut self,
+        edit_yaml: impl FnOnce(&mut String),
+        tune: impl FnOnce(&mut PluginSet),
+    ) {
+        let repo = self._dirs.0.path();
+        let yaml_path = repo.join("plugins.yaml");
+        let mut yaml = std::fs::read_to_string(&yaml_path).expect("read");
+        edit_yaml(&mut yaml);
+        std::fs::write(&yaml_path, yaml).expect("write");
+        let resolver = Resolver::new(
+            SourceRegistry::discover(
+                FetchSettings::default(),
+                url::Url::parse("https://marketplace.dify.ai").expect("url"),
+            ),
+            self.cache.clone(),
+            64 << 20,
+        );
+        self.state = desired_state(
+            &WorkTree::new(repo).expect("tree"),
+            "plugins.yaml",
+            &resolver,
+            &RenderSettings::default(),
+        )
+        .await
+        .expect("renders")
+        .expect("present");
+        let mut set = self.state.set.spec().clone();
+        tune(&mut set);
+        let report = Applier::new(self.server.client())
+            .apply_set(&set, &self.state.cluster_objects(), ApplyOptions::default())
+            .await
+            .expect("git loop applies");
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+    }
+
     fn get(&self, api_version: &str, kind: &str, name: &str) -> Option<Value> {
         self.server.store().get(api_version, kind, Some(NS), name)
     }
@@ -479,4 +517,169 @@ async fn a_digest_gone_from_the_real_registry_is_rebuilt() {
         .await;
     h.wait_for("Running", |h| h.phase(&id).as_deref() == Some("Running"))
         .await;
+}
+
+fn fast_retries(set: &mut PluginSet) {
+    set.spec.build.backoff.base = Duration::from_secs(1);
+    set.spec.build.backoff.cap = Duration::from_secs(1);
+}
+
+/// Fails every build Job whose builder is the default Kaniko image, so a commit that
+/// changes the builder (and so the build inputs) builds successfully.
+fn fail_default_builder() -> WorkloadPolicy {
+    WorkloadPolicy::default().fail_builds_matching(
+        plugsync::testkit::apiserver::workloads::WorkloadMatcher::predicate(|job| {
+            job.to_string().contains("executor:v1.23.2")
+        }),
+    )
+}
+
+#[tokio::test]
+async fn a_new_commit_starts_over_and_is_never_blocked_by_old_retries() {
+    let stuck = |set: &mut PluginSet| {
+        set.spec.build.max_attempts = 3;
+        // Attempt 2 of the old commit would only come in a minute.
+        set.spec.build.backoff.base = Duration::from_secs(60);
+        set.spec.build.backoff.cap = Duration::from_secs(60);
+    };
+    let mut h = Harness::new(stuck, None).await;
+    let _workloads = h.server.simulate_workloads(fail_default_builder());
+    let id = h.plugin_id();
+    h.wait_for("attempt 1 failed", |h| {
+        h.phase(&id).as_deref() == Some("BuildFailed")
+    })
+    .await;
+    let old_inputs = h.get("batch/v1", "Job", &id).expect("job")["metadata"]["annotations"]
+        ["plugsync.dev/build-inputs"]
+        .clone();
+
+    // The fix lands: a newer builder image changes the build inputs of the same plugin-id.
+    h.recommit(
+        |yaml| {
+            *yaml = yaml.replace(
+                "  build:\n",
+                "  build:\n    builderImage: gcr.io/kaniko-project/executor:v1.24.0\n",
+            )
+        },
+        stuck,
+    )
+    .await;
+    assert_eq!(h.plugin_id(), id, "same package, same plugin-id");
+    h.wait_for("the new inputs running at attempt 1", |h| {
+        h.phase(&id).as_deref() == Some("Running")
+    })
+    .await;
+    let job = h.get("batch/v1", "Job", &id).expect("rebuilt job");
+    assert_ne!(
+        job["metadata"]["annotations"]["plugsync.dev/build-inputs"], old_inputs,
+        "the stale Job was replaced, not waited for"
+    );
+    assert!(
+        h.get("plugsync.dev/v1alpha1", "Plugin", &format!("{id}--2"))
+            .is_none(),
+        "no retry of the old commit was ever started"
+    );
+    let plugin = h
+        .get("plugsync.dev/v1alpha1", "Plugin", &id)
+        .expect("plugin");
+    assert_eq!(
+        plugin["status"]["builtInputsHash"], plugin["spec"]["build"]["inputsHash"],
+        "the digest is recorded with the inputs it was built from"
+    );
+    assert!(
+        plugin["status"].get("lastFailure").is_none() || plugin["status"]["lastFailure"].is_null()
+    );
+}
+
+#[tokio::test]
+async fn retries_of_an_old_commit_are_superseded_and_removed() {
+    let tune = |set: &mut PluginSet| {
+        set.spec.build.max_attempts = 4;
+        fast_retries(set);
+    };
+    let mut h = Harness::new(tune, None).await;
+    let _workloads = h.server.simulate_workloads(fail_default_builder());
+    let id = h.plugin_id();
+    let second = format!("{id}--2");
+    h.wait_for("attempt 2 failed", |h| {
+        h.phase(&second).as_deref() == Some("BuildFailed")
+    })
+    .await;
+    h.recommit(
+        |yaml| {
+            *yaml = yaml.replace(
+                "  build:\n",
+                "  build:\n    builderImage: gcr.io/kaniko-project/executor:v1.24.0\n",
+            )
+        },
+        tune,
+    )
+    .await;
+    h.wait_for("the new inputs running", |h| {
+        h.phase(&id).as_deref() == Some("Running")
+    })
+    .await;
+    h.wait_for("old retries removed", |h| {
+        h.server
+            .store()
+            .list("plugsync.dev/v1alpha1", "Plugin", Some(NS))
+            .len()
+            == 1
+    })
+    .await;
+    assert!(
+        h.get("batch/v1", "Job", &second).is_none(),
+        "its Job went with it"
+    );
+}
+
+#[tokio::test]
+async fn failed_attempts_beyond_the_history_limit_are_collected() {
+    let h = Harness::new(
+        |set| {
+            set.spec.build.max_attempts = 5;
+            set.spec.build.failed_history_limit = 1;
+            fast_retries(set);
+        },
+        None,
+    )
+    .await;
+    let _workloads = h
+        .server
+        .simulate_workloads(WorkloadPolicy::default().fail_first_attempts(3));
+    let id = h.plugin_id();
+    let fourth = format!("{id}--4");
+    h.wait_for("attempt 4 running", |h| {
+        h.phase(&fourth).as_deref() == Some("Running")
+    })
+    .await;
+    h.wait_for("history trimmed to one failed attempt", |h| {
+        h.get("plugsync.dev/v1alpha1", "Plugin", &format!("{id}--2"))
+            .is_none()
+            && h.get("batch/v1", "Job", &id).is_none()
+    })
+    .await;
+    // Kept: the newest failed attempt, with its Job for debugging; the first attempt's
+    // Plugin (it owns the others) remembers its failure without its Job.
+    assert_eq!(h.phase(&format!("{id}--3")).as_deref(), Some("BuildFailed"));
+    assert!(h.get("batch/v1", "Job", &format!("{id}--3")).is_some());
+    let first = h
+        .get("plugsync.dev/v1alpha1", "Plugin", &id)
+        .expect("first");
+    assert_eq!(first["status"]["phase"], "BuildFailed");
+    assert_eq!(
+        first["status"]["lastFailure"]["reason"], "BackoffLimitExceeded",
+        "{}",
+        first["status"]
+    );
+    // Nothing is started again: no rebuild of attempt 1, no new attempt 2.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        h.get("batch/v1", "Job", &id).is_none(),
+        "attempt 1 not rebuilt"
+    );
+    assert!(h
+        .get("plugsync.dev/v1alpha1", "Plugin", &format!("{id}--2"))
+        .is_none());
+    assert_eq!(h.phase(&fourth).as_deref(), Some("Running"));
 }

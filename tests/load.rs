@@ -310,3 +310,22 @@ fn a_hand_edited_lock_is_refused_with_positions() {
     };
     assert_eq!(d.0[0].path, "plugins[0].plugin_id");
 }
+
+#[test]
+fn recorded_images_load_and_a_bad_digest_names_its_line() {
+    let hash = "a".repeat(64);
+    let digest = format!("sha256:{}", "b".repeat(64));
+    let images = format!(
+        "images:\n- inputsHash: {hash}\n  image: r.local/agent:0.0.14\n  digest: {digest}\n"
+    );
+    let text = LOCK.replace("PLUGIN_ID", &golden_plugin_id()) + &images;
+    let lock = load_lock(Path::new("plugins.lock"), &text).expect("valid lock");
+    assert_eq!(lock.value.built_images().get(&hash), Some(&digest));
+
+    let text = LOCK.replace("PLUGIN_ID", &golden_plugin_id()) + &images.replace("sha256:", "md5:");
+    let Err(Error::Invalid(d)) = load_lock(Path::new("plugins.lock"), &text) else {
+        panic!("expected refusal")
+    };
+    assert_eq!(d.0[0].path, "images[0].digest");
+    assert_eq!(d.0[0].line, text.lines().count());
+}

@@ -70,6 +70,9 @@ enum Command {
     Apply(ApplyArgs),
     /// Run the plugin controller (build, run, retry each Plugin) and the build-context server.
     Controller(ControllerArgs),
+    /// Remove failed build attempts (their Plugins, Jobs and pods) and attempts superseded by
+    /// newer build inputs, keeping --keep failed attempts per plugin.
+    Gc(GcArgs),
     /// List the package source clients, in-tree and external (`plugsync-source-<scheme>`).
     Plugins(PluginsArgs),
     /// Work with single `.difypkg` packages.
@@ -162,6 +165,31 @@ struct LockArgs {
     /// Resolve this plugin (`author/name`) afresh even though it is pinned; repeatable.
     #[arg(long, value_name = "NAME")]
     update: Vec<String>,
+    /// Also pin the image digests the controller recorded in the cluster (Plugin status),
+    /// keyed by build-inputs hash, so the next render runs them and nothing is rebuilt.
+    #[arg(long, conflicts_with = "locked")]
+    from_cluster: bool,
+    #[command(flatten)]
+    kube: KubeArgs,
+}
+
+#[derive(Debug, Args)]
+struct GcArgs {
+    #[command(flatten)]
+    kube: KubeArgs,
+    /// Namespace of the Plugins.
+    #[arg(long, env = "PLUGSYNC_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// Only this PluginSet's plugins [default: every set in the namespace].
+    #[arg(long, value_name = "NAME")]
+    set: Option<String>,
+    /// Failed attempts to keep per plugin, newest first (the latest is always kept: it holds
+    /// the Stalled state).
+    #[arg(long, default_value_t = 0)]
+    keep: usize,
+    /// Print what would be removed; remove nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -387,6 +415,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
         Command::Diff(args) => diff_command(args).await,
         Command::Apply(args) => apply_command(args).await,
         Command::Controller(args) => controller_command(args).await,
+        Command::Gc(args) => gc_command(args).await,
         Command::Plugins(args) => plugins(args).await,
         Command::Package(cmd) => package_command(cmd),
     }
@@ -414,10 +443,23 @@ async fn lock(args: LockArgs) -> Result<ExitCode, Error> {
 
     let resolver = resolver_for(&args.fetch)?;
     let snapshot = WorkTree::new(&args.repo.root()).map_err(|e| Error::Usage(e.to_string()))?;
-    let resolution: Resolution = resolver
+    let mut resolution: Resolution = resolver
         .resolve(&snapshot, &set, old.as_ref(), &args.update)
         .await?;
     debug!(plugins = resolution.plugins.len(), "resolved");
+    if args.from_cluster {
+        let client = crate::cluster::client(&args.kube.options()).await?;
+        let (name, namespace) = (&set.spec().metadata.name, &set.spec().metadata.namespace);
+        let images = crate::controller::reconcile::recorded_images(&client, namespace, name)
+            .await
+            .map_err(|e| Error::Cluster(format!("reading Plugins of {namespace}/{name}: {e}")))?;
+        let before = resolution.lock.images.len();
+        resolution.lock.record_images(images);
+        println!(
+            "recorded image digests from the cluster: {} pinned (was {before})",
+            resolution.lock.images.len()
+        );
+    }
 
     let text = resolution.lock.to_yaml();
     let unchanged = old.as_ref().is_some_and(|o| o == &resolution.lock);
@@ -700,6 +742,35 @@ async fn controller_command(args: ControllerArgs) -> Result<ExitCode, Error> {
         ))),
         _ => Ok(ExitCode::SUCCESS),
     }
+}
+
+async fn gc_command(args: GcArgs) -> Result<ExitCode, Error> {
+    let client = crate::cluster::client(&args.kube.options()).await?;
+    let removals = crate::controller::reconcile::collect_garbage(
+        &client,
+        &args.namespace,
+        args.set.as_deref(),
+        args.keep,
+        args.dry_run,
+    )
+    .await
+    .map_err(|e| Error::Cluster(format!("gc in namespace {}: {e}", args.namespace)))?;
+    let suffix = if args.dry_run { " (dry run)" } else { "" };
+    for removal in &removals {
+        match removal {
+            crate::controller::history::Removal::Plugin(name) => {
+                println!("removed plugin/{name} with its build Job{suffix}")
+            }
+            crate::controller::history::Removal::Job(name) => {
+                println!("removed job/{name} (the Plugin keeps its failure){suffix}")
+            }
+        }
+    }
+    println!(
+        "{} failed or superseded attempts removed{suffix}",
+        removals.len()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn cluster_diff_command(args: DiffArgs) -> Result<ExitCode, Error> {

@@ -22,6 +22,10 @@ pub enum JobState {
     Absent,
     /// Created, not finished.
     Running,
+    /// Built from other build inputs than the spec's (a newer commit changed the Dockerfile,
+    /// the builder or the destination): it must go, whatever its state, so the new inputs
+    /// are built and an old build or its retries never block a newer commit.
+    Stale,
     /// Finished successfully; `digest` from the build pod's termination message.
     Succeeded {
         /// `sha256:…` pushed by the builder, when the termination message had one.
@@ -74,8 +78,13 @@ pub struct Observed<'a> {
     pub deployment: DeploymentState,
     /// Whether `svc-<plugin-id>` exists.
     pub service_exists: bool,
-    /// Whether the next attempt's Plugin (`<plugin-id>--N+1`) already exists.
+    /// Whether a later attempt's Plugin (`<plugin-id>--M`, M > N) for the same build inputs
+    /// already exists.
     pub next_attempt_exists: bool,
+    /// This is a retry (`--N`, N ≥ 2) whose first attempt now has other build inputs: a newer
+    /// commit started over, so this attempt does nothing more (its Deployment, if running,
+    /// stays until the new build runs and the history clean-up removes it).
+    pub superseded: bool,
     /// `spec.build.maxAttempts` of the PluginSet.
     pub max_attempts: u32,
     /// Retry backoff of the PluginSet.
@@ -107,6 +116,8 @@ impl Backoff {
 pub enum Action {
     /// Create the build Job of this attempt.
     CreateJob,
+    /// Delete this attempt's build Job (built from stale inputs), with its pods.
+    DeleteJob,
     /// Create or update the Deployment to run `image` (by digest).
     ApplyDeployment {
         /// `repository@sha256:…`.
@@ -199,6 +210,38 @@ impl Decision {
 /// Decides what to do about one Plugin.
 pub fn decide(o: &Observed<'_>) -> Decision {
     let endpoint = format!("http://svc-{}.{}:8080", o.spec.plugin_id, o.namespace);
+    if o.superseded {
+        let running = o.deployment == DeploymentState::Available;
+        return Decision {
+            endpoint: running.then_some(endpoint),
+            ..Decision::new(
+                if running {
+                    PluginPhase::Running
+                } else {
+                    PluginPhase::Pending
+                },
+                "superseded: a newer commit changed the build inputs and started over at \
+                 attempt 1"
+                    .into(),
+                (running, "Superseded"),
+                None,
+                None,
+            )
+        };
+    }
+    if o.job == JobState::Stale {
+        return Decision {
+            actions: vec![Action::DeleteJob],
+            requeue_after: Some(Duration::from_secs(2)),
+            ..Decision::new(
+                PluginPhase::Building,
+                "the build inputs changed; replacing the build of the previous inputs".into(),
+                (false, "InputsChanged"),
+                Some("InputsChanged"),
+                None,
+            )
+        };
+    }
     // The digest to run: from this attempt's build, else recorded, else the spec's (reuse),
     // the last two only while the registry still has it.
     let built = match &o.job {
@@ -279,7 +322,8 @@ pub fn decide(o: &Observed<'_>) -> Decision {
                 )
             }
         }
-        JobState::Running => Decision::new(
+        // A stale Job returned above.
+        JobState::Running | JobState::Stale => Decision::new(
             PluginPhase::Building,
             format!("building attempt {}", o.spec.attempt),
             (false, "Building"),
@@ -389,6 +433,7 @@ mod tests {
             deployment: DeploymentState::Absent,
             service_exists: false,
             next_attempt_exists: false,
+            superseded: false,
             max_attempts: 3,
             backoff: Backoff {
                 base: Duration::from_secs(30),
@@ -582,6 +627,47 @@ mod tests {
             d.actions.as_slice(),
             [Action::ApplyDeployment { .. }]
         ));
+    }
+
+    #[test]
+    fn a_job_built_from_stale_inputs_is_replaced_whatever_its_state() {
+        let s = spec(1, None);
+        let mut o = observed(&s);
+        o.job = JobState::Stale;
+        // Even with a recorded digest and a running Deployment: the digest belongs to the
+        // old inputs only if the edge said so, and the stale Job must go first.
+        o.deployment = DeploymentState::Available;
+        let d = decide(&o);
+        assert_eq!(d.actions, vec![Action::DeleteJob]);
+        assert_eq!(d.phase, PluginPhase::Building);
+        assert_eq!(condition(&d, "Reconciling"), (true, "InputsChanged"));
+        assert!(d.requeue_after.is_some());
+    }
+
+    #[test]
+    fn a_superseded_retry_does_nothing_more_but_reports_whether_it_still_serves() {
+        let s = spec(2, None);
+        let mut o = observed(&s);
+        o.superseded = true;
+        o.job = JobState::Failed {
+            reason: "Error".into(),
+            message: "pip failed".into(),
+            age: Duration::from_secs(3600),
+        };
+        let idle = decide(&o);
+        assert!(idle.actions.is_empty(), "no retry of an old commit");
+        assert_eq!(idle.phase, PluginPhase::Pending);
+        assert_eq!(condition(&idle, "Ready"), (false, "Superseded"));
+        assert!(!condition(&idle, "Stalled").0);
+
+        o.job = JobState::Succeeded {
+            digest: Some(DIGEST.into()),
+        };
+        o.deployment = DeploymentState::Available;
+        let serving = decide(&o);
+        assert!(serving.actions.is_empty());
+        assert_eq!(serving.phase, PluginPhase::Running);
+        assert!(serving.endpoint.is_some());
     }
 
     #[test]

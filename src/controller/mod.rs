@@ -3,6 +3,7 @@
 //! [`lifecycle`] is the pure core (observations in, decisions out); the Kubernetes edge
 //! gathers observations and carries decisions out.
 
+pub mod history;
 pub mod lifecycle;
 pub mod reconcile;
 pub mod registry_check;

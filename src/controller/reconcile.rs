@@ -20,8 +20,9 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::{json, Value};
 use tracing::{debug, info, warn};
 
+use super::history::{self, Attempt, Removal};
 use super::lifecycle::{self, Action, Backoff, Decision, DeploymentState, JobState, Observed};
-use crate::crd::{Plugin, PluginPhase, PluginStatus};
+use crate::crd::{BuildFailure, Plugin, PluginPhase, PluginStatus};
 use crate::model::{LockedPlugin, PluginSet, PluginSetMetadata, PluginSetResource, API_VERSION};
 use crate::package::Package;
 use crate::render::{self, PluginInput, RenderSettings, Templates};
@@ -105,6 +106,7 @@ pub async fn reconcile(
             &ctx,
             &plugin,
             &waiting(&format!("PluginSet {} not found", spec.plugin_set)),
+            None,
         )
         .await?;
         return Ok(RequeueAction::requeue(Duration::from_secs(30)));
@@ -116,8 +118,29 @@ pub async fn reconcile(
     let plugins: Api<Plugin> = Api::namespaced(client.clone(), &namespace);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
 
-    let job = observe_job(&jobs, &pods, &name).await?;
-    let recorded = plugin.status.as_ref().and_then(|s| s.image_digest.clone());
+    let inputs = &spec.build.inputs_hash;
+    let status = plugin.status.clone().unwrap_or_default();
+    let mut job = observe_job(&jobs, &pods, &name, inputs).await?;
+    let job_exists = job != JobState::Absent;
+    if !job_exists {
+        // A failed Job the history clean-up removed: the failure is remembered, not rebuilt.
+        if let Some(failure) = status
+            .last_failure
+            .as_ref()
+            .filter(|f| &f.inputs_hash == inputs)
+        {
+            job = JobState::Failed {
+                reason: failure.reason.clone(),
+                message: failure.message.clone(),
+                age: Duration::MAX,
+            };
+        }
+    }
+    // A recorded digest counts only for the build inputs it was built from.
+    let recorded = status
+        .image_digest
+        .clone()
+        .filter(|_| status.built_inputs_hash.as_ref() == Some(inputs));
     let known = match &job {
         JobState::Succeeded { digest: Some(d) } => Some(d.clone()),
         _ => recorded.clone().or_else(|| spec.image_digest.clone()),
@@ -128,8 +151,22 @@ pub async fn reconcile(
         .get_opt(&format!("svc-{}", spec.plugin_id))
         .await?
         .is_some();
-    let next_name = render::resource_name(&spec.plugin_id, spec.attempt + 1);
-    let next_attempt_exists = plugins.get_opt(&next_name).await?.is_some();
+    let attempts = plugins
+        .list(&ListParams::default().labels(&format!(
+            "{}={}",
+            render::LABEL_PLUGIN_ID,
+            spec.plugin_id
+        )))
+        .await?
+        .items;
+    let first_inputs = attempts
+        .iter()
+        .find(|p| p.spec.attempt <= 1 && p.spec.plugin_set == spec.plugin_set)
+        .map(|p| p.spec.build.inputs_hash.clone());
+    let superseded = spec.attempt >= 2 && first_inputs.as_ref().is_some_and(|f| f != inputs);
+    let next_attempt_exists = attempts
+        .iter()
+        .any(|p| p.spec.attempt > spec.attempt && &p.spec.build.inputs_hash == inputs);
     let registry_has_digest = match (
         &ctx.registry,
         recorded.as_deref().or(spec.image_digest.as_deref()),
@@ -146,10 +183,11 @@ pub async fn reconcile(
         namespace: &namespace,
         recorded_digest: recorded.as_deref(),
         registry_has_digest,
-        job,
+        job: job.clone(),
         deployment,
         service_exists,
         next_attempt_exists,
+        superseded,
         max_attempts: set.spec.build.max_attempts,
         backoff: Backoff {
             base: set.spec.build.backoff.base,
@@ -176,7 +214,34 @@ pub async fn reconcile(
     for action in &decision.actions {
         carry_out(&ctx, &plugin, action, rendered.as_ref()).await?;
     }
-    publish_status(&ctx, &plugin, &decision).await?;
+    let failure = match &job {
+        JobState::Failed {
+            reason, message, ..
+        } => Some(BuildFailure {
+            inputs_hash: inputs.clone(),
+            reason: reason.clone(),
+            message: message.clone(),
+        }),
+        _ => status
+            .last_failure
+            .clone()
+            .filter(|f| &f.inputs_hash == inputs),
+    };
+    publish_status(&ctx, &plugin, &decision, failure).await?;
+    if spec.attempt <= 1 {
+        // The first attempt keeps the history of all attempts in bounds.
+        let mut seen: Vec<Attempt> = attempts
+            .iter()
+            .filter(|p| p.spec.plugin_set == spec.plugin_set)
+            .map(attempt_of)
+            .collect();
+        if let Some(me) = seen.iter_mut().find(|a| a.name == name) {
+            me.phase = Some(decision.phase);
+            me.has_job = job_exists;
+        }
+        let removals = history::plan(&seen, inputs, set.spec.build.failed_history_limit as usize);
+        remove_attempts(client, &namespace, &removals).await?;
+    }
     Ok(match decision.requeue_after {
         Some(after) => RequeueAction::requeue(after),
         None => RequeueAction::await_change(),
@@ -194,6 +259,48 @@ pub fn error_policy(
         ReconcileError::Waiting(_) => 5,
         _ => 10,
     }))
+}
+
+/// Deletes in the background: the Job's pods (or a Plugin's children) go with it.
+fn background() -> kube::api::DeleteParams {
+    kube::api::DeleteParams {
+        propagation_policy: Some(kube::api::PropagationPolicy::Background),
+        ..Default::default()
+    }
+}
+
+/// What the history plan needs to know about one attempt's Plugin.
+pub fn attempt_of(plugin: &Plugin) -> Attempt {
+    Attempt {
+        name: plugin.name_any(),
+        attempt: plugin.spec.attempt.max(1),
+        inputs_hash: plugin.spec.build.inputs_hash.clone(),
+        phase: plugin.status.as_ref().and_then(|s| s.phase),
+        // Unknown without a GET; deleting an absent Job is a harmless 404.
+        has_job: true,
+    }
+}
+
+/// Carries out a history plan: deletes retries' Plugins and first attempts' failed Jobs.
+pub async fn remove_attempts(
+    client: &Client,
+    namespace: &str,
+    removals: &[Removal],
+) -> Result<(), kube::Error> {
+    let plugins: Api<Plugin> = Api::namespaced(client.clone(), namespace);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
+    for removal in removals {
+        let result = match removal {
+            Removal::Plugin(name) => plugins.delete(name, &background()).await.map(|_| ()),
+            Removal::Job(name) => jobs.delete(name, &background()).await.map(|_| ()),
+        };
+        match result {
+            Ok(()) => info!(?removal, "failed or superseded attempt removed"),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn waiting(message: &str) -> Decision {
@@ -217,10 +324,19 @@ async fn observe_job(
     jobs: &Api<Job>,
     pods: &Api<Pod>,
     name: &str,
+    inputs_hash: &str,
 ) -> Result<JobState, kube::Error> {
     let Some(job) = jobs.get_opt(name).await? else {
         return Ok(JobState::Absent);
     };
+    let built_from = job
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(render::ANNOTATION_BUILD_INPUTS));
+    if built_from.is_some_and(|b| b != inputs_hash) {
+        return Ok(JobState::Stale);
+    }
     let conditions = job
         .status
         .as_ref()
@@ -358,6 +474,15 @@ async fn carry_out(
     let namespace = plugin.namespace().unwrap_or_default();
     let params = PatchParams::apply(CONTROLLER_MANAGER);
     match action {
+        Action::DeleteJob => {
+            let name = plugin.name_any();
+            let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+            match jobs.delete(&name, &background()).await {
+                Ok(_) => info!(plugin = %name, "build Job of stale inputs deleted"),
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         Action::CreateNextAttempt { attempt } => {
             let mut spec = plugin.spec.clone();
             spec.attempt = *attempt;
@@ -479,7 +604,7 @@ fn render_children(
         .map(|t| t.clone())
         .unwrap_or_else(|_| Templates::builtin());
     let env = templates.environment()?;
-    Ok(render::render_plugin(
+    let rendered = render::render_plugin(
         &declared,
         &PluginInput {
             locked: &locked,
@@ -488,10 +613,27 @@ fn render_children(
             runtime: &spec.runtime,
             attempt: spec.attempt,
             image_digest: digest,
+            built_images: None,
         },
         &env,
         &ctx.settings,
-    )?)
+    )?;
+    // Build only what the git loop declared: with other templates than the commit's (the
+    // git loop has not handed them over yet), the build inputs differ and the Job would be
+    // replaced as stale at once.
+    let declared_inputs = rendered
+        .objects
+        .iter()
+        .find(|o| o["kind"] == "Plugin")
+        .and_then(|o| o["spec"]["build"]["inputsHash"].as_str());
+    if declared_inputs != Some(spec.build.inputs_hash.as_str()) {
+        return Err(ReconcileError::Waiting(format!(
+            "the templates in effect give other build inputs than the Plugin's ({}); waiting \
+             for the git loop to load its commit's templates",
+            spec.build.inputs_hash
+        )));
+    }
+    Ok(rendered)
 }
 
 fn phase_event(phase: PluginPhase, message: &str) -> Event {
@@ -517,6 +659,7 @@ async fn publish_status(
     ctx: &Context,
     plugin: &Plugin,
     decision: &Decision,
+    last_failure: Option<BuildFailure>,
 ) -> Result<(), ReconcileError> {
     let old = plugin.status.clone().unwrap_or_default();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
@@ -543,6 +686,12 @@ async fn publish_status(
         phase: Some(decision.phase),
         endpoint: decision.endpoint.clone(),
         image_digest: decision.image_digest.clone().or(old.image_digest.clone()),
+        built_inputs_hash: if decision.image_digest.is_some() {
+            Some(plugin.spec.build.inputs_hash.clone())
+        } else {
+            old.built_inputs_hash.clone()
+        },
+        last_failure,
         observed_generation: plugin.metadata.generation,
         conditions,
         message: Some(decision.message.clone()),
@@ -552,7 +701,16 @@ async fn publish_status(
     }
     let api: Api<Plugin> =
         Api::namespaced(ctx.client.clone(), &plugin.namespace().unwrap_or_default());
-    let patch: Value = json!({"status": new});
+    // A merge patch keeps fields it does not mention: clear what the new status dropped.
+    let mut status = serde_json::to_value(&new).unwrap_or_default();
+    if let (Value::Object(fields), Ok(Value::Object(previous))) =
+        (&mut status, serde_json::to_value(&old))
+    {
+        for key in previous.keys() {
+            fields.entry(key.clone()).or_insert(Value::Null);
+        }
+    }
+    let patch: Value = json!({ "status": status });
     api.patch_status(
         &plugin.name_any(),
         &PatchParams::default(),
@@ -570,4 +728,82 @@ async fn publish_status(
         }
     }
     Ok(())
+}
+
+/// What `plugsync gc` removes in `namespace` (of one set, or all): for every plugin, failed
+/// attempts beyond `keep` and attempts superseded by newer build inputs, by the same
+/// [`history::plan`] the controller follows. Carries it out unless `dry_run`.
+pub async fn collect_garbage(
+    client: &Client,
+    namespace: &str,
+    set: Option<&str>,
+    keep: usize,
+    dry_run: bool,
+) -> Result<Vec<Removal>, kube::Error> {
+    let plugins: Api<Plugin> = Api::namespaced(client.clone(), namespace);
+    let mut params = ListParams::default();
+    if let Some(set) = set {
+        params = params.labels(&format!("{}={set}", render::LABEL_PLUGINSET));
+    }
+    let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
+    let job_names: std::collections::BTreeSet<String> = jobs
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|j| j.name_any())
+        .collect();
+    let mut by_plugin: std::collections::BTreeMap<(String, String), Vec<&Plugin>> =
+        Default::default();
+    let all = plugins.list(&params).await?.items;
+    for p in &all {
+        by_plugin
+            .entry((p.spec.plugin_set.clone(), p.spec.plugin_id.clone()))
+            .or_default()
+            .push(p);
+    }
+    let mut removals = Vec::new();
+    for attempts in by_plugin.values() {
+        // Without its first attempt a group is being deleted already: nothing to plan.
+        let Some(first) = attempts.iter().find(|p| p.spec.attempt <= 1) else {
+            continue;
+        };
+        let seen: Vec<Attempt> = attempts
+            .iter()
+            .map(|p| Attempt {
+                has_job: job_names.contains(&p.name_any()),
+                ..attempt_of(p)
+            })
+            .collect();
+        removals.extend(history::plan(&seen, &first.spec.build.inputs_hash, keep));
+    }
+    if !dry_run {
+        remove_attempts(client, namespace, &removals).await?;
+    }
+    Ok(removals)
+}
+
+/// The image digests the controller recorded for the Plugins of `set` in `namespace`, with
+/// the build inputs they were built from: what `plugsync lock --from-cluster` pins.
+pub async fn recorded_images(
+    client: &Client,
+    namespace: &str,
+    set: &str,
+) -> Result<Vec<crate::model::LockedImage>, kube::Error> {
+    let plugins: Api<Plugin> = Api::namespaced(client.clone(), namespace);
+    let params = ListParams::default().labels(&format!("{}={set}", render::LABEL_PLUGINSET));
+    Ok(plugins
+        .list(&params)
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|p| {
+            let status = p.status?;
+            Some(crate::model::LockedImage {
+                inputs_hash: status.built_inputs_hash?,
+                image: p.spec.build.image,
+                digest: status.image_digest?,
+            })
+        })
+        .collect())
 }

@@ -543,6 +543,32 @@ pub(super) fn validate_lock(doc: &Document<PluginLock>) -> Result<(), Diagnostic
             );
         }
     }
+    let mut hashes = BTreeMap::new();
+    for (i, image) in lock.images.iter().enumerate() {
+        let path = join_index("images", i);
+        if !crate::package::is_sha256_hex(&image.inputs_hash) {
+            c.error(
+                &join_key(&path, "inputsHash"),
+                "must be 64 lowercase hex characters",
+            );
+        }
+        let digest_ok = image
+            .digest
+            .strip_prefix("sha256:")
+            .is_some_and(crate::package::is_sha256_hex);
+        if !digest_ok {
+            c.error(
+                &join_key(&path, "digest"),
+                "must be `sha256:` followed by 64 lowercase hex characters",
+            );
+        }
+        if let Some(first) = hashes.insert(image.inputs_hash.clone(), path.clone()) {
+            c.error(
+                &join_key(&path, "inputsHash"),
+                format!("duplicate build-inputs hash, also at {first}"),
+            );
+        }
+    }
     if c.found.is_empty() {
         Ok(())
     } else {

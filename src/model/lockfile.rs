@@ -23,6 +23,23 @@ pub struct PluginLock {
     /// One entry per declared plugin, sorted by `name`.
     #[serde(default)]
     pub plugins: Vec<LockedPlugin>,
+    /// Images already built, keyed by build-inputs hash (written by
+    /// `plugsync lock --from-cluster` or the in-cluster loop): a render whose build inputs
+    /// match one runs that digest and renders no build Job. Sorted by image, then hash.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<LockedImage>,
+}
+
+/// One built image, pinned by digest, for the exact build inputs that produced it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LockedImage {
+    /// `spec.build.inputsHash` of the Plugin that built it (64 hex): the key.
+    pub inputs_hash: String,
+    /// The image repository and tag it was pushed to (for people; not part of the key).
+    pub image: String,
+    /// `sha256:…` of the pushed manifest.
+    pub digest: String,
 }
 
 impl Default for PluginLock {
@@ -31,6 +48,7 @@ impl Default for PluginLock {
             api_version: API_VERSION.to_string(),
             kind: "PluginLock".to_string(),
             plugins: Vec::new(),
+            images: Vec::new(),
         }
     }
 }
@@ -63,6 +81,41 @@ impl PluginLock {
             plugins,
             ..PluginLock::default()
         }
+    }
+
+    /// Built image digests by build-inputs hash, for render.
+    pub fn built_images(&self) -> std::collections::BTreeMap<String, String> {
+        self.images
+            .iter()
+            .map(|i| (i.inputs_hash.clone(), i.digest.clone()))
+            .collect()
+    }
+
+    /// Records built images (replacing any entry with the same inputs hash) and keeps only
+    /// images of plugins still pinned (`…-<plugin-id>:<version>`), in canonical order.
+    /// Returns whether anything changed.
+    pub fn record_images(&mut self, images: impl IntoIterator<Item = LockedImage>) -> bool {
+        let before = self.images.clone();
+        for image in images {
+            self.images.retain(|i| i.inputs_hash != image.inputs_hash);
+            self.images.push(image);
+        }
+        let pinned: Vec<String> = self
+            .plugins
+            .iter()
+            .map(|p| format!("-{}:{}", p.plugin_id, p.version))
+            .collect();
+        self.images.retain(|i| {
+            pinned
+                .iter()
+                .any(|suffix| i.image.ends_with(suffix.as_str()))
+        });
+        self.images.sort_by(|a, b| {
+            a.image
+                .cmp(&b.image)
+                .then_with(|| a.inputs_hash.cmp(&b.inputs_hash))
+        });
+        self.images != before
     }
 
     /// The entry pinned for a source, if any.

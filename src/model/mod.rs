@@ -7,7 +7,7 @@
 pub mod lockfile;
 pub mod pluginset;
 
-pub use lockfile::{LockedPlugin, PluginLock};
+pub use lockfile::{LockedImage, LockedPlugin, PluginLock};
 pub use pluginset::*;
 
 /// The API group and version of every plugsync document and resource.

@@ -144,6 +144,10 @@ pub struct BuildSpec {
     /// Delay before retry N is `base * 2^(N-2)`, capped at `cap`.
     #[serde(default)]
     pub backoff: BackoffSpec,
+    /// Failed build attempts kept for debugging (their Plugins, Jobs and pods), newest
+    /// first; older ones are garbage-collected. `plugsync gc` removes them on demand.
+    #[serde(default = "default_failed_history_limit")]
+    pub failed_history_limit: u32,
 }
 
 impl Default for BuildSpec {
@@ -155,6 +159,7 @@ impl Default for BuildSpec {
             max_attempts: default_max_attempts(),
             timeout: default_build_timeout(),
             backoff: BackoffSpec::default(),
+            failed_history_limit: default_failed_history_limit(),
         }
     }
 }
@@ -166,6 +171,9 @@ fn default_busybox_image() -> String {
     "busybox:1.36".to_string()
 }
 fn default_max_attempts() -> u32 {
+    3
+}
+fn default_failed_history_limit() -> u32 {
     3
 }
 fn default_build_timeout() -> Duration {

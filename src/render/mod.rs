@@ -219,6 +219,10 @@ pub struct PluginInput<'a> {
     pub attempt: u32,
     /// The image digest when it is already known (then no build Job is rendered).
     pub image_digest: Option<&'a str>,
+    /// Digests already built, by build-inputs hash (plugins.lock `images`): used when
+    /// `image_digest` is unset and the rendered build inputs match one, so what was built
+    /// once is never built again.
+    pub built_images: Option<&'a BTreeMap<String, String>>,
 }
 
 /// The rendered form of one plugin.
@@ -369,10 +373,6 @@ pub fn render_plugin(
         "{}/{}-{}:{}",
         spec.registry.prefix, manifest.name, plugin_id, locked.version
     );
-    let image_ref = match input.image_digest {
-        Some(digest) => image_by_digest(&image, digest),
-        None => image.clone(),
-    };
     let service_name = format!("svc-{plugin_id}");
     let plugin = PluginContext {
         name: &manifest.name,
@@ -386,7 +386,8 @@ pub fn render_plugin(
         endpoint: format!("http://{service_name}.{namespace}:8080"),
         service_name,
         image: &image,
-        image_ref,
+        // Set below, once the build inputs (and so a recorded digest) are known.
+        image_ref: image.clone(),
     };
     let runner = json!({
         "language": manifest.runner_language,
@@ -450,6 +451,16 @@ pub fn render_plugin(
         );
         b.insert("inputs_hash".into(), json!(inputs_hash));
         b.insert("args".into(), json!(args));
+    }
+    let image_digest = input.image_digest.or_else(|| {
+        input
+            .built_images
+            .and_then(|images| images.get(&inputs_hash))
+            .map(String::as_str)
+    });
+    let mut plugin = plugin;
+    if let Some(digest) = image_digest {
+        plugin.image_ref = image_by_digest(&image, digest);
     }
 
     // 2. Labels, annotations, runtime settings.
@@ -539,7 +550,7 @@ pub fn render_plugin(
             image: image.clone(),
         },
         runtime: input.runtime.clone(),
-        image_digest: input.image_digest.map(str::to_string),
+        image_digest: image_digest.map(str::to_string),
     };
 
     let ctx = minijinja::context! {
@@ -564,7 +575,7 @@ pub fn render_plugin(
     // 3. The objects, in apply order; no Job when the image is already known.
     let mut objects = Vec::with_capacity(4);
     for (template, kind) in TEMPLATES.iter().skip(1) {
-        if *template == "job.yaml.j2" && input.image_digest.is_some() {
+        if *template == "job.yaml.j2" && image_digest.is_some() {
             continue;
         }
         let text = render_template(env, template, &locked.name, ctx.clone())?;

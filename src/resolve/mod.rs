@@ -259,7 +259,9 @@ impl Resolver {
                 bytes,
             })
             .collect();
-        let lock = PluginLock::new(plugins.iter().map(|p| p.locked.clone()).collect());
+        let mut lock = PluginLock::new(plugins.iter().map(|p| p.locked.clone()).collect());
+        // Recorded image digests carry over, for the plugins still pinned.
+        lock.record_images(old.images.iter().cloned());
         let changes = lock_changes(old, &lock);
         Ok(Resolution {
             plugins,
