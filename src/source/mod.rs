@@ -15,12 +15,14 @@
 //! - `.git` (any case) does not exist as far as a snapshot is concerned.
 
 mod git;
+pub mod remote;
 mod worktree;
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 pub use git::{discover_repo_root, GitRevision};
+pub use remote::{GitAuth, RemoteRepo, SyncOutcome};
 pub use worktree::WorkTree;
 
 /// A read-only view of the files of one revision (or of a working tree), rooted at the

@@ -1,0 +1,1283 @@
+//! Following one branch of a remote git repository, for the in-cluster `plugsync run` loop.
+//!
+//! The loop polls: every [`poll_delay`] it calls [`RemoteRepo::sync`], which asks the server
+//! for the branch's commit (one connection, no objects downloaded) and fetches only when that
+//! commit changed, shallowly (depth 1). The commit is then read without a checkout by
+//! [`crate::source::GitRevision::open`]`(repo.path(), &commit.to_string(), subdir)`, which
+//! works on the bare repository kept here.
+//!
+//! Everything here is synchronous libgit2 code; the caller runs it in `spawn_blocking`.
+//!
+//! **Credentials** come from a Kubernetes Secret with Flux's key names
+//! ([`GitAuth::from_secret_data`]): https with `username`/`password` or a token, ssh with
+//! `identity` and `known_hosts`. Nothing secret reaches an error, a log line or `Debug`:
+//! URLs are printed through [`crate::redact`], and URLs carrying a password (or any userinfo
+//! over http) are refused outright, so a credential is never written to the repository's
+//! config on disk either.
+//!
+//! **https.** Basic credentials are sent with the first request (an `Authorization` header)
+//! instead of waiting for a 401 challenge, so an unchanged poll is exactly one HTTP request.
+//! Because of that, off-site redirects are not followed when credentials are configured
+//! (the credentials would go to the other host). Certificate verification is libgit2's
+//! default (on, system roots).
+//!
+//! **ssh.** The server's host key must be in the Secret's `known_hosts` (plain entries as
+//! `ssh-keyscan` prints them: `host[,host2] keytype base64key`, `[host]:port` for other ports,
+//! `*`/`?` wildcards, `!` negation, `@revoked`). Hashed entries (`|1|…`, `ssh-keyscan -H`) are
+//! not supported: they are skipped, and the error says so when nothing else matched. An
+//! unknown host or a different key refuses the connection. `~/.ssh/known_hosts` is never
+//! consulted. The ssh user is the URL's, else the Secret's `username`, else `git`.
+//!
+//! **Timeouts.** libgit2 has no per-operation timeout (only process-wide socket timeouts,
+//! which git2 exposes as `unsafe`). A stalled server is bounded by the operating system's TCP
+//! timeouts; the caller should treat a sync that outlives its poll interval as stuck and say
+//! so, rather than expect this module to return early.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use git2::{
+    AutotagOption, CertificateCheckStatus, Cred, CredentialType, ErrorClass, ErrorCode,
+    FetchOptions, Oid, RemoteCallbacks, RemoteRedirect, RemoteUpdateFlags, Repository,
+};
+use rand::Rng;
+use sha2::{Digest as _, Sha256};
+
+use crate::redact::{redact_text, redact_url};
+
+/// The name of the remote configured in the bare repository.
+const REMOTE_NAME: &str = "origin";
+
+/// A refspec that matches nothing a server advertises: downloading with it connects and
+/// lists the refs (one round trip) but never wants an object, which is how
+/// [`RemoteRepo::remote_head`] gets libgit2's fetch options (preemptive auth headers)
+/// without fetching anything.
+const LIST_ONLY_REFSPEC: &str = "refs/plugsync/list-only:refs/plugsync/list-only";
+
+/// libgit2 calls the credentials callback again after every rejection, forever; past this
+/// many calls in one operation plugsync gives up.
+const MAX_CREDENTIAL_CALLS: u32 = 3;
+
+/// Why following the remote branch failed. Messages name the (redacted) URL, the branch or
+/// the Secret key at fault, never a credential.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// The Secret's keys do not make a usable credential (missing, conflicting, empty, not
+    /// UTF-8). Names the key, never its value.
+    #[error("git credentials Secret: {0}")]
+    Secret(String),
+    /// The Secret's `known_hosts` cannot be parsed.
+    #[error("git credentials Secret: known_hosts line {line}: {reason}")]
+    KnownHosts {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The repository URL cannot be used (unparseable, credentials in it, wrong kind of
+    /// credentials for its scheme).
+    #[error("git repository {url}: {reason}")]
+    Url {
+        /// The URL, redacted.
+        url: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The branch name is not a valid git ref name.
+    #[error("invalid branch name {0:?}")]
+    InvalidBranch(String),
+    /// The server does not have the branch.
+    #[error("branch {branch:?} not found in {url}")]
+    BranchNotFound {
+        /// The branch, as configured.
+        branch: String,
+        /// The URL, redacted.
+        url: String,
+    },
+    /// The server refused the credentials, or asked for credentials that are not configured.
+    #[error("authentication failed for {url}: {reason}")]
+    Auth {
+        /// The URL, redacted.
+        url: String,
+        /// Why, without any credential.
+        reason: String,
+    },
+    /// The ssh server's host key is not the one in `known_hosts`, or the host is not there.
+    #[error("ssh host key verification failed for {host}: {reason}")]
+    HostKey {
+        /// The host, with `:port` when not 22.
+        host: String,
+        /// What the server offered and what was expected.
+        reason: String,
+    },
+    /// libgit2 failed (network, protocol, local repository).
+    #[error("{what} {url}: {message}")]
+    Git {
+        /// What plugsync was doing.
+        what: &'static str,
+        /// The URL, redacted.
+        url: String,
+        /// libgit2's message, with any URL in it redacted.
+        message: String,
+    },
+    /// The local bare repository could not be created or opened.
+    #[error("local git cache {}: {message}", path.display())]
+    Local {
+        /// The repository directory.
+        path: PathBuf,
+        /// libgit2's message.
+        message: String,
+    },
+}
+
+/// Credentials for the remote, from a Secret; one value per repository so the poll loop
+/// re-reads a rotated Secret by building a new one.
+#[derive(Clone, PartialEq, Eq)]
+pub enum GitAuth {
+    /// Anonymous access (public https, `git://`, local paths).
+    None,
+    /// https Basic auth. A token is a password with any username (`git`,
+    /// `x-access-token`, …), which is what GitHub, GitLab and Gitea accept.
+    Basic {
+        /// The user name.
+        username: String,
+        /// The password or token.
+        password: String,
+    },
+    /// An ssh key, with the server's host keys it must present.
+    Ssh {
+        /// The ssh user when the URL names none (default `git`).
+        username: String,
+        /// The private key, PEM or OpenSSH format.
+        private_key: String,
+        /// The private key's passphrase, if it is encrypted.
+        passphrase: Option<String>,
+        /// `known_hosts` content: the host keys the server may present.
+        known_hosts: String,
+    },
+}
+
+impl fmt::Debug for GitAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GitAuth::None => f.write_str("None"),
+            GitAuth::Basic { username, .. } => f
+                .debug_struct("Basic")
+                .field("username", username)
+                .field("password", &"***")
+                .finish(),
+            GitAuth::Ssh {
+                username,
+                passphrase,
+                known_hosts,
+                ..
+            } => f
+                .debug_struct("Ssh")
+                .field("username", username)
+                .field("private_key", &"***")
+                .field("passphrase", &passphrase.as_ref().map(|_| "***"))
+                .field(
+                    "known_hosts",
+                    &format_args!("{} lines", known_hosts.lines().count()),
+                )
+                .finish(),
+        }
+    }
+}
+
+impl GitAuth {
+    /// Reads a Flux-compatible git credentials Secret (`data`, already base64-decoded):
+    /// - `username` + `password`: https Basic auth;
+    /// - `bearerToken` or `token` (+ optional `username`, default `git`): a token, sent as
+    ///   Basic auth, which is what git hosts accept for tokens over https;
+    /// - `identity` (private key) + `known_hosts` (required: ssh without host key
+    ///   verification is refused) + optional `password` (the key's passphrase) and
+    ///   `username` (default `git`);
+    /// - nothing of the above: anonymous. `identity.pub` and unknown keys are ignored.
+    ///
+    /// Errors name the missing or conflicting key, never a value.
+    pub fn from_secret_data(data: &BTreeMap<String, Vec<u8>>) -> Result<GitAuth, RemoteError> {
+        let get = |key: &str| -> Result<Option<String>, RemoteError> {
+            let Some(bytes) = data.get(key) else {
+                return Ok(None);
+            };
+            let text = String::from_utf8(bytes.clone())
+                .map_err(|_| RemoteError::Secret(format!("key {key:?} is not UTF-8")))?;
+            if text.trim().is_empty() {
+                return Err(RemoteError::Secret(format!("key {key:?} is empty")));
+            }
+            Ok(Some(text))
+        };
+        let username = get("username")?;
+        let password = get("password")?;
+        let bearer = get("bearerToken")?;
+        let token = get("token")?;
+        let identity = get("identity")?;
+        let known_hosts = get("known_hosts")?;
+
+        let conflict = |a: &str, b: &str| {
+            RemoteError::Secret(format!(
+                "keys {a:?} and {b:?} are both set; use one kind of credential"
+            ))
+        };
+        if bearer.is_some() && token.is_some() {
+            return Err(conflict("bearerToken", "token"));
+        }
+        let token_key = if bearer.is_some() {
+            "bearerToken"
+        } else {
+            "token"
+        };
+        let token = bearer.or(token);
+
+        if let Some(private_key) = identity {
+            if token.is_some() {
+                return Err(conflict("identity", token_key));
+            }
+            let Some(known_hosts) = known_hosts else {
+                return Err(RemoteError::Secret(
+                    "key \"identity\" needs \"known_hosts\": ssh without host key \
+                     verification is refused"
+                        .into(),
+                ));
+            };
+            if !private_key.trim_start().starts_with("-----BEGIN ") {
+                return Err(RemoteError::Secret(
+                    "key \"identity\" is not a PEM or OpenSSH private key".into(),
+                ));
+            }
+            let parsed = parse_known_hosts(&known_hosts)?;
+            if parsed.entries.is_empty() && parsed.hashed == 0 {
+                return Err(RemoteError::Secret(
+                    "key \"known_hosts\" holds no host key".into(),
+                ));
+            }
+            return Ok(GitAuth::Ssh {
+                username: username.unwrap_or_else(|| "git".into()),
+                private_key,
+                passphrase: password,
+                known_hosts,
+            });
+        }
+        if let Some(token) = token {
+            if password.is_some() {
+                return Err(conflict("password", token_key));
+            }
+            return Ok(GitAuth::Basic {
+                username: username.unwrap_or_else(|| "git".into()),
+                password: token,
+            });
+        }
+        match (username, password) {
+            (Some(username), Some(password)) => Ok(GitAuth::Basic { username, password }),
+            (Some(_), None) => Err(RemoteError::Secret(
+                "key \"username\" is set without \"password\" (or \"bearerToken\")".into(),
+            )),
+            (None, Some(_)) => Err(RemoteError::Secret(
+                "key \"password\" is set without \"username\" or \"identity\"".into(),
+            )),
+            (None, None) => Ok(GitAuth::None),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            GitAuth::None => "no credentials",
+            GitAuth::Basic { .. } => "username/password credentials",
+            GitAuth::Ssh { .. } => "an ssh identity",
+        }
+    }
+}
+
+/// What [`RemoteRepo::sync`] did, so the poll loop re-renders only on a new commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncOutcome {
+    /// The branch still points at the commit fetched before; nothing was downloaded.
+    Unchanged(Oid),
+    /// A new commit was fetched.
+    Fetched {
+        /// The commit fetched before, if any (`None` on the first sync).
+        previous: Option<Oid>,
+        /// The branch's commit now, present in the local repository.
+        commit: Oid,
+    },
+}
+
+impl SyncOutcome {
+    /// The branch's current commit, whichever way it was reached.
+    pub fn commit(&self) -> Oid {
+        match self {
+            SyncOutcome::Unchanged(commit) | SyncOutcome::Fetched { commit, .. } => *commit,
+        }
+    }
+}
+
+/// How the URL is reached, which decides the credentials that fit it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Http,
+    Ssh,
+    /// `git://`, `file://` and local paths: no authentication.
+    Plain,
+}
+
+/// The parts of the URL the checks need.
+#[derive(Debug, Clone)]
+struct RemoteUrl {
+    transport: Transport,
+    /// For ssh: the host and port, for the known_hosts lookup.
+    host: Option<String>,
+    port: u16,
+    /// The user named in an ssh URL.
+    user: Option<String>,
+    redacted: String,
+}
+
+impl RemoteUrl {
+    fn parse(raw: &str) -> Result<RemoteUrl, RemoteError> {
+        let refuse = |redacted: String, reason: &str| RemoteError::Url {
+            url: redacted,
+            reason: reason.into(),
+        };
+        if raw.contains("://") {
+            let url = url::Url::parse(raw)
+                .map_err(|e| refuse(redact_text(raw), &format!("not a valid URL: {e}")))?;
+            let redacted = redact_url(&url);
+            let has_userinfo = !url.username().is_empty() || url.password().is_some();
+            let transport = match url.scheme() {
+                "http" | "https" => Transport::Http,
+                "ssh" | "git+ssh" | "ssh+git" => Transport::Ssh,
+                "git" | "file" => Transport::Plain,
+                other => {
+                    return Err(refuse(redacted, &format!("unsupported scheme {other:?}")));
+                }
+            };
+            if url.password().is_some() || (transport == Transport::Http && has_userinfo) {
+                return Err(refuse(
+                    redacted,
+                    "credentials in the URL are refused; put them in the Secret",
+                ));
+            }
+            Ok(RemoteUrl {
+                transport,
+                host: url.host_str().map(|h| {
+                    h.trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_ascii_lowercase()
+                }),
+                port: url.port().unwrap_or(22),
+                user: (!url.username().is_empty()).then(|| url.username().to_string()),
+                redacted,
+            })
+        } else if let Some((authority, path)) = scp_like(raw) {
+            // `[user@]host:path`, git's scp-like ssh syntax.
+            let (user, host) = match authority.rsplit_once('@') {
+                Some((user, host)) => (Some(user.to_string()), host),
+                None => (None, authority),
+            };
+            if user.as_deref().is_some_and(|u| u.contains(':')) {
+                return Err(refuse(
+                    format!("***@{host}:{path}"),
+                    "credentials in the URL are refused; put them in the Secret",
+                ));
+            }
+            let redacted = match &user {
+                Some(_) => format!("***@{host}:{path}"),
+                None => raw.to_string(),
+            };
+            Ok(RemoteUrl {
+                transport: Transport::Ssh,
+                host: Some(host.to_ascii_lowercase()),
+                port: 22,
+                user,
+                redacted,
+            })
+        } else {
+            Ok(RemoteUrl {
+                transport: Transport::Plain,
+                host: None,
+                port: 22,
+                user: None,
+                redacted: raw.to_string(),
+            })
+        }
+    }
+
+    /// The host as known_hosts names it: `host`, or `[host]:port` off port 22.
+    fn known_hosts_name(&self) -> String {
+        let host = self.host.as_deref().unwrap_or_default();
+        if self.port == 22 {
+            host.to_string()
+        } else {
+            format!("[{host}]:{}", self.port)
+        }
+    }
+}
+
+/// `(authority, path)` of an scp-like URL: a `:` before any `/`, and not a Windows drive.
+fn scp_like(raw: &str) -> Option<(&str, &str)> {
+    let colon = raw.find(':')?;
+    let slash = raw.find('/').unwrap_or(usize::MAX);
+    (colon < slash && colon > 1).then(|| (&raw[..colon], &raw[colon + 1..]))
+}
+
+/// A bare repository in a local directory that follows one branch of one remote.
+///
+/// One `RemoteRepo` per directory: two processes syncing the same directory at once are not
+/// coordinated (libgit2's ref locks make one of them fail, not corrupt the repository).
+pub struct RemoteRepo {
+    repo: Repository,
+    dir: PathBuf,
+    url: String,
+    parsed: RemoteUrl,
+    branch: String,
+    /// The last commit fetched, or found in the local ref on open.
+    last: Option<Oid>,
+}
+
+impl fmt::Debug for RemoteRepo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteRepo")
+            .field("dir", &self.dir)
+            .field("url", &self.parsed.redacted)
+            .field("branch", &self.branch)
+            .field("last", &self.last)
+            .finish()
+    }
+}
+
+/// What went wrong inside a libgit2 callback; libgit2 only returns a generic error.
+#[derive(Default)]
+struct CallbackState {
+    credential_calls: u32,
+    /// Credentials were already offered (preemptively or by a callback).
+    offered: bool,
+    auth_failure: Option<String>,
+    host_key_failure: Option<String>,
+}
+
+/// Which network operation a connection is for.
+enum Transfer {
+    /// List the refs only.
+    List,
+    /// Fetch the branch, shallow when a depth is given.
+    Fetch(Option<i32>),
+}
+
+impl RemoteRepo {
+    /// Creates (or reopens) the bare repository at `dir` and points its `origin` at `url`,
+    /// so the cache survives restarts and a reopened repository knows its last commit
+    /// without asking the server.
+    pub fn open(dir: &Path, url: &str, branch: &str) -> Result<RemoteRepo, RemoteError> {
+        let parsed = RemoteUrl::parse(url)?;
+        if branch.is_empty() || !git2::Reference::is_valid_name(&format!("refs/heads/{branch}")) {
+            return Err(RemoteError::InvalidBranch(branch.to_string()));
+        }
+        let local = |e: git2::Error| RemoteError::Local {
+            path: dir.to_path_buf(),
+            message: e.message().to_string(),
+        };
+        let repo = if dir.join("HEAD").is_file() {
+            Repository::open_bare(dir).map_err(local)?
+        } else {
+            Repository::init_bare(dir).map_err(local)?
+        };
+        match repo.find_remote(REMOTE_NAME) {
+            Ok(remote) if remote.url().ok() == Some(url) => {}
+            Ok(_) => repo.remote_set_url(REMOTE_NAME, url).map_err(local)?,
+            Err(e) if e.code() == ErrorCode::NotFound => {
+                repo.remote_with_fetch(REMOTE_NAME, url, &refspec(branch))
+                    .map_err(local)?;
+            }
+            Err(e) => return Err(local(e)),
+        }
+        let mut this = RemoteRepo {
+            repo,
+            dir: dir.to_path_buf(),
+            url: url.to_string(),
+            parsed,
+            branch: branch.to_string(),
+            last: None,
+        };
+        this.last = this.local_commit();
+        Ok(this)
+    }
+
+    /// The bare repository's directory, for [`crate::source::GitRevision::open`].
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The last commit fetched (or found locally on open), without asking the server.
+    pub fn last_commit(&self) -> Option<Oid> {
+        self.last
+    }
+
+    /// The commit the remote branch points at, like `git ls-remote`: one connection (one
+    /// HTTP request over https), no objects downloaded. Cheap enough to run every poll.
+    pub fn remote_head(&self, auth: &GitAuth) -> Result<Oid, RemoteError> {
+        self.transfer(auth, Transfer::List)
+    }
+
+    /// Fetches just the branch into `refs/remotes/origin/<branch>` and returns its commit.
+    /// `depth` makes the fetch shallow (`Some(1)`: the commit alone, no history).
+    pub fn fetch(&self, auth: &GitAuth, depth: Option<i32>) -> Result<Oid, RemoteError> {
+        self.transfer(auth, Transfer::Fetch(depth))
+    }
+
+    /// One poll: asks the server for the branch's commit and, only when it differs from the
+    /// last one fetched, fetches it (depth 1). An unchanged branch costs one round trip.
+    pub fn sync(&mut self, auth: &GitAuth) -> Result<SyncOutcome, RemoteError> {
+        let head = self.remote_head(auth)?;
+        if self.last == Some(head) && self.repo.find_commit(head).is_ok() {
+            return Ok(SyncOutcome::Unchanged(head));
+        }
+        let commit = self.fetch(auth, Some(1))?;
+        let previous = self.last.replace(commit);
+        Ok(SyncOutcome::Fetched { previous, commit })
+    }
+
+    fn local_commit(&self) -> Option<Oid> {
+        let name = format!("refs/remotes/{REMOTE_NAME}/{}", self.branch);
+        let oid = self.repo.refname_to_id(&name).ok()?;
+        self.repo.find_commit(oid).ok().map(|c| c.id())
+    }
+
+    /// Refuses credentials that do not fit the URL before any network traffic.
+    fn check_auth_fits(&self, auth: &GitAuth) -> Result<(), RemoteError> {
+        let reason = match (self.parsed.transport, auth) {
+            (Transport::Http, GitAuth::None | GitAuth::Basic { .. }) => return Ok(()),
+            (Transport::Ssh, GitAuth::Ssh { .. }) => return Ok(()),
+            (Transport::Plain, GitAuth::None) => return Ok(()),
+            (Transport::Ssh, _) => format!(
+                "ssh needs \"identity\" and \"known_hosts\" in the Secret, which holds {}",
+                auth.kind()
+            ),
+            (Transport::Http, GitAuth::Ssh { .. }) => {
+                "the Secret holds an ssh identity but the URL is http(s)".to_string()
+            }
+            (Transport::Plain, _) => format!(
+                "the Secret holds {} but this URL takes no authentication",
+                auth.kind()
+            ),
+        };
+        Err(RemoteError::Url {
+            url: self.parsed.redacted.clone(),
+            reason,
+        })
+    }
+
+    fn transfer(&self, auth: &GitAuth, transfer: Transfer) -> Result<Oid, RemoteError> {
+        self.check_auth_fits(auth)?;
+        let state = RefCell::new(CallbackState::default());
+        let branch_ref = format!("refs/heads/{}", self.branch);
+        let (what, spec, depth) = match transfer {
+            Transfer::List => ("listing refs of", LIST_ONLY_REFSPEC.to_string(), None),
+            Transfer::Fetch(depth) => ("fetching", refspec(&self.branch), depth),
+        };
+        let mut remote = self
+            .repo
+            .find_remote(REMOTE_NAME)
+            .map_err(|e| self.git_error(what, &e))?;
+        let mut opts = self.fetch_options(auth, &state);
+        opts.download_tags(AutotagOption::None);
+        if let Some(depth) = depth {
+            opts.depth(depth);
+        }
+        let result = (|| {
+            remote.download(&[spec.as_str()], Some(&mut opts))?;
+            let head = remote
+                .list()?
+                .iter()
+                .find(|h| h.name() == branch_ref)
+                .map(|h| h.oid());
+            if head.is_some() && matches!(transfer, Transfer::Fetch(_)) {
+                remote.update_tips(
+                    None,
+                    RemoteUpdateFlags::empty(),
+                    AutotagOption::None,
+                    Some("plugsync: fetch"),
+                )?;
+            }
+            Ok::<_, git2::Error>(head)
+        })();
+        // A failed disconnect after a finished transfer changes nothing for the caller.
+        let _ = remote.disconnect();
+        drop(opts);
+        let head = result.map_err(|e| self.classify(what, &e, &state.borrow()))?;
+        let head = head.ok_or_else(|| RemoteError::BranchNotFound {
+            branch: self.branch.clone(),
+            url: self.parsed.redacted.clone(),
+        })?;
+        if matches!(transfer, Transfer::Fetch(_)) {
+            // The object must now be here and be a commit (a branch pointing at a tag or
+            // tree is not something we can render).
+            self.repo
+                .find_commit(head)
+                .map_err(|e| self.git_error(what, &e))?;
+        }
+        Ok(head)
+    }
+
+    fn fetch_options<'a>(
+        &'a self,
+        auth: &'a GitAuth,
+        state: &'a RefCell<CallbackState>,
+    ) -> FetchOptions<'a> {
+        let mut callbacks = RemoteCallbacks::new();
+        let url_user = self.parsed.user.clone();
+        callbacks.credentials(move |_url, username_from_url, allowed| {
+            let mut st = state.borrow_mut();
+            st.credential_calls += 1;
+            let fail = |st: &mut CallbackState, reason: String| {
+                st.auth_failure = Some(reason);
+                Err(git2::Error::from_str("authentication failed"))
+            };
+            if st.credential_calls > MAX_CREDENTIAL_CALLS {
+                return fail(&mut st, "the server kept asking for credentials".into());
+            }
+            match auth {
+                GitAuth::None => fail(
+                    &mut st,
+                    "the server asks for credentials and the Secret holds none".into(),
+                ),
+                GitAuth::Basic { username, password } => {
+                    if !allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
+                        return fail(
+                            &mut st,
+                            "the server does not accept username/password".into(),
+                        );
+                    }
+                    if st.offered {
+                        return fail(&mut st, "the server rejected the credentials".into());
+                    }
+                    st.offered = true;
+                    Cred::userpass_plaintext(username, password)
+                }
+                GitAuth::Ssh {
+                    username,
+                    private_key,
+                    passphrase,
+                    ..
+                } => {
+                    let user = username_from_url
+                        .map(str::to_string)
+                        .or_else(|| url_user.clone())
+                        .unwrap_or_else(|| username.clone());
+                    if allowed.contains(CredentialType::USERNAME) {
+                        return Cred::username(&user);
+                    }
+                    if !allowed.contains(CredentialType::SSH_KEY)
+                        && !allowed.contains(CredentialType::SSH_MEMORY)
+                    {
+                        return fail(&mut st, "the server does not accept ssh keys".into());
+                    }
+                    if st.offered {
+                        return fail(&mut st, format!("the server rejected the key for user {user:?}"));
+                    }
+                    st.offered = true;
+                    Cred::ssh_key_from_memory(&user, None, private_key, passphrase.as_deref())
+                        .or_else(|_| {
+                            fail(&mut st, "the identity could not be loaded (wrong passphrase, or an unsupported key format)".into())
+                        })
+                }
+            }
+        });
+        let parsed = &self.parsed;
+        callbacks.certificate_check(move |cert, _hostname| {
+            let Some(hostkey) = cert.as_hostkey() else {
+                // TLS: libgit2's own verification decides.
+                return Ok(CertificateCheckStatus::CertificatePassthrough);
+            };
+            let known_hosts = match auth {
+                GitAuth::Ssh { known_hosts, .. } => known_hosts.as_str(),
+                _ => "",
+            };
+            let offered = match (hostkey.hostkey(), hostkey.hash_sha256()) {
+                (Some(raw), _) => OfferedKey::Raw(raw.to_vec()),
+                (None, Some(sha)) => OfferedKey::Sha256(*sha),
+                (None, None) => OfferedKey::Sha256([0; 32]),
+            };
+            match verify_host_key(known_hosts, &parsed.known_hosts_name(), &offered) {
+                Ok(()) => Ok(CertificateCheckStatus::CertificateOk),
+                Err(reason) => {
+                    state.borrow_mut().host_key_failure = Some(reason);
+                    Err(git2::Error::from_str("host key verification failed"))
+                }
+            }
+        });
+        let mut opts = FetchOptions::new();
+        if let (Transport::Http, GitAuth::Basic { username, password }) =
+            (self.parsed.transport, auth)
+        {
+            // Preemptive: an unchanged poll is one request, not a 401 and a retry. Off-site
+            // redirects would carry the header to another host, so they are not followed.
+            let basic =
+                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+            opts.custom_headers(&[&format!("Authorization: Basic {basic}")]);
+            opts.follow_redirects(RemoteRedirect::None);
+            state.borrow_mut().offered = true;
+        }
+        opts.remote_callbacks(callbacks);
+        opts
+    }
+
+    fn classify(&self, what: &'static str, e: &git2::Error, state: &CallbackState) -> RemoteError {
+        if let Some(reason) = &state.host_key_failure {
+            return RemoteError::HostKey {
+                host: self.parsed.known_hosts_name(),
+                reason: reason.clone(),
+            };
+        }
+        if let Some(reason) = &state.auth_failure {
+            return RemoteError::Auth {
+                url: self.parsed.redacted.clone(),
+                reason: reason.clone(),
+            };
+        }
+        let message = e.message();
+        let auth_like = e.code() == ErrorCode::Auth
+            || (e.class() == ErrorClass::Http
+                && (message.contains("401") || message.contains("403")))
+            || (e.class() == ErrorClass::Ssh && message.contains("authenticat"));
+        if auth_like {
+            return RemoteError::Auth {
+                url: self.parsed.redacted.clone(),
+                reason: redact_text(message),
+            };
+        }
+        self.git_error(what, e)
+    }
+
+    fn git_error(&self, what: &'static str, e: &git2::Error) -> RemoteError {
+        RemoteError::Git {
+            what,
+            url: self.parsed.redacted.clone(),
+            message: redact_text(e.message()).replace(&self.url, &self.parsed.redacted),
+        }
+    }
+}
+
+/// The refspec fetching one branch into its remote-tracking ref.
+fn refspec(branch: &str) -> String {
+    format!("+refs/heads/{branch}:refs/remotes/{REMOTE_NAME}/{branch}")
+}
+
+/// The delay before the next poll: `interval` ± `jitter` (a fraction, clamped to 0..=1),
+/// uniformly, so many controllers following one server do not poll in lockstep.
+/// Deterministic for a seeded `rng`, which is what the tests use.
+pub fn poll_delay<R: Rng + ?Sized>(interval: Duration, jitter: f64, rng: &mut R) -> Duration {
+    let jitter = if jitter.is_finite() {
+        jitter.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    if jitter == 0.0 {
+        return interval;
+    }
+    let factor = 1.0 + rng.random_range(-jitter..=jitter);
+    interval.mul_f64(factor.max(0.0))
+}
+
+// ---------------------------------------------------------------------------------------------
+// known_hosts
+
+/// One usable known_hosts line.
+#[derive(Debug)]
+struct KnownHost {
+    revoked: bool,
+    /// Comma-separated host patterns, lowercased.
+    patterns: Vec<String>,
+    key_type: String,
+    /// The decoded key blob, as the server sends it.
+    key: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct KnownHosts {
+    entries: Vec<KnownHost>,
+    /// Hashed (`|1|`) lines, skipped.
+    hashed: usize,
+}
+
+fn parse_known_hosts(text: &str) -> Result<KnownHosts, RemoteError> {
+    let mut out = KnownHosts::default();
+    for (i, line) in text.lines().enumerate() {
+        let bad = |reason: &str| RemoteError::KnownHosts {
+            line: i + 1,
+            reason: reason.into(),
+        };
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        let mut first = fields.next().unwrap_or_default();
+        let mut revoked = false;
+        if let Some(marker) = first.strip_prefix('@') {
+            match marker {
+                "revoked" => revoked = true,
+                // A CA signs host certificates; plain key comparison cannot use it.
+                "cert-authority" => continue,
+                _ => return Err(bad("unknown marker (expected @revoked or @cert-authority)")),
+            }
+            first = fields.next().unwrap_or_default();
+        }
+        let (Some(key_type), Some(key)) = (fields.next(), fields.next()) else {
+            return Err(bad("expected `host[,host…] keytype base64key`"));
+        };
+        if first.starts_with("|1|") {
+            out.hashed += 1;
+            continue;
+        }
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .map_err(|_| bad("the key is not valid base64"))?;
+        // The blob starts with its own type name; a mismatch means a corrupted line.
+        if key_blob_type(&key) != Some(key_type) {
+            return Err(bad("the key does not match its key type"));
+        }
+        out.entries.push(KnownHost {
+            revoked,
+            patterns: first.split(',').map(str::to_ascii_lowercase).collect(),
+            key_type: key_type.to_string(),
+            key,
+        });
+    }
+    Ok(out)
+}
+
+/// The type name at the start of an ssh public key blob (a uint32 length and a string).
+fn key_blob_type(blob: &[u8]) -> Option<&str> {
+    let len = u32::from_be_bytes(blob.get(..4)?.try_into().ok()?) as usize;
+    std::str::from_utf8(blob.get(4..4 + len)?).ok()
+}
+
+/// `true` when `name` matches the comma-separated patterns: at least one positive match
+/// and no negated (`!`) match, as OpenSSH does.
+fn host_matches(patterns: &[String], name: &str) -> bool {
+    let mut matched = false;
+    for pattern in patterns {
+        if let Some(negated) = pattern.strip_prefix('!') {
+            if glob(negated.as_bytes(), name.as_bytes()) {
+                return false;
+            }
+        } else if glob(pattern.as_bytes(), name.as_bytes()) {
+            matched = true;
+        }
+    }
+    matched
+}
+
+/// OpenSSH's wildcard match: `*` any run, `?` one character.
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some((b'*', rest)) => (0..=text.len()).any(|i| glob(rest, &text[i..])),
+        Some((b'?', rest)) => !text.is_empty() && glob(rest, &text[1..]),
+        Some((c, rest)) => text.first() == Some(c) && glob(rest, &text[1..]),
+    }
+}
+
+/// The host key the server presented: its blob, or only its SHA-256 when libgit2 has no raw
+/// key.
+enum OfferedKey {
+    Raw(Vec<u8>),
+    Sha256([u8; 32]),
+}
+
+impl OfferedKey {
+    fn sha256(&self) -> [u8; 32] {
+        match self {
+            OfferedKey::Raw(blob) => Sha256::digest(blob).into(),
+            OfferedKey::Sha256(sha) => *sha,
+        }
+    }
+
+    /// `ssh-ed25519 SHA256:…`, as `ssh-keygen -lf` prints it.
+    fn describe(&self) -> String {
+        let fingerprint = base64::engine::general_purpose::STANDARD_NO_PAD.encode(self.sha256());
+        match self {
+            OfferedKey::Raw(blob) => format!(
+                "{} SHA256:{fingerprint}",
+                key_blob_type(blob).unwrap_or("unknown")
+            ),
+            OfferedKey::Sha256(_) => format!("SHA256:{fingerprint}"),
+        }
+    }
+
+    fn is(&self, key: &[u8]) -> bool {
+        match self {
+            OfferedKey::Raw(blob) => blob == key,
+            OfferedKey::Sha256(sha) => <[u8; 32]>::from(Sha256::digest(key)) == *sha,
+        }
+    }
+}
+
+/// Accepts the connection only if `host` (known_hosts form) has an entry with exactly the
+/// offered key and that key is not revoked. The error says what the server offered.
+fn verify_host_key(known_hosts: &str, host: &str, offered: &OfferedKey) -> Result<(), String> {
+    let parsed = parse_known_hosts(known_hosts).map_err(|e| e.to_string())?;
+    let host = host.to_ascii_lowercase();
+    if parsed
+        .entries
+        .iter()
+        .any(|e| e.revoked && offered.is(&e.key))
+    {
+        return Err(format!(
+            "the server's key {} is marked @revoked in known_hosts",
+            offered.describe()
+        ));
+    }
+    let for_host: Vec<&KnownHost> = parsed
+        .entries
+        .iter()
+        .filter(|e| !e.revoked && host_matches(&e.patterns, &host))
+        .collect();
+    if for_host.iter().any(|e| offered.is(&e.key)) {
+        return Ok(());
+    }
+    if for_host.is_empty() {
+        let hashed = if parsed.hashed > 0 {
+            format!(
+                " ({} hashed `|1|` entries were skipped: hashed known_hosts are not supported, \
+                 use `ssh-keyscan` without -H)",
+                parsed.hashed
+            )
+        } else {
+            String::new()
+        };
+        return Err(format!(
+            "{host} is not in known_hosts{hashed}; the server offered {}",
+            offered.describe()
+        ));
+    }
+    let expected: Vec<&str> = for_host.iter().map(|e| e.key_type.as_str()).collect();
+    Err(format!(
+        "the server offered {}, which is not the key known_hosts has for {host} ({}); \
+         refusing to connect",
+        offered.describe(),
+        expected.join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng as _;
+
+    fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    /// An ed25519 public key blob (type name + 32 key bytes), base64.
+    fn ed25519_blob(fill: u8) -> (Vec<u8>, String) {
+        let mut blob = Vec::new();
+        blob.extend_from_slice(&11u32.to_be_bytes());
+        blob.extend_from_slice(b"ssh-ed25519");
+        blob.extend_from_slice(&32u32.to_be_bytes());
+        blob.extend_from_slice(&[fill; 32]);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&blob);
+        (blob, b64)
+    }
+
+    const KEY: &str = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA-super-secret\n-----END OPENSSH PRIVATE KEY-----\n";
+
+    #[test]
+    fn secret_username_password_is_basic() {
+        let auth =
+            GitAuth::from_secret_data(&data(&[("username", "alice"), ("password", "pw-123")]))
+                .unwrap();
+        assert_eq!(
+            auth,
+            GitAuth::Basic {
+                username: "alice".into(),
+                password: "pw-123".into()
+            }
+        );
+    }
+
+    #[test]
+    fn secret_token_is_basic_with_default_or_given_user() {
+        let auth = GitAuth::from_secret_data(&data(&[("bearerToken", "tok")])).unwrap();
+        assert_eq!(
+            auth,
+            GitAuth::Basic {
+                username: "git".into(),
+                password: "tok".into()
+            }
+        );
+        let auth =
+            GitAuth::from_secret_data(&data(&[("token", "tok"), ("username", "x-access-token")]))
+                .unwrap();
+        assert_eq!(
+            auth,
+            GitAuth::Basic {
+                username: "x-access-token".into(),
+                password: "tok".into()
+            }
+        );
+    }
+
+    #[test]
+    fn secret_identity_needs_known_hosts() {
+        let err = GitAuth::from_secret_data(&data(&[("identity", KEY)])).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("known_hosts"), "{text}");
+        assert!(!text.contains("super-secret"), "{text}");
+
+        let (_, b64) = ed25519_blob(7);
+        let kh = format!("[127.0.0.1]:2222 ssh-ed25519 {b64}\n");
+        let auth = GitAuth::from_secret_data(&data(&[
+            ("identity", KEY),
+            ("known_hosts", &kh),
+            ("password", "phrase"),
+        ]))
+        .unwrap();
+        match auth {
+            GitAuth::Ssh {
+                username,
+                passphrase,
+                ..
+            } => {
+                assert_eq!(username, "git");
+                assert_eq!(passphrase.as_deref(), Some("phrase"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn secret_conflicts_and_gaps_name_keys_not_values() {
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+        let cases: &[Case<'_>] = &[
+            (
+                &[("bearerToken", "s3cr3t-a"), ("token", "s3cr3t-b")],
+                &["bearerToken", "token"],
+            ),
+            (
+                &[("token", "s3cr3t-a"), ("password", "s3cr3t-b")],
+                &["password", "token"],
+            ),
+            (
+                &[
+                    ("identity", KEY),
+                    ("bearerToken", "s3cr3t-a"),
+                    ("known_hosts", "h ssh-ed25519 AAAA"),
+                ],
+                &["identity", "bearerToken"],
+            ),
+            (&[("username", "bob")], &["username", "password"]),
+            (&[("password", "s3cr3t-a")], &["password", "username"]),
+            (&[("password", "  ")], &["password", "empty"]),
+            (
+                &[
+                    ("identity", "s3cr3t-a-not-a-key"),
+                    ("known_hosts", "h ssh-ed25519 AAAA"),
+                ],
+                &["identity", "PEM"],
+            ),
+        ];
+        for (pairs, must) in cases {
+            let err = GitAuth::from_secret_data(&data(pairs))
+                .unwrap_err()
+                .to_string();
+            for word in *must {
+                assert!(err.contains(word), "{pairs:?}: {err}");
+            }
+            assert!(
+                !err.contains("s3cr3t") && !err.contains("super-secret"),
+                "{err}"
+            );
+        }
+        let mut bad = data(&[("username", "u")]);
+        bad.insert("password".into(), vec![0xff, 0xfe]);
+        let err = GitAuth::from_secret_data(&bad).unwrap_err().to_string();
+        assert!(err.contains("\"password\" is not UTF-8"), "{err}");
+    }
+
+    #[test]
+    fn secret_without_credentials_is_anonymous() {
+        assert_eq!(
+            GitAuth::from_secret_data(&BTreeMap::new()).unwrap(),
+            GitAuth::None
+        );
+        assert_eq!(
+            GitAuth::from_secret_data(&data(&[("identity.pub", "ssh-ed25519 AAAA")])).unwrap(),
+            GitAuth::None
+        );
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let basic = GitAuth::Basic {
+            username: "alice".into(),
+            password: "pw-very-secret".into(),
+        };
+        let ssh = GitAuth::Ssh {
+            username: "git".into(),
+            private_key: KEY.into(),
+            passphrase: Some("phrase-secret".into()),
+            known_hosts: "h ssh-ed25519 AAAA\n".into(),
+        };
+        let text = format!("{basic:?} {ssh:?} {basic:#?}");
+        assert!(text.contains("alice") && text.contains("***"), "{text}");
+        for secret in ["pw-very-secret", "super-secret", "phrase-secret"] {
+            assert!(!text.contains(secret), "{text}");
+        }
+    }
+
+    #[test]
+    fn urls_with_credentials_are_refused_and_redacted() {
+        for url in [
+            "https://user:pw-secret@example.com/r.git",
+            "https://tok-secret@example.com/r.git",
+            "ssh://git:pw-secret@example.com/r.git",
+        ] {
+            let err = RemoteUrl::parse(url).unwrap_err().to_string();
+            assert!(err.contains("***@example.com"), "{err}");
+            assert!(!err.contains("secret"), "{err}");
+        }
+        let ssh = RemoteUrl::parse("ssh://git@Example.com:2222/org/r.git").unwrap();
+        assert_eq!(ssh.transport, Transport::Ssh);
+        assert_eq!(ssh.known_hosts_name(), "[example.com]:2222");
+        assert_eq!(ssh.user.as_deref(), Some("git"));
+        let scp = RemoteUrl::parse("git@github.com:org/r.git").unwrap();
+        assert_eq!(scp.transport, Transport::Ssh);
+        assert_eq!(scp.known_hosts_name(), "github.com");
+        assert_eq!(
+            RemoteUrl::parse("/srv/git/r").unwrap().transport,
+            Transport::Plain
+        );
+        assert_eq!(
+            RemoteUrl::parse("https://example.com/r.git")
+                .unwrap()
+                .transport,
+            Transport::Http
+        );
+    }
+
+    #[test]
+    fn known_hosts_accepts_the_right_key_only() {
+        let (good, good64) = ed25519_blob(1);
+        let (bad, _) = ed25519_blob(2);
+        let kh = format!(
+            "# comment\n\n[127.0.0.1]:2222,other ssh-ed25519 {good64} comment\n\
+             github.com ssh-ed25519 {good64}\n"
+        );
+        assert_eq!(
+            verify_host_key(&kh, "[127.0.0.1]:2222", &OfferedKey::Raw(good.clone())),
+            Ok(())
+        );
+        assert_eq!(
+            verify_host_key(&kh, "GitHub.com", &OfferedKey::Raw(good.clone())),
+            Ok(())
+        );
+        let sha: [u8; 32] = Sha256::digest(&good).into();
+        assert_eq!(
+            verify_host_key(&kh, "other", &OfferedKey::Sha256(sha)),
+            Ok(())
+        );
+
+        let err =
+            verify_host_key(&kh, "[127.0.0.1]:2222", &OfferedKey::Raw(bad.clone())).unwrap_err();
+        assert!(
+            err.contains("not the key") && err.contains("ssh-ed25519 SHA256:"),
+            "{err}"
+        );
+        // Port 22 form does not match a `[host]:port` entry.
+        let err = verify_host_key(&kh, "127.0.0.1", &OfferedKey::Raw(good.clone())).unwrap_err();
+        assert!(err.contains("not in known_hosts"), "{err}");
+    }
+
+    #[test]
+    fn known_hosts_wildcards_negation_revocation_and_hashes() {
+        let (key, key64) = ed25519_blob(3);
+        let kh = format!("*.example.com,!bad.example.com ssh-ed25519 {key64}\n");
+        assert_eq!(
+            verify_host_key(&kh, "git.example.com", &OfferedKey::Raw(key.clone())),
+            Ok(())
+        );
+        assert!(verify_host_key(&kh, "bad.example.com", &OfferedKey::Raw(key.clone())).is_err());
+        assert!(verify_host_key(&kh, "example.com", &OfferedKey::Raw(key.clone())).is_err());
+
+        let revoked = format!("{kh}@revoked * ssh-ed25519 {key64}\n");
+        let err = verify_host_key(&revoked, "git.example.com", &OfferedKey::Raw(key.clone()))
+            .unwrap_err();
+        assert!(err.contains("@revoked"), "{err}");
+
+        let hashed = format!("|1|c2FsdA==|aGFzaA== ssh-ed25519 {key64}\n");
+        let err = verify_host_key(&hashed, "git.example.com", &OfferedKey::Raw(key)).unwrap_err();
+        assert!(err.contains("hashed"), "{err}");
+    }
+
+    #[test]
+    fn known_hosts_parse_errors_name_the_line() {
+        let (_, key64) = ed25519_blob(4);
+        for (text, line, want) in [
+            ("host ssh-ed25519".to_string(), 1, "expected"),
+            (
+                "# c\nhost ssh-ed25519 !!!notbase64".to_string(),
+                2,
+                "base64",
+            ),
+            (
+                format!("host ssh-rsa {key64}"),
+                1,
+                "does not match its key type",
+            ),
+            (
+                format!("@bogus host ssh-ed25519 {key64}"),
+                1,
+                "unknown marker",
+            ),
+        ] {
+            match parse_known_hosts(&text) {
+                Err(RemoteError::KnownHosts { line: l, reason }) => {
+                    assert_eq!(l, line, "{text}");
+                    assert!(reason.contains(want), "{reason}");
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn poll_delay_stays_within_jitter_and_is_seeded() {
+        let interval = Duration::from_secs(60);
+        let mut a = rand::rngs::StdRng::seed_from_u64(42);
+        let mut b = rand::rngs::StdRng::seed_from_u64(42);
+        let first: Vec<Duration> = (0..50).map(|_| poll_delay(interval, 0.1, &mut a)).collect();
+        let second: Vec<Duration> = (0..50).map(|_| poll_delay(interval, 0.1, &mut b)).collect();
+        assert_eq!(first, second);
+        for d in &first {
+            assert!(
+                *d >= Duration::from_secs(54) && *d <= Duration::from_secs(66),
+                "{d:?}"
+            );
+        }
+        let distinct: std::collections::BTreeSet<_> = first.iter().collect();
+        assert!(distinct.len() > 40, "jitter must vary the delay");
+        assert!(first.iter().any(|d| *d < interval) && first.iter().any(|d| *d > interval));
+    }
+
+    #[test]
+    fn poll_delay_without_jitter_is_the_interval() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let interval = Duration::from_millis(1500);
+        assert_eq!(poll_delay(interval, 0.0, &mut rng), interval);
+        assert_eq!(poll_delay(interval, f64::NAN, &mut rng), interval);
+        assert_eq!(poll_delay(interval, -3.0, &mut rng), interval);
+        // A jitter above 1 is clamped: never negative, never more than twice the interval.
+        for _ in 0..100 {
+            assert!(poll_delay(interval, 5.0, &mut rng) <= interval * 2);
+        }
+    }
+}
