@@ -167,6 +167,20 @@ pub struct PluginSetStatus {
     /// Number of plugins declared by the last applied commit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin_count: Option<i64>,
+    /// Plugins by phase (each plugin counted once, by its most advanced attempt), so
+    /// `kubectl get pluginsets` answers "how many run?" without listing Plugins.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub phases: std::collections::BTreeMap<String, i64>,
+    /// Why the set is where it is (for a bad commit: which commit, file, line and why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The problems of the last bad commit, one per file position, for tools and UIs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<StatusError>,
+    /// The last `plugsync.dev/reconcile-requested-at` annotation value acted upon (as
+    /// Flux's `lastHandledReconcileAt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_reconcile_at: Option<String>,
     /// `Ready`, `Reconciling`, `Stalled` (kstatus-compatible).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -174,6 +188,22 @@ pub struct PluginSetStatus {
     /// what is here but no longer desired, even if its labels were changed since.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inventory: Vec<InventoryEntry>,
+}
+
+/// One problem of a bad commit, located in its file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusError {
+    /// The file, as `<commit>:<path>` for a git revision.
+    pub file: String,
+    /// 1-based line (0 when unknown).
+    pub line: usize,
+    /// 1-based column (0 when unknown).
+    pub column: usize,
+    /// The field path, e.g. `spec.plugins[2].version`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
 }
 
 /// One applied object.

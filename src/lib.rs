@@ -9,6 +9,7 @@ pub mod codegen;
 pub mod controller;
 pub mod crd;
 pub mod error;
+pub mod gitops;
 pub mod leader;
 pub mod load;
 pub mod metrics;

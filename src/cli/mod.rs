@@ -4,6 +4,7 @@
 //! date (`lock --locked`), 2 an error (invalid input, failed fetch, digest mismatch).
 
 mod progress;
+mod run;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -29,7 +30,7 @@ use crate::source::{discover_repo_root, GitRevision, Snapshot, WorkTree};
 
 /// plugsync: GitOps for Dify plugins on Kubernetes.
 #[derive(Debug, Parser)]
-#[command(name = "plugsync", version, about, long_about = None)]
+#[command(name = "plugsync", version, about, long_about = None, args_override_self = true)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "PLUGSYNC_LOG_FORMAT")]
@@ -70,6 +71,9 @@ enum Command {
     Apply(ApplyArgs),
     /// Run the plugin controller (build, run, retry each Plugin) and the build-context server.
     Controller(ControllerArgs),
+    /// Run in the cluster: follow a git branch (or watch a folder), apply each good commit,
+    /// and drive its plugins with the controller; with leader election, webhook, metrics.
+    Run(Box<run::RunArgs>),
     /// Remove failed build attempts (their Plugins, Jobs and pods) and attempts superseded by
     /// newer build inputs, keeping --keep failed attempts per plugin.
     Gc(GcArgs),
@@ -214,6 +218,7 @@ struct RenderSettingsArgs {
     /// Base URL at which plugsync serves build contexts to build Jobs.
     #[arg(
         long,
+        visible_alias = "context-base-url",
         env = "PLUGSYNC_CONTEXT_URL",
         default_value = "http://plugsync.plugsync-system.svc:8080"
     )]
@@ -415,6 +420,7 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
         Command::Diff(args) => diff_command(args).await,
         Command::Apply(args) => apply_command(args).await,
         Command::Controller(args) => controller_command(args).await,
+        Command::Run(args) => run::run_command(*args).await,
         Command::Gc(args) => gc_command(args).await,
         Command::Plugins(args) => plugins(args).await,
         Command::Package(cmd) => package_command(cmd),

@@ -53,6 +53,8 @@ pub struct Context {
     pub registry: Option<Arc<dyn RegistryCheck>>,
     /// Publishes Kubernetes Events.
     pub recorder: Recorder,
+    /// Counts builds by result, when metrics are served.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Context {
@@ -72,6 +74,7 @@ impl Context {
             settings,
             registry: None,
             recorder,
+            metrics: None,
         }
     }
 }
@@ -717,6 +720,19 @@ async fn publish_status(
         &Patch::Merge(&patch),
     )
     .await?;
+    if let Some(metrics) = &ctx.metrics {
+        use crate::metrics::BuildResult;
+        if new.phase == Some(PluginPhase::BuildFailed) && old.phase != new.phase {
+            metrics.build_finished(BuildResult::Failed);
+        } else if new.built_inputs_hash.is_some() && new.built_inputs_hash != old.built_inputs_hash
+        {
+            metrics.build_finished(if old.phase == Some(PluginPhase::Building) {
+                BuildResult::Succeeded
+            } else {
+                BuildResult::Reused
+            });
+        }
+    }
     if old.phase != new.phase {
         let reference: ObjectReference = plugin.object_ref(&());
         if let Err(e) = ctx

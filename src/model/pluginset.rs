@@ -61,7 +61,9 @@ fn default_namespace() -> String {
     category = "plugsync",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Plugins","type":"integer","jsonPath":".status.pluginCount"}"#,
+    printcolumn = r#"{"name":"Running","type":"integer","jsonPath":".status.phases.Running"}"#,
     printcolumn = r#"{"name":"Commit","type":"string","jsonPath":".status.lastAppliedCommit"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","priority":1,"jsonPath":".status.message"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
