@@ -146,6 +146,7 @@ impl Env {
         Running {
             child: Some(child),
             port,
+            logs: String::new(),
         }
     }
 
@@ -211,6 +212,8 @@ impl Env {
 struct Running {
     child: Option<Child>,
     port: u16,
+    /// What it logged, once it has exited.
+    logs: String,
 }
 
 impl Running {
@@ -228,6 +231,10 @@ impl Running {
         let start = Instant::now();
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
+                use std::io::Read;
+                if let Some(mut err) = child.stderr.take() {
+                    let _ = err.read_to_string(&mut self.logs);
+                }
                 return status;
             }
             assert!(start.elapsed() < Duration::from_secs(60), "did not stop");
@@ -235,9 +242,10 @@ impl Running {
         }
     }
 
+    /// What it logged (stopping it first if it still runs).
     fn stderr(&mut self) -> String {
         use std::io::Read;
-        let mut out = String::new();
+        let mut out = self.logs.clone();
         if let Some(child) = self.child.as_mut() {
             let _ = child.kill();
             let _ = child.wait();
@@ -594,6 +602,7 @@ async fn run_repo_reconciles_a_folder_on_save() {
     let _run = Running {
         child: Some(cmd.spawn().expect("start")),
         port,
+        logs: String::new(),
     };
     env.wait_for("the folder applied", Duration::from_secs(60), |env| {
         env.plugins().len() == 1
@@ -615,4 +624,136 @@ fn save(path: &Path, text: &str) {
     let tmp: PathBuf = path.with_extension("tmp");
     std::fs::write(&tmp, text).expect("write");
     std::fs::rename(&tmp, path).expect("rename");
+}
+
+fn annotate(env: &Env, key: &str, value: Option<&str>) {
+    let mut set = env.set();
+    set["metadata"]["annotations"][key] = match value {
+        Some(v) => json!(v),
+        None => Value::Null,
+    };
+    if value.is_none() {
+        if let Some(a) = set["metadata"]["annotations"].as_object_mut() {
+            a.remove(key);
+        }
+    }
+    env.server.store().put(set).expect("annotate the PluginSet");
+}
+
+#[tokio::test]
+async fn suspend_and_resume_by_annotation_and_an_immediate_reconcile_on_request() {
+    let Some(env) = Env::new(1).await else {
+        return;
+    };
+    let first = env.source.head();
+    let mut run = env.run(
+        &[
+            "--leader-election",
+            "false",
+            "--log-format",
+            "json",
+            "--interval",
+            "1s",
+        ],
+        None,
+    );
+    env.wait_applied(&first).await;
+
+    annotate(&env, "plugsync.dev/suspend", Some("true"));
+    env.wait_for("suspended in status", Duration::from_secs(20), |env| {
+        env.set()["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("suspended"))
+    })
+    .await;
+    let second = env.commit_yaml(&reconfigured(&env.generated_file("plugins.yaml")), "change");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        env.set()["status"]["lastAppliedCommit"],
+        first.as_str(),
+        "nothing is applied while suspended"
+    );
+    annotate(&env, "plugsync.dev/suspend", None);
+    env.wait_applied(&second).await;
+    let status = run.terminate().await;
+    assert!(status.success());
+    // Structured logs: every line is a JSON object with a level and a message.
+    let logs = run.stderr();
+    let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let event: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(event["level"].is_string(), "{line}");
+        assert!(event["fields"].is_object(), "{line}");
+    }
+
+    // With a poll an hour away, the annotation asks for a reconcile now.
+    let _slow = env.run(
+        &[
+            "--leader-election",
+            "false",
+            "--interval",
+            "1h",
+            "--resync",
+            "1h",
+        ],
+        None,
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let third = env.commit_generated("back to one replica");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(env.set()["status"]["lastAppliedCommit"], second.as_str());
+    annotate(
+        &env,
+        "plugsync.dev/reconcile-requested-at",
+        Some("2026-11-21T12:00:00Z"),
+    );
+    env.wait_applied(&third).await;
+    env.wait_for("the request acknowledged", Duration::from_secs(10), |env| {
+        env.set()["status"]["lastHandledReconcileAt"] == "2026-11-21T12:00:00Z"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn https_credentials_come_from_a_secret_and_never_reach_the_status() {
+    let Some(env) = Env::new(1).await else {
+        return;
+    };
+    if !tools_or_skip("run over https", Need::HttpBackend) {
+        return;
+    }
+    let http = git_server::HttpGitServer::start(&env.source.root, "bot", "pa55-word");
+    let secret = |password: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "git-creds", "namespace": NS},
+            "type": "Opaque",
+            "data": {"username": b64("bot"), "password": b64(password)}})
+    };
+    env.server.store().put(secret("wrong")).expect("secret");
+    let url = format!("{}/{}", http.base_url, env.source.name);
+    let _run = env.run(
+        &[
+            "--leader-election",
+            "false",
+            "--git-url",
+            &url,
+            "--git-secret",
+            "git-creds",
+        ],
+        None,
+    );
+    // No PluginSet yet: the failure shows in the metrics and logs only; nothing applied.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(env.plugins().is_empty());
+    // Rotated Secret: picked up at the next fetch, no restart.
+    env.server.store().put(secret("pa55-word")).expect("secret");
+    env.wait_applied(&env.source.head()).await;
+    let status = env.set()["status"].to_string();
+    assert!(!status.contains("pa55"), "{status}");
+}
+
+fn b64(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
 }
