@@ -1,6 +1,6 @@
-//! `plugsync::source::remote`: following a branch of a remote repository over git://
-//! (`git daemon`), smart http with Basic auth (`git http-backend` behind a counting CGI
-//! bridge) and ssh (OpenSSH's `sshd`), all real servers on loopback.
+//! `plugsync::source::remote`: following a branch of a remote repository, and committing
+//! back to it, over git:// (`git daemon`), smart http with Basic auth (`git http-backend`
+//! behind a counting CGI bridge) and ssh (OpenSSH's `sshd`), all real servers on loopback.
 //!
 //! Without git or sshd these tests skip with a note, unless
 //! `PLUGSYNC_REQUIRE_GIT_SERVER_TESTS=1` (see `tests/common/git_server.rs`).
@@ -14,7 +14,7 @@ use git2::{Oid, Repository};
 use git_server::{
     ssh_keygen, tools_or_skip, GitDaemon, HttpGitServer, Need, SourceRepo, SshServer,
 };
-use plugsync::source::remote::{GitAuth, RemoteError, RemoteRepo, SyncOutcome};
+use plugsync::source::remote::{CommitAuthor, GitAuth, RemoteError, RemoteRepo, SyncOutcome};
 use plugsync::source::{GitRevision, Snapshot};
 
 fn oid(s: &str) -> Oid {
@@ -445,4 +445,429 @@ fn ssh_key_with_a_passphrase_from_the_secret() {
         .sync(&auth)
         .unwrap_or_else(|e| panic!("{e}\nsshd log:\n{}", server.log()));
     assert_eq!(outcome.commit(), first);
+}
+
+// ---------------------------------------------------------------------------------------------
+// committing back (commit_and_push)
+
+fn bot() -> CommitAuthor {
+    CommitAuthor {
+        name: "plugsync bot".into(),
+        email: "bot@plugsync.invalid".into(),
+    }
+}
+
+/// What the server's repository records for `rev`: author, author email, committer,
+/// committer email, parents, message.
+fn server_commit(source: &SourceRepo, rev: &str) -> [String; 6] {
+    let out = source.git(&[
+        "log",
+        "-1",
+        "--format=%an%x00%ae%x00%cn%x00%ce%x00%P%x00%B",
+        rev,
+    ]);
+    let fields: Vec<String> = out.split('\0').map(str::to_string).collect();
+    fields.try_into().expect("six fields")
+}
+
+/// Asserts the server's `main` is `pushed`, made by [`bot`] on `parent` with `message`.
+fn assert_pushed(source: &SourceRepo, pushed: Oid, parent: Oid, message: &str) {
+    assert_eq!(oid(&source.git(&["rev-parse", "main"])), pushed);
+    let [an, ae, cn, ce, parents, body] = server_commit(source, "main");
+    assert_eq!(
+        (an.as_str(), ae.as_str()),
+        ("plugsync bot", "bot@plugsync.invalid")
+    );
+    assert_eq!(
+        (cn.as_str(), ce.as_str()),
+        ("plugsync bot", "bot@plugsync.invalid")
+    );
+    assert_eq!(parents, parent.to_string(), "one parent, the given one");
+    assert_eq!(body.trim_end(), message);
+    // Every object the new commit needs arrived.
+    source.git(&["fsck", "--connectivity-only", "--no-dangling"]);
+}
+
+#[test]
+fn daemon_commit_and_push_from_a_shallow_cache_then_sync_fetches_it() {
+    if !tools_or_skip("daemon_commit_and_push_from_a_shallow_cache", Need::Daemon) {
+        return;
+    }
+    let source = SourceRepo::new();
+    source.accept_pushes();
+    source.commit(&[("team/plugins.lock", "old: 0\n")], "history");
+    source.commit(&[("README.md", "keep me\n")], "more history");
+    let parent = oid(&source.commit(
+        &[
+            ("team/plugins.yaml", "kind: PluginSet\n"),
+            ("team/plugins.lock", "old: 1\n"),
+        ],
+        "layout",
+    ));
+    let daemon = GitDaemon::start_accepting_pushes(&source.root);
+    let cache = tempfile::tempdir().unwrap();
+    let url = format!("{}/{}", daemon.base_url, source.name);
+    let mut repo = RemoteRepo::open(cache.path(), &url, "main").unwrap();
+    assert_eq!(repo.sync(&GitAuth::None).unwrap().commit(), parent);
+    assert!(Repository::open(repo.path()).unwrap().is_shallow());
+    assert_eq!(
+        reachable(repo.path(), parent),
+        1,
+        "the parent alone is here"
+    );
+
+    let message = "plugsync: update team/plugins.lock\n\nResolved 3 plugins.";
+    let pushed = repo
+        .commit_and_push(
+            &GitAuth::None,
+            parent,
+            &[
+                ("team/plugins.lock", b"new: 2\n"),
+                ("team/reports/new/summary.txt", b"3 plugins\n"),
+            ],
+            &bot(),
+            message,
+        )
+        .unwrap();
+    assert_ne!(pushed, parent);
+    assert_pushed(&source, pushed, parent, message);
+    assert_eq!(source.git(&["show", "main:team/plugins.lock"]), "new: 2");
+    assert_eq!(
+        source.git(&["show", "main:team/reports/new/summary.txt"]),
+        "3 plugins"
+    );
+    // Nothing else changed, and the full history is still under the pushed commit.
+    assert_eq!(
+        source.git(&["diff", "--name-only", &parent.to_string(), "main"]),
+        "team/plugins.lock\nteam/reports/new/summary.txt"
+    );
+    assert_eq!(source.git(&["rev-list", "--count", "main"]), "4");
+    // `updateInstead` moved the server's working tree too: later test commits build on it.
+    assert_eq!(
+        std::fs::read_to_string(source.path.join("team/plugins.lock")).unwrap(),
+        "new: 2\n"
+    );
+
+    // The pushed commit is not taken for fetched, not even by the remote-tracking ref a
+    // restart reads: the next poll brings it in as new.
+    assert_eq!(repo.last_commit(), Some(parent));
+    assert_eq!(
+        Repository::open(repo.path())
+            .unwrap()
+            .refname_to_id("refs/remotes/origin/main")
+            .unwrap(),
+        parent
+    );
+    assert_eq!(
+        repo.sync(&GitAuth::None).unwrap(),
+        SyncOutcome::Fetched {
+            previous: Some(parent),
+            commit: pushed
+        }
+    );
+    let snapshot = GitRevision::open(repo.path(), &pushed.to_string(), Some("team")).unwrap();
+    assert_eq!(
+        snapshot.read("plugins.lock").unwrap().as_deref(),
+        Some(&b"new: 2\n"[..])
+    );
+    assert_eq!(
+        repo.sync(&GitAuth::None).unwrap(),
+        SyncOutcome::Unchanged(pushed)
+    );
+
+    // And it is a normal base for the next write-back.
+    let again = repo
+        .commit_and_push(
+            &GitAuth::None,
+            pushed,
+            &[("team/plugins.lock", b"new: 3\n")],
+            &bot(),
+            "again",
+        )
+        .unwrap();
+    assert_pushed(&source, again, pushed, "again");
+}
+
+#[test]
+fn daemon_push_after_the_branch_moved_is_rejected_and_changes_nothing() {
+    if !tools_or_skip(
+        "daemon_push_after_the_branch_moved_is_rejected",
+        Need::Daemon,
+    ) {
+        return;
+    }
+    let source = SourceRepo::new();
+    source.accept_pushes();
+    let first = oid(&source.commit(&[("plugins.lock", "v: 1\n")], "first"));
+    let daemon = GitDaemon::start_accepting_pushes(&source.root);
+    let cache = tempfile::tempdir().unwrap();
+    let url = format!("{}/{}", daemon.base_url, source.name);
+    let mut repo = RemoteRepo::open(cache.path(), &url, "main").unwrap();
+    assert_eq!(repo.sync(&GitAuth::None).unwrap().commit(), first);
+
+    // Someone else pushes; the cache has not seen their commit.
+    let theirs = oid(&source.commit(&[("plugins.yaml", "theirs\n")], "theirs"));
+    let files: &[(&str, &[u8])] = &[("plugins.lock", b"v: 2\n")];
+    let err = repo
+        .commit_and_push(&GitAuth::None, first, files, &bot(), "ours")
+        .unwrap_err();
+    match &err {
+        RemoteError::PushRejected { branch, reason } => {
+            assert_eq!(branch, "main");
+            assert!(reason.contains(&theirs.to_string()), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(err.to_string().contains("rejected"), "{err}");
+    assert_eq!(
+        oid(&source.head()),
+        theirs,
+        "the server's branch is untouched"
+    );
+
+    // The cache has their commit now, but a commit on the old parent is still refused
+    // (never force-pushed).
+    assert_eq!(repo.sync(&GitAuth::None).unwrap().commit(), theirs);
+    let err = repo
+        .commit_and_push(&GitAuth::None, first, files, &bot(), "ours")
+        .unwrap_err();
+    assert!(matches!(err, RemoteError::PushRejected { .. }), "{err:?}");
+    assert_eq!(oid(&source.head()), theirs);
+
+    // Redone on the fetched commit, it goes through.
+    let ours = repo
+        .commit_and_push(&GitAuth::None, theirs, files, &bot(), "ours")
+        .unwrap();
+    assert_pushed(&source, ours, theirs, "ours");
+    assert_eq!(source.git(&["show", "main:plugins.yaml"]), "theirs");
+}
+
+#[test]
+fn daemon_push_to_a_branch_moved_back_or_deleted_is_rejected() {
+    if !tools_or_skip(
+        "daemon_push_to_a_branch_moved_back_or_deleted",
+        Need::Daemon,
+    ) {
+        return;
+    }
+    let source = SourceRepo::new();
+    source.accept_pushes();
+    let older = oid(&source.commit(&[("plugins.lock", "v: 1\n")], "older"));
+    let newer = oid(&source.commit(&[("plugins.lock", "v: 2\n")], "newer"));
+    let daemon = GitDaemon::start_accepting_pushes(&source.root);
+    let cache = tempfile::tempdir().unwrap();
+    let url = format!("{}/{}", daemon.base_url, source.name);
+    let mut repo = RemoteRepo::open(cache.path(), &url, "main").unwrap();
+    assert_eq!(repo.sync(&GitAuth::None).unwrap().commit(), newer);
+    let files: &[(&str, &[u8])] = &[("plugins.lock", b"v: 3\n")];
+
+    // Force-pushed back to an ancestor: a fast-forward from there, but the commit was made
+    // for `newer`, so it is refused.
+    source.git(&["reset", "-q", "--hard", &older.to_string()]);
+    let err = repo
+        .commit_and_push(&GitAuth::None, newer, files, &bot(), "m")
+        .unwrap_err();
+    assert!(
+        matches!(&err, RemoteError::PushRejected { reason, .. } if reason.contains(&older.to_string())),
+        "{err:?}"
+    );
+    assert_eq!(oid(&source.git(&["rev-parse", "main"])), older);
+
+    // Deleted: not re-created.
+    source.git(&["checkout", "-q", "-b", "other"]);
+    source.git(&["branch", "-q", "-D", "main"]);
+    let err = repo
+        .commit_and_push(&GitAuth::None, newer, files, &bot(), "m")
+        .unwrap_err();
+    assert!(
+        matches!(&err, RemoteError::PushRejected { reason, .. } if reason.contains("no longer exists")),
+        "{err:?}"
+    );
+    assert_eq!(source.git(&["branch", "--list", "main"]), "");
+}
+
+#[test]
+fn daemon_push_refused_by_the_server_is_rejected() {
+    if !tools_or_skip(
+        "daemon_push_refused_by_the_server_is_rejected",
+        Need::Daemon,
+    ) {
+        return;
+    }
+    let source = SourceRepo::new();
+    source.accept_pushes();
+    source.decline_pushes();
+    let first = oid(&source.commit(&[("plugins.lock", "v: 1\n")], "first"));
+    let daemon = GitDaemon::start_accepting_pushes(&source.root);
+    let cache = tempfile::tempdir().unwrap();
+    let url = format!("{}/{}", daemon.base_url, source.name);
+    let mut repo = RemoteRepo::open(cache.path(), &url, "main").unwrap();
+    repo.sync(&GitAuth::None).unwrap();
+    let err = repo
+        .commit_and_push(
+            &GitAuth::None,
+            first,
+            &[("plugins.lock", b"v: 2\n")],
+            &bot(),
+            "blocked",
+        )
+        .unwrap_err();
+    match &err {
+        RemoteError::PushRejected { branch, reason } => {
+            assert_eq!(branch, "main");
+            assert!(
+                reason.contains("refs/heads/main") && reason.contains("declined"),
+                "{reason}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(oid(&source.head()), first);
+}
+
+#[test]
+fn daemon_read_only_server_refuses_the_push() {
+    if !tools_or_skip("daemon_read_only_server_refuses_the_push", Need::Daemon) {
+        return;
+    }
+    let source = SourceRepo::new();
+    let first = oid(&source.commit(&[("plugins.lock", "v: 1\n")], "first"));
+    let daemon = GitDaemon::start(&source.root);
+    let cache = tempfile::tempdir().unwrap();
+    let url = format!("{}/{}", daemon.base_url, source.name);
+    let mut repo = RemoteRepo::open(cache.path(), &url, "main").unwrap();
+    repo.sync(&GitAuth::None).unwrap();
+    let err = repo
+        .commit_and_push(
+            &GitAuth::None,
+            first,
+            &[("plugins.lock", b"v: 2\n")],
+            &bot(),
+            "m",
+        )
+        .unwrap_err();
+    // Not a rejection to retry: the server does not take pushes at all.
+    assert!(
+        matches!(&err, RemoteError::Git { what: "pushing to", url: u, .. } if *u == url),
+        "{err:?}"
+    );
+    assert_eq!(oid(&source.head()), first);
+}
+
+#[test]
+fn http_commit_and_push_with_basic_auth() {
+    if !tools_or_skip("http_commit_and_push_with_basic_auth", Need::HttpBackend) {
+        return;
+    }
+    let source = SourceRepo::new();
+    source.accept_pushes();
+    let first = oid(&source.commit(&[("team/plugins.lock", "v: 1\n")], "first"));
+    let server = HttpGitServer::start(&source.root, USER, PASSWORD);
+    let cache = tempfile::tempdir().unwrap();
+    let url = format!("{}/{}", server.base_url, source.name);
+    let mut repo = RemoteRepo::open(cache.path(), &url, "main").unwrap();
+    let auth = basic(PASSWORD);
+    assert_eq!(repo.sync(&auth).unwrap().commit(), first);
+
+    // Already the content: no commit, no request.
+    server.clear();
+    let same: &[(&str, &[u8])] = &[("team/plugins.lock", b"v: 1\n")];
+    assert_eq!(
+        repo.commit_and_push(&auth, first, same, &bot(), "nothing")
+            .unwrap(),
+        first
+    );
+    assert_eq!(server.requests(), Vec::<String>::new());
+    assert_eq!(oid(&source.head()), first);
+
+    // A wrong password: one 401, then plugsync gives up; nothing leaks, nothing changes.
+    let files: &[(&str, &[u8])] = &[("team/plugins.lock", b"v: 2\n")];
+    let wrong = "wrong-battery-s3cret";
+    let err = repo
+        .commit_and_push(&basic(wrong), first, files, &bot(), "update")
+        .unwrap_err();
+    assert!(matches!(err, RemoteError::Auth { .. }), "{err:?}");
+    let text = format!("{err} {err:?}");
+    assert!(
+        text.contains("authentication failed for http://127.0.0.1:"),
+        "{text}"
+    );
+    assert!(!text.contains(wrong) && !text.contains(PASSWORD), "{text}");
+    assert_eq!(
+        server.requests(),
+        ["GET /plugins/info/refs?service=git-receive-pack -> 401"]
+    );
+    assert_eq!(oid(&source.head()), first);
+
+    // The right password: the credentials go with the first request, so the push is the
+    // receive-pack advertisement and the pack, both accepted at once.
+    server.clear();
+    let pushed = repo
+        .commit_and_push(&auth, first, files, &bot(), "update the lock")
+        .unwrap();
+    assert_eq!(
+        server.requests(),
+        [
+            "GET /plugins/info/refs?service=git-receive-pack -> 200",
+            "POST /plugins/git-receive-pack -> 200",
+        ]
+    );
+    assert_pushed(&source, pushed, first, "update the lock");
+    assert_eq!(source.git(&["show", "main:team/plugins.lock"]), "v: 2");
+    assert_eq!(
+        repo.sync(&auth).unwrap(),
+        SyncOutcome::Fetched {
+            previous: Some(first),
+            commit: pushed
+        }
+    );
+}
+
+#[test]
+fn ssh_commit_and_push_with_key_and_known_hosts() {
+    if !tools_or_skip("ssh_commit_and_push_with_key_and_known_hosts", Need::Sshd) {
+        return;
+    }
+    let keys = tempfile::tempdir().unwrap();
+    let (private, public) = ssh_keygen(&keys.path().join("client"), "ed25519", "");
+    let server = SshServer::start(&private, &public);
+    let source = SourceRepo::new();
+    source.accept_pushes();
+    let first = oid(&source.commit(&[("plugins.lock", "v: 1\n")], "first"));
+    let cache = tempfile::tempdir().unwrap();
+    let mut repo = RemoteRepo::open(cache.path(), &server.url(&source.path), "main").unwrap();
+    let auth = ssh_auth(&server.client_key, &server.known_hosts);
+    repo.sync(&auth)
+        .unwrap_or_else(|e| panic!("{e}\nsshd log:\n{}", server.log()));
+
+    let pushed = repo
+        .commit_and_push(
+            &auth,
+            first,
+            &[("clusters/prod/plugins.lock", b"v: 2\n")],
+            &bot(),
+            "over ssh",
+        )
+        .unwrap_or_else(|e| panic!("{e}\nsshd log:\n{}", server.log()));
+    assert_pushed(&source, pushed, first, "over ssh");
+    assert_eq!(
+        source.git(&["show", "main:clusters/prod/plugins.lock"]),
+        "v: 2"
+    );
+    assert_eq!(source.git(&["show", "main:plugins.lock"]), "v: 1");
+
+    // The host key is checked for pushes as for fetches.
+    let real_key = server.known_hosts.split_whitespace().nth(2).unwrap();
+    let elsewhere = format!("git.example.com ssh-ed25519 {real_key}\n");
+    let err = repo
+        .commit_and_push(
+            &ssh_auth(&private, &elsewhere),
+            pushed,
+            &[("plugins.lock", b"v: 3\n")],
+            &bot(),
+            "unverified",
+        )
+        .unwrap_err();
+    assert!(matches!(err, RemoteError::HostKey { .. }), "{err:?}");
+    assert_eq!(oid(&source.head()), pushed);
 }

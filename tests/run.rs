@@ -49,6 +49,11 @@ impl Env {
     /// The double with the CRDs and namespace, a served repository whose first commit
     /// declares `n` synthetic plugins, and the packages in the cache `plugsync run` uses.
     async fn new(n: usize) -> Option<Env> {
+        Env::with_daemon(n, false).await
+    }
+
+    /// As [`Env::new`], with a served repository that accepts pushes.
+    async fn with_daemon(n: usize, pushes: bool) -> Option<Env> {
         if !tools_or_skip("run", Need::Daemon) {
             return None;
         }
@@ -78,7 +83,12 @@ impl Env {
         )
         .expect("generate");
         let source = SourceRepo::new();
-        let daemon = GitDaemon::start(&source.root);
+        let daemon = if pushes {
+            source.accept_pushes();
+            GitDaemon::start_accepting_pushes(&source.root)
+        } else {
+            GitDaemon::start(&source.root)
+        };
         let env = Env {
             server,
             _workloads: workloads,
@@ -756,4 +766,60 @@ async fn https_credentials_come_from_a_secret_and_never_reach_the_status() {
 fn b64(text: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+#[tokio::test]
+async fn built_digests_are_committed_back_to_the_branch_and_reused() {
+    let Some(env) = Env::with_daemon(1, true).await else {
+        return;
+    };
+    let first = env.source.head();
+    let _run = env.run(
+        &[
+            "--leader-election",
+            "false",
+            "--commit-lock",
+            "--commit-author",
+            "Plugin Bot <bot@example.invalid>",
+            "--commit-message",
+            "chore: pin built images",
+        ],
+        None,
+    );
+    env.wait_applied(&first).await;
+    env.wait_for("the plugin running", Duration::from_secs(60), |env| {
+        env.set()["status"]["phases"]["Running"] == 1
+    })
+    .await;
+    // The loop pushes a commit on top of `first` and then applies it.
+    env.wait_for("the bot's commit applied", Duration::from_secs(60), |env| {
+        let head = env.source.head();
+        head != first && env.set()["status"]["lastAppliedCommit"] == head.as_str()
+    })
+    .await;
+    let head = env.source.head();
+    let log = git_server::git(&env.source.path, &["log", "-1", "--format=%an <%ae>|%s|%P"]);
+    assert_eq!(
+        log,
+        format!("Plugin Bot <bot@example.invalid>|chore: pin built images|{first}")
+    );
+    let lock: Value = serde_yaml::from_str(&git_server::git(
+        &env.source.path,
+        &["show", &format!("{head}:plugins.lock")],
+    ))
+    .expect("lock yaml");
+    let plugin = env.plugins().pop().expect("plugin");
+    assert_eq!(lock["images"][0]["digest"], plugin["status"]["imageDigest"]);
+    assert_eq!(
+        lock["images"][0]["inputsHash"],
+        plugin["spec"]["build"]["inputsHash"]
+    );
+    // Applied from the bot's commit, the Plugin carries the digest: nothing to build again.
+    assert_eq!(
+        plugin["spec"]["imageDigest"],
+        plugin["status"]["imageDigest"]
+    );
+    // And only one such commit: the next polls find nothing new to record.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(env.source.head(), head);
 }

@@ -15,12 +15,13 @@ use tracing::{error, info, warn};
 
 use super::{resolver_for, FetchArgs, KubeArgs, RenderSettingsArgs};
 use crate::error::Error;
-use crate::gitops::{GitOps, LoopConfig, RepoSource};
+use crate::gitops::{GitOps, LockCommit, LoopConfig, RepoSource};
 use crate::leader::{set_pod_leader_label, LeaderElector, LeaseConfig};
 use crate::load::PLUGINS_FILE;
 use crate::metrics::Metrics;
 use crate::resolve::cache::Cache;
 use crate::server::{Readiness, ServerState, Webhook, WebhookAuth, WebhookAuthKind};
+use crate::source::remote::CommitAuthor;
 
 #[derive(Debug, Args)]
 pub(super) struct RunArgs {
@@ -85,6 +86,19 @@ pub(super) struct RunArgs {
     /// the bundled deploy/, where the platform team installs them).
     #[arg(long)]
     install_crds: bool,
+    /// Commit the image digests the controller built back to the branch's plugins.lock
+    /// (needs write access in --git-secret).
+    #[arg(long, requires = "git_url")]
+    commit_lock: bool,
+    /// Author (and committer) of those commits, `Name <email>`.
+    #[arg(long, default_value = "plugsync <plugsync@noreply.invalid>")]
+    commit_author: String,
+    /// Message of those commits.
+    #[arg(
+        long,
+        default_value = "plugsync: record built image digests in plugins.lock"
+    )]
+    commit_message: String,
     #[command(flatten)]
     fetch: FetchArgs,
     #[command(flatten)]
@@ -114,6 +128,21 @@ async fn termination() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// `Name <email>`, as git writes it.
+fn parse_author(text: &str) -> Result<CommitAuthor, Error> {
+    let bad = || Error::Usage(format!("--commit-author `{text}`: expected `Name <email>`"));
+    let (name, rest) = text.split_once('<').ok_or_else(bad)?;
+    let email = rest.strip_suffix('>').ok_or_else(bad)?.trim();
+    let name = name.trim();
+    if name.is_empty() || email.is_empty() {
+        return Err(bad());
+    }
+    Ok(CommitAuthor {
+        name: name.to_string(),
+        email: email.to_string(),
+    })
 }
 
 /// Resolves once the stop flag is set.
@@ -179,6 +208,14 @@ pub(super) async fn run_command(args: RunArgs) -> Result<ExitCode, Error> {
         status_interval: args.status_interval,
         suspend: args.suspend,
         install_crds: args.install_crds,
+        commit_lock: if args.commit_lock {
+            Some(LockCommit {
+                author: parse_author(&args.commit_author)?,
+                message: args.commit_message.clone(),
+            })
+        } else {
+            None
+        },
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -323,4 +360,24 @@ pub(super) async fn run_command(args: RunArgs) -> Result<ExitCode, Error> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_author;
+
+    #[test]
+    fn commit_authors_are_name_and_email() {
+        let author = parse_author("Plugin Bot <bot@example.com>").expect("valid");
+        assert_eq!(author.name, "Plugin Bot");
+        assert_eq!(author.email, "bot@example.com");
+        for bad in [
+            "bot@example.com",
+            "Bot <bot@example.com",
+            "<bot@example.com>",
+            "Bot <>",
+        ] {
+            assert!(parse_author(bad).is_err(), "{bad}");
+        }
+    }
 }

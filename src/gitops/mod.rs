@@ -37,7 +37,9 @@ use crate::render::{RenderSettings, Templates, LABEL_PLUGINSET};
 use crate::resolve::cache::Cache;
 use crate::resolve::Resolver;
 use crate::server::Readiness;
-use crate::source::remote::{poll_delay, GitAuth, RemoteRepo, SyncOutcome};
+use crate::source::remote::{
+    poll_delay, CommitAuthor, GitAuth, RemoteError, RemoteRepo, SyncOutcome,
+};
 use crate::source::{GitRevision, Snapshot, WorkTree};
 use status::{compose, status_errors, PassResult, PhaseCounts};
 
@@ -92,6 +94,17 @@ pub struct LoopConfig {
     pub suspend: bool,
     /// Install or update the CRDs before the first apply (needs cluster-wide RBAC).
     pub install_crds: bool,
+    /// Commit built image digests back to the branch's plugins.lock (git mode only).
+    pub commit_lock: Option<LockCommit>,
+}
+
+/// How the loop commits recorded image digests back to the branch.
+#[derive(Debug, Clone)]
+pub struct LockCommit {
+    /// Author and committer of the commit.
+    pub author: CommitAuthor,
+    /// The commit message.
+    pub message: String,
 }
 
 impl LoopConfig {
@@ -111,6 +124,9 @@ struct Applied {
     set: PluginSet,
     objects: Vec<Value>,
     commit: String,
+    /// The commit's lock (with the images it pins), and its path in the repository.
+    lock: crate::model::PluginLock,
+    lock_path: String,
 }
 
 /// The loop and its state between passes.
@@ -134,6 +150,8 @@ pub struct GitOps {
     /// The set's name, from the last good commit (or read from a bad one when possible).
     set_name: Option<String>,
     suspended_by_annotation: bool,
+    /// The commit whose recorded digests were pushed (its successor comes with a fetch).
+    lock_pushed_for: Option<String>,
 }
 
 impl GitOps {
@@ -180,6 +198,7 @@ impl GitOps {
             applied: None,
             set_name: None,
             suspended_by_annotation: false,
+            lock_pushed_for: None,
         })
     }
 
@@ -219,6 +238,10 @@ impl GitOps {
                     Instant::now() + poll_delay(self.config.interval, self.config.jitter, &mut rng);
                 readiness.set_ready();
                 self.refresh_status().await;
+                if self.record_digests().await {
+                    // Our own commit: fetch and apply it at the next turn.
+                    force = true;
+                }
             } else if matches!(self.result, PassResult::Applied { held, .. } if held > 0) {
                 // Upgrades wait for their replacements: apply again to release them.
                 self.reapply().await;
@@ -361,6 +384,8 @@ impl GitOps {
             set,
             objects,
             commit: commit.clone(),
+            lock: state.resolution.lock.clone(),
+            lock_path: join(parent(&file), crate::load::LOCK_FILE),
         });
         self.apply().await
     }
@@ -427,6 +452,86 @@ impl GitOps {
                     message: e.to_string(),
                 };
                 ReconcileResult::Failed
+            }
+        }
+    }
+
+    /// With `--commit-lock`: commits the image digests the controller recorded, and the
+    /// applied commit's plugins.lock does not pin yet, back to the branch (a fast-forward on
+    /// top of that commit). Returns whether a commit was pushed.
+    async fn record_digests(&mut self) -> bool {
+        let (Some(settings), Some(remote), Some(applied)) = (
+            self.config.commit_lock.clone(),
+            self.remote.clone(),
+            self.applied.as_ref(),
+        ) else {
+            return false;
+        };
+        if self.done_commit.as_deref() != Some(applied.commit.as_str())
+            || self.lock_pushed_for.as_deref() == Some(applied.commit.as_str())
+        {
+            return false;
+        }
+        let images = match crate::controller::reconcile::recorded_images(
+            &self.client,
+            &self.config.namespace,
+            &applied.set.metadata.name,
+        )
+        .await
+        {
+            Ok(images) => images,
+            Err(e) => {
+                debug!(error = %e, "cannot read recorded digests");
+                return false;
+            }
+        };
+        let mut lock = applied.lock.clone();
+        if !lock.record_images(images) {
+            return false;
+        }
+        let Ok(parent) = git2::Oid::from_str(&applied.commit) else {
+            return false;
+        };
+        let commit = applied.commit.clone();
+        let path = applied.lock_path.clone();
+        let pinned = lock.images.len();
+        let auth = match self.git_auth().await {
+            Ok(auth) => auth,
+            Err(message) => {
+                warn!(%message, "cannot commit plugins.lock");
+                return false;
+            }
+        };
+        let text = lock.to_yaml();
+        let pushed = tokio::task::spawn_blocking(move || {
+            let mut repo = remote
+                .lock()
+                .map_err(|_| "git repository lock poisoned".to_string())?;
+            repo.commit_and_push(
+                &auth,
+                parent,
+                &[(path.as_str(), text.as_bytes())],
+                &settings.author,
+                &settings.message,
+            )
+            .map_err(|e| match e {
+                RemoteError::PushRejected { .. } => format!("{e} (retried after the next fetch)"),
+                other => other.to_string(),
+            })
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        match pushed {
+            Ok(oid) if oid.to_string() != commit => {
+                info!(commit = %oid, images = pinned, "recorded built image digests in plugins.lock");
+                self.lock_pushed_for = Some(commit);
+                true
+            }
+            Ok(_) => false,
+            Err(message) => {
+                warn!(%message, "could not commit plugins.lock");
+                false
             }
         }
     }

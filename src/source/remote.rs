@@ -6,6 +6,11 @@
 //! [`crate::source::GitRevision::open`]`(repo.path(), &commit.to_string(), subdir)`, which
 //! works on the bare repository kept here.
 //!
+//! Optionally the loop writes back: [`RemoteRepo::commit_and_push`] commits changed files
+//! (the updated lock) on top of the fetched commit and pushes that commit to the branch, as
+//! a fast-forward from exactly that commit or not at all ([`RemoteError::PushRejected`]: fetch
+//! and retry). The pushed commit then comes back through the next `sync` like any other.
+//!
 //! Everything here is synchronous libgit2 code; the caller runs it in `spawn_blocking`.
 //!
 //! **Credentials** come from a Kubernetes Secret with Flux's key names
@@ -40,9 +45,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
+use git2::build::TreeUpdateBuilder;
 use git2::{
     AutotagOption, CertificateCheckStatus, Cred, CredentialType, ErrorClass, ErrorCode,
-    FetchOptions, Oid, RemoteCallbacks, RemoteRedirect, RemoteUpdateFlags, Repository,
+    FetchOptions, FileMode, ObjectType, Oid, PushOptions, RemoteCallbacks, RemoteRedirect,
+    RemoteUpdateFlags, Repository, Signature,
 };
 use rand::Rng;
 use sha2::{Digest as _, Sha256};
@@ -114,6 +121,23 @@ pub enum RemoteError {
         /// What the server offered and what was expected.
         reason: String,
     },
+    /// The server did not take a pushed commit: the branch moved since the commit's parent
+    /// was fetched (someone else pushed), it is gone, or the server refused the update (a
+    /// hook, branch protection). Nothing changed on the server; the caller fetches again
+    /// (the next [`RemoteRepo::sync`]) and redoes its commit on the new branch tip. Never
+    /// retried with force.
+    #[error("push to branch {branch:?} rejected: {reason}")]
+    PushRejected {
+        /// The branch, as configured.
+        branch: String,
+        /// Why, as far as the client or the server said.
+        reason: String,
+    },
+    /// [`RemoteRepo::commit_and_push`] was given something that cannot become a commit
+    /// (a path outside the repository or into `.git`, the same path twice, an empty
+    /// message, an author git refuses). Found before any network traffic.
+    #[error("cannot commit: {0}")]
+    InvalidCommit(String),
     /// libgit2 failed (network, protocol, local repository).
     #[error("{what} {url}: {message}")]
     Git {
@@ -316,6 +340,17 @@ impl SyncOutcome {
     }
 }
 
+/// Who a commit written back by [`RemoteRepo::commit_and_push`] is from: both its author and
+/// its committer, so the branch history shows plugsync (or whoever the configuration names)
+/// rather than an identity borrowed from the environment. The time is the current time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitAuthor {
+    /// The name, as in `git log`'s `Author:` line.
+    pub name: String,
+    /// The e-mail address, without angle brackets.
+    pub email: String,
+}
+
 /// How the URL is reached, which decides the credentials that fit it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Transport {
@@ -458,6 +493,10 @@ struct CallbackState {
     offered: bool,
     auth_failure: Option<String>,
     host_key_failure: Option<String>,
+    /// Why a push was refused (by the client-side lease check or the server).
+    push_rejected: Option<String>,
+    /// The server confirmed the branch update.
+    push_accepted: bool,
 }
 
 /// Which network operation a connection is for.
@@ -539,6 +578,220 @@ impl RemoteRepo {
         let commit = self.fetch(auth, Some(1))?;
         let previous = self.last.replace(commit);
         Ok(SyncOutcome::Fetched { previous, commit })
+    }
+
+    /// Commits `files` (repository path → new content; other files unchanged) on top of
+    /// `parent` (a commit already fetched, normally the branch's current commit) and pushes it
+    /// to the followed branch as a fast-forward. Returns the new commit id.
+    ///
+    /// This is how the in-cluster loop writes an updated lock back to the branch it follows.
+    /// The push is a compare-and-swap: it succeeds only while the server's branch is still
+    /// at `parent`. If someone else pushed meanwhile (or the branch is gone, or the server
+    /// refuses), the result is [`RemoteError::PushRejected`] and the server is unchanged;
+    /// the caller fetches again with [`Self::sync`] and redoes its change on the new commit.
+    /// Nothing is ever force-pushed.
+    ///
+    /// - `files` paths are `/`-separated and relative (`team/plugins.lock`); missing
+    ///   directories are created, an existing file keeps its mode (executable or not).
+    /// - If every file already has the given content in `parent`, nothing is committed or
+    ///   sent: the result is `Ok(parent)` and no connection is made.
+    /// - A shallow cache (what [`Self::sync`] keeps) is enough: only `parent` itself must be
+    ///   present.
+    /// - The remembered commit ([`Self::last_commit`]) and the remote-tracking ref are left
+    ///   alone, so the next [`Self::sync`] reports the pushed commit as
+    ///   [`SyncOutcome::Fetched`] and the loop applies it like any other new commit.
+    ///
+    /// Credentials, host key checks and the preemptive Basic header are the same as for
+    /// fetching; the Secret must grant write access.
+    pub fn commit_and_push(
+        &mut self,
+        auth: &GitAuth,
+        parent: Oid,
+        files: &[(&str, &[u8])],
+        author: &CommitAuthor,
+        message: &str,
+    ) -> Result<Oid, RemoteError> {
+        self.check_auth_fits(auth)?;
+        let Some(commit) = self.write_commit(parent, files, author, message)? else {
+            return Ok(parent);
+        };
+        self.push(auth, parent, commit)?;
+        Ok(commit)
+    }
+
+    /// Writes the commit object for [`Self::commit_and_push`] (no ref points at it), or
+    /// `None` when `files` change nothing in `parent`.
+    fn write_commit(
+        &self,
+        parent: Oid,
+        files: &[(&str, &[u8])],
+        author: &CommitAuthor,
+        message: &str,
+    ) -> Result<Option<Oid>, RemoteError> {
+        let mut seen = std::collections::BTreeSet::new();
+        for (path, _) in files {
+            check_commit_path(path)?;
+            if !seen.insert(*path) {
+                return Err(RemoteError::InvalidCommit(format!(
+                    "path {path:?} is given twice"
+                )));
+            }
+        }
+        if message.trim().is_empty() {
+            return Err(RemoteError::InvalidCommit(
+                "the commit message is empty".into(),
+            ));
+        }
+        let signature = Signature::now(&author.name, &author.email).map_err(|e| {
+            RemoteError::InvalidCommit(format!("author {:?}: {}", author.name, e.message()))
+        })?;
+        let local = |e: git2::Error| RemoteError::Local {
+            path: self.dir.clone(),
+            message: e.message().to_string(),
+        };
+        let parent_commit = self
+            .repo
+            .find_commit(parent)
+            .map_err(|e| RemoteError::Local {
+                path: self.dir.clone(),
+                message: format!(
+                    "parent commit {parent} is not in the local repository (fetch it first): {}",
+                    e.message()
+                ),
+            })?;
+        let parent_tree = parent_commit.tree().map_err(local)?;
+
+        let mut update = TreeUpdateBuilder::new();
+        let mut changed = false;
+        for (path, content) in files {
+            let existing = parent_tree.get_path(Path::new(path)).ok();
+            let mode = match existing.as_ref().map(|e| (e.kind(), e.filemode())) {
+                None => FileMode::Blob,
+                Some((Some(ObjectType::Blob), mode)) if mode == i32::from(FileMode::Blob) => {
+                    FileMode::Blob
+                }
+                Some((Some(ObjectType::Blob), mode))
+                    if mode == i32::from(FileMode::BlobExecutable) =>
+                {
+                    FileMode::BlobExecutable
+                }
+                Some(_) => {
+                    return Err(RemoteError::InvalidCommit(format!(
+                        "{path:?} is a directory, symlink or submodule in commit {parent}, \
+                         not a file"
+                    )));
+                }
+            };
+            let blob = Oid::hash_object(ObjectType::Blob, content).map_err(local)?;
+            if existing.is_some_and(|e| e.id() == blob) {
+                continue;
+            }
+            changed = true;
+            let written = self.repo.blob(content).map_err(local)?;
+            update.upsert(*path, written, mode);
+        }
+        if !changed {
+            return Ok(None);
+        }
+        // A file under a path that is a file in the parent (`a` is a file, `a/b` is given)
+        // fails here.
+        let tree = update
+            .create_updated(&self.repo, &parent_tree)
+            .map_err(|e| RemoteError::InvalidCommit(e.message().to_string()))?;
+        let tree = self.repo.find_tree(tree).map_err(local)?;
+        let message = if message.ends_with('\n') {
+            message.to_string()
+        } else {
+            format!("{message}\n")
+        };
+        let commit = self
+            .repo
+            .commit(
+                None,
+                &signature,
+                &signature,
+                &message,
+                &tree,
+                &[&parent_commit],
+            )
+            .map_err(local)?;
+        Ok(Some(commit))
+    }
+
+    /// Pushes `commit` to the branch, only if the server's branch is at `parent`.
+    fn push(&self, auth: &GitAuth, parent: Oid, commit: Oid) -> Result<(), RemoteError> {
+        let what = "pushing to";
+        let state = RefCell::new(CallbackState::default());
+        let branch_ref = format!("refs/heads/{}", self.branch);
+        // An in-memory remote, not `origin`: libgit2 moves the remote-tracking refs that
+        // match a remote's fetch refspecs after a push, and `refs/remotes/origin/<branch>`
+        // must keep meaning "the last commit fetched" (see `commit_and_push`).
+        let mut remote = self
+            .repo
+            .remote_anonymous(&self.url)
+            .map_err(|e| self.git_error(what, &e))?;
+        let mut callbacks = self.callbacks(auth, &state);
+        // Between listing the server's refs and sending anything: the lease. libgit2's own
+        // check only refuses a non-fast-forward; this also refuses a branch that is gone or
+        // was moved back, since the new commit was made for `parent` only. The server checks
+        // the same old value again under its ref lock, which closes the race with a push
+        // landing in between.
+        callbacks.push_negotiation(|updates| {
+            for update in updates {
+                if update.dst_refname_bytes() != branch_ref.as_bytes() {
+                    continue;
+                }
+                let remote_at = update.src();
+                if remote_at == parent {
+                    continue;
+                }
+                let reason = if remote_at.is_zero() {
+                    "the branch no longer exists on the server".to_string()
+                } else {
+                    format!(
+                        "the branch is at {remote_at} on the server, not at {parent} which the \
+                         new commit is based on (someone else pushed); fetch and retry"
+                    )
+                };
+                state.borrow_mut().push_rejected = Some(reason);
+                return Err(git2::Error::from_str("push rejected"));
+            }
+            Ok(())
+        });
+        callbacks.push_update_reference(|refname, status| {
+            let mut st = state.borrow_mut();
+            match status {
+                Some(status) => {
+                    st.push_rejected = Some(format!(
+                        "the server refused to update {refname}: {}",
+                        redact_text(status)
+                    ));
+                }
+                None if refname == branch_ref => st.push_accepted = true,
+                None => {}
+            }
+            Ok(())
+        });
+        let mut opts = self.push_options(auth, &state, callbacks);
+        let spec = format!("{commit}:{branch_ref}");
+        let result = remote.push(&[spec.as_str()], Some(&mut opts));
+        drop(opts);
+        let state = state.into_inner();
+        if let Some(reason) = state.push_rejected.clone() {
+            return Err(RemoteError::PushRejected {
+                branch: self.branch.clone(),
+                reason,
+            });
+        }
+        result.map_err(|e| self.classify(what, &e, &state))?;
+        if !state.push_accepted {
+            return Err(RemoteError::Git {
+                what,
+                url: self.parsed.redacted.clone(),
+                message: format!("the server did not confirm the update of {branch_ref}"),
+            });
+        }
+        Ok(())
     }
 
     fn local_commit(&self) -> Option<Oid> {
@@ -628,6 +881,56 @@ impl RemoteRepo {
         auth: &'a GitAuth,
         state: &'a RefCell<CallbackState>,
     ) -> FetchOptions<'a> {
+        let mut opts = FetchOptions::new();
+        if let Some(header) = self.preemptive_auth(auth, state) {
+            opts.custom_headers(&[&header]);
+            opts.follow_redirects(RemoteRedirect::None);
+        }
+        opts.remote_callbacks(self.callbacks(auth, state));
+        opts
+    }
+
+    /// Push options with the same credentials, host key check and preemptive auth header as
+    /// [`Self::fetch_options`]; `callbacks` comes from [`Self::callbacks`] with the push
+    /// callbacks added.
+    fn push_options<'a>(
+        &'a self,
+        auth: &'a GitAuth,
+        state: &'a RefCell<CallbackState>,
+        callbacks: RemoteCallbacks<'a>,
+    ) -> PushOptions<'a> {
+        let mut opts = PushOptions::new();
+        if let Some(header) = self.preemptive_auth(auth, state) {
+            opts.custom_headers(&[&header]);
+            opts.follow_redirects(RemoteRedirect::None);
+        }
+        opts.remote_callbacks(callbacks);
+        opts
+    }
+
+    /// The `Authorization` header sent with every http request when Basic credentials are
+    /// configured (and marks them offered, so a 401 is not answered with the same ones).
+    /// Preemptive: an unchanged poll is one request, not a 401 and a retry. Off-site
+    /// redirects would carry the header to another host, so the caller must not follow them.
+    fn preemptive_auth(&self, auth: &GitAuth, state: &RefCell<CallbackState>) -> Option<String> {
+        let (Transport::Http, GitAuth::Basic { username, password }) =
+            (self.parsed.transport, auth)
+        else {
+            return None;
+        };
+        let basic =
+            base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+        state.borrow_mut().offered = true;
+        Some(format!("Authorization: Basic {basic}"))
+    }
+
+    /// The credentials and host key callbacks every connection uses (fetch, list, push).
+    /// Failures are recorded in `state`, since libgit2 only hands back a generic error.
+    fn callbacks<'a>(
+        &'a self,
+        auth: &'a GitAuth,
+        state: &'a RefCell<CallbackState>,
+    ) -> RemoteCallbacks<'a> {
         let mut callbacks = RemoteCallbacks::new();
         let url_user = self.parsed.user.clone();
         callbacks.credentials(move |_url, username_from_url, allowed| {
@@ -710,20 +1013,7 @@ impl RemoteRepo {
                 }
             }
         });
-        let mut opts = FetchOptions::new();
-        if let (Transport::Http, GitAuth::Basic { username, password }) =
-            (self.parsed.transport, auth)
-        {
-            // Preemptive: an unchanged poll is one request, not a 401 and a retry. Off-site
-            // redirects would carry the header to another host, so they are not followed.
-            let basic =
-                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
-            opts.custom_headers(&[&format!("Authorization: Basic {basic}")]);
-            opts.follow_redirects(RemoteRedirect::None);
-            state.borrow_mut().offered = true;
-        }
-        opts.remote_callbacks(callbacks);
-        opts
+        callbacks
     }
 
     fn classify(&self, what: &'static str, e: &git2::Error, state: &CallbackState) -> RemoteError {
@@ -737,6 +1027,12 @@ impl RemoteRepo {
             return RemoteError::Auth {
                 url: self.parsed.redacted.clone(),
                 reason: reason.clone(),
+            };
+        }
+        if e.code() == ErrorCode::NotFastForward {
+            return RemoteError::PushRejected {
+                branch: self.branch.clone(),
+                reason: redact_text(e.message()),
             };
         }
         let message = e.message();
@@ -760,6 +1056,34 @@ impl RemoteRepo {
             message: redact_text(e.message()).replace(&self.url, &self.parsed.redacted),
         }
     }
+}
+
+/// Refuses a path [`RemoteRepo::commit_and_push`] must not write: empty, absolute, with
+/// empty, `.` or `..` components, into `.git`, or with characters git trees cannot hold.
+fn check_commit_path(path: &str) -> Result<(), RemoteError> {
+    let bad = |reason: &str| {
+        Err(RemoteError::InvalidCommit(format!(
+            "path {path:?}: {reason}"
+        )))
+    };
+    if path.is_empty() {
+        return bad("empty");
+    }
+    if path.starts_with('/') {
+        return bad("must be relative to the repository root");
+    }
+    if path.contains('\0') || path.contains('\\') {
+        return bad("contains a NUL or a backslash");
+    }
+    for component in path.split('/') {
+        match component {
+            "" => return bad("has an empty component"),
+            "." | ".." => return bad("has a `.` or `..` component"),
+            c if c.eq_ignore_ascii_case(".git") => return bad("is inside `.git`"),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The refspec fetching one branch into its remote-tracking ref.
@@ -1246,6 +1570,172 @@ mod tests {
                 }
                 other => panic!("{text}: {other:?}"),
             }
+        }
+    }
+
+    /// A cache whose remote is unreachable (nothing listens on port 9) holding one commit
+    /// with `plugins.lock`, an executable `bin/run.sh` and `team/a.txt`.
+    fn offline_cache(dir: &Path) -> (RemoteRepo, Oid) {
+        let repo = RemoteRepo::open(dir, "git://127.0.0.1:9/none.git", "main").unwrap();
+        let empty = repo.repo.treebuilder(None).unwrap().write().unwrap();
+        let empty = repo.repo.find_tree(empty).unwrap();
+        let mut update = TreeUpdateBuilder::new();
+        for (path, content, mode) in [
+            ("plugins.lock", &b"v: 1\n"[..], FileMode::Blob),
+            ("bin/run.sh", b"#!/bin/sh\n", FileMode::BlobExecutable),
+            ("team/a.txt", b"a\n", FileMode::Blob),
+        ] {
+            let blob = repo.repo.blob(content).unwrap();
+            update.upsert(path, blob, mode);
+        }
+        let tree = update.create_updated(&repo.repo, &empty).unwrap();
+        let tree = repo.repo.find_tree(tree).unwrap();
+        let sig = Signature::now("t", "t@example.invalid").unwrap();
+        let commit = repo
+            .repo
+            .commit(None, &sig, &sig, "base\n", &tree, &[])
+            .unwrap();
+        drop((tree, empty));
+        (repo, commit)
+    }
+
+    fn author() -> CommitAuthor {
+        CommitAuthor {
+            name: "plugsync bot".into(),
+            email: "bot@plugsync.invalid".into(),
+        }
+    }
+
+    #[test]
+    fn write_commit_replaces_and_adds_nested_files_keeping_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo, parent) = offline_cache(dir.path());
+        let files: &[(&str, &[u8])] = &[
+            ("team/deep/er/plugins.lock", b"new\n"),
+            ("bin/run.sh", b"#!/bin/sh\nexit 0\n"),
+            ("plugins.lock", b"v: 1\n"),
+        ];
+        let commit = repo
+            .write_commit(parent, files, &author(), "update")
+            .unwrap()
+            .expect("a change");
+        let commit = repo.repo.find_commit(commit).unwrap();
+        assert_eq!(commit.parent_ids().collect::<Vec<_>>(), [parent]);
+        assert_eq!(commit.message(), Ok("update\n"));
+        assert_eq!(commit.author().name(), Ok("plugsync bot"));
+        assert_eq!(commit.committer().email(), Ok("bot@plugsync.invalid"));
+        let tree = commit.tree().unwrap();
+        let read = |path: &str| {
+            let entry = tree.get_path(Path::new(path)).unwrap();
+            let blob = repo.repo.find_blob(entry.id()).unwrap();
+            (blob.content().to_vec(), entry.filemode())
+        };
+        assert_eq!(
+            read("team/deep/er/plugins.lock"),
+            (b"new\n".to_vec(), i32::from(FileMode::Blob))
+        );
+        assert_eq!(
+            read("bin/run.sh"),
+            (
+                b"#!/bin/sh\nexit 0\n".to_vec(),
+                i32::from(FileMode::BlobExecutable)
+            ),
+            "an executable stays executable"
+        );
+        assert_eq!(read("team/a.txt").0, b"a\n");
+        assert_eq!(read("plugins.lock").0, b"v: 1\n");
+    }
+
+    #[test]
+    fn unchanged_content_is_not_committed_nor_pushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut repo, parent) = offline_cache(dir.path());
+        let same: &[(&str, &[u8])] = &[("plugins.lock", b"v: 1\n"), ("team/a.txt", b"a\n")];
+        // The server is unreachable: Ok means no connection was attempted.
+        assert_eq!(
+            repo.commit_and_push(&GitAuth::None, parent, same, &author(), "m")
+                .unwrap(),
+            parent
+        );
+        assert_eq!(repo.last_commit(), None);
+        // With a change, it does try to connect, and fails as a network error, not a
+        // rejection to retry.
+        let err = repo
+            .commit_and_push(
+                &GitAuth::None,
+                parent,
+                &[("plugins.lock", b"v: 2\n")],
+                &author(),
+                "m",
+            )
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RemoteError::Git {
+                    what: "pushing to",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn commit_input_is_checked_before_any_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut repo, parent) = offline_cache(dir.path());
+        let mut check =
+            |files: &[(&str, &[u8])], author: &CommitAuthor, message: &str, want: &str| {
+                let err = repo
+                    .commit_and_push(&GitAuth::None, parent, files, author, message)
+                    .unwrap_err();
+                assert!(
+                    matches!(&err, RemoteError::InvalidCommit(m) if m.contains(want)),
+                    "{files:?} {message:?}: {err:?}"
+                );
+            };
+        let ok = author();
+        for path in [
+            "",
+            "/etc/passwd",
+            "a//b",
+            "../x",
+            "a/./b",
+            ".git/config",
+            "a/.GIT/x",
+            "a\\b",
+        ] {
+            check(&[(path, b"x")], &ok, "m", "path");
+        }
+        check(&[("a", b"1"), ("a", b"2")], &ok, "m", "twice");
+        check(&[("team", b"x")], &ok, "m", "not a file");
+        check(&[("plugins.lock/x", b"x")], &ok, "m", "");
+        check(&[("x", b"x")], &ok, " \n", "message is empty");
+        let bad = CommitAuthor {
+            name: "evil <x>".into(),
+            email: "e@example.invalid".into(),
+        };
+        check(&[("x", b"x")], &bad, "m", "author");
+
+        let missing = Oid::from_str("0123456789abcdef0123456789abcdef01234567").unwrap();
+        let err = repo
+            .commit_and_push(&GitAuth::None, missing, &[("x", b"x")], &author(), "m")
+            .unwrap_err();
+        assert!(
+            matches!(&err, RemoteError::Local { message, .. } if message.contains("fetch it first")),
+            "{err:?}"
+        );
+        let err = repo
+            .commit_and_push(&basic_auth(), parent, &[("x", b"x")], &author(), "m")
+            .unwrap_err();
+        assert!(matches!(err, RemoteError::Url { .. }), "{err:?}");
+    }
+
+    fn basic_auth() -> GitAuth {
+        GitAuth::Basic {
+            username: "u".into(),
+            password: "p".into(),
         }
     }
 

@@ -175,6 +175,33 @@ impl SourceRepo {
     pub fn head(&self) -> String {
         git(&self.path, &["rev-parse", "HEAD"])
     }
+
+    /// Lets clients push to it: the checked-out branch is updated with its working tree
+    /// (`receive.denyCurrentBranch=updateInstead`, so [`SourceRepo::commit`] keeps working
+    /// on top of pushed commits) and `git http-backend` serves `git-receive-pack`
+    /// (`http.receivepack`). `git daemon` also needs [`GitDaemon::start_accepting_pushes`].
+    pub fn accept_pushes(&self) {
+        git(
+            &self.path,
+            &["config", "receive.denyCurrentBranch", "updateInstead"],
+        );
+        git(&self.path, &["config", "http.receivepack", "true"]);
+    }
+
+    /// Installs a `pre-receive` hook that refuses every push, as branch protection would.
+    pub fn decline_pushes(&self) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let hook = self.path.join(".git/hooks/pre-receive");
+        std::fs::create_dir_all(hook.parent().expect("hooks dir")).expect("hooks dir");
+        std::fs::write(&hook, "#!/bin/sh\necho 'branch is protected' >&2\nexit 1\n")
+            .expect("write hook");
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+
+    /// Runs git in the repository (see [`git`]).
+    pub fn git(&self, args: &[&str]) -> String {
+        git(&self.path, args)
+    }
 }
 
 /// A port free right now on 127.0.0.1 (another process can take it before it is used, so
@@ -236,7 +263,8 @@ fn start_on_free_port(what: &str, log: &Path, make: impl Fn(u16) -> Command) -> 
     );
 }
 
-/// `git daemon` serving `root` read-only on `git://127.0.0.1:<port>/`.
+/// `git daemon` serving `root` on `git://127.0.0.1:<port>/`, read-only unless started with
+/// [`GitDaemon::start_accepting_pushes`].
 pub struct GitDaemon {
     /// `git://127.0.0.1:<port>`.
     pub base_url: String,
@@ -245,8 +273,18 @@ pub struct GitDaemon {
 }
 
 impl GitDaemon {
-    /// Serves every repository under `root`.
+    /// Serves every repository under `root`, for fetching only.
     pub fn start(root: &Path) -> GitDaemon {
+        GitDaemon::start_with(root, false)
+    }
+
+    /// Serves every repository under `root` and accepts pushes (`--enable=receive-pack`);
+    /// the repositories must allow them too ([`SourceRepo::accept_pushes`]).
+    pub fn start_accepting_pushes(root: &Path) -> GitDaemon {
+        GitDaemon::start_with(root, true)
+    }
+
+    fn start_with(root: &Path, receive_pack: bool) -> GitDaemon {
         let logs = tempfile::tempdir().expect("temp dir");
         let log = logs.path().join("daemon.log");
         let program = git_helper("git-daemon").expect("git-daemon (checked by tools_or_skip)");
@@ -258,8 +296,11 @@ impl GitDaemon {
                 .arg("--reuseaddr")
                 .arg("--listen=127.0.0.1")
                 .arg(format!("--port={port}"))
-                .arg(format!("--base-path={}", root.display()))
-                .arg(root)
+                .arg(format!("--base-path={}", root.display()));
+            if receive_pack {
+                cmd.arg("--enable=receive-pack");
+            }
+            cmd.arg(root)
                 .env("GIT_CONFIG_NOSYSTEM", "1")
                 .env("GIT_CONFIG_GLOBAL", "/dev/null");
             cmd
