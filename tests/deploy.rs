@@ -776,3 +776,34 @@ fn the_kind_config_enables_the_registry_mirror() {
             && p.contains(r#"config_path = "/etc/containerd/certs.d""#)
     }));
 }
+
+/// The real binary parses the shipped arguments: a flag renamed in the code fails here, not
+/// in a cluster. (It then stops at the cluster connection, which this test does not have.)
+#[test]
+fn the_binary_accepts_the_deployment_args() {
+    let deployment: Deployment = documents(&deploy_dir().join("deployment.yaml"))
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .map(|d| typed(d, "deployment.yaml"))
+        .expect("a Deployment");
+    let args = container(&deployment).args.expect("args");
+    let home = tempfile::tempdir().expect("home");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_plugsync"))
+        .args(&args)
+        .env("KUBECONFIG", home.path().join("no-such-kubeconfig"))
+        .env("HOME", home.path())
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("PLUGSYNC_CACHE_DIR", home.path().join("cache"))
+        .output()
+        .expect("run plugsync");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "no cluster here: {stderr}");
+    assert!(
+        !stderr.contains("Usage:") && !stderr.contains("unexpected argument"),
+        "the arguments do not parse: {args:?}\n{stderr}"
+    );
+    assert!(
+        stderr.to_lowercase().contains("kube") || stderr.contains("cluster"),
+        "stopped at the cluster connection: {stderr}"
+    );
+}
