@@ -402,6 +402,7 @@ impl GitOps {
             use kube::CustomResourceExt;
             let crds = [Plugin::crd(), PluginSetResource::crd()];
             if let Err(e) = self.applier.ensure_crds(&crds, options).await {
+                warn!(error = %e, "cannot install the CRDs");
                 self.result = PassResult::ApplyFailed {
                     commit: applied.commit.clone(),
                     message: e.to_string(),
