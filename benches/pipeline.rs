@@ -5,15 +5,18 @@
 //! (default 10, 100, 1000, 10000).
 //!
 //! Every (N, stage) measurement runs in a fresh child process (this binary, re-executed
-//! with `__child` arguments), so the peak RSS it reports (`VmHWM` from `/proc/self/status`)
-//! belongs to that measurement alone, not to the generator or an earlier, larger N. The
+//! with `__child` arguments), so the peak RSS it reports (`VmHWM` from `/proc/self/status`,
+//! reset through `/proc/self/clear_refs` just before the stage starts, read after its first
+//! run) belongs to that measurement alone, not to the generator or an earlier, larger N.
+//! The pure render's inputs are loaded and resolved without rendering, so its peak is the
+//! render's with its inputs held. The
 //! parent generates each repository once, commits it on `main` in a throwaway git
 //! repository and upgrades one plugin in the working tree, so `diff` compares like a pull
 //! request with one plugin changed.
 //!
 //! To profile one measurement: `target/release/deps/pipeline-<hash> __prepare 1000 /tmp/b`,
 //! then `perf record -g target/release/deps/pipeline-<hash> __child diff 1000 /tmp/b/repo
-//! /tmp/b/cache` (stages: `render-pure`, `render-pipeline`, `diff`).
+//! /tmp/b/cache` (stages: `render-pure`, `render-pipeline`, `diff`, `diff-lean`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -56,18 +59,29 @@ enum Stage {
     RenderPipeline,
     /// `render::render_set` alone, on inputs resolved beforehand.
     RenderPure,
-    /// What `plugsync diff --base main -o markdown` does, from the repository on.
+    /// The straightforward diff, from the repository on: both revisions' full desired
+    /// states, then `DiffReport::build` (kept as the reference the lean path is held to).
     Diff,
+    /// What `plugsync diff --base main -o markdown` runs: the same report through
+    /// `pipeline::diff_report`, which renders what the revisions share once and never holds
+    /// a whole rendered revision.
+    DiffLean,
 }
 
 impl Stage {
-    const ALL: [Stage; 3] = [Stage::RenderPure, Stage::RenderPipeline, Stage::Diff];
+    const ALL: [Stage; 4] = [
+        Stage::RenderPure,
+        Stage::RenderPipeline,
+        Stage::Diff,
+        Stage::DiffLean,
+    ];
 
     fn arg(self) -> &'static str {
         match self {
             Stage::RenderPipeline => "render-pipeline",
             Stage::RenderPure => "render-pure",
             Stage::Diff => "diff",
+            Stage::DiffLean => "diff-lean",
         }
     }
 
@@ -76,6 +90,7 @@ impl Stage {
             Stage::RenderPipeline => "render (pipeline)",
             Stage::RenderPure => "render (pure)",
             Stage::Diff => "diff (1 changed)",
+            Stage::DiffLean => "diff, lean (1 chg)",
         }
     }
 
@@ -311,6 +326,7 @@ fn print_targets(results: &[Measurement]) {
     for (stage, target) in [
         (Stage::RenderPipeline, RENDER_TARGET),
         (Stage::Diff, DIFF_TARGET),
+        (Stage::DiffLean, DIFF_TARGET),
     ] {
         let m = find(stage, TARGET_N);
         check(
@@ -323,19 +339,18 @@ fn print_targets(results: &[Measurement]) {
             m.map(|m| m.median <= target),
         );
     }
-    let peak = results
-        .iter()
-        .filter(|m| m.n == TARGET_N)
-        .map(|m| m.peak_rss_bytes)
-        .max();
-    check(
-        format!(
-            "peak RSS of one run ≤ {} (every stage): {}",
-            fmt_bytes(RSS_TARGET_BYTES),
-            peak.map_or("-".into(), fmt_bytes)
-        ),
-        peak.map(|p| p <= RSS_TARGET_BYTES),
-    );
+    for stage in Stage::ALL {
+        let peak = find(stage, TARGET_N).map(|m| m.peak_rss_bytes);
+        check(
+            format!(
+                "{} peak RSS of one run ≤ {}: {}",
+                stage.label(),
+                fmt_bytes(RSS_TARGET_BYTES),
+                peak.map_or("-".into(), fmt_bytes)
+            ),
+            peak.map(|p| p <= RSS_TARGET_BYTES),
+        );
+    }
 
     // Linear growth: per-plugin time and memory (above the smallest N's baseline) at the
     // largest N against the same at TARGET_N.
@@ -404,6 +419,9 @@ fn child(args: &[String]) -> BenchResult<()> {
     let mut first_peak = 0;
     // Diff only: the part of each run spent freeing the states and the report.
     let mut teardowns = Vec::new();
+    // From here on the high-water mark is this stage's: forget what starting the process
+    // (and, for the pure render, loading its inputs) peaked at.
+    reset_peak_rss()?;
     match stage {
         Stage::RenderPipeline => {
             let resolver = resolver(&cache)?;
@@ -428,15 +446,11 @@ fn child(args: &[String]) -> BenchResult<()> {
         Stage::RenderPure => {
             let resolver = resolver(&cache)?;
             let snapshot = WorkTree::new(&repo)?;
-            let mut state = runtime
-                .block_on(pipeline::desired_state(
-                    &snapshot,
-                    FILE,
-                    &resolver,
-                    &RenderSettings::default(),
-                ))?
+            // Loaded and resolved, never rendered: the peak is the render's (with its
+            // inputs held), not an earlier pipeline run's.
+            let state = runtime
+                .block_on(pipeline::resolved_state(&snapshot, FILE, &resolver))?
                 .ok_or("plugins.yaml missing")?;
-            state.rendered = Vec::new();
             let inputs: Vec<PluginInput<'_>> = state
                 .resolution
                 .plugins
@@ -466,10 +480,10 @@ fn child(args: &[String]) -> BenchResult<()> {
                 drop(rendered);
             }
         }
-        Stage::Diff => {
+        Stage::Diff | Stage::DiffLean => {
             for _ in 0..=runs {
                 let started = Instant::now();
-                let run = runtime.block_on(diff(&repo, &cache))?;
+                let run = runtime.block_on(diff(&repo, &cache, stage == Stage::DiffLean))?;
                 let output = started.elapsed();
                 let (report, markdown) = (&run.report, &run.markdown);
                 let changed: Vec<_> = report
@@ -549,34 +563,48 @@ fn check_rendered(state: &DesiredState, n: usize) -> BenchResult<()> {
 struct DiffRun {
     report: DiffReport,
     markdown: String,
-    _states: (DesiredState, Option<DesiredState>),
+    _states: Option<(DesiredState, Option<DesiredState>)>,
 }
 
 /// `plugsync diff --base main -o markdown` in `repo` (head: the working tree), as
-/// `cli::diff_command` does it, without printing.
-async fn diff(repo: &Path, cache: &Path) -> BenchResult<DiffRun> {
+/// `cli::diff_command` does it, without printing; with `lean`, through
+/// `pipeline::diff_report` instead of two desired states and `DiffReport::build`.
+async fn diff(repo: &Path, cache: &Path, lean: bool) -> BenchResult<DiffRun> {
     let (root, subdir) = plugsync::source::discover_repo_root(repo)?;
     let base_rev = GitRevision::merge_base(&root, "main", "HEAD")?;
     let base = GitRevision::open(&root, &base_rev, subdir.as_deref())?;
     let head = WorkTree::new(repo)?;
     let resolver = resolver(cache)?;
     let settings = RenderSettings::default();
+    let label = format!("merge-base of main and HEAD ({})", &base_rev[..12]);
+    if lean {
+        let report =
+            pipeline::diff_report(&base, &head, FILE, &resolver, &settings, &label, 3).await?;
+        let markdown = report.to_markdown();
+        return Ok(DiffRun {
+            report,
+            markdown,
+            _states: None,
+        });
+    }
     let head_state = pipeline::desired_state(&head, FILE, &resolver, &settings)
         .await?
         .ok_or_else(|| format!("{FILE}: not found in {}", head.describe()))?;
     let base_state = pipeline::desired_state(&base, FILE, &resolver, &settings).await?;
-    let report = DiffReport::build(
-        &format!("merge-base of main and HEAD ({})", &base_rev[..12]),
-        base_state.as_ref(),
-        &head_state,
-        3,
-    )?;
+    let report = DiffReport::build(&label, base_state.as_ref(), &head_state, 3)?;
     let markdown = report.to_markdown();
     Ok(DiffRun {
         report,
         markdown,
-        _states: (head_state, base_state),
+        _states: Some((head_state, base_state)),
     })
+}
+
+/// Resets this process's `VmHWM` to its current resident set size (Linux
+/// `/proc/self/clear_refs`, value 5), so the next [`peak_rss_bytes`] is the peak since.
+fn reset_peak_rss() -> BenchResult<()> {
+    std::fs::write("/proc/self/clear_refs", "5")
+        .map_err(|e| format!("cannot reset the peak RSS (/proc/self/clear_refs): {e}").into())
 }
 
 /// Peak resident set size of this process so far (`VmHWM`), in bytes.

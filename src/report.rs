@@ -43,6 +43,17 @@ pub struct PluginChange {
     pub objects: Vec<Change>,
 }
 
+/// Who a plugin of one revision is: what [`DiffReport::from_plan`] needs of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginIdentity {
+    /// `author/name`.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// The plugin id (objects carry it as a label).
+    pub plugin_id: String,
+}
+
 /// The whole report.
 #[derive(Debug, Clone)]
 pub struct DiffReport {
@@ -52,7 +63,8 @@ pub struct DiffReport {
     pub head: String,
     /// Per-plugin summary, by name.
     pub plugins: Vec<PluginChange>,
-    /// Every object change, in apply order.
+    /// Every object change, in apply order; unchanged objects are listed (and counted)
+    /// without their objects (see [`plan::plan_refs_sparse`]).
     pub plan: Plan,
     /// State of the head's plugins.lock.
     pub head_lock: LockState,
@@ -70,17 +82,48 @@ impl DiffReport {
     ) -> Result<DiffReport, PlanError> {
         // Borrowed, not collected with `DesiredState::objects`: copying every object of
         // both sides cost as much time and memory as planning them.
-        let plan = plan::plan_refs(
+        let plan = plan::plan_refs_sparse(
             head.rendered.iter().flat_map(|p| &p.objects),
             base.into_iter()
                 .flat_map(|b| b.rendered.iter().flat_map(|p| &p.objects)),
             Compare::Exact,
         )?;
+        let side = |rendered: &'_ [RenderedPlugin]| -> Vec<PluginIdentity> {
+            rendered
+                .iter()
+                .map(|p| PluginIdentity {
+                    name: p.name.clone(),
+                    version: p.version.clone(),
+                    plugin_id: p.plugin_id.clone(),
+                })
+                .collect()
+        };
+        Ok(DiffReport::from_plan(
+            base_label,
+            base.map(|b| (b.source.as_str(), side(&b.rendered))),
+            (head.source.as_str(), side(&head.rendered)),
+            head.lock.clone(),
+            plan,
+            context_lines,
+        ))
+    }
 
+    /// The report of a plan already made between two revisions, each given by its source
+    /// (as its snapshot describes it) and its plugins (`None`: a base without
+    /// plugins.yaml). Objects are assigned to plugins by their plugin-id label.
+    pub fn from_plan(
+        base_label: &str,
+        base: Option<(&str, Vec<PluginIdentity>)>,
+        head: (&str, Vec<PluginIdentity>),
+        head_lock: LockState,
+        plan: Plan,
+        context_lines: usize,
+    ) -> DiffReport {
         let empty = Vec::new();
-        let base_plugins: &[RenderedPlugin] = base.map(|b| b.rendered.as_slice()).unwrap_or(&empty);
+        let base_plugins: &[PluginIdentity] = base.as_ref().map_or(&empty, |(_, p)| p);
+        let head_plugins: &[PluginIdentity] = &head.1;
         let mut owner: BTreeMap<&str, &str> = BTreeMap::new();
-        for p in base_plugins.iter().chain(head.rendered.iter()) {
+        for p in base_plugins.iter().chain(head_plugins) {
             owner.insert(&p.plugin_id, &p.name);
         }
         let mut by_plugin: BTreeMap<String, Vec<Change>> = BTreeMap::new();
@@ -102,8 +145,7 @@ impl DiffReport {
             .iter()
             .map(|p| (p.name.as_str(), p.version.as_str()))
             .collect();
-        let head_versions: BTreeMap<&str, &str> = head
-            .rendered
+        let head_versions: BTreeMap<&str, &str> = head_plugins
             .iter()
             .map(|p| (p.name.as_str(), p.version.as_str()))
             .collect();
@@ -144,17 +186,17 @@ impl DiffReport {
                 objects,
             });
         }
-        Ok(DiffReport {
-            base: match base {
-                Some(b) => b.source.clone(),
+        DiffReport {
+            base: match &base {
+                Some((source, _)) => source.to_string(),
                 None => format!("{base_label} (no plugins.yaml)"),
             },
-            head: head.source.clone(),
+            head: head.0.to_string(),
             plugins,
             plan,
-            head_lock: head.lock.clone(),
+            head_lock,
             context_lines,
-        })
+        }
     }
 
     /// Whether anything changes: the exit code of `plugsync diff` (1 if so).

@@ -312,3 +312,89 @@ fn missing_base_image_is_a_clear_error() {
     assert!(err.contains("no base image for Python 3.12"), "{err}");
     assert!(err.contains("configured: 3.11"), "{err}");
 }
+
+/// Fingerprints key the lean diff's "render once what both revisions share": equal
+/// fingerprints must mean byte-identical output, and any input render reads must change
+/// them (a changed template above all).
+#[test]
+fn equal_fingerprints_render_equal_and_inputs_change_them() {
+    use plugsync::render::{
+        plugin_fingerprint, render_set, set_fingerprint, PluginInput, Templates,
+    };
+    let state = render_dir(Path::new("examples"));
+    let settings = RenderSettings::default();
+    let set = state.set.spec();
+    let inputs: Vec<PluginInput<'_>> = state
+        .resolution
+        .plugins
+        .iter()
+        .map(|p| PluginInput {
+            locked: &p.locked,
+            manifest: &p.package.manifest,
+            package: p.bytes.as_slice(),
+            runtime: &p.declared.runtime,
+            attempt: 1,
+            image_digest: None,
+            built_images: None,
+        })
+        .collect();
+    let fingerprints = |templates: &Templates, settings: &RenderSettings| -> Vec<[u8; 32]> {
+        let set_print = set_fingerprint(set, templates, settings, None);
+        inputs
+            .iter()
+            .map(|i| plugin_fingerprint(&set_print, i))
+            .collect()
+    };
+    let base = fingerprints(&state.templates, &settings);
+    // Deterministic, and distinct per plugin.
+    assert_eq!(base, fingerprints(&state.templates, &settings));
+    assert_ne!(base[0], base[1]);
+    // What a memo would hand out for an equal fingerprint is what a fresh render gives.
+    let fresh = render_set(set, &inputs, &state.templates, &settings).expect("renders");
+    assert_eq!(fresh, state.rendered);
+
+    // A changed template, or setting, changes every fingerprint.
+    let changed = Templates::with_overrides([(
+        "service.yaml.j2".to_string(),
+        format!(
+            "{}# changed\n",
+            state.templates.source("service.yaml.j2").expect("source")
+        ),
+    )])
+    .expect("known template");
+    let other_settings = RenderSettings {
+        context_base_url: "http://elsewhere:8080".into(),
+    };
+    for other in [
+        fingerprints(&changed, &settings),
+        fingerprints(&state.templates, &other_settings),
+    ] {
+        assert!(base.iter().zip(&other).all(|(a, b)| a != b));
+    }
+    // So does a plugin's own input: another attempt, a known digest, another runtime,
+    // recorded images.
+    let set_print = set_fingerprint(set, &state.templates, &settings, None);
+    let mut runtime = inputs[0].runtime.clone();
+    runtime.replicas = Some(7);
+    let images = std::collections::BTreeMap::from([("x".to_string(), "sha256:y".to_string())]);
+    for input in [
+        PluginInput {
+            attempt: 2,
+            ..inputs[0]
+        },
+        PluginInput {
+            image_digest: Some("sha256:abc"),
+            ..inputs[0]
+        },
+        PluginInput {
+            runtime: &runtime,
+            ..inputs[0]
+        },
+    ] {
+        assert_ne!(plugin_fingerprint(&set_print, &input), base[0]);
+    }
+    assert_ne!(
+        set_fingerprint(set, &state.templates, &settings, Some(&images)),
+        set_print
+    );
+}

@@ -166,3 +166,89 @@ fn generation_is_deterministic() {
     assert_eq!(outputs[0], outputs[1]);
     assert_eq!(outputs[0].2.len(), N);
 }
+
+/// The classic report (two desired states, `DiffReport::build`) and the lean one
+/// (`pipeline::diff_report`, which renders what both revisions share once), for the same
+/// two folders; they must agree in every format and object by object.
+fn both_reports(base_dir: &Path, head_dir: &Path, cache: &Cache) -> (DiffReport, DiffReport) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let resolver = resolver(cache);
+    let settings = RenderSettings::default();
+    let base = WorkTree::new(base_dir).expect("worktree");
+    let head = WorkTree::new(head_dir).expect("worktree");
+    let base_state = rt
+        .block_on(desired_state(&base, "plugins.yaml", &resolver, &settings))
+        .expect("base renders");
+    let head_state = state_of(&head, cache);
+    let classic = DiffReport::build("base", base_state.as_ref(), &head_state, 3).expect("report");
+    let lean = rt
+        .block_on(plugsync::pipeline::diff_report(
+            &base,
+            &head,
+            "plugins.yaml",
+            &resolver,
+            &settings,
+            "base",
+            3,
+        ))
+        .expect("lean report");
+    assert_eq!(lean.to_text(), classic.to_text());
+    assert_eq!(lean.to_markdown(), classic.to_markdown());
+    assert_eq!(lean.to_json(), classic.to_json());
+    assert_eq!(lean.plan, classic.plan, "plans differ");
+    (classic, lean)
+}
+
+fn two_repos(base_n: usize, head_n: usize) -> (tempfile::TempDir, Cache) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cache = Cache::open(&tmp.path().join("cache")).expect("cache");
+    synth::generate_repo(&tmp.path().join("base"), base_n, &cache).expect("generates base");
+    synth::generate_repo(&tmp.path().join("head"), head_n, &cache).expect("generates head");
+    (tmp, cache)
+}
+
+#[test]
+fn lean_diff_equals_the_classic_one_for_each_kind_of_change() {
+    for change in [SynthChange::Upgrade, SynthChange::Reconfigure] {
+        let (tmp, cache) = two_repos(N, N);
+        synth::change_one(&tmp.path().join("head"), &cache, change).expect("changes one");
+        let (classic, _) = both_reports(&tmp.path().join("base"), &tmp.path().join("head"), &cache);
+        assert_eq!(changed(&classic).len(), 1, "{change:?}");
+    }
+    // Nothing changed.
+    let (tmp, cache) = two_repos(N, N);
+    let (classic, _) = both_reports(&tmp.path().join("base"), &tmp.path().join("head"), &cache);
+    assert!(!classic.has_changes());
+    // Plugins added, and plugins removed (deletes come last, in reverse apply order).
+    let (tmp, cache) = two_repos(2, N);
+    let (classic, _) = both_reports(&tmp.path().join("base"), &tmp.path().join("head"), &cache);
+    assert_eq!(changed(&classic).len(), N - 2);
+    let (classic, _) = both_reports(&tmp.path().join("head"), &tmp.path().join("base"), &cache);
+    assert_eq!(classic.plan.deletes().count(), 4 * (N - 2));
+    // A base without plugins.yaml: everything is new.
+    let (tmp, cache) = two_repos(N, N);
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    let (classic, _) = both_reports(&empty, &tmp.path().join("head"), &cache);
+    assert_eq!(classic.plan.creates().count(), 4 * N);
+}
+
+#[test]
+fn lean_diff_sees_a_changed_template_in_every_plugin() {
+    // Same plugins at both revisions, but head overrides a template: every plugin's inputs
+    // fingerprint changes, so nothing may be taken as shared.
+    let (tmp, cache) = two_repos(N, N);
+    let head = tmp.path().join("head");
+    let service = plugsync::render::Templates::builtin()
+        .source("service.yaml.j2")
+        .expect("built-in")
+        .replace("spec:\n", "spec:\n  publishNotReadyAddresses: true\n");
+    std::fs::create_dir_all(head.join("templates")).expect("mkdir");
+    std::fs::write(head.join("templates/service.yaml.j2"), service).expect("write");
+    let (classic, lean) = both_reports(&tmp.path().join("base"), &head, &cache);
+    assert_eq!(
+        lean.summary_line(),
+        format!("0 added, 0 upgraded, 0 removed, {N} reconfigured, 0 unchanged")
+    );
+    assert_eq!(classic.plan.updates().count(), N);
+}

@@ -349,6 +349,27 @@ pub fn plan_refs<'a>(
     live: impl IntoIterator<Item = &'a Value>,
     compare: Compare,
 ) -> Result<Plan, PlanError> {
+    plan_indexed(desired, live, compare, true)
+}
+
+/// [`plan_refs`], except that `Unchanged` changes carry no objects (`desired` and `live`
+/// are `None`): for reports, which count unchanged objects but never show them. In a pull
+/// request almost every object is unchanged, and copying them all cost as much time and
+/// memory as rendering them.
+pub fn plan_refs_sparse<'a>(
+    desired: impl IntoIterator<Item = &'a Value>,
+    live: impl IntoIterator<Item = &'a Value>,
+    compare: Compare,
+) -> Result<Plan, PlanError> {
+    plan_indexed(desired, live, compare, false)
+}
+
+fn plan_indexed<'a>(
+    desired: impl IntoIterator<Item = &'a Value>,
+    live: impl IntoIterator<Item = &'a Value>,
+    compare: Compare,
+    keep_unchanged: bool,
+) -> Result<Plan, PlanError> {
     let desired = index(desired, Side::Desired)?;
     let live = index(live, Side::Live)?;
     let mut changes = Vec::with_capacity(desired.len() + live.len());
@@ -370,12 +391,13 @@ pub fn plan_refs<'a>(
                 }
             }
         };
+        let keep = keep_unchanged || action != Action::Unchanged;
         changes.push(Change {
             key: key.clone(),
             action,
             reason,
-            desired: Some(d.clone()),
-            live: l.cloned(),
+            desired: keep.then(|| d.clone()),
+            live: l.filter(|_| keep).cloned(),
             changed_paths: paths,
             compare,
         });

@@ -164,12 +164,138 @@ impl Templates {
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_keep_trailing_newline(true);
         env.add_filter("sh", shell_quote);
+        env.add_filter("tojson", tojson);
         for (name, source) in &self.sources {
             env.add_template(name, source)
                 .map_err(|e| template_error(name, &e))?;
         }
         Ok(env)
     }
+}
+
+/// A digest of everything [`render_plugin`] reads that is the same for every plugin of a
+/// set: the PluginSet without its `spec.plugins` list (each plugin's own entry reaches
+/// render through its [`PluginInput`]), the templates, the settings and the recorded
+/// image digests. With [`plugin_fingerprint`] it keys a memo of rendered plugins: equal
+/// fingerprints, byte-identical output (render is a pure function of these inputs).
+pub fn set_fingerprint(
+    set: &PluginSet,
+    templates: &Templates,
+    settings: &RenderSettings,
+    built_images: Option<&BTreeMap<String, String>>,
+) -> [u8; 32] {
+    let mut set_value = serde_json::to_value(set).unwrap_or(Value::Null);
+    if let Some(spec) = set_value.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.remove("plugins");
+    }
+    let mut hasher = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    };
+    field(b"plugsync render set v1");
+    field(set_value.to_string().as_bytes());
+    for (name, source) in &templates.sources {
+        field(name.as_bytes());
+        field(source.as_bytes());
+    }
+    field(settings.context_base_url.as_bytes());
+    field(
+        serde_json::to_string(&built_images)
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    hasher.finalize().into()
+}
+
+/// A digest of one plugin's render inputs under a set's [`set_fingerprint`] (computed
+/// with the same `built_images` as `input.built_images`): its lock entry, runtime,
+/// manifest, attempt and known image digest. The package bytes are identified by the lock
+/// entry's sha256, which is what resolve guarantees they hash to.
+pub fn plugin_fingerprint(set_fingerprint: &[u8; 32], input: &PluginInput<'_>) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    };
+    field(set_fingerprint);
+    field(
+        serde_json::to_string(input.locked)
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    field(
+        serde_json::to_string(input.runtime)
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    field(format!("{:?}", input.manifest).as_bytes());
+    field(&input.attempt.max(1).to_le_bytes());
+    field(&[u8::from(input.image_digest.is_some())]);
+    field(input.image_digest.unwrap_or_default().as_bytes());
+    hasher.finalize().into()
+}
+
+/// minijinja's built-in `tojson`, byte for byte (compact JSON, or pretty with `indent`;
+/// `<`, `>`, `&` and `'` escaped as `\u003c`-style escapes so the output is safe in HTML
+/// too), without its character-by-character copy when there is nothing to escape, which
+/// is almost always: it is the filter every rendered value goes through.
+fn tojson(
+    value: &minijinja::Value,
+    indent: Option<minijinja::Value>,
+    args: minijinja::value::Kwargs,
+) -> Result<minijinja::Value, minijinja::Error> {
+    let indent = match indent {
+        Some(indent) => Some(indent),
+        None => args.get("indent")?,
+    };
+    let indent = match indent {
+        None => None,
+        Some(val) => match bool::try_from(val.clone()).ok() {
+            Some(true) => Some(2),
+            Some(false) => None,
+            None => Some(usize::try_from(val)?),
+        },
+    };
+    args.assert_all_used()?;
+    let json = match indent {
+        Some(indent) => {
+            let mut out = Vec::new();
+            let indentation = " ".repeat(indent);
+            let formatter = serde_json::ser::PrettyFormatter::with_indent(indentation.as_bytes());
+            let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
+            value
+                .serialize(&mut ser)
+                .map_err(json_error)
+                .and_then(|()| String::from_utf8(out).map_err(json_error))
+        }
+        None => serde_json::to_string(value).map_err(json_error),
+    }?;
+    if !json
+        .bytes()
+        .any(|b| matches!(b, b'<' | b'>' | b'&' | b'\''))
+    {
+        return Ok(minijinja::Value::from_safe_string(json));
+    }
+    let mut escaped = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        match c {
+            '<' => escaped.push_str("\\u003c"),
+            '>' => escaped.push_str("\\u003e"),
+            '&' => escaped.push_str("\\u0026"),
+            '\'' => escaped.push_str("\\u0027"),
+            _ => escaped.push(c),
+        }
+    }
+    Ok(minijinja::Value::from_safe_string(escaped))
+}
+
+fn json_error(err: impl std::error::Error + Send + Sync + 'static) -> minijinja::Error {
+    minijinja::Error::new(
+        minijinja::ErrorKind::InvalidOperation,
+        "cannot serialize to JSON",
+    )
+    .with_source(err)
 }
 
 /// Single-quotes a value for a POSIX shell (`'it'\''s'`).
@@ -275,10 +401,25 @@ pub fn render_set(
     templates: &Templates,
     settings: &RenderSettings,
 ) -> Result<Vec<RenderedPlugin>, RenderError> {
+    render_set_map(set, plugins, templates, settings, |_, rendered| rendered)
+}
+
+/// [`render_set`], handing each rendered plugin (with its index in `plugins`) to `map` on
+/// the thread that rendered it, so what the caller keeps of it is extracted, and the rest
+/// freed, in parallel too. Results are in the order of `plugins`.
+pub fn render_set_map<T: Send>(
+    set: &PluginSet,
+    plugins: &[PluginInput<'_>],
+    templates: &Templates,
+    settings: &RenderSettings,
+    map: impl Fn(usize, RenderedPlugin) -> T + Sync,
+) -> Result<Vec<T>, RenderError> {
     let env = templates.environment()?;
-    let render_all = |part: &[PluginInput<'_>]| -> Result<Vec<RenderedPlugin>, RenderError> {
+    let (env, map) = (&env, &map);
+    let render_all = |offset: usize, part: &[PluginInput<'_>]| -> Result<Vec<T>, RenderError> {
         part.iter()
-            .map(|p| render_plugin(set, p, &env, settings))
+            .enumerate()
+            .map(|(i, p)| render_plugin(set, p, env, settings).map(|r| map(offset + i, r)))
             .collect()
     };
     // Plugins are independent and rendering is pure, so large sets are split over the
@@ -290,16 +431,16 @@ pub fn render_set(
         .min(plugins.len() / MIN_PLUGINS_PER_THREAD)
         .max(1);
     if threads == 1 {
-        return render_all(plugins);
+        return render_all(0, plugins);
     }
     let chunk = plugins.len().div_ceil(threads);
-    let mut parts = plugins.chunks(chunk);
-    let first = parts.next().unwrap_or_default();
-    let results: Vec<Result<Vec<RenderedPlugin>, RenderError>> = std::thread::scope(|scope| {
+    let mut parts = plugins.chunks(chunk).enumerate();
+    let first = parts.next().map_or(&[][..], |(_, part)| part);
+    let results: Vec<Result<Vec<T>, RenderError>> = std::thread::scope(|scope| {
         let others: Vec<_> = parts
-            .map(|part| scope.spawn(move || render_all(part)))
+            .map(|(i, part)| scope.spawn(move || render_all(i * chunk, part)))
             .collect();
-        let mut results = vec![render_all(first)];
+        let mut results = vec![render_all(0, first)];
         for handle in others {
             results.push(
                 handle
@@ -757,6 +898,34 @@ mod tests {
     fn shell_quoting_survives_quotes() {
         assert_eq!(shell_quote("a b".into()), "'a b'");
         assert_eq!(shell_quote("it's".into()), r"'it'\''s'");
+    }
+
+    #[test]
+    fn tojson_matches_the_builtin_byte_for_byte() {
+        let builtin = Environment::new();
+        let mut ours = Environment::new();
+        ours.add_filter("tojson", tojson);
+        let value = json!({
+            "plain": "abc", "html": "<a href='x'>&amp;</a>", "unicode": "é ✓ \u{2028}",
+            "n": [1, -2, 3.5, null, true], "nested": {"b": {"c": []}, "a": {}},
+        });
+        for template in [
+            "{{ v | tojson }}",
+            "{{ v.plain | tojson }}",
+            "{{ v.html | tojson }}",
+            "{{ v | tojson(indent=2) }}",
+            "{{ v | tojson(true) }}",
+            "{{ v | tojson(false) }}",
+            "{{ v | tojson(4) }}",
+            "{{ v.n | tojson }}",
+        ] {
+            let render = |env: &Environment<'_>| {
+                env.render_str(template, minijinja::context! { v => &value })
+                    .map_err(|e| e.to_string())
+            };
+            assert_eq!(render(&ours), render(&builtin), "{template}");
+        }
+        assert!(ours.render_str("{{ 1 | tojson(bogus=1) }}", ()).is_err());
     }
 
     #[test]

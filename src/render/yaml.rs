@@ -405,13 +405,20 @@ impl Flow<'_> {
                 self.pos += 1;
             }
             // The input is ASCII (checked up front), so any slice is valid UTF-8.
-            out.push_str(std::str::from_utf8(&self.bytes[start..self.pos]).ok()?);
+            let run = std::str::from_utf8(&self.bytes[start..self.pos]).ok()?;
             match self.peek()? {
+                // Most strings have no escapes: one allocation of the exact size.
+                b'"' if out.is_empty() => {
+                    self.pos += 1;
+                    return Some(run.to_string());
+                }
                 b'"' => {
                     self.pos += 1;
+                    out.push_str(run);
                     return Some(out);
                 }
                 _ => {
+                    out.push_str(run);
                     self.pos += 1;
                     let c = match self.peek()? {
                         b'"' => '"',
