@@ -264,6 +264,56 @@ pub fn error_policy(
     }))
 }
 
+/// Kubernetes conditions for `specs`, keeping each one's `lastTransitionTime` from `old`
+/// unless its status flipped (as kstatus readers expect).
+pub fn kube_conditions(
+    specs: &[lifecycle::ConditionSpec],
+    old: &[Condition],
+    generation: Option<i64>,
+) -> Vec<Condition> {
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    specs
+        .iter()
+        .map(|c| {
+            let status = if c.status { "True" } else { "False" }.to_string();
+            let previous = old.iter().find(|o| o.type_ == c.type_);
+            Condition {
+                type_: c.type_.to_string(),
+                status: status.clone(),
+                reason: c.reason.to_string(),
+                message: c.message.clone(),
+                observed_generation: generation,
+                last_transition_time: previous
+                    .filter(|p| p.status == status)
+                    .map(|p| p.last_transition_time.clone())
+                    .unwrap_or_else(|| now.clone()),
+            }
+        })
+        .collect()
+}
+
+/// The body of a JSON merge patch that makes a status `new`: a merge patch keeps fields it
+/// does not mention, so fields `old` had and `new` dropped are set to null. Fields in
+/// `others` belong to another writer and are left out entirely.
+pub fn status_merge_patch(
+    new: &impl serde::Serialize,
+    old: &impl serde::Serialize,
+    others: &[&str],
+) -> Value {
+    let mut body = serde_json::to_value(new).unwrap_or_default();
+    if let (Value::Object(fields), Ok(Value::Object(previous))) =
+        (&mut body, serde_json::to_value(old))
+    {
+        for key in previous.keys() {
+            fields.entry(key.clone()).or_insert(Value::Null);
+        }
+        for key in others {
+            fields.remove(*key);
+        }
+    }
+    body
+}
+
 /// Deletes in the background: the Job's pods (or a Plugin's children) go with it.
 fn background() -> kube::api::DeleteParams {
     kube::api::DeleteParams {
@@ -665,26 +715,11 @@ async fn publish_status(
     last_failure: Option<BuildFailure>,
 ) -> Result<(), ReconcileError> {
     let old = plugin.status.clone().unwrap_or_default();
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let conditions: Vec<Condition> = decision
-        .conditions
-        .iter()
-        .map(|c| {
-            let status = if c.status { "True" } else { "False" }.to_string();
-            let previous = old.conditions.iter().find(|o| o.type_ == c.type_);
-            Condition {
-                type_: c.type_.to_string(),
-                status: status.clone(),
-                reason: c.reason.to_string(),
-                message: c.message.clone(),
-                observed_generation: plugin.metadata.generation,
-                last_transition_time: previous
-                    .filter(|p| p.status == status)
-                    .map(|p| p.last_transition_time.clone())
-                    .unwrap_or_else(|| now.clone()),
-            }
-        })
-        .collect();
+    let conditions = kube_conditions(
+        &decision.conditions,
+        &old.conditions,
+        plugin.metadata.generation,
+    );
     let new = PluginStatus {
         phase: Some(decision.phase),
         endpoint: decision.endpoint.clone(),
@@ -704,15 +739,7 @@ async fn publish_status(
     }
     let api: Api<Plugin> =
         Api::namespaced(ctx.client.clone(), &plugin.namespace().unwrap_or_default());
-    // A merge patch keeps fields it does not mention: clear what the new status dropped.
-    let mut status = serde_json::to_value(&new).unwrap_or_default();
-    if let (Value::Object(fields), Ok(Value::Object(previous))) =
-        (&mut status, serde_json::to_value(&old))
-    {
-        for key in previous.keys() {
-            fields.entry(key.clone()).or_insert(Value::Null);
-        }
-    }
+    let status = status_merge_patch(&new, &old, &[]);
     let patch: Value = json!({ "status": status });
     api.patch_status(
         &plugin.name_any(),

@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use rand::SeedableRng;
@@ -28,6 +27,7 @@ use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
 
 use crate::apply::{Applier, ApplyOptions, Outcome};
+use crate::controller::reconcile::{kube_conditions, status_merge_patch};
 use crate::crd::{Plugin, PluginSetStatus};
 use crate::error::Error;
 use crate::metrics::{FetchOutcome, Metrics, ReconcileResult};
@@ -678,25 +678,7 @@ impl GitOps {
 
         let declared = self.applied.as_ref().map(|a| a.objects.len());
         let (message, conditions) = compose(&self.result, declared, &counts);
-        let now = Time(k8s_openapi::jiff::Timestamp::now());
-        let conditions: Vec<Condition> = conditions
-            .iter()
-            .map(|c| {
-                let status = if c.status { "True" } else { "False" }.to_string();
-                let previous = old.conditions.iter().find(|o| o.type_ == c.type_);
-                Condition {
-                    type_: c.type_.to_string(),
-                    status: status.clone(),
-                    reason: c.reason.to_string(),
-                    message: c.message.clone(),
-                    observed_generation: live.metadata.generation,
-                    last_transition_time: previous
-                        .filter(|p| p.status == status)
-                        .map(|p| p.last_transition_time.clone())
-                        .unwrap_or_else(|| now.clone()),
-                }
-            })
-            .collect();
+        let conditions = kube_conditions(&conditions, &old.conditions, live.metadata.generation);
         let errors = match &self.result {
             PassResult::Invalid { errors, .. } => errors.clone(),
             _ => Vec::new(),
@@ -727,17 +709,7 @@ impl GitOps {
         };
         if new != old {
             // The inventory is the applier's: never written here.
-            let mut body = serde_json::to_value(&new).unwrap_or_default();
-            if let (Value::Object(fields), Ok(Value::Object(previous))) =
-                (&mut body, serde_json::to_value(&old))
-            {
-                fields.remove("inventory");
-                for key in previous.keys() {
-                    if key != "inventory" {
-                        fields.entry(key.clone()).or_insert(Value::Null);
-                    }
-                }
-            }
+            let body = status_merge_patch(&new, &old, &["inventory"]);
             let patch = json!({ "status": body });
             if let Err(e) = sets
                 .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
