@@ -4,46 +4,15 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use plugsync::resolve::cache::Cache;
-use plugsync::testkit::apiserver::{ApiServer, Match, Verb};
+use plugsync::testkit::apiserver::{Match, Verb};
 use serde_json::json;
 
-const NS: &str = "dify";
+#[path = "common/cli_env.rs"]
+mod cli_env;
 
-struct Env {
-    server: ApiServer,
-    repo: tempfile::TempDir,
-    cache: tempfile::TempDir,
-    kubeconfig: tempfile::TempDir,
-}
+use cli_env::{Env, NS};
 
 impl Env {
-    async fn new(n: usize) -> Env {
-        let server = ApiServer::start().await.expect("double");
-        server
-            .store()
-            .put(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}))
-            .expect("namespace");
-        let repo = tempfile::tempdir().expect("repo");
-        let cache = tempfile::tempdir().expect("cache");
-        plugsync::synth::generate_repo(repo.path(), n, &Cache::open(cache.path()).expect("cache"))
-            .expect("generate");
-        let kubeconfig = tempfile::tempdir().expect("kubeconfig");
-        server
-            .write_kubeconfig(kubeconfig.path().join("config"), NS)
-            .expect("kubeconfig");
-        Env {
-            server,
-            repo,
-            cache,
-            kubeconfig,
-        }
-    }
-
-    fn kubeconfig_path(&self) -> std::path::PathBuf {
-        self.kubeconfig.path().join("config")
-    }
-
     fn command(&self, args: &[&str]) -> std::process::Command {
         let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("plugsync"));
         cmd.args(args)

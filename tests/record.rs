@@ -13,46 +13,20 @@ use plugsync::controller::{self, Context};
 use plugsync::render::RenderSettings;
 use plugsync::resolve::cache::Cache;
 use plugsync::testkit::apiserver::workloads::WorkloadPolicy;
-use plugsync::testkit::apiserver::ApiServer;
 use serde_json::{json, Value};
 
-const NS: &str = "dify";
+#[path = "common/cli_env.rs"]
+mod cli_env;
+
+use cli_env::{Env, NS};
+
 const PLUGIN: &str = "plugsync.dev/v1alpha1";
 
-struct Env {
-    server: ApiServer,
-    repo: tempfile::TempDir,
-    cache: tempfile::TempDir,
-    kubeconfig: tempfile::TempDir,
-}
-
 impl Env {
-    async fn new(n: usize) -> Env {
-        let server = ApiServer::start().await.expect("double");
-        server
-            .store()
-            .put(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}))
-            .expect("namespace");
-        let repo = tempfile::tempdir().expect("repo");
-        let cache = tempfile::tempdir().expect("cache");
-        plugsync::synth::generate_repo(repo.path(), n, &Cache::open(cache.path()).expect("cache"))
-            .expect("generate");
-        let kubeconfig = tempfile::tempdir().expect("kubeconfig");
-        server
-            .write_kubeconfig(kubeconfig.path().join("config"), NS)
-            .expect("kubeconfig");
-        Env {
-            server,
-            repo,
-            cache,
-            kubeconfig,
-        }
-    }
-
     async fn run(&self, args: &[&str]) -> (bool, String) {
         let mut cmd = tokio::process::Command::new(assert_cmd::cargo::cargo_bin("plugsync"));
         cmd.args(args)
-            .env("KUBECONFIG", self.kubeconfig.path().join("config"))
+            .env("KUBECONFIG", self.kubeconfig_path())
             .env("PLUGSYNC_CACHE_DIR", self.cache.path())
             .env_remove("PLUGSYNC_PLUGIN_DIRS");
         let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
