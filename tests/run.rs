@@ -196,6 +196,9 @@ impl Env {
         .await;
     }
 
+    /// What the git loop writes of each Plugin: its spec (`generation`) and the hash of what
+    /// it applied. The controller's status writes (which move `resourceVersion`) are not the
+    /// loop's and do not count.
     fn resource_versions(&self) -> Vec<(String, String)> {
         let mut v: Vec<(String, String)> = self
             .plugins()
@@ -206,10 +209,11 @@ impl Env {
                         .as_str()
                         .unwrap_or_default()
                         .to_string(),
-                    p["metadata"]["resourceVersion"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
+                    format!(
+                        "{}/{}",
+                        p["metadata"]["generation"],
+                        p["metadata"]["annotations"]["plugsync.dev/applied-hash"]
+                    ),
                 )
             })
             .collect();
