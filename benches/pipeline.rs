@@ -8,22 +8,27 @@
 //! with `__child` arguments), so the peak RSS it reports (`VmHWM` from `/proc/self/status`,
 //! reset through `/proc/self/clear_refs` just before the stage starts, read after its first
 //! run) belongs to that measurement alone, not to the generator or an earlier, larger N.
-//! The pure render's inputs are loaded and resolved without rendering, so its peak is the
-//! render's with its inputs held. The
+//! The render stages measure what `plugsync render` runs: every plugin rendered and turned
+//! into its YAML text on the rendering thread (`ResolvedState::render_text`), then the text
+//! emitted in order (`pipeline::emit_text`, into a byte counter here). The pure render's
+//! inputs are loaded and resolved without rendering, so its peak is the render's with its
+//! inputs held; `render-set` is the former whole-set render (`render::render_set`, every
+//! plugin's objects held at once), kept as a reference. The
 //! parent generates each repository once, commits it on `main` in a throwaway git
 //! repository and upgrades one plugin in the working tree, so `diff` compares like a pull
 //! request with one plugin changed.
 //!
 //! To profile one measurement: `target/release/deps/pipeline-<hash> __prepare 1000 /tmp/b`,
 //! then `perf record -g target/release/deps/pipeline-<hash> __child diff 1000 /tmp/b/repo
-//! /tmp/b/cache` (stages: `render-pure`, `render-pipeline`, `diff`, `diff-lean`).
+//! /tmp/b/cache` (stages: `render-pure`, `render-pipeline`, `render-set`, `diff`,
+//! `diff-lean`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use plugsync::pipeline::{self, DesiredState};
-use plugsync::render::{self, PluginInput, RenderSettings};
+use plugsync::render::{self, PluginInput, RenderSettings, TextFormat};
 use plugsync::report::{DiffReport, PluginChangeKind};
 use plugsync::resolve::cache::Cache;
 use plugsync::resolve::source::{FetchSettings, SourceRegistry};
@@ -55,10 +60,14 @@ const LINEAR_SLACK: f64 = 1.5;
 /// What a child measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
-    /// `pipeline::desired_state` on the working tree: load, resolve (lock + cache), render.
+    /// `plugsync render` on the working tree: load, resolve (lock + cache), render to
+    /// YAML text plugin by plugin, emit the text.
     RenderPipeline,
-    /// `render::render_set` alone, on inputs resolved beforehand.
+    /// `plugsync render`'s render to YAML text and emit alone, on inputs resolved beforehand.
     RenderPure,
+    /// Reference: `render::render_set` on the same inputs, every plugin's objects held at
+    /// once (what `plugsync render` did before rendering to text plugin by plugin).
+    RenderSet,
     /// The straightforward diff, from the repository on: both revisions' full desired
     /// states, then `DiffReport::build` (kept as the reference the lean path is held to).
     Diff,
@@ -69,9 +78,10 @@ enum Stage {
 }
 
 impl Stage {
-    const ALL: [Stage; 4] = [
+    const ALL: [Stage; 5] = [
         Stage::RenderPure,
         Stage::RenderPipeline,
+        Stage::RenderSet,
         Stage::Diff,
         Stage::DiffLean,
     ];
@@ -80,6 +90,7 @@ impl Stage {
         match self {
             Stage::RenderPipeline => "render-pipeline",
             Stage::RenderPure => "render-pure",
+            Stage::RenderSet => "render-set",
             Stage::Diff => "diff",
             Stage::DiffLean => "diff-lean",
         }
@@ -89,6 +100,7 @@ impl Stage {
         match self {
             Stage::RenderPipeline => "render (pipeline)",
             Stage::RenderPure => "render (pure)",
+            Stage::RenderSet => "render_set (whole)",
             Stage::Diff => "diff (1 changed)",
             Stage::DiffLean => "diff, lean (1 chg)",
         }
@@ -426,21 +438,23 @@ fn child(args: &[String]) -> BenchResult<()> {
         Stage::RenderPipeline => {
             let resolver = resolver(&cache)?;
             let snapshot = WorkTree::new(&repo)?;
+            let settings = RenderSettings::default();
             for _ in 0..=runs {
                 let started = Instant::now();
-                let state = runtime.block_on(pipeline::desired_state(
-                    &snapshot,
-                    FILE,
-                    &resolver,
-                    &RenderSettings::default(),
-                ))?;
+                let state = runtime
+                    .block_on(pipeline::resolved_state(&snapshot, FILE, &resolver))?
+                    .ok_or("plugins.yaml missing")?;
+                let rendered = state.render_text(&settings, TextFormat::Yaml, false)?;
+                let bytes = emitted_bytes(&rendered);
                 times.push(started.elapsed());
                 if times.len() == 1 {
                     first_peak = peak_rss_bytes()?;
                 }
-                let state = state.ok_or("plugins.yaml missing")?;
-                check_rendered(&state, n)?;
-                drop(state);
+                if state.lock != pipeline::LockState::UpToDate {
+                    return Err(format!("lock is not up to date: {:?}", state.lock).into());
+                }
+                check_text(&rendered, bytes, n)?;
+                drop((state, rendered));
             }
         }
         Stage::RenderPure => {
@@ -448,6 +462,25 @@ fn child(args: &[String]) -> BenchResult<()> {
             let snapshot = WorkTree::new(&repo)?;
             // Loaded and resolved, never rendered: the peak is the render's (with its
             // inputs held), not an earlier pipeline run's.
+            let state = runtime
+                .block_on(pipeline::resolved_state(&snapshot, FILE, &resolver))?
+                .ok_or("plugins.yaml missing")?;
+            let settings = RenderSettings::default();
+            for _ in 0..=runs {
+                let started = Instant::now();
+                let rendered = state.render_text(&settings, TextFormat::Yaml, false)?;
+                let bytes = emitted_bytes(&rendered);
+                times.push(started.elapsed());
+                if times.len() == 1 {
+                    first_peak = peak_rss_bytes()?;
+                }
+                check_text(&rendered, bytes, n)?;
+                drop(rendered);
+            }
+        }
+        Stage::RenderSet => {
+            let resolver = resolver(&cache)?;
+            let snapshot = WorkTree::new(&repo)?;
             let state = runtime
                 .block_on(pipeline::resolved_state(&snapshot, FILE, &resolver))?
                 .ok_or("plugins.yaml missing")?;
@@ -462,7 +495,7 @@ fn child(args: &[String]) -> BenchResult<()> {
                     runtime: &p.declared.runtime,
                     attempt: 1,
                     image_digest: None,
-                    built_images: None,
+                    built_images: Some(&state.built_images),
                 })
                 .collect();
             let settings = RenderSettings::default();
@@ -549,12 +582,19 @@ fn resolver(cache: &Path) -> BenchResult<Resolver> {
     ))
 }
 
-fn check_rendered(state: &DesiredState, n: usize) -> BenchResult<()> {
-    if state.rendered.len() != n {
-        return Err(format!("rendered {} plugins, expected {n}", state.rendered.len()).into());
+/// The bytes `plugsync render` would print for `rendered` (counted, not kept).
+fn emitted_bytes(rendered: &[pipeline::RenderedText]) -> usize {
+    let mut bytes = 0;
+    pipeline::emit_text(rendered, TextFormat::Yaml, |text| bytes += text.len());
+    bytes
+}
+
+fn check_text(rendered: &[pipeline::RenderedText], bytes: usize, n: usize) -> BenchResult<()> {
+    if rendered.len() != n {
+        return Err(format!("rendered {} plugins, expected {n}", rendered.len()).into());
     }
-    if state.lock != pipeline::LockState::UpToDate {
-        return Err(format!("lock is not up to date: {:?}", state.lock).into());
+    if bytes == 0 {
+        return Err("rendered no text".into());
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use crate::error::Error;
 use crate::load::{self, LoadedPluginSet, LOCK_FILE};
 use crate::model::PluginLock;
 use crate::plan::{self, Action, Change, Compare, ObjectKey, Plan, PlanError, Side};
-use crate::render::{self, PluginInput, RenderSettings, RenderedPlugin, Templates};
+use crate::render::{self, PluginInput, RenderSettings, RenderedPlugin, Templates, TextFormat};
 use crate::report::{DiffReport, PluginIdentity};
 use crate::resolve::{LockChange, Resolution, Resolver};
 use crate::source::Snapshot;
@@ -123,6 +123,78 @@ impl ResolvedState {
             rendered,
             lock: self.lock,
         })
+    }
+}
+
+/// What `plugsync render` keeps of one rendered plugin: its output as text, and with
+/// `--out` its files; never its objects.
+#[derive(Debug, Clone)]
+pub struct RenderedText {
+    /// `<plugin-id>` (the folder of its files).
+    pub resource_name: String,
+    /// Its objects as YAML documents ([`render::objects_to_yaml`]): printed for
+    /// [`TextFormat::Yaml`], written as `objects.yaml` with files.
+    pub yaml: Option<String>,
+    /// Its objects as items of the JSON List ([`render::objects_to_json_items`]), for
+    /// [`TextFormat::Json`].
+    pub json: Option<String>,
+    /// With files: the Dockerfile and the build context.
+    pub files: Option<(String, render::BuildContext)>,
+}
+
+impl ResolvedState {
+    /// What [`ResolvedState::render`] renders, each plugin handed to `map` on the thread
+    /// that rendered it (see [`render::render_set_map`]), so only what `map` returns is
+    /// ever held for the whole set. Results are in declaration order.
+    pub fn render_map<T: Send>(
+        &self,
+        settings: &RenderSettings,
+        map: impl Fn(usize, RenderedPlugin) -> T + Sync,
+    ) -> Result<Vec<T>, Error> {
+        let inputs = plugin_inputs(&self.resolution, &self.built_images);
+        Ok(render::render_set_map(
+            self.set.spec(),
+            &inputs,
+            &self.templates,
+            settings,
+            map,
+        )?)
+    }
+
+    /// What `plugsync render` prints (and, with `files`, writes), plugin by plugin: the
+    /// same objects as [`ResolvedState::render`], turned into text on the rendering
+    /// threads and freed there. [`emit_text`] prints it.
+    pub fn render_text(
+        &self,
+        settings: &RenderSettings,
+        format: TextFormat,
+        files: bool,
+    ) -> Result<Vec<RenderedText>, Error> {
+        self.render_map(settings, |_, plugin| RenderedText {
+            yaml: (format == TextFormat::Yaml || files)
+                .then(|| render::objects_to_yaml(&plugin.objects)),
+            json: (format == TextFormat::Json)
+                .then(|| render::objects_to_json_items(&plugin.objects)),
+            files: files.then_some((plugin.dockerfile, plugin.context)),
+            resource_name: plugin.resource_name,
+        })
+    }
+}
+
+/// Emits, piece by piece and in order, what `plugsync render -o FORMAT` prints for
+/// `rendered` (from [`ResolvedState::render_text`] with the same format): the same bytes
+/// as [`render::objects_to_yaml`] on every object, or the JSON List of every object
+/// pretty-printed with a newline.
+pub fn emit_text(rendered: &[RenderedText], format: TextFormat, mut emit: impl FnMut(&str)) {
+    match format {
+        TextFormat::Yaml => {
+            for text in rendered.iter().filter_map(|p| p.yaml.as_deref()) {
+                emit(text);
+            }
+        }
+        TextFormat::Json => {
+            render::json_list(rendered.iter().filter_map(|p| p.json.as_deref()), emit)
+        }
     }
 }
 

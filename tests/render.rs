@@ -8,8 +8,10 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Service;
 use plugsync::crd::Plugin;
-use plugsync::pipeline::{desired_state, DesiredState, LockState};
-use plugsync::render::{objects_to_yaml, RenderSettings};
+use plugsync::pipeline::{
+    desired_state, emit_text, resolved_state, DesiredState, LockState, ResolvedState,
+};
+use plugsync::render::{objects_to_yaml, RenderSettings, TextFormat};
 use plugsync::resolve::cache::Cache;
 use plugsync::resolve::source::{FetchSettings, SourceRegistry};
 use plugsync::resolve::Resolver;
@@ -397,4 +399,126 @@ fn equal_fingerprints_render_equal_and_inputs_change_them() {
         set_fingerprint(set, &state.templates, &settings, Some(&images)),
         set_print
     );
+}
+
+/// The plugins.yaml in `dir` read and resolved against the package cache at `cache`.
+fn resolve_dir(dir: &Path, cache: &Path) -> ResolvedState {
+    let resolver = Resolver::new(
+        SourceRegistry::discover(
+            FetchSettings::default(),
+            url::Url::parse("https://marketplace.dify.ai").expect("url"),
+        ),
+        Cache::open(cache).expect("cache"),
+        64 << 20,
+    );
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let snapshot = WorkTree::new(dir).expect("worktree");
+    rt.block_on(resolved_state(&snapshot, "plugins.yaml", &resolver))
+        .expect("resolves")
+        .expect("plugins.yaml present")
+}
+
+/// `plugsync render` renders to text plugin by plugin (`ResolvedState::render_text`, then
+/// `pipeline::emit_text`); its output must be the whole rendered set's, byte for byte, in
+/// both formats, with and without files, and so must the CLI's stdout and `--out` files.
+fn check_streaming_matches_whole_set(dir: &Path, cache: &Path) {
+    let state = resolve_dir(dir, cache);
+    let settings = RenderSettings::default();
+    let whole = state.clone().render(&settings).expect("renders");
+    let objects = whole.objects();
+    let yaml = objects_to_yaml(&objects);
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects});
+    let json = format!("{}\n", serde_json::to_string_pretty(&list).expect("json"));
+    assert!(!whole.rendered.is_empty());
+    for (format, arg, expected) in [
+        (TextFormat::Yaml, "yaml", &yaml),
+        (TextFormat::Json, "json", &json),
+    ] {
+        for files in [false, true] {
+            let rendered = state
+                .render_text(&settings, format, files)
+                .expect("renders to text");
+            let mut streamed = String::new();
+            emit_text(&rendered, format, |text| streamed.push_str(text));
+            assert!(
+                streamed == *expected,
+                "{arg} (files: {files}) differs from the whole set's"
+            );
+            assert_eq!(rendered.len(), whole.rendered.len());
+            for (text, plugin) in rendered.iter().zip(&whole.rendered) {
+                assert_eq!(text.resource_name, plugin.resource_name);
+                if files {
+                    let (dockerfile, context) = text.files.as_ref().expect("files");
+                    assert_eq!(dockerfile, &plugin.dockerfile);
+                    assert_eq!(context.bytes, plugin.context.bytes);
+                    assert_eq!(
+                        text.yaml.as_deref(),
+                        Some(objects_to_yaml(&plugin.objects).as_str())
+                    );
+                } else {
+                    assert!(text.files.is_none());
+                }
+            }
+        }
+
+        // The CLI, end to end: stdout, and every file of --out.
+        let out = tempfile::tempdir().expect("out");
+        let stdout = Command::cargo_bin("plugsync")
+            .expect("binary")
+            .args(["render", "-o", arg, "--repo"])
+            .arg(dir)
+            .arg("--out")
+            .arg(out.path())
+            .env("PLUGSYNC_CACHE_DIR", cache)
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        assert!(
+            stdout == expected.as_bytes(),
+            "plugsync render -o {arg}: stdout differs from the whole set's"
+        );
+        let written = std::fs::read_dir(out.path()).expect("out").count();
+        assert_eq!(written, whole.rendered.len());
+        for plugin in &whole.rendered {
+            let folder = out.path().join(&plugin.resource_name);
+            let read = |name: &str| std::fs::read(folder.join(name)).expect(name);
+            assert_eq!(read("Dockerfile"), plugin.dockerfile.as_bytes());
+            assert_eq!(read("context.tar"), plugin.context.bytes);
+            assert_eq!(
+                read("objects.yaml"),
+                objects_to_yaml(&plugin.objects).as_bytes()
+            );
+        }
+    }
+}
+
+#[test]
+fn streamed_render_output_equals_the_whole_set_on_the_example() {
+    let cache = tempfile::tempdir().expect("cache");
+    check_streaming_matches_whole_set(Path::new("examples"), cache.path());
+}
+
+#[test]
+fn streamed_render_output_equals_the_whole_set_on_a_synthetic_repo() {
+    // More plugins than one rendering thread takes, so the set is split over threads
+    // wherever there are several cores.
+    let dir = tempfile::tempdir().expect("dir");
+    let cache_dir = tempfile::tempdir().expect("cache");
+    let cache = Cache::open(cache_dir.path()).expect("cache");
+    let repo = dir.path().join("repo");
+    plugsync::synth::generate_repo(&repo, 70, &cache).expect("generates");
+    check_streaming_matches_whole_set(&repo, cache_dir.path());
+}
+
+#[test]
+fn an_empty_json_list_matches_serde_json() {
+    let mut text = String::new();
+    plugsync::render::json_list(std::iter::empty(), |t| text.push_str(t));
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": []});
+    let expected = format!("{}\n", serde_json::to_string_pretty(&list).expect("json"));
+    assert_eq!(text, expected);
+    // And a plugin without objects adds nothing to a List.
+    assert_eq!(plugsync::render::objects_to_json_items(&[]), "");
 }

@@ -532,14 +532,20 @@ async fn render_command(args: RenderArgs) -> Result<ExitCode, Error> {
     let snapshot = WorkTree::new(&root).map_err(|e| Error::Usage(e.to_string()))?;
     let plugins_path = args.repo.plugins_path();
     let resolver = resolver_for(&args.fetch)?;
-    let Some(state) =
-        pipeline::desired_state(&snapshot, &file, &resolver, &args.render.settings()).await?
-    else {
+    let Some(state) = pipeline::resolved_state(&snapshot, &file, &resolver).await? else {
         return Err(Error::Usage(format!(
             "{}: not found",
             plugins_path.display()
         )));
     };
+    let format = match args.output {
+        ObjectFormat::Yaml => render::TextFormat::Yaml,
+        ObjectFormat::Json => render::TextFormat::Json,
+    };
+    // Plugin by plugin: each one's objects become the text to print (and, with --out, to
+    // write) on the thread that rendered them, so the set's objects are never all held at
+    // once. Nothing is printed or written unless every plugin renders.
+    let rendered = state.render_text(&args.render.settings(), format, args.out.is_some())?;
     if let LockState::Stale(changes) = &state.lock {
         let lines: Vec<String> = changes.iter().map(|c| format!("  {c}")).collect();
         tracing::warn!(
@@ -547,27 +553,17 @@ async fn render_command(args: RenderArgs) -> Result<ExitCode, Error> {
             lines.join("\n")
         );
     }
-    let objects = state.objects();
-    match args.output {
-        ObjectFormat::Yaml => print!("{}", render::objects_to_yaml(&objects)),
-        ObjectFormat::Json => {
-            let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects});
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&list).unwrap_or_default()
-            );
-        }
-    }
+    pipeline::emit_text(&rendered, format, |text| print!("{text}"));
     if let Some(out) = &args.out {
-        for plugin in &state.rendered {
+        for plugin in rendered {
+            let (Some((dockerfile, context)), Some(yaml)) = (plugin.files, plugin.yaml) else {
+                continue;
+            };
             let dir = out.join(&plugin.resource_name);
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-            write_atomically(&dir.join("Dockerfile"), plugin.dockerfile.as_bytes())?;
-            write_atomically(&dir.join("context.tar"), &plugin.context.bytes)?;
-            write_atomically(
-                &dir.join("objects.yaml"),
-                render::objects_to_yaml(&plugin.objects).as_bytes(),
-            )?;
+            write_atomically(&dir.join("Dockerfile"), dockerfile.as_bytes())?;
+            write_atomically(&dir.join("context.tar"), &context.bytes)?;
+            write_atomically(&dir.join("objects.yaml"), yaml.as_bytes())?;
         }
     }
     Ok(ExitCode::SUCCESS)
