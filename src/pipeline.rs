@@ -462,14 +462,16 @@ fn read_templates(snapshot: &dyn Snapshot, dir: &str) -> Result<Templates, Error
     Ok(Templates::with_overrides(overrides)?)
 }
 
-fn parent_dir(file: &str) -> String {
+/// The folder of a repository path (`""` at the top), for files next to plugins.yaml.
+pub(crate) fn parent_dir(file: &str) -> String {
     match file.rfind('/') {
         Some(i) => file[..i].to_string(),
         None => String::new(),
     }
 }
 
-fn join(dir: &str, name: &str) -> String {
+/// `dir/name`, or `name` at the top of the repository.
+pub(crate) fn join(dir: &str, name: &str) -> String {
     if dir.is_empty() {
         name.to_string()
     } else {

@@ -706,31 +706,44 @@ async fn apply_command(args: ApplyArgs) -> Result<ExitCode, Error> {
     })
 }
 
+/// The plugin controller's context as `controller` and `run` start it: the cache the build
+/// contexts are served from, and image reuse checked against the registry.
+fn controller_context(
+    client: &kube::Client,
+    cache: &Cache,
+    render: &RenderSettingsArgs,
+) -> crate::controller::Context {
+    let mut context =
+        crate::controller::Context::new(client.clone(), cache.clone(), render.settings());
+    context.registry = Some(Arc::new(
+        crate::controller::registry_check::SecretRegistryCheck::new(
+            client.clone(),
+            Duration::from_secs(10),
+        ),
+    ));
+    context
+}
+
+/// Resolves once the stop flag is set.
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
 async fn controller_command(args: ControllerArgs) -> Result<ExitCode, Error> {
     let client = crate::cluster::client(&args.kube.options()).await?;
     let cache_dir = args.cache_dir.clone().unwrap_or_else(Cache::default_dir);
     let cache = Cache::open(&cache_dir).map_err(|e| Error::io(&cache_dir, e))?;
-    let mut context =
-        crate::controller::Context::new(client.clone(), cache.clone(), args.render.settings());
-    context.registry = Some(Arc::new(
-        crate::controller::registry_check::SecretRegistryCheck::new(
-            client,
-            Duration::from_secs(10),
-        ),
-    ));
+    let context = controller_context(&client, &cache, &args.render);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let shutdown = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
     let server = tokio::spawn(crate::server::serve(
         args.listen,
         cache,
-        shutdown(stop_rx.clone()),
+        stopped(stop_rx.clone()),
     ));
     let controller = tokio::spawn(crate::controller::run(
         Arc::new(context),
         args.namespace.clone(),
-        shutdown(stop_rx),
+        stopped(stop_rx),
     ));
     tracing::info!(namespace = %args.namespace, listen = %args.listen, "controller running");
     let _ = tokio::signal::ctrl_c().await;

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Notify};
 use tracing::{error, info, warn};
 
-use super::{resolver_for, FetchArgs, KubeArgs, RenderSettingsArgs};
+use super::{controller_context, resolver_for, stopped, FetchArgs, KubeArgs, RenderSettingsArgs};
 use crate::error::Error;
 use crate::gitops::{GitOps, LockCommit, LoopConfig, RepoSource};
 use crate::leader::{set_pod_leader_label, LeaderElector, LeaseConfig};
@@ -143,11 +143,6 @@ fn parse_author(text: &str) -> Result<CommitAuthor, Error> {
         name: name.to_string(),
         email: email.to_string(),
     })
-}
-
-/// Resolves once the stop flag is set.
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|stop| *stop).await;
 }
 
 pub(super) async fn run_command(args: RunArgs) -> Result<ExitCode, Error> {
@@ -287,14 +282,7 @@ pub(super) async fn run_command(args: RunArgs) -> Result<ExitCode, Error> {
         }
     }
 
-    let mut context =
-        crate::controller::Context::new(client.clone(), cache.clone(), args.render.settings());
-    context.registry = Some(Arc::new(
-        crate::controller::registry_check::SecretRegistryCheck::new(
-            client.clone(),
-            Duration::from_secs(10),
-        ),
-    ));
+    let mut context = controller_context(&client, &cache, &args.render);
     context.metrics = Some(metrics.clone());
     let templates = context.templates.clone();
     let controller = tokio::spawn(crate::controller::run(

@@ -32,7 +32,7 @@ use crate::crd::{Plugin, PluginSetStatus};
 use crate::error::Error;
 use crate::metrics::{FetchOutcome, Metrics, ReconcileResult};
 use crate::model::{PluginSet, PluginSetResource};
-use crate::pipeline::{self, LockState};
+use crate::pipeline::{self, join, parent_dir, LockState};
 use crate::render::{RenderSettings, Templates, LABEL_PLUGINSET};
 use crate::resolve::cache::Cache;
 use crate::resolve::Resolver;
@@ -333,10 +333,8 @@ impl GitOps {
                     return self.bad_commit(commit, e.to_string(), errors);
                 }
             };
-        let lock_path = snapshot
-            .display_path(&join(parent(&file), crate::load::LOCK_FILE))
-            .display()
-            .to_string();
+        let lock_file = join(&parent_dir(&file), crate::load::LOCK_FILE);
+        let lock_path = snapshot.display_path(&lock_file).display().to_string();
         let set = state.set.spec().clone();
         self.set_name = Some(set.metadata.name.clone());
         match &state.lock {
@@ -371,7 +369,10 @@ impl GitOps {
             *templates = state.templates.clone();
         }
         for rendered in &state.rendered {
-            if rendered.objects.iter().any(|o| o["kind"] == "Job") {
+            // Already cached from an earlier pass: no rewrite (each put fsyncs).
+            let needed = rendered.objects.iter().any(|o| o["kind"] == "Job")
+                && !self.cache.contains(&rendered.context.sha256);
+            if needed {
                 if let Err(e) = self.cache.put(&rendered.context.bytes) {
                     warn!(error = %e, plugin = %rendered.name, "cannot cache the build context");
                 }
@@ -385,7 +386,7 @@ impl GitOps {
             objects,
             commit: commit.clone(),
             lock: state.resolution.lock.clone(),
-            lock_path: join(parent(&file), crate::load::LOCK_FILE),
+            lock_path: lock_file,
         });
         self.apply().await
     }
@@ -749,16 +750,4 @@ fn watch_folder(root: &Path, trigger: Arc<Notify>) -> Option<notify::Recommended
     }
     info!(folder = %root.display(), "watching for changes");
     Some(watcher)
-}
-
-fn parent(file: &str) -> &str {
-    file.rfind('/').map(|i| &file[..i]).unwrap_or("")
-}
-
-fn join(dir: &str, name: &str) -> String {
-    if dir.is_empty() {
-        name.to_string()
-    } else {
-        format!("{dir}/{name}")
-    }
 }
