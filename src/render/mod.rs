@@ -11,7 +11,6 @@
 //! are interpolated with `tojson` (JSON is YAML), so no value can break the YAML structure.
 
 pub mod context;
-mod yaml;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -841,7 +840,7 @@ fn parse_object(
     };
     // The subset the built-in templates produce parses without serde_yaml, to the same
     // value; anything else (user templates included) takes serde_yaml.
-    let value: Value = match yaml::parse(text) {
+    let value: Value = match crate::yaml::parse(text) {
         Some(value) => value,
         None => serde_yaml::from_str(text).map_err(|e| invalid(format!("not YAML: {e}")))?,
     };

@@ -1,4 +1,4 @@
-//! A fast path for parsing what the templates render.
+//! A fast path for parsing what the templates render (and other plain block YAML).
 //!
 //! Parsing every rendered object with `serde_yaml` was most of the cost of rendering (a
 //! thousand plugins rendered four objects each spent ~70% of their time in the YAML

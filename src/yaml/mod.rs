@@ -1,0 +1,11 @@
+//! Fast paths for the YAML plugsync reads and writes most: exact, never approximate.
+//!
+//! `serde_yaml` (libyaml underneath) is the reference for every byte plugsync parses or
+//! prints, but it was most of the cost of rendering and loading large sets. Each fast
+//! path here handles a narrow subset and answers only where its result is certain to be
+//! what `serde_yaml` gives; everywhere else it answers `None` and the caller uses
+//! `serde_yaml` itself. Differential tests hold each one to that rule.
+
+pub(crate) mod parse;
+
+pub(crate) use parse::parse;
