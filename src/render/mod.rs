@@ -750,7 +750,10 @@ pub fn objects_to_yaml(objects: &[Value]) -> String {
     let mut out = String::new();
     for object in objects {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(object).unwrap_or_default());
+        match crate::yaml::emit::to_string(object) {
+            Some(text) => out.push_str(&text),
+            None => out.push_str(&serde_yaml::to_string(object).unwrap_or_default()),
+        }
     }
     out
 }
