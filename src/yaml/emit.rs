@@ -293,6 +293,23 @@ impl Analysis {
                 block_allowed: false,
             });
         }
+        // Most text (names, images, paths, hashes) has no character libyaml looks at twice:
+        // plain style, with nothing to find.
+        if bytes
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"._/=+-".contains(&b))
+            && bytes != b"-"
+            && !bytes.starts_with(b"---")
+            && !bytes.starts_with(b"...")
+        {
+            return Some(Analysis {
+                multiline: false,
+                empty: false,
+                block_plain_allowed: true,
+                single_quoted_allowed: true,
+                block_allowed: true,
+            });
+        }
         if !bytes
             .iter()
             .all(|&b| b == b'\n' || (b' '..=b'~').contains(&b))
@@ -399,7 +416,10 @@ fn string_hint(text: &str) -> Hint {
 /// Whether serde_yaml would read the plain scalar `text` as something other than a string:
 /// the same rules, in the same order, as its untagged-scalar deserialization.
 fn reads_as_non_string(text: &str) -> bool {
-    matches!(
+    // Numbers start with a digit, a sign or a dot (Rust's float syntax spells infinity and
+    // NaN with letters, but serde_yaml refuses non-finite floats other than its own
+    // `.inf` and `.nan`), so text starting with a letter can only be a keyword.
+    let keyword = matches!(
         text,
         "" | "~"
             | "null"
@@ -411,7 +431,12 @@ fn reads_as_non_string(text: &str) -> bool {
             | "false"
             | "False"
             | "FALSE"
-    ) || unsigned_int(text)
+    );
+    if text.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        return keyword;
+    }
+    keyword
+        || unsigned_int(text)
         || signed_int(text)
         || (!digits_with_leading_zero(text) && float(text))
 }
