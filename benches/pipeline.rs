@@ -28,7 +28,7 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use plugsync::pipeline::{self, DesiredState};
-use plugsync::render::{self, PluginInput, RenderSettings, TextFormat};
+use plugsync::render::{self, RenderSettings, TextFormat};
 use plugsync::report::{DiffReport, PluginChangeKind};
 use plugsync::resolve::cache::Cache;
 use plugsync::resolve::source::{FetchSettings, SourceRegistry};
@@ -484,20 +484,7 @@ fn child(args: &[String]) -> BenchResult<()> {
             let state = runtime
                 .block_on(pipeline::resolved_state(&snapshot, FILE, &resolver))?
                 .ok_or("plugins.yaml missing")?;
-            let inputs: Vec<PluginInput<'_>> = state
-                .resolution
-                .plugins
-                .iter()
-                .map(|p| PluginInput {
-                    locked: &p.locked,
-                    manifest: &p.package.manifest,
-                    package: p.bytes.as_slice(),
-                    runtime: &p.declared.runtime,
-                    attempt: 1,
-                    image_digest: None,
-                    built_images: Some(&state.built_images),
-                })
-                .collect();
+            let inputs = pipeline::plugin_inputs(&state.resolution, &state.built_images);
             let settings = RenderSettings::default();
             for _ in 0..=runs {
                 let started = Instant::now();

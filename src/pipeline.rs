@@ -408,8 +408,9 @@ pub async fn diff_report(
 }
 
 /// Each resolved plugin as render's input: the first attempt, running the digest recorded
-/// in `built_images` where the build inputs match.
-fn plugin_inputs<'a>(
+/// in `built_images` where the build inputs match. Public so tests and benchmarks render
+/// exactly what the commands render.
+pub fn plugin_inputs<'a>(
     resolution: &'a Resolution,
     built_images: &'a BTreeMap<String, String>,
 ) -> Vec<PluginInput<'a>> {

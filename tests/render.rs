@@ -326,20 +326,8 @@ fn equal_fingerprints_render_equal_and_inputs_change_them() {
     let state = render_dir(Path::new("examples"));
     let settings = RenderSettings::default();
     let set = state.set.spec();
-    let inputs: Vec<PluginInput<'_>> = state
-        .resolution
-        .plugins
-        .iter()
-        .map(|p| PluginInput {
-            locked: &p.locked,
-            manifest: &p.package.manifest,
-            package: p.bytes.as_slice(),
-            runtime: &p.declared.runtime,
-            attempt: 1,
-            image_digest: None,
-            built_images: None,
-        })
-        .collect();
+    let no_images = std::collections::BTreeMap::new();
+    let inputs = plugsync::pipeline::plugin_inputs(&state.resolution, &no_images);
     let fingerprints = |templates: &Templates, settings: &RenderSettings| -> Vec<[u8; 32]> {
         let set_print = set_fingerprint(set, templates, settings, None);
         inputs
