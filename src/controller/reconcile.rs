@@ -55,6 +55,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Counts builds by result, when metrics are served.
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// The templates compiled once per change, not once per reconcile.
+    compiled: render::EnvironmentCache,
 }
 
 impl Context {
@@ -75,6 +77,7 @@ impl Context {
             registry: None,
             recorder,
             metrics: None,
+            compiled: render::EnvironmentCache::default(),
         }
     }
 }
@@ -651,12 +654,10 @@ fn render_children(
         },
         spec: set.spec.clone(),
     };
-    let templates = ctx
-        .templates
-        .read()
-        .map(|t| t.clone())
-        .unwrap_or_else(|_| Templates::builtin());
-    let env = templates.environment()?;
+    let env = match ctx.templates.read() {
+        Ok(templates) => ctx.compiled.environment(&templates)?,
+        Err(_) => ctx.compiled.environment(&Templates::builtin())?,
+    };
     let rendered = render::render_plugin(
         &declared,
         &PluginInput {

@@ -13,6 +13,7 @@
 pub mod context;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -157,18 +158,57 @@ impl Templates {
         self.sources.get(name).map(String::as_str)
     }
 
-    /// A compiled environment; compile once, render many plugins.
-    pub fn environment(&self) -> Result<Environment<'_>, RenderError> {
+    /// A compiled environment; compile once, render many plugins. It owns copies of the
+    /// sources, so it can outlive `self` (see [`EnvironmentCache`]).
+    pub fn environment(&self) -> Result<Environment<'static>, RenderError> {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_keep_trailing_newline(true);
         env.add_filter("sh", shell_quote);
         env.add_filter("tojson", tojson);
         for (name, source) in &self.sources {
-            env.add_template(name, source)
+            env.add_template_owned(name.clone(), source.clone())
                 .map_err(|e| template_error(name, &e))?;
         }
         Ok(env)
+    }
+}
+
+/// The compiled environment of the templates last asked for. A long-running process (the
+/// plugin controller renders one plugin per reconcile) compiles its templates once per
+/// change of templates instead of once per render.
+#[derive(Default)]
+pub struct EnvironmentCache {
+    last: std::sync::Mutex<Option<(Templates, Arc<Environment<'static>>)>>,
+}
+
+impl EnvironmentCache {
+    /// The environment of `templates`: the one compiled last time when they are the same
+    /// templates, else compiled now (and kept). A template error is returned every time
+    /// those templates are asked for, and the last good environment stays.
+    pub fn environment(
+        &self,
+        templates: &Templates,
+    ) -> Result<Arc<Environment<'static>>, RenderError> {
+        // A poisoned lock still holds a whole entry: it is only ever replaced whole.
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((compiled_from, env)) = last.as_ref() {
+            if compiled_from == templates {
+                return Ok(Arc::clone(env));
+            }
+        }
+        let env = Arc::new(templates.environment()?);
+        *last = Some((templates.clone(), Arc::clone(&env)));
+        Ok(env)
+    }
+}
+
+impl std::fmt::Debug for EnvironmentCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnvironmentCache").finish_non_exhaustive()
     }
 }
 
@@ -1007,6 +1047,50 @@ mod tests {
         assert!(
             text.starts_with("template service.yaml.j2 line 3:"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn environment_cache_compiles_once_per_change_of_templates() {
+        let cache = EnvironmentCache::default();
+        let builtin = Templates::builtin();
+        let first = cache
+            .environment(&builtin)
+            .expect("built-in templates compile");
+        let again = cache.environment(&Templates::builtin()).expect("compiles");
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "same templates, same environment"
+        );
+
+        let service = "apiVersion: v1\nkind: Service\nmetadata: {name: other}\n";
+        let changed =
+            Templates::with_overrides([("service.yaml.j2".to_string(), service.to_string())])
+                .expect("known name");
+        let other = cache.environment(&changed).expect("compiles");
+        assert!(!Arc::ptr_eq(&first, &other), "other templates, recompiled");
+        let text = other
+            .get_template("service.yaml.j2")
+            .and_then(|t| t.render(()))
+            .expect("renders");
+        assert_eq!(text, service, "the new sources are the ones compiled");
+
+        let broken =
+            Templates::with_overrides([("service.yaml.j2".to_string(), "{{ oops(\n".to_string())])
+                .expect("known name");
+        for _ in 0..2 {
+            let err = cache
+                .environment(&broken)
+                .expect_err("syntax error, every time");
+            assert!(
+                err.to_string().starts_with("template service.yaml.j2"),
+                "{err}"
+            );
+        }
+        let back = cache.environment(&changed).expect("compiles");
+        assert!(
+            Arc::ptr_eq(&back, &other),
+            "an error keeps the last good environment"
         );
     }
 }
