@@ -76,7 +76,7 @@ fn to_yaml(value: Option<&Value>) -> String {
         None => String::new(),
         // A JSON value always serializes to YAML; say so rather than panic if it ever fails.
         Some(v) => {
-            serde_yaml::to_string(v).unwrap_or_else(|e| format!("# cannot render as YAML: {e}\n"))
+            crate::yaml::to_string(v).unwrap_or_else(|e| format!("# cannot render as YAML: {e}\n"))
         }
     }
 }

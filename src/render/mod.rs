@@ -790,10 +790,7 @@ pub fn objects_to_yaml(objects: &[Value]) -> String {
     let mut out = String::new();
     for object in objects {
         out.push_str("---\n");
-        match crate::yaml::emit::to_string(object) {
-            Some(text) => out.push_str(&text),
-            None => out.push_str(&serde_yaml::to_string(object).unwrap_or_default()),
-        }
+        out.push_str(&crate::yaml::to_string(object).unwrap_or_default());
     }
     out
 }

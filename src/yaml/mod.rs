@@ -10,3 +10,12 @@ pub(crate) mod emit;
 pub(crate) mod parse;
 
 pub(crate) use parse::parse;
+
+/// `value` as YAML, exactly as `serde_yaml::to_string` prints it: through the fast path
+/// where it answers, else through serde_yaml.
+pub(crate) fn to_string(value: &serde_json::Value) -> Result<String, serde_yaml::Error> {
+    match emit::to_string(value) {
+        Some(text) => Ok(text),
+        None => serde_yaml::to_string(value),
+    }
+}
