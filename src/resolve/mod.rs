@@ -15,6 +15,7 @@ pub mod cache;
 pub mod source;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -29,6 +30,13 @@ use source::{NoProgress, Progress, SourceRegistry};
 
 /// How many packages are fetched at once.
 const CONCURRENT_FETCHES: usize = 4;
+
+/// At most this many threads read cached packages (beyond it, the disk is the limit).
+const MAX_READ_THREADS: usize = 8;
+
+/// A thread is started for at least this many cached packages (reading one takes about as
+/// long as starting a thread).
+const MIN_READS_PER_THREAD: usize = 16;
 
 /// Hands out a progress sink per download (a terminal bar in the CLI, nothing in tests).
 pub trait ProgressReporter: Send + Sync {
@@ -210,21 +218,31 @@ impl Resolver {
         self.read_packages()
             .retain(|_, (bytes, _)| bytes.strong_count() > 0);
 
-        let results: Vec<(LockedPlugin, Package, Arc<Vec<u8>>)> = stream::iter(set.plugins.iter())
+        let entries: Vec<(String, Option<LockedPlugin>)> = set
+            .plugins
+            .iter()
             .map(|declared| {
                 let source = declared.source.lock_source(&set.marketplace);
                 let pinned = pins
                     .get(source.as_str())
                     .filter(|p| !update.contains(p.name.as_str()))
                     .map(|p| (*p).clone());
-                async move {
-                    self.resolve_one(snapshot, declared, source, pinned.as_ref())
-                        .await
-                }
+                (source, pinned)
             })
-            .buffered(CONCURRENT_FETCHES)
-            .try_collect()
-            .await?;
+            .collect();
+        // Pinned packages already in the cache are read on all cores first; the stream then
+        // takes each one's result in declaration order, exactly where it would have read it.
+        let prefetched = self.read_cached(&set.plugins, &entries);
+
+        let results: Vec<(LockedPlugin, Package, Arc<Vec<u8>>)> =
+            stream::iter(set.plugins.iter().zip(entries).zip(prefetched))
+                .map(|((declared, (source, pinned)), prefetched)| async move {
+                    self.resolve_one(snapshot, declared, source, pinned.as_ref(), prefetched)
+                        .await
+                })
+                .buffered(CONCURRENT_FETCHES)
+                .try_collect()
+                .await?;
 
         // Two entries may turn out to be the same plugin only once their packages are known.
         let mut diagnostics = Vec::new();
@@ -276,6 +294,7 @@ impl Resolver {
         declared: &DeclaredPlugin,
         source: String,
         pinned: Option<&LockedPlugin>,
+        prefetched: Option<Prefetched>,
     ) -> Result<(LockedPlugin, Package, Arc<Vec<u8>>), Error> {
         let label = declared.source.describe();
         // A pinned package this resolver has read before (a diff resolves base and head
@@ -288,9 +307,14 @@ impl Resolver {
                 .get(&pin.sha256)
                 .and_then(|(bytes, package)| bytes.upgrade().map(|bytes| (package.clone(), bytes))),
         };
-        let (package, bytes) = match remembered {
-            Some(found) => found,
-            None => {
+        let (package, bytes) = match (remembered, prefetched) {
+            (Some(found), _) => found,
+            (None, Some(read)) => {
+                let (package, bytes) = read?;
+                self.remember(&package, &bytes);
+                (package, bytes)
+            }
+            (None, None) => {
                 self.read_one(snapshot, declared, &source, &label, pinned)
                     .await?
             }
@@ -403,12 +427,107 @@ impl Resolver {
         })?;
         let bytes = Arc::new(bytes);
         if !matches!(declared.source, DeclaredSource::Path(_)) {
-            self.read_packages().insert(
-                package.sha256.clone(),
-                (Arc::downgrade(&bytes), package.clone()),
-            );
+            self.remember(&package, &bytes);
         }
         Ok((package, bytes))
+    }
+
+    /// Adds a package read from verified fetched or cached bytes to the memo.
+    fn remember(&self, package: &Package, bytes: &Arc<Vec<u8>>) {
+        self.read_packages().insert(
+            package.sha256.clone(),
+            (Arc::downgrade(bytes), package.clone()),
+        );
+    }
+
+    /// Reads, in parallel, the cached bytes of each pinned package `read_one` would take
+    /// from the cache, so a set of thousands of unchanged plugins is verified and parsed on
+    /// all cores rather than one after another on the resolving task. One slot per
+    /// declared plugin (`entries` holds each one's source and pin): `None` where the
+    /// stream must go the usual way (`path:` plugins, unpinned ones, packages the memo
+    /// holds, a digest already read for an earlier plugin, which then finds the memo,
+    /// cache misses, which are fetched, and everything after the first failure).
+    ///
+    /// A failure is kept in its plugin's slot and returned by the stream when it reaches
+    /// that plugin, so the error is the first failing plugin's in declaration order, as
+    /// before. Work stops at the first failure in declaration order; the only effect of
+    /// reading ahead of an earlier plugin that fails otherwise (a download, say) is that a
+    /// corrupt cache entry is removed, as the next run would anyway.
+    ///
+    /// Blocks the calling task while it runs, as the reads did before; it uses plain
+    /// threads, not the runtime, so it works (and cannot deadlock) on any executor.
+    fn read_cached(
+        &self,
+        plugins: &[DeclaredPlugin],
+        entries: &[(String, Option<LockedPlugin>)],
+    ) -> Vec<Option<Prefetched>> {
+        let mut slots: Vec<Option<Prefetched>> = Vec::new();
+        slots.resize_with(plugins.len(), || None);
+        let jobs: Vec<(usize, &str, String)> = {
+            let memo = self.read_packages();
+            let mut seen = HashSet::new();
+            plugins
+                .iter()
+                .zip(entries)
+                .enumerate()
+                .filter_map(
+                    |(i, (declared, (_, pinned)))| match (&declared.source, pinned) {
+                        (DeclaredSource::Path(_), _) | (_, None) => None,
+                        (_, Some(pin)) => Some((i, pin.sha256.as_str(), declared)),
+                    },
+                )
+                .filter(|(_, sha, _)| {
+                    memo.get(*sha)
+                        .is_none_or(|(bytes, _)| bytes.strong_count() == 0)
+                })
+                .filter(|(_, sha, _)| seen.insert(*sha))
+                .map(|(i, sha, declared)| (i, sha, declared.source.describe()))
+                .collect()
+        };
+        let threads = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(MAX_READ_THREADS)
+            .min(jobs.len() / MIN_READS_PER_THREAD)
+            .max(1);
+        // Jobs are handed out in declaration order; once one fails, later ones are not
+        // needed (the stream stops at that plugin at the latest) and are left undone.
+        let next = AtomicUsize::new(0);
+        let failed = AtomicUsize::new(usize::MAX);
+        let work = || {
+            let mut done = Vec::new();
+            loop {
+                let j = next.fetch_add(1, Ordering::Relaxed);
+                if j >= jobs.len() || j > failed.load(Ordering::Relaxed) {
+                    return done;
+                }
+                let (i, sha, label) = &jobs[j];
+                let read = read_cached_one(&self.cache, sha, label);
+                if read.is_err() {
+                    failed.fetch_min(j, Ordering::Relaxed);
+                }
+                done.push((*i, read));
+            }
+        };
+        let done: Vec<Vec<(usize, CachedRead)>> = if threads == 1 {
+            vec![work()]
+        } else {
+            std::thread::scope(|scope| {
+                let others: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+                let mut done = vec![work()];
+                for handle in others {
+                    done.push(
+                        handle
+                            .join()
+                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                    );
+                }
+                done
+            })
+        };
+        for (i, read) in done.into_iter().flatten() {
+            slots[i] = read.transpose();
+        }
+        slots
     }
 
     /// Packs an in-repo plugin directory, or reads an in-repo `.difypkg`, from the snapshot
@@ -453,6 +572,26 @@ impl Resolver {
     }
 }
 
+/// A package read ahead from the cache for one plugin, or why reading it failed.
+type Prefetched = Result<(Package, Arc<Vec<u8>>), Error>;
+
+/// What reading one pinned package from the cache gave: `None` when it is not there (or
+/// was corrupt and removed), so the stream fetches it.
+type CachedRead = Result<Option<(Package, Arc<Vec<u8>>)>, Error>;
+
+/// Reads and verifies one pinned package's cached bytes and reads the package, failing as
+/// `read_one` would for the plugin labelled `label`.
+fn read_cached_one(cache: &Cache, sha256: &str, label: &str) -> CachedRead {
+    let Some(bytes) = cache.get(sha256).map_err(|e| Error::io(cache.root(), e))? else {
+        return Ok(None);
+    };
+    let package = Package::read(&bytes).map_err(|e| Error::Package {
+        plugin: label.to_string(),
+        source: e,
+    })?;
+    Ok(Some((package, Arc::new(bytes))))
+}
+
 fn check_update_names(
     set: &LoadedPluginSet,
     old: &PluginLock,
@@ -480,5 +619,123 @@ fn check_update_names(
                 .join(", "),
             known.into_iter().collect::<Vec<_>>().join(", ")
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resolve::source::FetchSettings;
+    use crate::source::WorkTree;
+    use crate::synth;
+
+    /// Enough plugins that cached packages are read on several threads.
+    const N: usize = 4 * MIN_READS_PER_THREAD;
+
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        cache: Cache,
+        snapshot: WorkTree,
+        set: LoadedPluginSet,
+        lock: PluginLock,
+    }
+
+    fn fixture() -> Fixture {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cache = Cache::open(&tmp.path().join("cache")).expect("cache");
+        let repo = synth::generate_repo(&tmp.path().join("repo"), N, &cache).expect("repo");
+        let text = std::fs::read_to_string(repo.plugins_file()).expect("plugins.yaml");
+        let set = crate::load::load_plugin_set(&repo.plugins_file(), &text).expect("loads");
+        let snapshot = WorkTree::new(&repo.dir).expect("worktree");
+        Fixture {
+            _tmp: tmp,
+            cache,
+            snapshot,
+            set,
+            lock: repo.lock,
+        }
+    }
+
+    fn resolver(cache: &Cache) -> Resolver {
+        let marketplace = url::Url::parse(crate::model::DEFAULT_MARKETPLACE).expect("url");
+        Resolver::new(
+            SourceRegistry::discover(FetchSettings::default(), marketplace),
+            cache.clone(),
+            64 << 20,
+        )
+    }
+
+    /// Pins plugin `i` of the fixture to `sha256`.
+    fn repin(lock: &mut PluginLock, i: usize, sha256: &str) {
+        let name = synth::plugin_name(i);
+        let pin = lock
+            .plugins
+            .iter_mut()
+            .find(|p| p.name.rsplit('/').next() == Some(name.as_str()))
+            .expect("plugin is locked");
+        pin.sha256 = sha256.to_string();
+    }
+
+    #[tokio::test]
+    async fn cached_packages_resolve_in_declaration_order() {
+        let f = fixture();
+        let resolver = resolver(&f.cache);
+        let resolution = resolver
+            .resolve(&f.snapshot, &f.set, Some(&f.lock), &[])
+            .await
+            .expect("resolves from the cache");
+        assert_eq!(resolution.lock, f.lock);
+        assert!(resolution.changes.is_empty());
+        let names: Vec<String> = resolution
+            .plugins
+            .iter()
+            .map(|p| {
+                p.locked
+                    .name
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(names, (0..N).map(synth::plugin_name).collect::<Vec<_>>());
+
+        // A second resolution while the first is alive reads nothing: the memo hands back
+        // the very same bytes.
+        let again = resolver
+            .resolve(&f.snapshot, &f.set, Some(&f.lock), &[])
+            .await
+            .expect("resolves again");
+        for (a, b) in resolution.plugins.iter().zip(&again.plugins) {
+            assert!(Arc::ptr_eq(&a.bytes, &b.bytes), "{}", a.locked.name);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_first_bad_cached_package_in_declaration_order_is_reported() {
+        let mut f = fixture();
+        // Cached bytes that verify against their digest but are no package, pinned for
+        // several plugins spread over the set (so over the reading threads), last first.
+        let garbage = f.cache.put(b"not a zip").expect("put");
+        for i in [N - 1, N / 2 + 3, N / 2, 7] {
+            repin(&mut f.lock, i, &garbage);
+        }
+        let err = resolver(&f.cache)
+            .resolve(&f.snapshot, &f.set, Some(&f.lock), &[])
+            .await
+            .expect_err("unreadable packages");
+        match err {
+            Error::Package { plugin, .. } => assert_eq!(plugin, f.set.plugins[7].source.describe()),
+            other => panic!("unexpected error: {other}"),
+        }
+
+        // An earlier plugin failing otherwise (a digest that is not one, so the cache
+        // refuses it) is reported instead.
+        repin(&mut f.lock, 5, "NOT-A-DIGEST");
+        let err = resolver(&f.cache)
+            .resolve(&f.snapshot, &f.set, Some(&f.lock), &[])
+            .await
+            .expect_err("bad digest");
+        assert!(matches!(err, Error::Io { .. }), "{err}");
     }
 }
