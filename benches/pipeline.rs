@@ -23,6 +23,10 @@
 //! /tmp/b/cache` (stages: `render-pure`, `render-pipeline`, `render-set`, `diff`,
 //! `diff-lean`).
 
+/// The allocator of the `plugsync` binary (src/main.rs), so the figures are the command's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
