@@ -82,7 +82,7 @@ where
     // The fast path first: most documents are valid and within its subset. Anything else,
     // including every document that does not deserialize, takes the serde_yaml path below
     // unchanged, so its diagnostics (with line and column) are exactly what they were.
-    let (value, written) = match parse_fast::<T>(text) {
+    let (value, written) = match crate::yaml::from_str::<T>(text) {
         Some(parsed) => parsed,
         None => parse_slow(text, &located, &index_of)?,
     };
@@ -111,34 +111,6 @@ where
         text: std::sync::Arc::from(text),
         index,
     })
-}
-
-/// `text` parsed by the fast parser and read into `T` as `serde_yaml` would, with the
-/// document as `serde_yaml` reads it into a JSON value (for the round-trip check);
-/// `None` when either step is not certain, and the caller takes the serde_yaml path.
-///
-/// Why the two paths agree whenever this answers: [`crate::yaml::parse`] answers only
-/// when its value equals what `serde_yaml` parses into a `serde_json::Value`, and the
-/// fast parser produces only plain `true`/`false`/`null`, plain decimal integers, and
-/// strings (plain words that `serde_yaml` resolves to strings, or quoted/literal
-/// scalars), in block or compact-JSON mappings and sequences without tags, anchors or
-/// duplicate keys. [`strict::Strict`] then answers each request the way `serde_yaml`'s
-/// deserializer answers it for such a node (a bool from a bool, an integer from an
-/// integer visited as `u64` unless negative, a string from a string, `None` from null,
-/// a struct or map from a mapping, a list from a sequence, a unit enum variant from a
-/// string) and refuses everything where the two could differ, e.g. a `String` field
-/// holding `1` or `true` (serde_yaml reads the plain scalar as a string; the value holds
-/// a number or bool, so this refuses and the slow path gives serde_yaml's answer), `null`
-/// for a list, a struct written as a list, an enum variant written as a map, bytes.
-/// Map order: `serde_json::Map` sorts keys (no `preserve_order`), so `T` sees a
-/// mapping's keys sorted rather than as written. No key repeats, and the types loaded
-/// here (`PluginSet`, `PluginLock` and the Kubernetes types inside, all derived or
-/// field-by-field `visit_map` impls and `BTreeMap`s) do not depend on the order of
-/// distinct keys; a `T` that did (an `IndexMap` field) should not come this way.
-fn parse_fast<T: DeserializeOwned>(text: &str) -> Option<(T, serde_json::Value)> {
-    let written = crate::yaml::parse(text)?;
-    let value = T::deserialize(strict::Strict::Value(&written)).ok()?;
-    Some((value, written))
 }
 
 /// The reference path: `serde_yaml` reads `text` into `T` (with the path and position of
@@ -175,305 +147,6 @@ fn parse_slow<'t, T: DeserializeOwned>(
     };
     let written: serde_json::Value = serde_yaml::from_str(text).unwrap_or(serde_json::Value::Null);
     Ok((value, written))
-}
-
-/// Reading a fast-parsed document into its type exactly as `serde_yaml` reads the text.
-///
-/// `serde_json::Value`'s own deserializer is more lenient than `serde_yaml`'s (it reads a
-/// struct from an array, an enum from a one-key map, bytes from a string; and
-/// `serde_yaml::Value`'s reads `null` as an empty list), so a document `serde_yaml`
-/// refuses could load. [`Strict`] answers only the requests `serde_yaml` answers the same
-/// way for every scalar the fast parser produces, and refuses the rest, which sends the
-/// document down the `serde_yaml` path (its diagnostics included).
-mod strict {
-    use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-    use serde_json::Value;
-
-    /// Any refusal: the caller falls back to `serde_yaml`, so no detail is kept.
-    #[derive(Debug)]
-    pub(super) struct Refused;
-
-    impl std::fmt::Display for Refused {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("not on the fast path")
-        }
-    }
-
-    impl std::error::Error for Refused {}
-
-    impl de::Error for Refused {
-        fn custom<M: std::fmt::Display>(_: M) -> Self {
-            Refused
-        }
-    }
-
-    /// A node of the parsed document: a value, or a mapping key (always a string).
-    #[derive(Clone, Copy)]
-    pub(super) enum Strict<'a> {
-        Value(&'a Value),
-        Key(&'a str),
-    }
-
-    impl<'a> Strict<'a> {
-        fn str(self) -> Option<&'a str> {
-            match self {
-                Strict::Value(Value::String(s)) => Some(s),
-                Strict::Key(s) => Some(s),
-                _ => None,
-            }
-        }
-
-        /// Integers as `serde_yaml` visits a plain integer: `u64` unless negative.
-        fn number<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, Refused> {
-            match self {
-                Strict::Value(Value::Number(n)) => match (n.as_u64(), n.as_i64()) {
-                    (Some(u), _) => visitor.visit_u64(u),
-                    (None, Some(i)) => visitor.visit_i64(i),
-                    _ => Err(Refused),
-                },
-                _ => Err(Refused),
-            }
-        }
-    }
-
-    macro_rules! numbers {
-        ($($method:ident)*) => {
-            $(fn $method<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, Refused> {
-                self.number(visitor)
-            })*
-        };
-    }
-
-    macro_rules! strings {
-        ($($method:ident)*) => {
-            $(fn $method<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, Refused> {
-                visitor.visit_borrowed_str(self.str().ok_or(Refused)?)
-            })*
-        };
-    }
-
-    impl<'a> Deserializer<'a> for Strict<'a> {
-        type Error = Refused;
-
-        fn deserialize_any<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, Refused> {
-            match self {
-                Strict::Key(s) => visitor.visit_borrowed_str(s),
-                Strict::Value(value) => match value {
-                    Value::Null => visitor.visit_unit(),
-                    Value::Bool(b) => visitor.visit_bool(*b),
-                    Value::Number(_) => self.number(visitor),
-                    Value::String(s) => visitor.visit_borrowed_str(s),
-                    Value::Array(items) => visitor.visit_seq(Seq(items.iter())),
-                    Value::Object(map) => visitor.visit_map(Map {
-                        iter: map.iter(),
-                        value: None,
-                    }),
-                },
-            }
-        }
-
-        fn deserialize_bool<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, Refused> {
-            match self {
-                Strict::Value(Value::Bool(b)) => visitor.visit_bool(*b),
-                _ => Err(Refused),
-            }
-        }
-
-        numbers! {
-            deserialize_i8 deserialize_i16 deserialize_i32 deserialize_i64 deserialize_i128
-            deserialize_u8 deserialize_u16 deserialize_u32 deserialize_u64 deserialize_u128
-            deserialize_f32 deserialize_f64
-        }
-
-        strings! { deserialize_char deserialize_str deserialize_string deserialize_identifier }
-
-        fn deserialize_bytes<V: Visitor<'a>>(self, _: V) -> Result<V::Value, Refused> {
-            Err(Refused)
-        }
-
-        fn deserialize_byte_buf<V: Visitor<'a>>(self, _: V) -> Result<V::Value, Refused> {
-            Err(Refused)
-        }
-
-        fn deserialize_option<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, Refused> {
-            match self {
-                Strict::Value(Value::Null) => visitor.visit_none(),
-                _ => visitor.visit_some(self),
-            }
-        }
-
-        fn deserialize_unit<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, Refused> {
-            match self {
-                Strict::Value(Value::Null) => visitor.visit_unit(),
-                _ => Err(Refused),
-            }
-        }
-
-        fn deserialize_unit_struct<V: Visitor<'a>>(
-            self,
-            _: &'static str,
-            visitor: V,
-        ) -> Result<V::Value, Refused> {
-            self.deserialize_unit(visitor)
-        }
-
-        fn deserialize_newtype_struct<V: Visitor<'a>>(
-            self,
-            _: &'static str,
-            visitor: V,
-        ) -> Result<V::Value, Refused> {
-            visitor.visit_newtype_struct(self)
-        }
-
-        fn deserialize_seq<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, Refused> {
-            match self {
-                Strict::Value(Value::Array(items)) => visitor.visit_seq(Seq(items.iter())),
-                _ => Err(Refused),
-            }
-        }
-
-        fn deserialize_tuple<V: Visitor<'a>>(
-            self,
-            _: usize,
-            visitor: V,
-        ) -> Result<V::Value, Refused> {
-            self.deserialize_seq(visitor)
-        }
-
-        fn deserialize_tuple_struct<V: Visitor<'a>>(
-            self,
-            _: &'static str,
-            _: usize,
-            visitor: V,
-        ) -> Result<V::Value, Refused> {
-            self.deserialize_seq(visitor)
-        }
-
-        fn deserialize_map<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, Refused> {
-            match self {
-                Strict::Value(Value::Object(map)) => visitor.visit_map(Map {
-                    iter: map.iter(),
-                    value: None,
-                }),
-                _ => Err(Refused),
-            }
-        }
-
-        fn deserialize_struct<V: Visitor<'a>>(
-            self,
-            _: &'static str,
-            _: &'static [&'static str],
-            visitor: V,
-        ) -> Result<V::Value, Refused> {
-            self.deserialize_map(visitor)
-        }
-
-        /// Only a unit variant written as a string: `serde_yaml` reads other variants
-        /// from tags (`!Variant`), which the fast parser never accepts.
-        fn deserialize_enum<V: Visitor<'a>>(
-            self,
-            _: &'static str,
-            _: &'static [&'static str],
-            visitor: V,
-        ) -> Result<V::Value, Refused> {
-            visitor.visit_enum(UnitVariant(self.str().ok_or(Refused)?))
-        }
-
-        fn deserialize_ignored_any<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, Refused> {
-            visitor.visit_unit()
-        }
-    }
-
-    struct Seq<'a>(std::slice::Iter<'a, Value>);
-
-    impl<'a> SeqAccess<'a> for Seq<'a> {
-        type Error = Refused;
-
-        fn next_element_seed<S: DeserializeSeed<'a>>(
-            &mut self,
-            seed: S,
-        ) -> Result<Option<S::Value>, Refused> {
-            self.0
-                .next()
-                .map(|v| seed.deserialize(Strict::Value(v)))
-                .transpose()
-        }
-
-        fn size_hint(&self) -> Option<usize> {
-            Some(self.0.len())
-        }
-    }
-
-    struct Map<'a> {
-        iter: serde_json::map::Iter<'a>,
-        value: Option<&'a Value>,
-    }
-
-    impl<'a> MapAccess<'a> for Map<'a> {
-        type Error = Refused;
-
-        fn next_key_seed<S: DeserializeSeed<'a>>(
-            &mut self,
-            seed: S,
-        ) -> Result<Option<S::Value>, Refused> {
-            match self.iter.next() {
-                Some((k, v)) => {
-                    self.value = Some(v);
-                    seed.deserialize(Strict::Key(k)).map(Some)
-                }
-                None => Ok(None),
-            }
-        }
-
-        fn next_value_seed<S: DeserializeSeed<'a>>(
-            &mut self,
-            seed: S,
-        ) -> Result<S::Value, Refused> {
-            seed.deserialize(Strict::Value(self.value.take().ok_or(Refused)?))
-        }
-
-        fn size_hint(&self) -> Option<usize> {
-            Some(self.iter.len())
-        }
-    }
-
-    struct UnitVariant<'a>(&'a str);
-
-    impl<'a> de::EnumAccess<'a> for UnitVariant<'a> {
-        type Error = Refused;
-        type Variant = Self;
-
-        fn variant_seed<S: DeserializeSeed<'a>>(
-            self,
-            seed: S,
-        ) -> Result<(S::Value, Self), Refused> {
-            Ok((seed.deserialize(Strict::Key(self.0))?, self))
-        }
-    }
-
-    impl<'a> de::VariantAccess<'a> for UnitVariant<'a> {
-        type Error = Refused;
-
-        fn unit_variant(self) -> Result<(), Refused> {
-            Ok(())
-        }
-
-        fn newtype_variant_seed<S: DeserializeSeed<'a>>(self, _: S) -> Result<S::Value, Refused> {
-            Err(Refused)
-        }
-
-        fn tuple_variant<V: Visitor<'a>>(self, _: usize, _: V) -> Result<V::Value, Refused> {
-            Err(Refused)
-        }
-
-        fn struct_variant<V: Visitor<'a>>(
-            self,
-            _: &'static [&'static str],
-            _: V,
-        ) -> Result<V::Value, Refused> {
-            Err(Refused)
-        }
-    }
 }
 
 fn find_dropped_keys(
@@ -561,7 +234,10 @@ mod tests {
             path,
             message,
         };
-        (parse_fast(text), parse_slow(text, &located, &index_of))
+        (
+            crate::yaml::from_str(text),
+            parse_slow(text, &located, &index_of),
+        )
     }
 
     /// Wherever the fast path answers, it answers what the serde_yaml path does; returns
@@ -609,7 +285,10 @@ mod tests {
         }]);
         let written = lock.to_yaml();
         assert!(agree::<PluginLock>(&written), "{written}");
-        assert_eq!(parse_fast::<PluginLock>(&written).unwrap().0, lock);
+        assert_eq!(
+            crate::yaml::from_str::<PluginLock>(&written).unwrap().0,
+            lock
+        );
         assert!(agree::<PluginLock>(include_str!(
             "../../examples/plugins.lock"
         )));
