@@ -198,6 +198,10 @@ pub fn emit_text(rendered: &[RenderedText], format: TextFormat, mut emit: impl F
     }
 }
 
+/// Size of plugins.yaml from which it and plugins.lock are loaded on two threads (below,
+/// starting a thread costs about what it saves).
+const PARALLEL_LOAD_BYTES: usize = 16 * 1024;
+
 /// Reads, validates and resolves the plugins.yaml at `file` in `snapshot`, without
 /// rendering. Returns `Ok(None)` when the revision has no such file.
 pub async fn resolved_state(
@@ -213,18 +217,38 @@ pub async fn resolved_state(
     let display = snapshot.display_path(file);
     let text = String::from_utf8(text)
         .map_err(|_| Error::Usage(format!("{}: not UTF-8 text", display.display())))?;
-    let set = load::load_plugin_set(&display, &text)?;
-
     let dir = parent_dir(file);
     let lock_file = join(&dir, LOCK_FILE);
-    let old: Option<PluginLock> = match snapshot.read(&lock_file).map_err(snap)? {
-        Some(bytes) => {
-            let text = String::from_utf8(bytes)
-                .map_err(|_| Error::Usage(format!("{lock_file}: not UTF-8 text")))?;
-            Some(load::load_lock(&snapshot.display_path(&lock_file), &text)?.value)
+    let load_old_lock = || -> Result<Option<PluginLock>, Error> {
+        match snapshot.read(&lock_file).map_err(snap)? {
+            Some(bytes) => {
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| Error::Usage(format!("{lock_file}: not UTF-8 text")))?;
+                Ok(Some(
+                    load::load_lock(&snapshot.display_path(&lock_file), &text)?.value,
+                ))
+            }
+            None => Ok(None),
         }
-        None => None,
     };
+    // plugins.yaml and plugins.lock are independent until resolve: large ones load on two
+    // cores. plugins.yaml's errors still come first, as when they loaded one after the other.
+    let (set, old) = if text.len() >= PARALLEL_LOAD_BYTES {
+        std::thread::scope(|scope| {
+            let lock = scope.spawn(load_old_lock);
+            let set = load::load_plugin_set(&display, &text);
+            let lock = lock
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (set, lock)
+        })
+    } else {
+        match load::load_plugin_set(&display, &text) {
+            Ok(set) => (Ok(set), load_old_lock()),
+            Err(e) => (Err(e), Ok(None)),
+        }
+    };
+    let (set, old) = (set?, old?);
 
     let templates = read_templates(snapshot, &join(&dir, TEMPLATES_DIR))?;
     let resolution = resolver
@@ -507,5 +531,73 @@ impl Snapshot for SubdirSnapshot<'_> {
     }
     fn display_path(&self, rel: &str) -> std::path::PathBuf {
         self.inner.display_path(&join(self.dir, rel))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resolve::cache::Cache;
+    use crate::resolve::source::{FetchSettings, SourceRegistry};
+    use crate::source::WorkTree;
+
+    /// A plugins.yaml large enough to load beside its lock on two threads still reports
+    /// its own errors before the lock's, and loads what the sequential path loads.
+    #[tokio::test]
+    async fn large_sets_load_with_their_lock_and_report_plugins_yaml_first() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cache = Cache::open(&tmp.path().join("cache")).expect("cache");
+        let repo = crate::synth::generate_repo(&tmp.path().join("repo"), 300, &cache)
+            .expect("synthetic repository");
+        let plugins = std::fs::read_to_string(repo.plugins_file()).expect("plugins.yaml");
+        assert!(
+            plugins.len() >= PARALLEL_LOAD_BYTES,
+            "{} bytes",
+            plugins.len()
+        );
+        let resolver = Resolver::new(
+            SourceRegistry::discover(
+                FetchSettings::default(),
+                url::Url::parse(crate::model::DEFAULT_MARKETPLACE).expect("url"),
+            ),
+            cache,
+            64 << 20,
+        );
+        let snapshot = WorkTree::new(&repo.dir).expect("worktree");
+        let state = resolved_state(&snapshot, "plugins.yaml", &resolver)
+            .await
+            .expect("loads")
+            .expect("present");
+        assert_eq!(state.lock, LockState::UpToDate);
+        assert_eq!(state.resolution.lock, repo.lock);
+
+        // Both files broken: plugins.yaml's error, as when they load one after the other.
+        let lock = std::fs::read_to_string(repo.lock_file()).expect("plugins.lock");
+        std::fs::write(repo.lock_file(), lock.replacen("plugins:", "plugns:", 1))
+            .expect("write lock");
+        std::fs::write(
+            repo.plugins_file(),
+            plugins.replacen("spec:", "spec:\n  bogus: 1", 1),
+        )
+        .expect("write plugins.yaml");
+        let err = resolved_state(&snapshot, "plugins.yaml", &resolver)
+            .await
+            .expect_err("invalid");
+        let message = err.to_string();
+        assert!(
+            message.contains("plugins.yaml") && message.contains("bogus"),
+            "{message}"
+        );
+
+        // plugins.yaml fixed: now the lock's error.
+        std::fs::write(repo.plugins_file(), &plugins).expect("write plugins.yaml");
+        let err = resolved_state(&snapshot, "plugins.yaml", &resolver)
+            .await
+            .expect_err("invalid lock");
+        let message = err.to_string();
+        assert!(
+            message.contains("plugins.lock") && message.contains("plugns"),
+            "{message}"
+        );
     }
 }
