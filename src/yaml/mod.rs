@@ -51,3 +51,23 @@ pub(crate) fn from_str<T: serde::de::DeserializeOwned>(
     let value = T::deserialize(strict::Strict::Value(&written)).ok()?;
     Some((value, written))
 }
+
+/// What the differential tests of the fast paths share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use rand::{Rng, SeedableRng};
+
+    /// A seeded generator: each differential test runs the same cases every time.
+    pub(crate) struct Seeded(rand::rngs::StdRng);
+
+    impl Seeded {
+        pub(crate) fn new(seed: u64) -> Seeded {
+            Seeded(rand::rngs::StdRng::seed_from_u64(seed))
+        }
+
+        /// A number in `0..n`.
+        pub(crate) fn below(&mut self, n: usize) -> usize {
+            self.0.random_range(0..n)
+        }
+    }
+}
