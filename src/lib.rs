@@ -15,6 +15,7 @@ pub mod load;
 pub mod metrics;
 pub mod model;
 pub mod package;
+pub mod parallel;
 pub mod pipeline;
 pub mod plan;
 pub mod redact;

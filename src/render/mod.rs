@@ -464,30 +464,12 @@ pub fn render_set_map<T: Send>(
     // Plugins are independent and rendering is pure, so large sets are split over the
     // cores. Each part stops at its first error and parts are joined in order, so the
     // error returned is the first plugin's, exactly as a sequential render would return.
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(MAX_RENDER_THREADS)
-        .min(plugins.len() / MIN_PLUGINS_PER_THREAD)
-        .max(1);
-    if threads == 1 {
-        return render_all(0, plugins);
-    }
-    let chunk = plugins.len().div_ceil(threads);
-    let mut parts = plugins.chunks(chunk).enumerate();
-    let first = parts.next().map_or(&[][..], |(_, part)| part);
-    let results: Vec<Result<Vec<T>, RenderError>> = std::thread::scope(|scope| {
-        let others: Vec<_> = parts
-            .map(|(i, part)| scope.spawn(move || render_all(i * chunk, part)))
-            .collect();
-        let mut results = vec![render_all(0, first)];
-        for handle in others {
-            results.push(
-                handle
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            );
-        }
-        results
+    let threads = crate::parallel::threads_for(plugins.len(), MIN_PLUGINS_PER_THREAD);
+    let chunk = plugins.len().div_ceil(threads).max(1);
+    let results: Vec<Result<Vec<T>, RenderError>> = crate::parallel::run(threads, |index, _| {
+        let start = (index * chunk).min(plugins.len());
+        let end = (start + chunk).min(plugins.len());
+        render_all(start, &plugins[start..end])
     });
     let mut rendered = Vec::with_capacity(plugins.len());
     for part in results {
@@ -496,8 +478,6 @@ pub fn render_set_map<T: Send>(
     Ok(rendered)
 }
 
-/// Most threads [`render_set`] uses.
-const MAX_RENDER_THREADS: usize = 8;
 /// Fewest plugins worth a thread of their own (below, spawning costs more than it saves).
 const MIN_PLUGINS_PER_THREAD: usize = 16;
 

@@ -31,9 +31,6 @@ use source::{NoProgress, Progress, SourceRegistry};
 /// How many packages are fetched at once.
 const CONCURRENT_FETCHES: usize = 4;
 
-/// At most this many threads read cached packages (beyond it, the disk is the limit).
-const MAX_READ_THREADS: usize = 8;
-
 /// A thread is started for at least this many cached packages (reading one takes about as
 /// long as starting a thread).
 const MIN_READS_PER_THREAD: usize = 16;
@@ -484,11 +481,7 @@ impl Resolver {
                 .map(|(i, sha, declared)| (i, sha, declared.source.describe()))
                 .collect()
         };
-        let threads = std::thread::available_parallelism()
-            .map_or(1, usize::from)
-            .min(MAX_READ_THREADS)
-            .min(jobs.len() / MIN_READS_PER_THREAD)
-            .max(1);
+        let threads = crate::parallel::threads_for(jobs.len(), MIN_READS_PER_THREAD);
         // Jobs are handed out in declaration order; once one fails, later ones are not
         // needed (the stream stops at that plugin at the latest) and are left undone.
         let next = AtomicUsize::new(0);
@@ -508,22 +501,7 @@ impl Resolver {
                 done.push((*i, read));
             }
         };
-        let done: Vec<Vec<(usize, CachedRead)>> = if threads == 1 {
-            vec![work()]
-        } else {
-            std::thread::scope(|scope| {
-                let others: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
-                let mut done = vec![work()];
-                for handle in others {
-                    done.push(
-                        handle
-                            .join()
-                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                    );
-                }
-                done
-            })
-        };
+        let done: Vec<Vec<(usize, CachedRead)>> = crate::parallel::run(threads, |_, _| work());
         for (i, read) in done.into_iter().flatten() {
             slots[i] = read.transpose();
         }

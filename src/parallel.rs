@@ -1,0 +1,87 @@
+//! Running one piece of CPU-bound work on every core, with plain scoped threads.
+//!
+//! Render and resolve split large sets over the cores the same way: how many threads a
+//! set is worth, the calling thread taking a share itself, and a panic on any thread
+//! surfacing on the caller. They use plain threads rather than the async runtime, so the
+//! work runs the same on any executor (tests use a current-thread one) and cannot block
+//! the runtime's workers.
+
+/// Most threads used, whatever the machine (beyond, memory and the disk are the limit).
+pub const MAX_THREADS: usize = 8;
+
+/// How many threads `items` pieces of work are worth when each thread should get at least
+/// `min_per_thread` of them (below that, starting a thread costs about what it saves):
+/// at least 1, at most the available cores and [`MAX_THREADS`].
+pub fn threads_for(items: usize, min_per_thread: usize) -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(MAX_THREADS)
+        .min(items / min_per_thread.max(1))
+        .max(1)
+}
+
+/// Runs `work(index, threads)` on `threads` threads, the calling thread being index 0,
+/// and returns the results by index. A panic on any thread is resumed on the caller.
+pub fn run<T: Send>(threads: usize, work: impl Fn(usize, usize) -> T + Sync) -> Vec<T> {
+    let threads = threads.max(1);
+    if threads == 1 {
+        return vec![work(0, 1)];
+    }
+    let work = &work;
+    std::thread::scope(|scope| {
+        let others: Vec<_> = (1..threads)
+            .map(|index| scope.spawn(move || work(index, threads)))
+            .collect();
+        let mut results = Vec::with_capacity(threads);
+        results.push(work(0, threads));
+        for handle in others {
+            results.push(
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            );
+        }
+        results
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_come_back_by_thread_index() {
+        let results = run(3, |index, threads| {
+            (index, threads, std::thread::current().id())
+        });
+        assert_eq!(
+            results.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>(),
+            [(0, 3), (1, 3), (2, 3)]
+        );
+        assert_eq!(
+            results[0].2,
+            std::thread::current().id(),
+            "index 0 runs on the caller"
+        );
+        assert_ne!(results[1].2, results[0].2);
+        assert_eq!(run(0, |index, threads| (index, threads)), [(0, 1)]);
+    }
+
+    #[test]
+    fn small_sets_stay_on_one_thread() {
+        assert_eq!(threads_for(0, 16), 1);
+        assert_eq!(threads_for(31, 16), 1);
+        assert!(threads_for(10_000, 16) <= MAX_THREADS);
+        assert_eq!(threads_for(10, 0), threads_for(10, 1));
+    }
+
+    #[test]
+    #[should_panic(expected = "boom on 1")]
+    fn a_panic_on_another_thread_reaches_the_caller() {
+        run(2, |index, _| {
+            if index == 1 {
+                panic!("boom on {index}");
+            }
+        });
+    }
+}
