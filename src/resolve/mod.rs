@@ -293,7 +293,10 @@ impl Resolver {
         pinned: Option<&LockedPlugin>,
         prefetched: Option<Prefetched>,
     ) -> Result<(LockedPlugin, Package, Arc<Vec<u8>>), Error> {
-        let label = declared.source.describe();
+        // Read ahead (and checked) on all cores: complete already.
+        if let Some(resolved) = prefetched {
+            return resolved;
+        }
         // A pinned package this resolver has read before (a diff resolves base and head
         // with one resolver, and they share all but the changed packages): the same
         // verified bytes, so the same package, without reading the cache or the archive.
@@ -304,45 +307,15 @@ impl Resolver {
                 .get(&pin.sha256)
                 .and_then(|(bytes, package)| bytes.upgrade().map(|bytes| (package.clone(), bytes))),
         };
-        let (package, bytes) = match (remembered, prefetched) {
-            (Some(found), _) => found,
-            (None, Some(read)) => {
-                let (package, bytes) = read?;
-                self.remember(&package, &bytes);
-                (package, bytes)
-            }
-            (None, None) => {
+        let (package, bytes) = match remembered {
+            Some(found) => found,
+            None => {
+                let label = declared.source.describe();
                 self.read_one(snapshot, declared, &source, &label, pinned)
                     .await?
             }
         };
-        if let DeclaredSource::Marketplace {
-            author,
-            name,
-            version,
-        } = &declared.source
-        {
-            let declared_id = format!("{author}/{name}:{version}");
-            let served = format!("{}:{}", package.name(), package.manifest.version);
-            if declared_id != served {
-                return Err(Error::WrongPackage {
-                    plugin: label,
-                    expected: declared_id,
-                    actual: served,
-                });
-            }
-        }
-        let unique_identifier = package.unique_identifier();
-        let locked = LockedPlugin {
-            name: package.name(),
-            version: package.manifest.version.clone(),
-            source,
-            sha256: package.sha256.clone(),
-            checksum: package.checksum.clone(),
-            plugin_id: package::plugin_id(&unique_identifier),
-            unique_identifier,
-        };
-        Ok((locked, package, bytes))
+        lock_entry(declared, source, package, bytes)
     }
 
     /// The memo of packages read, by sha256 (a poisoned lock still holds valid entries:
@@ -460,7 +433,7 @@ impl Resolver {
     ) -> Vec<Option<Prefetched>> {
         let mut slots: Vec<Option<Prefetched>> = Vec::new();
         slots.resize_with(plugins.len(), || None);
-        let jobs: Vec<(usize, &str, String)> = {
+        let jobs: Vec<(usize, &str, &DeclaredPlugin, &str)> = {
             let memo = self.read_packages();
             let mut seen = HashSet::new();
             plugins
@@ -468,17 +441,16 @@ impl Resolver {
                 .zip(entries)
                 .enumerate()
                 .filter_map(
-                    |(i, (declared, (_, pinned)))| match (&declared.source, pinned) {
+                    |(i, (declared, (source, pinned)))| match (&declared.source, pinned) {
                         (DeclaredSource::Path(_), _) | (_, None) => None,
-                        (_, Some(pin)) => Some((i, pin.sha256.as_str(), declared)),
+                        (_, Some(pin)) => Some((i, pin.sha256.as_str(), declared, source.as_str())),
                     },
                 )
-                .filter(|(_, sha, _)| {
+                .filter(|(_, sha, _, _)| {
                     memo.get(*sha)
                         .is_none_or(|(bytes, _)| bytes.strong_count() == 0)
                 })
-                .filter(|(_, sha, _)| seen.insert(*sha))
-                .map(|(i, sha, declared)| (i, sha, declared.source.describe()))
+                .filter(|(_, sha, _, _)| seen.insert(*sha))
                 .collect()
         };
         let threads = crate::parallel::threads_for(jobs.len(), MIN_READS_PER_THREAD);
@@ -493,12 +465,12 @@ impl Resolver {
                 if j >= jobs.len() || j > failed.load(Ordering::Relaxed) {
                     return done;
                 }
-                let (i, sha, label) = &jobs[j];
-                let read = read_cached_one(&self.cache, sha, label);
+                let (i, sha, declared, source) = jobs[j];
+                let read = self.read_cached_one(sha, declared, source);
                 if read.is_err() {
                     failed.fetch_min(j, Ordering::Relaxed);
                 }
-                done.push((*i, read));
+                done.push((i, read));
             }
         };
         let done: Vec<Vec<(usize, CachedRead)>> = crate::parallel::run(threads, |_, _| work());
@@ -506,6 +478,22 @@ impl Resolver {
             slots[i] = read.transpose();
         }
         slots
+    }
+
+    /// Reads and verifies one pinned package's cached bytes, reads the package, remembers
+    /// it and makes its lock entry, failing as the stream would for `declared`.
+    fn read_cached_one(&self, sha256: &str, declared: &DeclaredPlugin, source: &str) -> CachedRead {
+        let cache = &self.cache;
+        let Some(bytes) = cache.get(sha256).map_err(|e| Error::io(cache.root(), e))? else {
+            return Ok(None);
+        };
+        let package = Package::read(&bytes).map_err(|e| Error::Package {
+            plugin: declared.source.describe(),
+            source: e,
+        })?;
+        let bytes = Arc::new(bytes);
+        self.remember(&package, &bytes);
+        lock_entry(declared, source.to_string(), package, bytes).map(Some)
     }
 
     /// Packs an in-repo plugin directory, or reads an in-repo `.difypkg`, from the snapshot
@@ -551,23 +539,50 @@ impl Resolver {
 }
 
 /// A package read ahead from the cache for one plugin, or why reading it failed.
-type Prefetched = Result<(Package, Arc<Vec<u8>>), Error>;
+type Prefetched = Result<Resolved, Error>;
+
+/// One plugin resolved: its lock entry, its package and the package bytes.
+type Resolved = (LockedPlugin, Package, Arc<Vec<u8>>);
 
 /// What reading one pinned package from the cache gave: `None` when it is not there (or
 /// was corrupt and removed), so the stream fetches it.
-type CachedRead = Result<Option<(Package, Arc<Vec<u8>>)>, Error>;
+type CachedRead = Result<Option<Resolved>, Error>;
 
-/// Reads and verifies one pinned package's cached bytes and reads the package, failing as
-/// `read_one` would for the plugin labelled `label`.
-fn read_cached_one(cache: &Cache, sha256: &str, label: &str) -> CachedRead {
-    let Some(bytes) = cache.get(sha256).map_err(|e| Error::io(cache.root(), e))? else {
-        return Ok(None);
+/// The lock entry of `declared` (from `source`) for the package it resolved to, refusing a
+/// marketplace package that is not the one declared.
+fn lock_entry(
+    declared: &DeclaredPlugin,
+    source: String,
+    package: Package,
+    bytes: Arc<Vec<u8>>,
+) -> Result<Resolved, Error> {
+    if let DeclaredSource::Marketplace {
+        author,
+        name,
+        version,
+    } = &declared.source
+    {
+        let declared_id = format!("{author}/{name}:{version}");
+        let served = format!("{}:{}", package.name(), package.manifest.version);
+        if declared_id != served {
+            return Err(Error::WrongPackage {
+                plugin: declared.source.describe(),
+                expected: declared_id,
+                actual: served,
+            });
+        }
+    }
+    let unique_identifier = package.unique_identifier();
+    let locked = LockedPlugin {
+        name: package.name(),
+        version: package.manifest.version.clone(),
+        source,
+        sha256: package.sha256.clone(),
+        checksum: package.checksum.clone(),
+        plugin_id: package::plugin_id(&unique_identifier),
+        unique_identifier,
     };
-    let package = Package::read(&bytes).map_err(|e| Error::Package {
-        plugin: label.to_string(),
-        source: e,
-    })?;
-    Ok(Some((package, Arc::new(bytes))))
+    Ok((locked, package, bytes))
 }
 
 fn check_update_names(
