@@ -339,7 +339,10 @@ fn print_targets(results: &[Measurement]) {
         };
         println!("  {verdict:<5} {what}");
     };
+    // The render stage (render and print, on locked inputs), and the whole `plugsync
+    // render` command (read, load and resolve first), both held to the render target.
     for (stage, target) in [
+        (Stage::RenderPure, RENDER_TARGET),
         (Stage::RenderPipeline, RENDER_TARGET),
         (Stage::Diff, DIFF_TARGET),
         (Stage::DiffLean, DIFF_TARGET),
