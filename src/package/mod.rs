@@ -294,7 +294,14 @@ impl Package {
     /// Never panics, whatever the input: packages are untrusted, and this is the fuzz
     /// target's entry point.
     pub fn read(bytes: &[u8]) -> Result<Package, PackageError> {
-        reader::read(bytes)
+        reader::read(bytes, None)
+    }
+
+    /// [`Package::read`] for bytes whose sha256 (lowercase hex) the caller has just
+    /// computed or verified, such as the cache's verified reads: a large package is then
+    /// hashed once instead of twice. Only correct with the bytes' true digest.
+    pub fn read_hashed(bytes: &[u8], sha256: String) -> Result<Package, PackageError> {
+        reader::read(bytes, Some(sha256))
     }
 
     /// `author/name` (or `name` when the author is empty): the name Dify shows and

@@ -24,7 +24,8 @@ const S_IFLNK: u32 = 0o120_000;
 const CDFH_SIGNATURE: [u8; 4] = *b"PK\x01\x02";
 const CDFH_LEN: usize = 46;
 
-pub(super) fn read(bytes: &[u8]) -> Result<Package, PackageError> {
+/// Reads a package; `sha256` is the bytes' digest when the caller already knows it.
+pub(super) fn read(bytes: &[u8], sha256: Option<String>) -> Result<Package, PackageError> {
     let mut archive = ZipArchive::new(Cursor::new(bytes)).map_err(|e| PackageError::Malformed {
         reason: e.to_string(),
     })?;
@@ -91,7 +92,7 @@ pub(super) fn read(bytes: &[u8]) -> Result<Package, PackageError> {
     Ok(Package {
         manifest: manifest::parse(&manifest_bytes)?,
         checksum: checksum.finish(),
-        sha256: sha256_hex(bytes),
+        sha256: sha256.unwrap_or_else(|| sha256_hex(bytes)),
         size: bytes.len() as u64,
     })
 }
@@ -291,7 +292,7 @@ mod tests {
             &["provider/"],
             "",
         );
-        let package = read(&bytes).unwrap();
+        let package = read(&bytes, None).unwrap();
         assert_eq!(
             package.checksum,
             expected_checksum(&[
@@ -302,30 +303,44 @@ mod tests {
         );
         assert_eq!(package.size, bytes.len() as u64);
         assert_eq!(package.sha256, hex::encode(Sha256::digest(&bytes)));
+
+        // A digest the caller verified is taken as is: the same package, hashed once.
+        let hashed = read(&bytes, Some(package.sha256.clone())).unwrap();
+        assert_eq!(format!("{hashed:?}"), format!("{package:?}"));
     }
 
     #[test]
     fn checksum_ignores_directories_order_and_comment() {
         let files: [(&str, &[u8]); 2] = [(MANIFEST_FILE, VALID.as_bytes()), ("a.py", b"a")];
-        let plain = read(&zip(&files, &[], "")).unwrap();
+        let plain = read(&zip(&files, &[], ""), None).unwrap();
         let reversed = [files[1], files[0]];
-        let other = read(&zip(&reversed, &["x/", "x/y/"], "{\"signature\":\"...\"}")).unwrap();
+        let other = read(
+            &zip(&reversed, &["x/", "x/y/"], "{\"signature\":\"...\"}"),
+            None,
+        )
+        .unwrap();
         assert_eq!(plain.checksum, other.checksum);
         assert_ne!(plain.sha256, other.sha256);
     }
 
     #[test]
     fn checksum_changes_with_content() {
-        let a = read(&zip(
-            &[(MANIFEST_FILE, VALID.as_bytes()), ("a.py", b"1")],
-            &[],
-            "",
-        ));
-        let b = read(&zip(
-            &[(MANIFEST_FILE, VALID.as_bytes()), ("a.py", b"2")],
-            &[],
-            "",
-        ));
+        let a = read(
+            &zip(
+                &[(MANIFEST_FILE, VALID.as_bytes()), ("a.py", b"1")],
+                &[],
+                "",
+            ),
+            None,
+        );
+        let b = read(
+            &zip(
+                &[(MANIFEST_FILE, VALID.as_bytes()), ("a.py", b"2")],
+                &[],
+                "",
+            ),
+            None,
+        );
         assert_ne!(a.unwrap().checksum, b.unwrap().checksum);
     }
 

@@ -336,7 +336,9 @@ impl Resolver {
         pinned: Option<&LockedPlugin>,
     ) -> Result<(Package, Arc<Vec<u8>>), Error> {
         let label = label.to_string();
-        let bytes = match &declared.source {
+        // The bytes and their sha256, computed or verified once here, so a large package
+        // is hashed once.
+        let (bytes, sha256) = match &declared.source {
             DeclaredSource::Path(rel) => {
                 let bytes = self.read_local(snapshot, &label, rel)?;
                 // In-repo packages are cached too: the controller renders build contexts from
@@ -347,18 +349,19 @@ impl Resolver {
                         .put(&bytes)
                         .map_err(|e| Error::io(self.cache.root(), e))?;
                 }
-                bytes
+                (bytes, sha)
             }
             DeclaredSource::Marketplace { .. } | DeclaredSource::Url(_) => {
                 let cached = match pinned {
                     Some(pin) => self
                         .cache
                         .get(&pin.sha256)
-                        .map_err(|e| Error::io(self.cache.root(), e))?,
+                        .map_err(|e| Error::io(self.cache.root(), e))?
+                        .map(|bytes| (bytes, pin.sha256.clone())),
                     None => None,
                 };
                 match cached {
-                    Some(bytes) => bytes,
+                    Some(verified) => verified,
                     None => {
                         let url = url::Url::parse(source).map_err(|e| {
                             Error::Usage(format!("{label}: invalid source URL: {e}"))
@@ -386,12 +389,12 @@ impl Resolver {
                         self.cache
                             .put(&bytes)
                             .map_err(|e| Error::io(self.cache.root(), e))?;
-                        bytes
+                        (bytes, sha)
                     }
                 }
             }
         };
-        let package = Package::read(&bytes).map_err(|e| Error::Package {
+        let package = Package::read_hashed(&bytes, sha256).map_err(|e| Error::Package {
             plugin: label,
             source: e,
         })?;
@@ -487,10 +490,11 @@ impl Resolver {
         let Some(bytes) = cache.get(sha256).map_err(|e| Error::io(cache.root(), e))? else {
             return Ok(None);
         };
-        let package = Package::read(&bytes).map_err(|e| Error::Package {
-            plugin: declared.source.describe(),
-            source: e,
-        })?;
+        let package =
+            Package::read_hashed(&bytes, sha256.to_string()).map_err(|e| Error::Package {
+                plugin: declared.source.describe(),
+                source: e,
+            })?;
         let bytes = Arc::new(bytes);
         self.remember(&package, &bytes);
         lock_entry(declared, source.to_string(), package, bytes).map(Some)
