@@ -23,6 +23,14 @@ fn oid(s: &str) -> Oid {
 
 /// Commits reachable from `commit` in the repository at `path` (shallow boundaries stop
 /// the walk).
+/// A fresh cache of `url`'s branch `main` (the cache directory lives as long as the first
+/// value).
+fn open_main(url: &str) -> (tempfile::TempDir, RemoteRepo) {
+    let cache = tempfile::tempdir().unwrap();
+    let repo = RemoteRepo::open(cache.path(), url, "main").unwrap();
+    (cache, repo)
+}
+
 fn reachable(path: &std::path::Path, commit: Oid) -> usize {
     let repo = Repository::open(path).expect("open cache repo");
     let mut walk = repo.revwalk().expect("revwalk");
@@ -41,7 +49,7 @@ fn daemon_sync_fetches_then_reports_unchanged_then_fetches_the_new_commit() {
     let source = SourceRepo::new();
     let first = oid(&source.commit(&[("plugins.yaml", "v: 1\n")], "first"));
     let daemon = GitDaemon::start(&source.root);
-    let url = format!("{}/{}", daemon.base_url, source.name);
+    let url = source.url_on(&daemon.base_url);
     let cache = tempfile::tempdir().unwrap();
     let dir = cache.path().join("repo.git");
 
@@ -91,7 +99,7 @@ fn daemon_sync_is_shallow_and_full_fetch_is_not() {
     }
     let head = oid(&source.head());
     let daemon = GitDaemon::start(&source.root);
-    let url = format!("{}/{}", daemon.base_url, source.name);
+    let url = source.url_on(&daemon.base_url);
 
     let shallow = tempfile::tempdir().unwrap();
     let mut repo = RemoteRepo::open(shallow.path(), &url, "main").unwrap();
@@ -127,12 +135,8 @@ fn daemon_commit_is_read_from_a_subdir_with_git_revision() {
     );
     let daemon = GitDaemon::start(&source.root);
     let cache = tempfile::tempdir().unwrap();
-    let mut repo = RemoteRepo::open(
-        cache.path(),
-        &format!("{}/{}", daemon.base_url, source.name),
-        "main",
-    )
-    .unwrap();
+    let mut repo =
+        RemoteRepo::open(cache.path(), &source.url_on(&daemon.base_url), "main").unwrap();
     let fetched = repo.sync(&GitAuth::None).unwrap().commit();
     assert_eq!(fetched.to_string(), commit);
 
@@ -156,7 +160,7 @@ fn daemon_missing_branch_is_a_clear_error() {
     source.commit(&[("plugins.yaml", "v: 1\n")], "first");
     let daemon = GitDaemon::start(&source.root);
     let cache = tempfile::tempdir().unwrap();
-    let url = format!("{}/{}", daemon.base_url, source.name);
+    let url = source.url_on(&daemon.base_url);
     let mut repo = RemoteRepo::open(cache.path(), &url, "release/v2").unwrap();
     let err = repo.sync(&GitAuth::None).unwrap_err();
     assert!(
@@ -201,9 +205,7 @@ fn http_unchanged_sync_is_exactly_one_request() {
     let source = SourceRepo::new();
     let first = oid(&source.commit(&[("plugins.yaml", "v: 1\n")], "first"));
     let server = HttpGitServer::start(&source.root, USER, PASSWORD);
-    let cache = tempfile::tempdir().unwrap();
-    let url = format!("{}/{}", server.base_url, source.name);
-    let mut repo = RemoteRepo::open(cache.path(), &url, "main").unwrap();
+    let (_cache, mut repo) = open_main(&source.url_on(&server.base_url));
     let auth = basic(PASSWORD);
 
     assert_eq!(
@@ -253,9 +255,7 @@ fn http_wrong_password_is_an_auth_error_that_does_not_leak_it() {
     let source = SourceRepo::new();
     source.commit(&[("plugins.yaml", "v: 1\n")], "first");
     let server = HttpGitServer::start(&source.root, USER, PASSWORD);
-    let cache = tempfile::tempdir().unwrap();
-    let url = format!("{}/{}", server.base_url, source.name);
-    let mut repo = RemoteRepo::open(cache.path(), &url, "main").unwrap();
+    let (_cache, mut repo) = open_main(&source.url_on(&server.base_url));
 
     let wrong = "wrong-battery-s3cret";
     let err = repo.sync(&basic(wrong)).unwrap_err();
@@ -505,9 +505,7 @@ fn daemon_commit_and_push_from_a_shallow_cache_then_sync_fetches_it() {
         "layout",
     ));
     let daemon = GitDaemon::start_accepting_pushes(&source.root);
-    let cache = tempfile::tempdir().unwrap();
-    let url = format!("{}/{}", daemon.base_url, source.name);
-    let mut repo = RemoteRepo::open(cache.path(), &url, "main").unwrap();
+    let (_cache, mut repo) = open_main(&source.url_on(&daemon.base_url));
     assert_eq!(repo.sync(&GitAuth::None).unwrap().commit(), parent);
     assert!(Repository::open(repo.path()).unwrap().is_shallow());
     assert_eq!(
@@ -600,9 +598,7 @@ fn daemon_push_after_the_branch_moved_is_rejected_and_changes_nothing() {
     source.accept_pushes();
     let first = oid(&source.commit(&[("plugins.lock", "v: 1\n")], "first"));
     let daemon = GitDaemon::start_accepting_pushes(&source.root);
-    let cache = tempfile::tempdir().unwrap();
-    let url = format!("{}/{}", daemon.base_url, source.name);
-    let mut repo = RemoteRepo::open(cache.path(), &url, "main").unwrap();
+    let (_cache, mut repo) = open_main(&source.url_on(&daemon.base_url));
     assert_eq!(repo.sync(&GitAuth::None).unwrap().commit(), first);
 
     // Someone else pushes; the cache has not seen their commit.
@@ -655,9 +651,7 @@ fn daemon_push_to_a_branch_moved_back_or_deleted_is_rejected() {
     let older = oid(&source.commit(&[("plugins.lock", "v: 1\n")], "older"));
     let newer = oid(&source.commit(&[("plugins.lock", "v: 2\n")], "newer"));
     let daemon = GitDaemon::start_accepting_pushes(&source.root);
-    let cache = tempfile::tempdir().unwrap();
-    let url = format!("{}/{}", daemon.base_url, source.name);
-    let mut repo = RemoteRepo::open(cache.path(), &url, "main").unwrap();
+    let (_cache, mut repo) = open_main(&source.url_on(&daemon.base_url));
     assert_eq!(repo.sync(&GitAuth::None).unwrap().commit(), newer);
     let files: &[(&str, &[u8])] = &[("plugins.lock", b"v: 3\n")];
 
@@ -699,9 +693,7 @@ fn daemon_push_refused_by_the_server_is_rejected() {
     source.decline_pushes();
     let first = oid(&source.commit(&[("plugins.lock", "v: 1\n")], "first"));
     let daemon = GitDaemon::start_accepting_pushes(&source.root);
-    let cache = tempfile::tempdir().unwrap();
-    let url = format!("{}/{}", daemon.base_url, source.name);
-    let mut repo = RemoteRepo::open(cache.path(), &url, "main").unwrap();
+    let (_cache, mut repo) = open_main(&source.url_on(&daemon.base_url));
     repo.sync(&GitAuth::None).unwrap();
     let err = repo
         .commit_and_push(
@@ -733,9 +725,8 @@ fn daemon_read_only_server_refuses_the_push() {
     let source = SourceRepo::new();
     let first = oid(&source.commit(&[("plugins.lock", "v: 1\n")], "first"));
     let daemon = GitDaemon::start(&source.root);
-    let cache = tempfile::tempdir().unwrap();
-    let url = format!("{}/{}", daemon.base_url, source.name);
-    let mut repo = RemoteRepo::open(cache.path(), &url, "main").unwrap();
+    let url = source.url_on(&daemon.base_url);
+    let (_cache, mut repo) = open_main(&url);
     repo.sync(&GitAuth::None).unwrap();
     let err = repo
         .commit_and_push(
@@ -763,9 +754,7 @@ fn http_commit_and_push_with_basic_auth() {
     source.accept_pushes();
     let first = oid(&source.commit(&[("team/plugins.lock", "v: 1\n")], "first"));
     let server = HttpGitServer::start(&source.root, USER, PASSWORD);
-    let cache = tempfile::tempdir().unwrap();
-    let url = format!("{}/{}", server.base_url, source.name);
-    let mut repo = RemoteRepo::open(cache.path(), &url, "main").unwrap();
+    let (_cache, mut repo) = open_main(&source.url_on(&server.base_url));
     let auth = basic(PASSWORD);
     assert_eq!(repo.sync(&auth).unwrap().commit(), first);
 

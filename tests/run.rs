@@ -122,7 +122,7 @@ impl Env {
     }
 
     fn url(&self) -> String {
-        format!("{}/{}", self.daemon.base_url, self.source.name)
+        self.source.url_on(&self.daemon.base_url)
     }
 
     /// `plugsync run` following the served branch; `extra` adds or overrides flags.
@@ -745,7 +745,7 @@ async fn https_credentials_come_from_a_secret_and_never_reach_the_status() {
             "data": {"username": b64("bot"), "password": b64(password)}})
     };
     env.server.store().put(secret("wrong")).expect("secret");
-    let url = format!("{}/{}", http.base_url, env.source.name);
+    let url = env.source.url_on(&http.base_url);
     let _run = env.run(
         &[
             "--leader-election",

@@ -202,6 +202,12 @@ impl SourceRepo {
     pub fn git(&self, args: &[&str]) -> String {
         git(&self.path, args)
     }
+
+    /// Its URL on a server whose root URL is `base_url` (every server here exposes it as
+    /// `/<name>`).
+    pub fn url_on(&self, base_url: &str) -> String {
+        format!("{base_url}/{}", self.name)
+    }
 }
 
 /// A port free right now on 127.0.0.1 (another process can take it before it is used, so
