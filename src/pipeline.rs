@@ -538,7 +538,6 @@ impl Snapshot for SubdirSnapshot<'_> {
 mod tests {
     use super::*;
     use crate::resolve::cache::Cache;
-    use crate::resolve::source::{FetchSettings, SourceRegistry};
     use crate::source::WorkTree;
 
     /// A plugins.yaml large enough to load beside its lock on two threads still reports
@@ -555,14 +554,7 @@ mod tests {
             "{} bytes",
             plugins.len()
         );
-        let resolver = Resolver::new(
-            SourceRegistry::discover(
-                FetchSettings::default(),
-                url::Url::parse(crate::model::DEFAULT_MARKETPLACE).expect("url"),
-            ),
-            cache,
-            64 << 20,
-        );
+        let resolver = crate::resolve::tests::resolver(&cache);
         let snapshot = WorkTree::new(&repo.dir).expect("worktree");
         let state = resolved_state(&snapshot, "plugins.yaml", &resolver)
             .await

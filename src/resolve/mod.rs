@@ -620,7 +620,7 @@ fn check_update_names(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::resolve::source::FetchSettings;
     use crate::source::WorkTree;
@@ -653,7 +653,8 @@ mod tests {
         }
     }
 
-    fn resolver(cache: &Cache) -> Resolver {
+    /// A resolver over `cache` with the default sources, for tests that fetch nothing.
+    pub(crate) fn resolver(cache: &Cache) -> Resolver {
         let marketplace = url::Url::parse(crate::model::DEFAULT_MARKETPLACE).expect("url");
         Resolver::new(
             SourceRegistry::discover(FetchSettings::default(), marketplace),
