@@ -6,14 +6,17 @@
 //! simple keys, a few plain words and integers, one literal block (`|`), and values
 //! interpolated with `tojson`, i.e. compact JSON on one line. `plugins.lock` (written by
 //! `serde_yaml`) adds a comment line, indentless sequences, plain scalars such as URLs,
-//! versions and digests, and the odd single-quoted string. This module parses exactly
-//! that subset, and nothing else.
+//! versions and digests, and the odd single-quoted string. What people write by hand
+//! (plugins.yaml, a package's `manifest.yaml`) adds plain text with spaces, labels in
+//! other scripts, and one-line flow collections such as `{replicas: 2, labels: {a: b}}`.
+//! This module parses exactly that subset, and nothing else.
 //!
 //! Correctness rule: [`parse`] returns `Some` only where the result is certain to be what
-//! `serde_yaml::from_str::<Value>` returns; on anything else (other quoting styles, tabs,
-//! non-ASCII, floats, duplicate keys, flow values with spaces, odd indentation, …)
-//! it returns `None` and the caller parses with `serde_yaml`, errors included. A
-//! differential test holds it to that rule.
+//! `serde_yaml::from_str::<Value>` returns; on anything else (double-quoted scalars
+//! outside JSON's escapes, tabs, line-break characters other than `\n`, floats, duplicate
+//! keys, multi-line flow collections or plain scalars, odd indentation, …) it returns
+//! `None` and the caller parses with `serde_yaml`, errors included. Differential tests
+//! hold it to that rule.
 
 use serde_json::{Map, Value};
 
@@ -25,12 +28,7 @@ const MAX_KEY_LEN: usize = 512;
 
 /// The document's value, when the text is within the subset; `None` means "ask serde_yaml".
 pub(crate) fn parse(text: &str) -> Option<Value> {
-    // Printable ASCII and newlines only: no tabs (indentation), no `\r`, no non-ASCII (YAML
-    // treats some code points, such as U+2028 and U+0085, as line breaks).
-    if !text
-        .bytes()
-        .all(|b| b == b'\n' || (b' '..=b'~').contains(&b))
-    {
+    if !is_plain_text(text) {
         return None;
     }
     let lines: Vec<Line<'_>> = text
@@ -55,6 +53,23 @@ pub(crate) fn parse(text: &str) -> Option<Value> {
         return None;
     }
     Some(value)
+}
+
+/// Newlines and printable characters whose meaning YAML and serde_yaml agree on: no tabs
+/// (indentation), no `\r`, no C0 or C1 controls (U+0085 is a line break to YAML), no
+/// U+2028 or U+2029 (line breaks too), no byte order mark and no non-characters.
+/// Everything else above U+00A0 (labels in Chinese or Japanese, accents, emoji) is an
+/// ordinary character to libyaml, in quoted and plain scalars alike.
+fn is_plain_text(text: &str) -> bool {
+    let ascii = |b: u8| b == b'\n' || (b' '..=b'~').contains(&b);
+    if text.bytes().all(ascii) {
+        return true;
+    }
+    text.chars().all(|c| match c {
+        '\n' | ' '..='~' => true,
+        '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}' => false,
+        c => c >= '\u{a0}',
+    })
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -295,10 +310,7 @@ fn is_reserved_word(word: &str) -> bool {
 fn inline(text: &str, depth: usize) -> Option<Value> {
     match text.as_bytes().first()? {
         b'{' | b'[' | b'"' => {
-            let mut flow = Flow {
-                bytes: text.as_bytes(),
-                pos: 0,
-            };
+            let mut flow = Flow { text, pos: 0 };
             let value = flow.value(depth)?;
             is_comment_tail(&text[flow.pos..]).then_some(value)
         }
@@ -336,8 +348,11 @@ fn single_quoted(text: &str) -> Option<(String, usize)> {
     }
 }
 
-/// A plain scalar: `true`, `false`, `null`, a decimal integer, or a word of letters,
-/// digits and `_ - . / : @` that no YAML version reads as anything but a string.
+/// A plain scalar: `true`, `false`, `null`, a decimal integer, or text that no YAML
+/// version reads as anything but a string: it starts with a letter, a digit, `_`, `/` or
+/// a non-ASCII character (or `-`/`.` then a letter or digit), and goes on with those,
+/// spaces between words, and a few punctuation marks that mean nothing inside a
+/// block plain scalar (`: ` and a final `:` would make it a key, so it has neither).
 fn plain(text: &str) -> Option<Value> {
     match text {
         "true" => return Some(Value::Bool(true)),
@@ -350,17 +365,45 @@ fn plain(text: &str) -> Option<Value> {
     }
     let bytes = text.as_bytes();
     let first_ok = match *bytes.first()? {
-        b if b.is_ascii_alphanumeric() || b == b'_' || b == b'/' => true,
+        b if b.is_ascii_alphanumeric() || b == b'_' || b == b'/' || !b.is_ascii() => true,
         b'-' | b'.' => bytes.get(1).is_some_and(u8::is_ascii_alphanumeric),
         _ => false,
     };
     let rest_ok = bytes[1..].iter().all(|&b| {
-        b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/' | b':' | b'@')
+        b.is_ascii_alphanumeric()
+            || !b.is_ascii()
+            || matches!(
+                b,
+                b'_' | b'-'
+                    | b'.'
+                    | b'/'
+                    | b':'
+                    | b'@'
+                    | b' '
+                    | b','
+                    | b'('
+                    | b')'
+                    | b'\''
+                    | b'!'
+                    | b'?'
+                    | b'+'
+                    | b'='
+                    | b';'
+                    | b'&'
+                    | b'%'
+                    | b'"'
+            )
     });
-    // A `:` at the end would make the word a key (inside, followed by a non-space, it is
-    // part of the scalar, as in URLs).
-    (first_ok && rest_ok && !text.ends_with(':') && !is_reserved_word(text) && !maybe_number(text))
-        .then(|| Value::String(text.to_string()))
+    // A `:` before a space or at the end would make the text a key (inside, followed by
+    // anything else, it is part of the scalar, as in URLs). Spaces inside are kept as
+    // written; the caller trimmed those at the ends, which YAML drops.
+    (first_ok
+        && rest_ok
+        && !text.ends_with([':', ' '])
+        && !text.contains(": ")
+        && !is_reserved_word(text)
+        && !maybe_number(text))
+    .then(|| Value::String(text.to_string()))
 }
 
 /// Whether serde_yaml might read a word as a number rather than a string. It reads a
@@ -400,16 +443,21 @@ fn integer(text: &str) -> Option<Value> {
     }
 }
 
-/// Compact JSON (no whitespace outside strings), integers only, no duplicate keys: the
-/// part of JSON where YAML's flow syntax reads exactly what JSON does.
+/// A flow collection or double-quoted string on one line: compact JSON as `tojson` writes
+/// it, and the flow style people write by hand (`{replicas: 2, labels: {tier: a}}`,
+/// `[amd64, arm64]`). Keys are JSON strings or simple plain words; values are JSON
+/// strings, single-quoted strings, nested collections, or plain scalars read as in a
+/// block (integers only, no floats). No duplicate keys, no empty values, no trailing
+/// commas, no `:`, `#`, `[` or `{` inside a plain scalar: the part of flow YAML where
+/// libyaml reads exactly what is written here.
 struct Flow<'a> {
-    bytes: &'a [u8],
+    text: &'a str,
     pos: usize,
 }
 
 impl Flow<'_> {
     fn peek(&self) -> Option<u8> {
-        self.bytes.get(self.pos).copied()
+        self.text.as_bytes().get(self.pos).copied()
     }
 
     fn eat(&mut self, b: u8) -> bool {
@@ -421,6 +469,45 @@ impl Flow<'_> {
         }
     }
 
+    fn spaces(&mut self) {
+        while self.peek() == Some(b' ') {
+            self.pos += 1;
+        }
+    }
+
+    /// After an entry: spaces, then the closing `close` (true) or a `,` and spaces before
+    /// the next entry (false); anything else is refused. (An entry cannot start with a
+    /// closing bracket or a comma, so a trailing comma is refused too.)
+    fn next_entry(&mut self, close: u8) -> Option<bool> {
+        self.spaces();
+        if self.eat(close) {
+            return Some(true);
+        }
+        if !self.eat(b',') {
+            return None;
+        }
+        self.spaces();
+        Some(false)
+    }
+
+    /// A mapping key and its `:`: a JSON string (the value may follow the `:` at once,
+    /// as in JSON), or a simple plain word followed by `: `.
+    fn key(&mut self) -> Option<String> {
+        let start = self.pos;
+        let key = if self.peek() == Some(b'"') {
+            self.string()?
+        } else {
+            let len = self.text[start..].find(':')?;
+            let (key, _) = split_key(&self.text[start..start + len + 1])?;
+            self.pos += len;
+            if self.text.as_bytes().get(self.pos + 1) != Some(&b' ') {
+                return None;
+            }
+            key.to_string()
+        };
+        (self.pos - start <= MAX_KEY_LEN && self.eat(b':')).then_some(key)
+    }
+
     fn value(&mut self, depth: usize) -> Option<Value> {
         if depth > MAX_DEPTH {
             return None;
@@ -428,60 +515,55 @@ impl Flow<'_> {
         match self.peek()? {
             b'{' => {
                 self.pos += 1;
+                self.spaces();
                 let mut map = Map::new();
                 if self.eat(b'}') {
                     return Some(Value::Object(map));
                 }
                 loop {
-                    let start = self.pos;
-                    let key = self.string()?;
-                    if self.pos - start > MAX_KEY_LEN || !self.eat(b':') {
-                        return None;
-                    }
+                    let key = self.key()?;
+                    self.spaces();
                     let value = self.value(depth + 1)?;
                     if map.insert(key, value).is_some() {
                         return None;
                     }
-                    if self.eat(b'}') {
+                    if self.next_entry(b'}')? {
                         return Some(Value::Object(map));
-                    }
-                    if !self.eat(b',') {
-                        return None;
                     }
                 }
             }
             b'[' => {
                 self.pos += 1;
+                self.spaces();
                 let mut items = Vec::new();
                 if self.eat(b']') {
                     return Some(Value::Array(items));
                 }
                 loop {
                     items.push(self.value(depth + 1)?);
-                    if self.eat(b']') {
+                    if self.next_entry(b']')? {
                         return Some(Value::Array(items));
-                    }
-                    if !self.eat(b',') {
-                        return None;
                     }
                 }
             }
             b'"' => self.string().map(Value::String),
+            b'\'' => {
+                let (value, len) = single_quoted(&self.text[self.pos..])?;
+                self.pos += len;
+                Some(Value::String(value))
+            }
             _ => {
+                // A plain scalar ends at a flow indicator; spaces before it are not part
+                // of it.
                 let start = self.pos;
-                while self
-                    .peek()
-                    .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'-')
-                {
-                    self.pos += 1;
+                while let Some(b) = self.peek() {
+                    match b {
+                        b',' | b']' | b'}' => break,
+                        b':' | b'#' | b'[' | b'{' => return None,
+                        _ => self.pos += 1,
+                    }
                 }
-                let word = std::str::from_utf8(&self.bytes[start..self.pos]).ok()?;
-                match word {
-                    "true" => Some(Value::Bool(true)),
-                    "false" => Some(Value::Bool(false)),
-                    "null" => Some(Value::Null),
-                    _ => integer(word),
-                }
+                plain(self.text[start..self.pos].trim_end_matches(' '))
             }
         }
     }
@@ -495,11 +577,9 @@ impl Flow<'_> {
         let mut out = String::new();
         loop {
             let start = self.pos;
-            while self.peek().is_some_and(|b| b != b'"' && b != b'\\') {
-                self.pos += 1;
-            }
-            // The input is ASCII (checked up front), so any slice is valid UTF-8.
-            let run = std::str::from_utf8(&self.bytes[start..self.pos]).ok()?;
+            self.pos += memchr::memchr2(b'"', b'\\', &self.text.as_bytes()[start..])?;
+            // `"` and `\\` are ASCII, so the run ends on a character boundary.
+            let run = &self.text[start..self.pos];
             match self.peek()? {
                 // Most strings have no escapes: one allocation of the exact size.
                 b'"' if out.is_empty() => {
@@ -524,8 +604,7 @@ impl Flow<'_> {
                         b'r' => '\r',
                         b't' => '\t',
                         b'u' => {
-                            let hex = self.bytes.get(self.pos + 1..self.pos + 5)?;
-                            let hex = std::str::from_utf8(hex).ok()?;
+                            let hex = self.text.get(self.pos + 1..self.pos + 5)?;
                             if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
                                 return None;
                             }
@@ -637,6 +716,44 @@ spec:
             ("a: b # c: d", r#"{"a":"b"}"#),
             ("a: {\"k\":\"v # w\"} # c", r##"{"a":{"k":"v # w"}}"##),
             ("a: \"x # y\" # c", r##"{"a":"x # y"}"##),
+            ("a: b c", r#"{"a":"b c"}"#),
+            ("a: b  c # d", r#"{"a":"b  c"}"#),
+            (
+                "a: Dify official Agent strategies, (v2) for x/y:z, it's 100% \"new\"!",
+                r#"{"a":"Dify official Agent strategies, (v2) for x/y:z, it's 100% \"new\"!"}"#,
+            ),
+            (
+                "a: Dify 官方 Agent 策略集合",
+                r#"{"a":"Dify 官方 Agent 策略集合"}"#,
+            ),
+            ("a: 策略", r#"{"a":"策略"}"#),
+            ("a: \"Dify Agent 策略\"", r#"{"a":"Dify Agent 策略"}"#),
+            ("a: 'café ✓ 😀'", r#"{"a":"café ✓ 😀"}"#),
+            ("a:\n  - é\n  - {\"k\":\"ü\"}", r#"{"a":["é",{"k":"ü"}]}"#),
+            ("a: |\n  Grüße\n", r#"{"a":"Grüße\n"}"#),
+            ("a: {\"k\": 1}", r#"{"a":{"k":1}}"#),
+            ("a: { \"k\":1 }", r#"{"a":{"k":1}}"#),
+            ("a: [1, 2]", r#"{"a":[1,2]}"#),
+            (
+                "a: {replicas: 2, labels: {tier: t0}, x: [amd64, arm64]}",
+                r#"{"a":{"replicas":2,"labels":{"tier":"t0"},"x":["amd64","arm64"]}}"#,
+            ),
+            (
+                "a: [{name: LOG_LEVEL, value: info}, { }, [ ]]",
+                r#"{"a":[{"name":"LOG_LEVEL","value":"info"},{},[]]}"#,
+            ),
+            (
+                "a: {en_US: Synthetic plugin 7, zh_Hans: 合成插件 7} # c",
+                r#"{"a":{"en_US":"Synthetic plugin 7","zh_Hans":"合成插件 7"}}"#,
+            ),
+            (
+                "a: {v: \"3.12\", w: '1.0', nl: null, t: true, i: -3, s: it's}",
+                r#"{"a":{"v":"3.12","w":"1.0","nl":null,"t":true,"i":-3,"s":"it's"}}"#,
+            ),
+            (
+                "a:\n  - {requests: {cpu: 100m}}",
+                r#"{"a":[{"requests":{"cpu":"100m"}}]}"#,
+            ),
             ("a: 'single'", r#"{"a":"single"}"#),
             ("a: 'it''s'", r#"{"a":"it's"}"#),
             ("a: ''", r#"{"a":""}"#),
@@ -778,7 +895,6 @@ images:
             "a: .NaN",
             "a: -inf",
             "a: nan",
-            "a: b c",
             "a: *alias",
             "a: &anchor b",
             "a: !!str 1",
@@ -797,10 +913,35 @@ images:
             "a:",
             "a: 1\na: 2",
             "a: {\"k\":1,\"k\":2}",
-            "a: {\"k\": 1}",
-            "a: { \"k\":1}",
-            "a: [1, 2]",
             "a: [1,]",
+            "a: [1, ]",
+            "a: [ , 1]",
+            "a: [1,, 2]",
+            "a: {k: }",
+            "a: {k:}",
+            "a: {k}",
+            "a: {k: 1,}",
+            "a: {k: a:b}",
+            "a: {k: a #b}",
+            "a: {k: a#b}",
+            "a: {k : 1}",
+            "a: {\"k\" : 1}",
+            "a: [a: 1]",
+            "a: {k: [1, 2}",
+            "a: {k: 1.5}",
+            "a: {yes: 1}",
+            "a: {k: yes}",
+            "a: {k: v, k: w}",
+            "a: {k: ~}",
+            "a: {k: 'x' y}",
+            "a: {k: [1]x}",
+            "a: {k: *x}",
+            "a: {k: &x y}",
+            "a: {k: !t y}",
+            "a: {? k: 1}",
+            "a: {k: -}",
+            "a: {k: a\u{2028}}",
+            "a: {k: v} x",
             "a: {k:1}",
             "a: [1.0]",
             "a: [1e3]",
@@ -809,8 +950,21 @@ images:
             "a: \"\\x41\"",
             "a: \"\\'\"",
             "a: \"x\ty\"",
-            "a: \"é\"",
             "a: b\u{2028}c",
+            "a: b\u{2029}c",
+            "a: b\u{85}c",
+            "a: \u{85}",
+            "a: b\u{9f}",
+            "a: \"b\u{2028}\"",
+            "a: \u{feff}b",
+            "\u{feff}a: b",
+            "a: b\u{fffe}",
+            "a: b: c",
+            "a: b c:",
+            "a: b c#d",
+            "a: yes please: no",
+            "é: 1",
+            "a: {\"k\":\"é\u{2028}\"}",
             "a:\tb",
             "a: b\r\n",
             "---\na: 1",
@@ -847,7 +1001,43 @@ images:
     fn differential_against_serde_yaml() {
         let mut rng = crate::yaml::testing::Seeded::new(0x9e37_79b9_7f4a_7c15);
         let mut next = move |n: usize| rng.below(n);
-        const SCALARS: [&str; 50] = [
+        const SCALARS: [&str; 86] = [
+            "{a: 1}",
+            "{a: b c, d: [x, y]}",
+            "[a, b]",
+            "[ a ,b ]",
+            "{a: }",
+            "{a:1}",
+            "{a: 1,}",
+            "{a: x:y}",
+            "[a: 1]",
+            "{\"k\" : 1}",
+            "{k: 'q', z: \"w\"}",
+            "{k: 1.5}",
+            "{k: yes}",
+            "[é, 策略 x]",
+            "{k: a #c}",
+            "{k: v} # c",
+            "{k: v}#c",
+            "[-1, -a, - b]",
+            "{k: {j: [1, {i: x}]}}",
+            "{ }",
+            "Dify 官方 Agent 策略集合",
+            "策略",
+            "\"Dify Agent 策略\"",
+            "'été'",
+            "a  b",
+            "a b, c (d) e's f!",
+            "a b: c",
+            "a :b",
+            "a ? b",
+            "a - b",
+            "a b # c",
+            "a\u{2028}b",
+            "a\u{85}b",
+            "a & b = c; 100%",
+            "yes no",
+            "1 2",
             "x",
             "abc",
             "-ec",
@@ -966,7 +1156,11 @@ images:
                 self.0.below(n)
             }
             fn scalar(&mut self) -> String {
-                const WORDS: [&str; 21] = [
+                const WORDS: [&str; 25] = [
+                    "Dify official Agent strategies, (v2) for x/y",
+                    "Dify 官方 Agent 策略集合",
+                    "\"Dify Agent 策略 😀\"",
+                    "a  b 'c' \"d\"",
                     "2.0.0",
                     "https://packages.example.invalid/synth/p0/2.0.0.difypkg",
                     "synth/p0:2.0.0@0b3f",
@@ -1013,14 +1207,26 @@ images:
                     0 => format!("{}", self.next(100_000) as i64 - 50_000),
                     1 => ["true", "false", "null"][self.next(3)].to_string(),
                     2 | 3 => {
-                        let text =
-                            ["", "a b", "é", "q\"uote", "<&>", "tab\tnl\n", "\u{7f}"][self.next(7)];
-                        // ASCII-only JSON, as the fast path requires.
+                        let text = [
+                            "",
+                            "a b",
+                            "é",
+                            "q\"uote",
+                            "<&>",
+                            "tab\tnl\n",
+                            "\u{7f}",
+                            "策略 😀",
+                            "ls\u{2028}nel\u{85}bom\u{feff}",
+                        ][self.next(9)];
+                        // Printable characters raw or escaped (as `tojson` leaves them raw
+                        // or a hand-written file escapes them), the others escaped.
+                        let raw = self.next(2) == 0;
                         let mut json = String::from('"');
                         for c in text.chars() {
                             match c {
                                 '"' | '\\' => json.extend(['\\', c]),
                                 ' '..='~' => json.push(c),
+                                '\u{a0}'..='\u{2027}' | '\u{1f000}'.. if raw => json.push(c),
                                 _ => json.push_str(&format!("\\u{:04x}", u32::from(c))),
                             }
                         }
@@ -1030,15 +1236,52 @@ images:
                     4 => {
                         let items: Vec<String> =
                             (0..self.next(4)).map(|_| self.json(depth + 1)).collect();
-                        format!("[{}]", items.join(","))
+                        let (open, sep, close) = self.flow_spacing();
+                        format!("[{open}{}{close}]", items.join(&sep))
                     }
                     _ => {
+                        // JSON keys as `tojson` writes them, or plain keys as people do
+                        // (`: ` then the value); plain values too, in the hand-written style.
+                        let plain_keys = self.next(2) == 0;
                         let items: Vec<String> = (0..self.next(4))
-                            .map(|i| format!("\"k{i}\":{}", self.json(depth + 1)))
+                            .map(|i| {
+                                let value = if plain_keys && self.next(2) == 0 {
+                                    const PLAIN: [&str; 10] = [
+                                        "info",
+                                        "a b",
+                                        "100m",
+                                        "t0",
+                                        "Synthetic plugin 7",
+                                        "合成插件 7",
+                                        "it's",
+                                        "'1.0'",
+                                        "-ec",
+                                        "/tmp",
+                                    ];
+                                    PLAIN[self.next(PLAIN.len())].to_string()
+                                } else {
+                                    self.json(depth + 1)
+                                };
+                                if plain_keys {
+                                    format!("k{i}:{}{value}", " ".repeat(1 + self.next(2)))
+                                } else {
+                                    format!("\"k{i}\":{value}")
+                                }
+                            })
                             .collect();
-                        format!("{{{}}}", items.join(","))
+                        let (open, sep, close) = self.flow_spacing();
+                        format!("{{{open}{}{close}}}", items.join(&sep))
                     }
                 }
+            }
+            /// Spaces after the opening bracket, around commas and before the closing
+            /// one: none (compact JSON) or some (hand-written flow YAML).
+            fn flow_spacing(&mut self) -> (String, String, String) {
+                if self.next(2) == 0 {
+                    return (String::new(), ",".into(), String::new());
+                }
+                let mut spaces = || " ".repeat(self.next(3));
+                (spaces(), format!("{},{}", spaces(), spaces()), spaces())
             }
             fn mapping(&mut self, indent: usize, depth: usize, out: &mut String) {
                 for i in 0..1 + self.next(4) {
