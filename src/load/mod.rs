@@ -295,13 +295,15 @@ mod tests {
         assert!(agree::<PluginSet>(include_str!(
             "../../examples/plugins.yaml"
         )));
-        agree::<PluginSet>(&crate::synth::plugins_yaml(30));
+        // Hand-written flow style (`runtime: {replicas: 2, labels: {tier: t0}}`).
+        let synthetic = crate::synth::plugins_yaml(30);
+        assert!(agree::<PluginSet>(&synthetic), "{synthetic}");
         for file in ["/tmp/b/repo/plugins.lock", "/tmp/b/repo/plugins.yaml"] {
             if let Ok(text) = std::fs::read_to_string(file) {
                 if file.ends_with(".lock") {
                     assert!(agree::<PluginLock>(&text));
                 } else {
-                    agree::<PluginSet>(&text);
+                    assert!(agree::<PluginSet>(&text));
                 }
             }
         }
