@@ -100,21 +100,40 @@ pub fn package_url(i: usize, revision: u32) -> String {
 pub fn package_bytes(i: usize, revision: u32) -> Vec<u8> {
     let name = plugin_name(i);
     let version = plugin_version(i, revision);
+    // Shaped like the manifests Dify's own tooling writes (block style, quoted strings,
+    // labels in English and Chinese), so reading them costs what reading real ones does.
     let manifest = format!(
         r#"version: {version}
 type: plugin
-author: {AUTHOR}
-name: {name}
-label: {{en_US: Synthetic plugin {i}}}
-description: {{en_US: "Plugin {i} of a synthetic set, for benchmarks"}}
+author: "{AUTHOR}"
+name: "{name}"
+label:
+  en_US: "Synthetic plugin {i}"
+  zh_Hans: "合成插件 {i}"
+description:
+  en_US: Plugin {i} of a synthetic set, for benchmarks
+  zh_Hans: 用于基准测试的合成插件 {i}
 icon: icon.svg
-created_at: "2026-01-01T00:00:00Z"
-resource: {{memory: 268435456, permission: {{tool: {{enabled: true}}}}}}
-plugins: {{tools: [provider/{name}.yaml]}}
+created_at: "2026-01-01T00:00:00.000000000Z"
+tags:
+  - "utilities"
+resource:
+  memory: 268435456
+  permission:
+    tool:
+      enabled: true
+plugins:
+  tools:
+    - "provider/{name}.yaml"
 meta:
   version: 0.0.1
-  arch: [amd64, arm64]
-  runner: {{language: python, version: "3.12", entrypoint: main}}
+  arch:
+    - "amd64"
+    - "arm64"
+  runner:
+    language: "python"
+    version: "3.12"
+    entrypoint: "main"
 "#
     );
     let main = format!(
@@ -325,6 +344,16 @@ mod tests {
         assert_eq!(package.manifest.version, "1.0.7");
         assert_eq!(package.manifest.runner_version, "3.12");
         assert_eq!(package.manifest.entrypoint, "main");
+        assert_eq!(package.manifest.label["zh_Hans"], "合成插件 7");
+        // Shaped like a real manifest, it reads the way real ones do: on the YAML fast path.
+        let mut zip = zip::ZipArchive::new(Cursor::new(a)).unwrap();
+        let mut manifest = String::new();
+        std::io::Read::read_to_string(
+            &mut zip.by_name(package::MANIFEST_FILE).unwrap(),
+            &mut manifest,
+        )
+        .unwrap();
+        assert!(crate::yaml::parse(&manifest).is_some(), "{manifest}");
     }
 
     #[test]
