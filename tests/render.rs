@@ -500,6 +500,52 @@ fn streamed_render_output_equals_the_whole_set_on_a_synthetic_repo() {
     check_streaming_matches_whole_set(&repo, cache_dir.path());
 }
 
+/// Rendering threads take plugins in small batches as they go: results still come back in
+/// declaration order, and of several failing plugins the error is the first one's, as a
+/// render one plugin after the other would report it.
+#[test]
+fn a_parallel_render_keeps_declaration_order_and_reports_the_first_failure() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cache_dir = tempfile::tempdir().expect("cache");
+    let cache = Cache::open(cache_dir.path()).expect("cache");
+    let repo = dir.path().join("repo");
+    plugsync::synth::generate_repo(&repo, 300, &cache).expect("generates");
+    let settings = RenderSettings::default();
+
+    let state = resolve_dir(&repo, cache_dir.path());
+    let order = state
+        .render_map(&settings, |index, plugin| (index, plugin.name))
+        .expect("renders");
+    let declared: Vec<(usize, String)> = state
+        .resolution
+        .plugins
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i, p.locked.name.clone()))
+        .collect();
+    assert_eq!(order, declared);
+
+    // Three plugins fail (an undefined variable, in strict mode), declared far apart.
+    std::fs::create_dir(repo.join("templates")).expect("mkdir");
+    std::fs::write(
+        repo.join("templates/service.yaml.j2"),
+        format!(
+            "{{% if plugin.name in [\"p250\", \"p61\", \"p137\"] %}}{{{{ no_such_variable }}}}{{% endif %}}{}",
+            include_str!("../templates/service.yaml.j2")
+        ),
+    )
+    .expect("write");
+    let state = resolve_dir(&repo, cache_dir.path());
+    for _ in 0..5 {
+        let err = state
+            .render_map(&settings, |_, plugin| plugin.name)
+            .expect_err("p61 fails")
+            .to_string();
+        assert!(err.contains("synth/p61"), "{err}");
+        assert!(!err.contains("p137") && !err.contains("p250"), "{err}");
+    }
+}
+
 #[test]
 fn an_empty_json_list_matches_serde_json() {
     let mut text = String::new();

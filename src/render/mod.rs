@@ -13,6 +13,7 @@
 pub mod context;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
@@ -455,28 +456,51 @@ pub fn render_set_map<T: Send>(
 ) -> Result<Vec<T>, RenderError> {
     let env = templates.environment()?;
     let (env, map) = (&env, &map);
-    let render_all = |offset: usize, part: &[PluginInput<'_>]| -> Result<Vec<T>, RenderError> {
-        part.iter()
-            .enumerate()
-            .map(|(i, p)| render_plugin(set, p, env, settings).map(|r| map(offset + i, r)))
-            .collect()
-    };
     // Plugins are independent and rendering is pure, so large sets are split over the
-    // cores. Each part stops at its first error and parts are joined in order, so the
-    // error returned is the first plugin's, exactly as a sequential render would return.
+    // cores. Threads take small batches in declaration order as they go, so a thread that
+    // gets less of the CPU (or harder plugins) does not leave the others idle at the end.
+    // Once a plugin fails, later batches are left undone; batches are put back in order,
+    // so the error returned is the first plugin's, as a sequential render would return.
     let threads = crate::parallel::threads_for(plugins.len(), MIN_PLUGINS_PER_THREAD);
-    let chunk = plugins.len().div_ceil(threads).max(1);
-    let results: Vec<Result<Vec<T>, RenderError>> = crate::parallel::run(threads, |index, _| {
-        let start = (index * chunk).min(plugins.len());
-        let end = (start + chunk).min(plugins.len());
-        render_all(start, &plugins[start..end])
-    });
+    let batches = plugins.chunks(RENDER_BATCH).count();
+    let next = AtomicUsize::new(0);
+    let failed = AtomicUsize::new(usize::MAX);
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let batch = next.fetch_add(1, Ordering::Relaxed);
+            if batch >= batches || batch > failed.load(Ordering::Relaxed) {
+                return done;
+            }
+            let start = batch * RENDER_BATCH;
+            let part = &plugins[start..(start + RENDER_BATCH).min(plugins.len())];
+            let rendered: Result<Vec<T>, RenderError> = part
+                .iter()
+                .enumerate()
+                .map(|(i, p)| render_plugin(set, p, env, settings).map(|r| map(start + i, r)))
+                .collect();
+            if rendered.is_err() {
+                failed.fetch_min(batch, Ordering::Relaxed);
+            }
+            done.push((batch, rendered));
+        }
+    };
+    let mut results: Vec<(usize, Result<Vec<T>, RenderError>)> =
+        crate::parallel::run(threads, |_, _| work())
+            .into_iter()
+            .flatten()
+            .collect();
+    results.sort_unstable_by_key(|(batch, _)| *batch);
     let mut rendered = Vec::with_capacity(plugins.len());
-    for part in results {
+    for (_, part) in results {
         rendered.extend(part?);
     }
     Ok(rendered)
 }
+
+/// Plugins a rendering thread takes at a time: small enough to even out the threads' ends,
+/// large enough that taking one costs nothing next to rendering it.
+const RENDER_BATCH: usize = 8;
 
 /// Fewest plugins worth a thread of their own (below, spawning costs more than it saves).
 const MIN_PLUGINS_PER_THREAD: usize = 16;
