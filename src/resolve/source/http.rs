@@ -8,6 +8,7 @@
 //! header may be absent or lie). Connect failures, timeouts, 429 and 5xx are retried
 //! with exponential [`Backoff`]; other statuses fail at once.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use reqwest::header::RETRY_AFTER;
@@ -55,8 +56,10 @@ impl Backoff {
 
 /// The shared HTTP client and the limits it enforces.
 pub(crate) struct HttpClient {
-    /// `Err` only if the TLS backend could not be set up; reported on first use.
-    client: Result<reqwest::Client, String>,
+    /// Built on first use: setting up TLS (reading the system's root certificates) takes
+    /// milliseconds that a run with every package in the cache never needs. `Err` only if
+    /// the TLS backend could not be set up.
+    client: OnceLock<Result<reqwest::Client, String>>,
     timeout: Duration,
     connect_timeout: Duration,
     retries: u32,
@@ -66,14 +69,8 @@ pub(crate) struct HttpClient {
 
 impl HttpClient {
     pub(crate) fn new(settings: &FetchSettings) -> Self {
-        let client = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .connect_timeout(settings.connect_timeout)
-            .timeout(settings.timeout)
-            .build()
-            .map_err(|e| error_chain(&e));
         HttpClient {
-            client,
+            client: OnceLock::new(),
             timeout: settings.timeout,
             connect_timeout: settings.connect_timeout,
             retries: settings.retries,
@@ -92,7 +89,15 @@ impl HttpClient {
         url: &Url,
         progress: &dyn Progress,
     ) -> Result<Vec<u8>, SourceError> {
-        let client = self.client.as_ref().map_err(|message| SourceError::Io {
+        let client = self.client.get_or_init(|| {
+            reqwest::Client::builder()
+                .user_agent(USER_AGENT)
+                .connect_timeout(self.connect_timeout)
+                .timeout(self.timeout)
+                .build()
+                .map_err(|e| error_chain(&e))
+        });
+        let client = client.as_ref().map_err(|message| SourceError::Io {
             what: "setting up the HTTP client".to_owned(),
             source: std::io::Error::other(message.clone()),
         })?;
