@@ -13,24 +13,27 @@
 //! emitted in order (`pipeline::emit_text`, into a byte counter here). The pure render's
 //! inputs are loaded and resolved without rendering, so its peak is the render's with its
 //! inputs held; `render-set` is the former whole-set render (`render::render_set`, every
-//! plugin's objects held at once), kept as a reference. The
+//! plugin's objects held at once), kept as a reference. `plugsync render` and
+//! `plugsync diff` run the released binary itself, start-up and exit included, with
+//! stdout to a file; their peak RSS is the child process's (`getrusage`). The
 //! parent generates each repository once, commits it on `main` in a throwaway git
 //! repository and upgrades one plugin in the working tree, so `diff` compares like a pull
 //! request with one plugin changed.
 //!
 //! To profile one measurement: `target/release/deps/pipeline-<hash> __prepare 1000 /tmp/b`,
 //! then `perf record -g target/release/deps/pipeline-<hash> __child diff 1000 /tmp/b/repo
-//! /tmp/b/cache` (stages: `render-pure`, `render-pipeline`, `render-set`, `diff`,
-//! `diff-lean`).
+//! /tmp/b/cache` (stages: `render-pure`, `render-pipeline`, `render-command`,
+//! `render-set`, `diff`, `diff-lean`, `diff-command`).
 
 /// The allocator of the `plugsync` binary (src/main.rs), so the figures are the command's.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::resource::{getrusage, UsageWho};
 use plugsync::pipeline::{self, DesiredState};
 use plugsync::render::{self, RenderSettings, TextFormat};
 use plugsync::report::{DiffReport, PluginChangeKind};
@@ -79,15 +82,22 @@ enum Stage {
     /// `pipeline::diff_report`, which renders what the revisions share once and never holds
     /// a whole rendered revision.
     DiffLean,
+    /// `plugsync render --repo REPO` itself, as a user runs it: the released binary in a
+    /// process of its own (start-up and exit included), stdout to a file.
+    RenderCommand,
+    /// `plugsync diff --base main -o markdown --repo REPO` itself, likewise.
+    DiffCommand,
 }
 
 impl Stage {
-    const ALL: [Stage; 5] = [
+    const ALL: [Stage; 7] = [
         Stage::RenderPure,
         Stage::RenderPipeline,
+        Stage::RenderCommand,
         Stage::RenderSet,
         Stage::Diff,
         Stage::DiffLean,
+        Stage::DiffCommand,
     ];
 
     fn arg(self) -> &'static str {
@@ -97,6 +107,8 @@ impl Stage {
             Stage::RenderSet => "render-set",
             Stage::Diff => "diff",
             Stage::DiffLean => "diff-lean",
+            Stage::RenderCommand => "render-command",
+            Stage::DiffCommand => "diff-command",
         }
     }
 
@@ -107,7 +119,14 @@ impl Stage {
             Stage::RenderSet => "render_set (whole)",
             Stage::Diff => "diff (1 changed)",
             Stage::DiffLean => "diff, lean (1 chg)",
+            Stage::RenderCommand => "plugsync render",
+            Stage::DiffCommand => "plugsync diff",
         }
+    }
+
+    /// Kept to compare against, not held to the targets: what the commands did before.
+    fn is_reference(self) -> bool {
+        matches!(self, Stage::RenderSet | Stage::Diff)
     }
 
     fn parse(s: &str) -> Option<Stage> {
@@ -339,13 +358,16 @@ fn print_targets(results: &[Measurement]) {
         };
         println!("  {verdict:<5} {what}");
     };
-    // The render stage (render and print, on locked inputs), and the whole `plugsync
-    // render` command (read, load and resolve first), both held to the render target.
+    // The render stage (render and print, on locked inputs), the pipeline in process
+    // (read, load and resolve first), and the command itself, all held to the render
+    // target; the diff in process and the command to the diff target. The reference
+    // stages are printed, not held to anything.
     for (stage, target) in [
         (Stage::RenderPure, RENDER_TARGET),
         (Stage::RenderPipeline, RENDER_TARGET),
-        (Stage::Diff, DIFF_TARGET),
+        (Stage::RenderCommand, RENDER_TARGET),
         (Stage::DiffLean, DIFF_TARGET),
+        (Stage::DiffCommand, DIFF_TARGET),
     ] {
         let m = find(stage, TARGET_N);
         check(
@@ -358,7 +380,8 @@ fn print_targets(results: &[Measurement]) {
             m.map(|m| m.median <= target),
         );
     }
-    for stage in Stage::ALL {
+    let held = || Stage::ALL.into_iter().filter(|s| !s.is_reference());
+    for stage in held() {
         let peak = find(stage, TARGET_N).map(|m| m.peak_rss_bytes);
         check(
             format!(
@@ -375,7 +398,7 @@ fn print_targets(results: &[Measurement]) {
     // largest N against the same at TARGET_N.
     let largest = results.iter().map(|m| m.n).max().unwrap_or(0);
     let smallest = results.iter().map(|m| m.n).min().unwrap_or(0);
-    for stage in Stage::ALL {
+    for stage in held() {
         let (Some(at), Some(big), Some(base)) = (
             find(stage, TARGET_N),
             find(stage, largest),
@@ -507,6 +530,45 @@ fn child(args: &[String]) -> BenchResult<()> {
                 drop(rendered);
             }
         }
+        Stage::RenderCommand | Stage::DiffCommand => {
+            let out_dir = tempfile::tempdir()?;
+            let stdout_path = out_dir.path().join("stdout");
+            for _ in 0..=runs {
+                let mut command = Command::new(env!("CARGO_BIN_EXE_plugsync"));
+                if stage == Stage::RenderCommand {
+                    command.arg("render");
+                } else {
+                    command.args(["diff", "--base", "main", "-o", "markdown"]);
+                }
+                command
+                    .arg("--repo")
+                    .arg(&repo)
+                    .env("PLUGSYNC_CACHE_DIR", &cache)
+                    .stdout(std::fs::File::create(&stdout_path)?)
+                    .stderr(Stdio::piped());
+                let started = Instant::now();
+                let output = command.output()?;
+                times.push(started.elapsed());
+                // `plugsync diff` exits 1 when there are changes, as `kubectl diff` does.
+                let expected = if stage == Stage::RenderCommand { 0 } else { 1 };
+                if output.status.code() != Some(expected) {
+                    return Err(format!(
+                        "{} exited with {}: {}",
+                        stage.label(),
+                        output.status,
+                        String::from_utf8_lossy(&output.stderr)
+                    )
+                    .into());
+                }
+                let printed = std::fs::metadata(&stdout_path)?.len();
+                if printed == 0 {
+                    return Err(format!("{} printed nothing", stage.label()).into());
+                }
+                if times.len() == 1 {
+                    first_peak = children_peak_rss_bytes();
+                }
+            }
+        }
         Stage::Diff | Stage::DiffLean => {
             for _ in 0..=runs {
                 let started = Instant::now();
@@ -552,13 +614,17 @@ fn child(args: &[String]) -> BenchResult<()> {
         .get(teardowns.len() / 2)
         .copied()
         .unwrap_or_default();
+    let peak_all = match stage {
+        Stage::RenderCommand | Stage::DiffCommand => children_peak_rss_bytes(),
+        _ => peak_rss_bytes()?,
+    };
     println!(
         "{RESULT} {} {} {} {} {} {}",
         median.as_nanos(),
         best.as_nanos(),
         measured.len(),
         first_peak,
-        peak_rss_bytes()?,
+        peak_all,
         teardown.as_nanos()
     );
     Ok(())
@@ -639,6 +705,16 @@ async fn diff(repo: &Path, cache: &Path, lean: bool) -> BenchResult<DiffRun> {
 fn reset_peak_rss() -> BenchResult<()> {
     std::fs::write("/proc/self/clear_refs", "5")
         .map_err(|e| format!("cannot reset the peak RSS (/proc/self/clear_refs): {e}").into())
+}
+
+/// The largest peak resident set size of the processes this one has started and waited
+/// for (`getrusage(RUSAGE_CHILDREN)`), in bytes: each measurement runs in a child of its
+/// own, so this is the largest `plugsync` run of the measurement so far.
+fn children_peak_rss_bytes() -> u64 {
+    getrusage(UsageWho::RUSAGE_CHILDREN).map_or(0, |usage| {
+        // Linux reports `ru_maxrss` in KiB.
+        u64::try_from(usage.max_rss()).unwrap_or(0) * 1024
+    })
 }
 
 /// Peak resident set size of this process so far (`VmHWM`), in bytes.
