@@ -61,8 +61,14 @@ pub(crate) fn parse(text: &str) -> Option<Value> {
 /// Everything else above U+00A0 (labels in Chinese or Japanese, accents, emoji) is an
 /// ordinary character to libyaml, in quoted and plain scalars alike.
 fn is_plain_text(text: &str) -> bool {
-    let ascii = |b: u8| b == b'\n' || (b' '..=b'~').contains(&b);
-    if text.bytes().all(ascii) {
+    // Branch-free over blocks, so that the common case (printable ASCII) is checked many
+    // bytes at a time; every rendered object passes through here.
+    let printable_or_newline = |b: u8| (b == b'\n') | (b.wrapping_sub(b' ') < 0x5f);
+    if text.as_bytes().chunks(64).all(|block| {
+        block
+            .iter()
+            .fold(true, |ok, &b| ok & printable_or_newline(b))
+    }) {
         return true;
     }
     text.chars().all(|c| match c {
