@@ -279,6 +279,20 @@ struct Analysis {
     block_allowed: bool,
 }
 
+/// Bytes libyaml writes plainly wherever they are in a string: ASCII letters and digits
+/// and `. _ / = + -` (a table, as this is asked of every byte of almost every string).
+const PLAIN_EVERYWHERE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] =
+            c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'/' | b'=' | b'+' | b'-');
+        b += 1;
+    }
+    table
+};
+
 impl Analysis {
     /// `None` when the text has a character libyaml would escape (anything but printable
     /// ASCII and `\n`): such text is double-quoted, which this module does not write.
@@ -295,9 +309,7 @@ impl Analysis {
         }
         // Most text (names, images, paths, hashes) has no character libyaml looks at twice:
         // plain style, with nothing to find.
-        if bytes
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b"._/=+-".contains(&b))
+        if bytes.iter().all(|&b| PLAIN_EVERYWHERE[usize::from(b)])
             && bytes != b"-"
             && !bytes.starts_with(b"---")
             && !bytes.starts_with(b"...")
