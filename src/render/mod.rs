@@ -285,8 +285,11 @@ fn tojson(
     indent: Option<minijinja::Value>,
     args: minijinja::value::Kwargs,
 ) -> Result<minijinja::Value, minijinja::Error> {
+    // Nearly always called bare (`value | tojson`): no keyword arguments to look up.
+    let bare = args.args().next().is_none();
     let indent = match indent {
         Some(indent) => Some(indent),
+        None if bare => None,
         None => args.get("indent")?,
     };
     let indent = match indent {
@@ -297,7 +300,9 @@ fn tojson(
             None => Some(usize::try_from(val)?),
         },
     };
-    args.assert_all_used()?;
+    if !bare {
+        args.assert_all_used()?;
+    }
     let json = match indent {
         Some(indent) => {
             let mut out = Vec::new();
