@@ -1,7 +1,7 @@
 //! Semantic rules that the schema alone cannot express, and the typed view of each entry.
 
 use std::collections::BTreeMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use regex::Regex;
 use url::Url;
@@ -99,8 +99,9 @@ pub struct DeclaredPlugin {
     pub path: String,
     /// Where the package comes from.
     pub source: DeclaredSource,
-    /// `spec.runtime` with this entry's overrides applied.
-    pub runtime: RuntimeSpec,
+    /// `spec.runtime` with this entry's overrides applied. Shared: every entry without
+    /// overrides holds the same one, and resolving or rendering a plugin never copies it.
+    pub runtime: Arc<RuntimeSpec>,
 }
 
 /// A `plugins.yaml` that passed every check.
@@ -241,6 +242,7 @@ pub(super) fn validate_plugin_set(
     };
 
     let mut plugins = Vec::new();
+    let defaults = Arc::new(set.spec.runtime.clone());
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     for (i, entry) in set.spec.plugins.iter().enumerate() {
         let path = join_index("spec.plugins", i);
@@ -304,8 +306,8 @@ pub(super) fn validate_plugin_set(
         }
         seen.insert(identity, path.clone());
         let runtime = match &entry.runtime {
-            Some(over) => set.spec.runtime.merged_with(over),
-            None => set.spec.runtime.clone(),
+            Some(over) => Arc::new(set.spec.runtime.merged_with(over)),
+            None => Arc::clone(&defaults),
         };
         plugins.push(DeclaredPlugin {
             index: i,
