@@ -6,6 +6,8 @@
 //! work runs the same on any executor (tests use a current-thread one) and cannot block
 //! the runtime's workers.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 /// Most threads used, whatever the machine (beyond, memory and the disk are the limit).
 pub const MAX_THREADS: usize = 8;
 
@@ -45,6 +47,40 @@ pub fn run<T: Send>(threads: usize, work: impl Fn(usize, usize) -> T + Sync) -> 
     })
 }
 
+/// Runs `job(0)`, `job(1)`, … `job(jobs - 1)` on `threads` threads, handing the jobs out in
+/// order as threads come free (so no thread idles while another has a long queue), and
+/// returns every result with its job number, in job order. Once a job `fails`, jobs after
+/// it are left undone: the jobs before it have all been handed out and finish, so the first
+/// failure in job order is always among the results, as if the jobs ran one by one.
+pub fn in_order<T: Send>(
+    threads: usize,
+    jobs: usize,
+    job: impl Fn(usize) -> T + Sync,
+    fails: impl Fn(&T) -> bool + Sync,
+) -> Vec<(usize, T)> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicUsize::new(usize::MAX);
+    let mut done: Vec<(usize, T)> = run(threads, |_, _| {
+        let mut done = Vec::new();
+        loop {
+            let j = next.fetch_add(1, Ordering::Relaxed);
+            if j >= jobs || j > failed.load(Ordering::Relaxed) {
+                return done;
+            }
+            let result = job(j);
+            if fails(&result) {
+                failed.fetch_min(j, Ordering::Relaxed);
+            }
+            done.push((j, result));
+        }
+    })
+    .into_iter()
+    .flatten()
+    .collect();
+    done.sort_unstable_by_key(|(j, _)| *j);
+    done
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,6 +101,27 @@ mod tests {
         );
         assert_ne!(results[1].2, results[0].2);
         assert_eq!(run(0, |index, threads| (index, threads)), [(0, 1)]);
+    }
+
+    #[test]
+    fn jobs_come_back_in_order_and_stop_after_the_first_failure() {
+        for threads in [1, 2, 4] {
+            let all = in_order(threads, 100, |j| j * 2, |_| false);
+            assert_eq!(all, (0..100).map(|j| (j, j * 2)).collect::<Vec<_>>());
+
+            // Jobs 37 and 60 fail: 37 and everything before it is there, in order; of the
+            // jobs after it, only those already handed out ran.
+            let some = in_order(threads, 100, |j| j, |&j| j == 37 || j == 60);
+            let first_failure = some.iter().position(|&(j, _)| j == 37 || j == 60);
+            assert_eq!(first_failure, Some(37), "threads: {threads}");
+            assert_eq!(
+                some[..38].iter().map(|&(j, _)| j).collect::<Vec<_>>(),
+                (0..38).collect::<Vec<_>>()
+            );
+            if threads == 1 {
+                assert_eq!(some.len(), 38, "nothing runs after the failure");
+            }
+        }
     }
 
     #[test]

@@ -13,7 +13,6 @@
 pub mod context;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
@@ -467,35 +466,20 @@ pub fn render_set_map<T: Send>(
     // Once a plugin fails, later batches are left undone; batches are put back in order,
     // so the error returned is the first plugin's, as a sequential render would return.
     let threads = crate::parallel::threads_for(plugins.len(), MIN_PLUGINS_PER_THREAD);
-    let batches = plugins.chunks(RENDER_BATCH).count();
-    let next = AtomicUsize::new(0);
-    let failed = AtomicUsize::new(usize::MAX);
-    let work = || {
-        let mut done = Vec::new();
-        loop {
-            let batch = next.fetch_add(1, Ordering::Relaxed);
-            if batch >= batches || batch > failed.load(Ordering::Relaxed) {
-                return done;
-            }
+    let batches: Vec<&[PluginInput<'_>]> = plugins.chunks(RENDER_BATCH).collect();
+    let results = crate::parallel::in_order(
+        threads,
+        batches.len(),
+        |batch| -> Result<Vec<T>, RenderError> {
             let start = batch * RENDER_BATCH;
-            let part = &plugins[start..(start + RENDER_BATCH).min(plugins.len())];
-            let rendered: Result<Vec<T>, RenderError> = part
+            batches[batch]
                 .iter()
                 .enumerate()
                 .map(|(i, p)| render_plugin(set, p, env, settings).map(|r| map(start + i, r)))
-                .collect();
-            if rendered.is_err() {
-                failed.fetch_min(batch, Ordering::Relaxed);
-            }
-            done.push((batch, rendered));
-        }
-    };
-    let mut results: Vec<(usize, Result<Vec<T>, RenderError>)> =
-        crate::parallel::run(threads, |_, _| work())
-            .into_iter()
-            .flatten()
-            .collect();
-    results.sort_unstable_by_key(|(batch, _)| *batch);
+                .collect()
+        },
+        Result::is_err,
+    );
     let mut rendered = Vec::with_capacity(plugins.len());
     for (_, part) in results {
         rendered.extend(part?);

@@ -15,7 +15,6 @@ pub mod cache;
 pub mod source;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -459,25 +458,17 @@ impl Resolver {
         let threads = crate::parallel::threads_for(jobs.len(), MIN_READS_PER_THREAD);
         // Jobs are handed out in declaration order; once one fails, later ones are not
         // needed (the stream stops at that plugin at the latest) and are left undone.
-        let next = AtomicUsize::new(0);
-        let failed = AtomicUsize::new(usize::MAX);
-        let work = || {
-            let mut done = Vec::new();
-            loop {
-                let j = next.fetch_add(1, Ordering::Relaxed);
-                if j >= jobs.len() || j > failed.load(Ordering::Relaxed) {
-                    return done;
-                }
-                let (i, sha, declared, source) = jobs[j];
-                let read = self.read_cached_one(sha, declared, source);
-                if read.is_err() {
-                    failed.fetch_min(j, Ordering::Relaxed);
-                }
-                done.push((i, read));
-            }
-        };
-        let done: Vec<Vec<(usize, CachedRead)>> = crate::parallel::run(threads, |_, _| work());
-        for (i, read) in done.into_iter().flatten() {
+        let done = crate::parallel::in_order(
+            threads,
+            jobs.len(),
+            |j| {
+                let (_, sha, declared, source) = jobs[j];
+                self.read_cached_one(sha, declared, source)
+            },
+            Result::is_err,
+        );
+        for (j, read) in done {
+            let i = jobs[j].0;
             slots[i] = read.transpose();
         }
         slots
