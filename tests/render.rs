@@ -492,12 +492,20 @@ fn streamed_render_output_equals_the_whole_set_on_the_example() {
 fn streamed_render_output_equals_the_whole_set_on_a_synthetic_repo() {
     // More plugins than one rendering thread takes, so the set is split over threads
     // wherever there are several cores.
+    let (_dirs, repo, cache) = synthetic_repo(70);
+    check_streaming_matches_whole_set(&repo, &cache);
+}
+
+/// A synthetic repository of `n` plugins with its packages cached: the folders (kept
+/// alive by the caller), the repository, the cache.
+fn synthetic_repo(n: usize) -> ([tempfile::TempDir; 2], PathBuf, PathBuf) {
     let dir = tempfile::tempdir().expect("dir");
     let cache_dir = tempfile::tempdir().expect("cache");
     let cache = Cache::open(cache_dir.path()).expect("cache");
     let repo = dir.path().join("repo");
-    plugsync::synth::generate_repo(&repo, 70, &cache).expect("generates");
-    check_streaming_matches_whole_set(&repo, cache_dir.path());
+    plugsync::synth::generate_repo(&repo, n, &cache).expect("generates");
+    let cache = cache_dir.path().to_path_buf();
+    ([dir, cache_dir], repo, cache)
 }
 
 /// Rendering threads take plugins in small batches as they go: results still come back in
@@ -505,14 +513,10 @@ fn streamed_render_output_equals_the_whole_set_on_a_synthetic_repo() {
 /// render one plugin after the other would report it.
 #[test]
 fn a_parallel_render_keeps_declaration_order_and_reports_the_first_failure() {
-    let dir = tempfile::tempdir().expect("dir");
-    let cache_dir = tempfile::tempdir().expect("cache");
-    let cache = Cache::open(cache_dir.path()).expect("cache");
-    let repo = dir.path().join("repo");
-    plugsync::synth::generate_repo(&repo, 300, &cache).expect("generates");
+    let (_dirs, repo, cache) = synthetic_repo(300);
     let settings = RenderSettings::default();
 
-    let state = resolve_dir(&repo, cache_dir.path());
+    let state = resolve_dir(&repo, &cache);
     let order = state
         .render_map(&settings, |index, plugin| (index, plugin.name))
         .expect("renders");
@@ -535,7 +539,7 @@ fn a_parallel_render_keeps_declaration_order_and_reports_the_first_failure() {
         ),
     )
     .expect("write");
-    let state = resolve_dir(&repo, cache_dir.path());
+    let state = resolve_dir(&repo, &cache);
     for _ in 0..5 {
         let err = state
             .render_map(&settings, |_, plugin| plugin.name)
