@@ -322,10 +322,7 @@ impl Analysis {
                 block_allowed: true,
             });
         }
-        if !bytes
-            .iter()
-            .all(|&b| b == b'\n' || (b' '..=b'~').contains(&b))
-        {
+        if !super::printable_ascii(bytes) {
             return None;
         }
         let last = bytes.len() - 1;

@@ -12,6 +12,18 @@ pub(crate) mod strict;
 
 pub(crate) use parse::parse;
 
+/// Whether `bytes` are all printable ASCII or `\n`: the characters that mean the same to
+/// libyaml and to the fast paths, on the way in and out. Branch-free over blocks, so long
+/// documents are checked many bytes at a time.
+pub(crate) fn printable_ascii(bytes: &[u8]) -> bool {
+    let printable_or_newline = |b: u8| (b == b'\n') | (b.wrapping_sub(b' ') < 0x5f);
+    bytes.chunks(64).all(|block| {
+        block
+            .iter()
+            .fold(true, |ok, &b| ok & printable_or_newline(b))
+    })
+}
+
 /// `value` as YAML, exactly as `serde_yaml::to_string` prints it: through the fast path
 /// where it answers, else through serde_yaml.
 pub(crate) fn to_string(value: &serde_json::Value) -> Result<String, serde_yaml::Error> {
