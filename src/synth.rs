@@ -346,13 +346,7 @@ mod tests {
         assert_eq!(package.manifest.entrypoint, "main");
         assert_eq!(package.manifest.label["zh_Hans"], "合成插件 7");
         // Shaped like a real manifest, it reads the way real ones do: on the YAML fast path.
-        let mut zip = zip::ZipArchive::new(Cursor::new(a)).unwrap();
-        let mut manifest = String::new();
-        std::io::Read::read_to_string(
-            &mut zip.by_name(package::MANIFEST_FILE).unwrap(),
-            &mut manifest,
-        )
-        .unwrap();
+        let manifest = package::manifest_text(&a);
         assert!(crate::yaml::parse(&manifest).is_some(), "{manifest}");
     }
 

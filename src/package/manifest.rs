@@ -590,12 +590,7 @@ meta:
             env!("CARGO_MANIFEST_DIR"),
             "/tests/fixtures/packages/langgenius-agent_0.0.14.difypkg"
         );
-        let bytes = std::fs::read(path).unwrap();
-        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut zip.by_name("manifest.yaml").unwrap(), &mut text)
-            .unwrap();
-        text
+        crate::package::manifest_text(&std::fs::read(path).unwrap())
     }
 
     #[test]

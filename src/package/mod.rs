@@ -394,6 +394,20 @@ pub fn pack_dir(dir: &Path) -> Result<Vec<u8>, PackageError> {
     pack::pack_dir(dir)
 }
 
+/// The text of `manifest.yaml` in the package `bytes`, read straight from the archive
+/// (tests that look at a manifest's YAML, not at what validation makes of it).
+#[cfg(test)]
+pub(crate) fn manifest_text(bytes: &[u8]) -> String {
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).expect("a zip archive");
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut archive.by_name(MANIFEST_FILE).expect("manifest.yaml"),
+        &mut text,
+    )
+    .expect("UTF-8 manifest");
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
