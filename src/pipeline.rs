@@ -151,8 +151,17 @@ impl ResolvedState {
         settings: &RenderSettings,
         map: impl Fn(usize, RenderedPlugin) -> T + Sync,
     ) -> Result<Vec<T>, Error> {
+        self.render_map_as::<render::AsValue, T>(settings, map)
+    }
+
+    /// [`ResolvedState::render_map`], with the objects in form `F`.
+    pub fn render_map_as<F: render::ObjectForm, T: Send>(
+        &self,
+        settings: &RenderSettings,
+        map: impl Fn(usize, RenderedPlugin<F::Object>) -> T + Sync,
+    ) -> Result<Vec<T>, Error> {
         let inputs = plugin_inputs(&self.resolution, &self.built_images);
-        Ok(render::render_set_map(
+        Ok(render::render_set_map_as::<F, T>(
             self.set.spec(),
             &inputs,
             &self.templates,
@@ -170,11 +179,18 @@ impl ResolvedState {
         format: TextFormat,
         files: bool,
     ) -> Result<Vec<RenderedText>, Error> {
+        if format == TextFormat::Yaml {
+            // Objects straight to YAML, never built as values.
+            return self.render_map_as::<render::AsYaml, _>(settings, |_, plugin| RenderedText {
+                yaml: Some(render::documents_to_yaml(&plugin.objects)),
+                json: None,
+                files: files.then_some((plugin.dockerfile, plugin.context)),
+                resource_name: plugin.resource_name,
+            });
+        }
         self.render_map(settings, |_, plugin| RenderedText {
-            yaml: (format == TextFormat::Yaml || files)
-                .then(|| render::objects_to_yaml(&plugin.objects)),
-            json: (format == TextFormat::Json)
-                .then(|| render::objects_to_json_items(&plugin.objects)),
+            yaml: files.then(|| render::objects_to_yaml(&plugin.objects)),
+            json: Some(render::objects_to_json_items(&plugin.objects)),
             files: files.then_some((plugin.dockerfile, plugin.context)),
             resource_name: plugin.resource_name,
         })
@@ -185,7 +201,11 @@ impl ResolvedState {
 /// `rendered` (from [`ResolvedState::render_text`] with the same format): the same bytes
 /// as [`render::objects_to_yaml`] on every object, or the JSON List of every object
 /// pretty-printed with a newline.
-pub fn emit_text(rendered: &[RenderedText], format: TextFormat, mut emit: impl FnMut(&str)) {
+pub fn emit_text<'a>(
+    rendered: &'a [RenderedText],
+    format: TextFormat,
+    mut emit: impl FnMut(&'a str),
+) {
     match format {
         TextFormat::Yaml => {
             for text in rendered.iter().filter_map(|p| p.yaml.as_deref()) {

@@ -496,6 +496,36 @@ fn streamed_render_output_equals_the_whole_set_on_a_synthetic_repo() {
     check_streaming_matches_whole_set(&repo, &cache);
 }
 
+/// Objects outside the fast paths print as serde_yaml prints them, in `plugsync render`'s
+/// output as in the whole set's: a user template whose output the fast parser refuses (a
+/// float, a tab escape), and one whose output it reads but the fast emitter does not
+/// print (non-ASCII text, which serde_yaml double-quotes or not by its own rules).
+#[test]
+fn streamed_render_output_equals_the_whole_set_outside_the_fast_paths() {
+    let (_dirs, repo, cache) = synthetic_repo(40);
+    let templates = repo.join("templates");
+    std::fs::create_dir_all(&templates).expect("templates/");
+    let service = include_str!("../templates/service.yaml.j2").replace(
+        "  annotations: {{ service_annotations | tojson }}\n",
+        "  annotations:\n    note: \"tab\\there\"\n    weight: 0.5\n",
+    );
+    assert!(
+        service.contains("weight: 0.5"),
+        "the override changed the template"
+    );
+    std::fs::write(templates.join("service.yaml.j2"), service).expect("service override");
+    let plugin = include_str!("../templates/plugin.yaml.j2").replace(
+        "  annotations: {{ annotations | tojson }}\n",
+        "  annotations:\n    owner: équipe plateforme\n    zh: 插件\n",
+    );
+    assert!(
+        plugin.contains("équipe"),
+        "the override changed the template"
+    );
+    std::fs::write(templates.join("plugin.yaml.j2"), plugin).expect("plugin override");
+    check_streaming_matches_whole_set(&repo, &cache);
+}
+
 /// A synthetic repository of `n` plugins with its packages cached: the folders (kept
 /// alive by the caller), the repository, the cache.
 fn synthetic_repo(n: usize) -> ([tempfile::TempDir; 2], PathBuf, PathBuf) {

@@ -395,9 +395,9 @@ pub struct PluginInput<'a> {
     pub built_images: Option<&'a BTreeMap<String, String>>,
 }
 
-/// The rendered form of one plugin.
+/// The rendered form of one plugin, its objects as `O` (see [`ObjectForm`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct RenderedPlugin {
+pub struct RenderedPlugin<O = Value> {
     /// `author/name`.
     pub name: String,
     /// Version.
@@ -411,7 +411,142 @@ pub struct RenderedPlugin {
     /// The build context.
     pub context: BuildContext,
     /// Plugin, Job (unless the image is known), Deployment and Service, in apply order.
-    pub objects: Vec<Value>,
+    pub objects: Vec<O>,
+}
+
+/// What render keeps of each object a template produces. Every form checks the object
+/// the same way (a YAML mapping of the template's kind, with an `apiVersion`, and the
+/// plugin's name and namespace); they differ in what is kept.
+pub trait ObjectForm {
+    /// The kept object.
+    type Object: Send;
+
+    /// Reads and checks what a template rendered.
+    fn read(text: &str, expected: &Expected<'_>) -> Result<Self::Object, RenderError>;
+}
+
+/// What a rendered object must be.
+#[derive(Debug, Clone, Copy)]
+pub struct Expected<'a> {
+    /// The template's file name.
+    pub template: &'a str,
+    /// The object's kind.
+    pub kind: &'a str,
+    /// Its `metadata.name`.
+    pub name: &'a str,
+    /// Its `metadata.namespace`.
+    pub namespace: &'a str,
+    /// The plugin, for errors.
+    pub plugin: &'a str,
+}
+
+/// Objects as `serde_json::Value`s: what planning, applying and diffing compare.
+#[derive(Debug, Clone, Copy)]
+pub struct AsValue;
+
+impl ObjectForm for AsValue {
+    type Object = Value;
+
+    fn read(text: &str, expected: &Expected<'_>) -> Result<Value, RenderError> {
+        // The subset the built-in templates produce parses without serde_yaml, to the same
+        // value; anything else (user templates included) takes serde_yaml.
+        let value: Value = match crate::yaml::parse(text) {
+            Some(value) => value,
+            None => serde_yaml::from_str(text)
+                .map_err(|e| expected.invalid(format!("not YAML: {e}")))?,
+        };
+        let field = |path: &[&str]| {
+            path.iter()
+                .try_fold(&value, |node, key| node.get(key))
+                .and_then(Value::as_str)
+        };
+        expected.check(
+            field(&["kind"]),
+            field(&["apiVersion"]),
+            field(&["metadata", "name"]),
+            field(&["metadata", "namespace"]),
+        )?;
+        Ok(value)
+    }
+}
+
+/// Objects as YAML documents, the bytes [`objects_to_yaml`] prints for the [`AsValue`]
+/// form of the same object (without the `---` line): what `plugsync render` prints. Text
+/// in the fast parser's subset goes to YAML through a tree that borrows it, without
+/// building a `Value` only to print it and free it.
+#[derive(Debug, Clone, Copy)]
+pub struct AsYaml;
+
+impl ObjectForm for AsYaml {
+    type Object = String;
+
+    fn read(text: &str, expected: &Expected<'_>) -> Result<String, RenderError> {
+        if let Some(tree) = crate::yaml::parse_tree(text) {
+            let field = |path: &[&str]| {
+                path.iter()
+                    .try_fold(&tree, |node, key| node.get(key))
+                    .and_then(crate::yaml::Node::as_str)
+            };
+            expected.check(
+                field(&["kind"]),
+                field(&["apiVersion"]),
+                field(&["metadata", "name"]),
+                field(&["metadata", "namespace"]),
+            )?;
+            if let Some(yaml) = crate::yaml::emit::to_string(&tree) {
+                return Ok(yaml);
+            }
+        }
+        // Outside the fast paths: the value, printed by serde_yaml.
+        let value = AsValue::read(text, expected)?;
+        crate::yaml::to_string(&value)
+            .map_err(|e| expected.invalid(format!("not printable as YAML: {e}")))
+    }
+}
+
+impl Expected<'_> {
+    fn invalid(&self, message: String) -> RenderError {
+        RenderError::InvalidOutput {
+            plugin: self.plugin.to_string(),
+            template: self.template.to_string(),
+            message,
+        }
+    }
+
+    /// Checks an object's kind, `apiVersion`, name and namespace (each `None` when absent
+    /// or not a string).
+    fn check(
+        &self,
+        kind: Option<&str>,
+        api_version: Option<&str>,
+        name: Option<&str>,
+        namespace: Option<&str>,
+    ) -> Result<(), RenderError> {
+        let (kind, name, namespace) = (
+            kind.unwrap_or_default(),
+            name.unwrap_or_default(),
+            namespace.unwrap_or_default(),
+        );
+        if kind != self.kind {
+            return Err(self.invalid(format!("kind is `{kind}`, must be `{}`", self.kind)));
+        }
+        if api_version.is_none() {
+            return Err(self.invalid("apiVersion is missing".into()));
+        }
+        if name != self.name {
+            return Err(self.invalid(format!(
+                "metadata.name is `{name}`, must be `{}` (names are how plugsync finds its objects)",
+                self.name
+            )));
+        }
+        if namespace != self.namespace {
+            return Err(self.invalid(format!(
+                "metadata.namespace is `{namespace}`, must be `{}`",
+                self.namespace
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// `<plugin-id>` for the first attempt, `<plugin-id>--N` for attempt N.
@@ -458,6 +593,17 @@ pub fn render_set_map<T: Send>(
     settings: &RenderSettings,
     map: impl Fn(usize, RenderedPlugin) -> T + Sync,
 ) -> Result<Vec<T>, RenderError> {
+    render_set_map_as::<AsValue, T>(set, plugins, templates, settings, map)
+}
+
+/// [`render_set_map`], with the objects in form `F`.
+pub fn render_set_map_as<F: ObjectForm, T: Send>(
+    set: &PluginSet,
+    plugins: &[PluginInput<'_>],
+    templates: &Templates,
+    settings: &RenderSettings,
+    map: impl Fn(usize, RenderedPlugin<F::Object>) -> T + Sync,
+) -> Result<Vec<T>, RenderError> {
     let env = templates.environment()?;
     let (env, map) = (&env, &map);
     // Plugins are independent and rendering is pure, so large sets are split over the
@@ -475,7 +621,9 @@ pub fn render_set_map<T: Send>(
             batches[batch]
                 .iter()
                 .enumerate()
-                .map(|(i, p)| render_plugin(set, p, env, settings).map(|r| map(start + i, r)))
+                .map(|(i, p)| {
+                    render_plugin_as::<F>(set, p, env, settings).map(|r| map(start + i, r))
+                })
                 .collect()
         },
         Result::is_err,
@@ -517,6 +665,16 @@ pub fn render_plugin(
     env: &Environment<'_>,
     settings: &RenderSettings,
 ) -> Result<RenderedPlugin, RenderError> {
+    render_plugin_as::<AsValue>(set, input, env, settings)
+}
+
+/// [`render_plugin`], with the objects in form `F`.
+pub fn render_plugin_as<F: ObjectForm>(
+    set: &PluginSet,
+    input: &PluginInput<'_>,
+    env: &Environment<'_>,
+    settings: &RenderSettings,
+) -> Result<RenderedPlugin<F::Object>, RenderError> {
     let locked = input.locked;
     let manifest = input.manifest;
     let spec = &set.spec;
@@ -757,13 +915,15 @@ pub fn render_plugin(
         } else {
             &resource_name
         };
-        objects.push(parse_object(
+        objects.push(F::read(
             &text,
-            template,
-            kind.unwrap_or_default(),
-            expected_name,
-            namespace,
-            &locked.name,
+            &Expected {
+                template,
+                kind: kind.unwrap_or_default(),
+                name: expected_name,
+                namespace,
+                plugin: &locked.name,
+            },
         )?);
     }
 
@@ -784,6 +944,17 @@ pub fn objects_to_yaml(objects: &[Value]) -> String {
     for object in objects {
         out.push_str("---\n");
         out.push_str(&crate::yaml::to_string(object).unwrap_or_default());
+    }
+    out
+}
+
+/// Multi-document YAML from objects in the [`AsYaml`] form: the same bytes as
+/// [`objects_to_yaml`] on the same objects as values.
+pub fn documents_to_yaml(documents: &[String]) -> String {
+    let mut out = String::with_capacity(documents.iter().map(|d| d.len() + 4).sum());
+    for document in documents {
+        out.push_str("---\n");
+        out.push_str(document);
     }
     out
 }
@@ -824,7 +995,7 @@ const JSON_ITEM_INDENT: &str = "    ";
 /// [`objects_to_json_items`], in order; empty ones are skipped) followed by a newline:
 /// the same bytes as `println!("{}", to_string_pretty(&json!({"apiVersion": "v1",
 /// "kind": "List", "items": objects})))` on all the objects at once.
-pub fn json_list<'a>(items: impl IntoIterator<Item = &'a str>, mut emit: impl FnMut(&str)) {
+pub fn json_list<'a>(items: impl IntoIterator<Item = &'a str>, mut emit: impl FnMut(&'a str)) {
     emit("{\n  \"apiVersion\": \"v1\",\n  \"items\": [");
     let mut any = false;
     for item in items.into_iter().filter(|item| !item.is_empty()) {
@@ -856,55 +1027,6 @@ fn render_template<S: Serialize>(
         }
         err
     })
-}
-
-fn parse_object(
-    text: &str,
-    template: &str,
-    kind: &str,
-    name: &str,
-    namespace: &str,
-    plugin: &str,
-) -> Result<Value, RenderError> {
-    let invalid = |message: String| RenderError::InvalidOutput {
-        plugin: plugin.to_string(),
-        template: template.to_string(),
-        message,
-    };
-    // The subset the built-in templates produce parses without serde_yaml, to the same
-    // value; anything else (user templates included) takes serde_yaml.
-    let value: Value = match crate::yaml::parse(text) {
-        Some(value) => value,
-        None => serde_yaml::from_str(text).map_err(|e| invalid(format!("not YAML: {e}")))?,
-    };
-    let got_kind = value
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    if got_kind != kind {
-        return Err(invalid(format!("kind is `{got_kind}`, must be `{kind}`")));
-    }
-    if value.get("apiVersion").and_then(Value::as_str).is_none() {
-        return Err(invalid("apiVersion is missing".into()));
-    }
-    let meta = value.get("metadata");
-    let got_name = meta
-        .and_then(|m| m.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    if got_name != name {
-        return Err(invalid(format!("metadata.name is `{got_name}`, must be `{name}` (names are how plugsync finds its objects)")));
-    }
-    let got_ns = meta
-        .and_then(|m| m.get("namespace"))
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    if got_ns != namespace {
-        return Err(invalid(format!(
-            "metadata.namespace is `{got_ns}`, must be `{namespace}`"
-        )));
-    }
-    Ok(value)
 }
 
 /// A Dify name (`[a-z0-9_-]{1,128}`) made into a valid label value (≤ 63, alphanumeric ends).

@@ -16,16 +16,17 @@
 //! block scalars with kept trailing newlines) gives `None`, and the caller uses serde_yaml.
 //! A differential test holds it to that rule.
 
-use serde_json::{Map, Value};
+use super::tree::{Shape, Tree};
 
 /// libyaml's indentation step (serde_yaml keeps the default).
 const INDENT_STEP: i32 = 2;
 /// Longest key libyaml writes as a simple `key:` (longer ones take the `? key` form).
 const MAX_SIMPLE_KEY_LEN: usize = 128;
 
-/// `value` as `serde_yaml::to_string` prints it, when that is certain; `None` means "ask
-/// serde_yaml".
-pub(crate) fn to_string(value: &Value) -> Option<String> {
+/// `value` (a `serde_json::Value`, or a parsed [`super::tree::Node`], which prints the same
+/// as the `Value` it stands for) as `serde_yaml::to_string` prints it, when that is
+/// certain; `None` means "ask serde_yaml".
+pub(crate) fn to_string<T: Tree>(value: &T) -> Option<String> {
     let mut emitter = Emitter {
         out: String::with_capacity(1024),
         column: 0,
@@ -82,31 +83,29 @@ struct Emitter {
 }
 
 impl Emitter {
-    fn node(&mut self, value: &Value, context: Context) -> Option<()> {
-        match value {
-            Value::Null => self.scalar("null", Hint::Plain, context),
-            Value::Bool(b) => self.scalar(if *b { "true" } else { "false" }, Hint::Plain, context),
+    fn node<T: Tree>(&mut self, value: &T, context: Context) -> Option<()> {
+        match value.shape() {
+            Shape::Null => self.scalar("null", Hint::Plain, context),
+            Shape::Bool(b) => self.scalar(if b { "true" } else { "false" }, Hint::Plain, context),
             // Integers print as `itoa` writes them, which is what `Display` writes; floats
             // go through ryu and special cases in serde_yaml, so they take the slow path.
-            Value::Number(n) if n.is_i64() || n.is_u64() => {
-                self.scalar(&n.to_string(), Hint::Plain, context)
-            }
-            Value::Number(_) => None,
-            Value::String(s) => self.scalar(s, string_hint(s), context),
-            Value::Array(items) if items.is_empty() => {
+            Shape::Integer(text) => self.scalar(&text, Hint::Plain, context),
+            Shape::Float => None,
+            Shape::String(s) => self.scalar(s, string_hint(s), context),
+            Shape::Sequence([]) => {
                 self.empty_flow("[", "]");
                 Some(())
             }
-            Value::Array(items) => self.block_sequence(items, context),
-            Value::Object(map) if map.is_empty() => {
+            Shape::Sequence(items) => self.block_sequence(items, context),
+            Shape::Mapping(0) => {
                 self.empty_flow("{", "}");
                 Some(())
             }
-            Value::Object(map) => self.block_mapping(map),
+            Shape::Mapping(_) => self.block_mapping(value),
         }
     }
 
-    fn block_sequence(&mut self, items: &[Value], context: Context) -> Option<()> {
+    fn block_sequence<T: Tree>(&mut self, items: &[T], context: Context) -> Option<()> {
         // A sequence that is a mapping's value is not indented further than its key.
         let indentless = context == Context::MappingValue && !self.indention;
         self.increase_indent(false, indentless);
@@ -119,9 +118,9 @@ impl Emitter {
         Some(())
     }
 
-    fn block_mapping(&mut self, map: &Map<String, Value>) -> Option<()> {
+    fn block_mapping<T: Tree>(&mut self, map: &T) -> Option<()> {
         self.increase_indent(false, false);
-        for (key, value) in map {
+        for (key, value) in map.entries() {
             self.write_indent();
             // Multi-line or long keys take libyaml's complex-key form (`? key`).
             if key.len() > MAX_SIMPLE_KEY_LEN || key.contains('\n') {
@@ -505,7 +504,7 @@ fn digits_with_leading_zero(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     /// The fast text, checked against serde_yaml's when given.
     fn check(value: &Value) -> Option<String> {

@@ -9,8 +9,10 @@
 pub(crate) mod emit;
 pub(crate) mod parse;
 pub(crate) mod strict;
+pub(crate) mod tree;
 
-pub(crate) use parse::parse;
+pub(crate) use parse::{parse, parse_tree};
+pub(crate) use tree::Node;
 
 /// Whether `bytes` are all printable ASCII or `\n`: the characters that mean the same to
 /// libyaml and to the fast paths, on the way in and out. Branch-free over blocks, so long

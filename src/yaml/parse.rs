@@ -18,7 +18,11 @@
 //! `None` and the caller parses with `serde_yaml`, errors included. Differential tests
 //! hold it to that rule.
 
-use serde_json::{Map, Value};
+use std::borrow::Cow;
+
+use serde_json::Value;
+
+use super::tree::{Build, Node};
 
 /// Deepest nesting accepted (serde_yaml's own limit is 128); deeper goes the slow way.
 const MAX_DEPTH: usize = 64;
@@ -28,6 +32,16 @@ const MAX_KEY_LEN: usize = 512;
 
 /// The document's value, when the text is within the subset; `None` means "ask serde_yaml".
 pub(crate) fn parse(text: &str) -> Option<Value> {
+    parse_into(text)
+}
+
+/// [`parse`], into a tree borrowing `text`: `None` exactly where [`parse`] answers `None`,
+/// else the same document.
+pub(crate) fn parse_tree(text: &str) -> Option<Node<'_>> {
+    parse_into(text)
+}
+
+fn parse_into<'a, T: Build<'a>>(text: &'a str) -> Option<T> {
     if !is_plain_text(text) {
         return None;
     }
@@ -61,14 +75,9 @@ pub(crate) fn parse(text: &str) -> Option<Value> {
 /// Everything else above U+00A0 (labels in Chinese or Japanese, accents, emoji) is an
 /// ordinary character to libyaml, in quoted and plain scalars alike.
 fn is_plain_text(text: &str) -> bool {
-    // Branch-free over blocks, so that the common case (printable ASCII) is checked many
-    // bytes at a time; every rendered object passes through here.
-    let printable_or_newline = |b: u8| (b == b'\n') | (b.wrapping_sub(b' ') < 0x5f);
-    if text.as_bytes().chunks(64).all(|block| {
-        block
-            .iter()
-            .fold(true, |ok, &b| ok & printable_or_newline(b))
-    }) {
+    // The common case (printable ASCII), many bytes at a time: every rendered object
+    // passes through here.
+    if super::printable_ascii(text.as_bytes()) {
         return true;
     }
     text.chars().all(|c| match c {
@@ -121,7 +130,7 @@ impl<'a> Parser<'a> {
     }
 
     /// A block node whose first line is the next line, at `indent`.
-    fn node(&mut self, indent: usize, depth: usize) -> Option<Value> {
+    fn node<T: Build<'a>>(&mut self, indent: usize, depth: usize) -> Option<T> {
         let line = self.peek()?;
         if line.indent != indent {
             return None;
@@ -134,11 +143,11 @@ impl<'a> Parser<'a> {
     }
 
     /// A block mapping whose keys sit at column `col`.
-    fn mapping(&mut self, col: usize, depth: usize) -> Option<Value> {
+    fn mapping<T: Build<'a>>(&mut self, col: usize, depth: usize) -> Option<T> {
         if depth > MAX_DEPTH {
             return None;
         }
-        let mut map = Map::new();
+        let mut map = T::entries();
         while let Some(line) = self.peek() {
             if line.indent < col {
                 break;
@@ -166,16 +175,16 @@ impl<'a> Parser<'a> {
             } else {
                 inline(rest, depth + 1)?
             };
-            if map.insert(key.to_string(), value).is_some() {
+            if !T::insert(&mut map, Cow::Borrowed(key), value) {
                 return None;
             }
         }
-        Some(Value::Object(map))
+        T::mapping(map)
     }
 
     /// A block sequence whose `-` sit at column `col`. An `indentless` one is a mapping
     /// value whose `-` sit at its key's column: a key at that column ends it.
-    fn sequence(&mut self, col: usize, depth: usize, indentless: bool) -> Option<Value> {
+    fn sequence<T: Build<'a>>(&mut self, col: usize, depth: usize, indentless: bool) -> Option<T> {
         if depth > MAX_DEPTH {
             return None;
         }
@@ -223,13 +232,13 @@ impl<'a> Parser<'a> {
                 }
             }
         }
-        Some(Value::Array(items))
+        Some(T::sequence(items))
     }
 
     /// A literal block scalar (`|`, clip chomping) whose header was just consumed; its
     /// parent node sits at column `parent`. Only the simple form: content lines all
     /// non-blank and at one indentation or deeper.
-    fn literal(&mut self, parent: usize) -> Option<Value> {
+    fn literal<T: Build<'a>>(&mut self, parent: usize) -> Option<T> {
         let first = *self.lines.get(self.pos)?;
         if first.is_blank() || first.indent <= parent {
             return None;
@@ -261,7 +270,7 @@ impl<'a> Parser<'a> {
         if self.lines.get(next).is_some_and(|l| l.indent >= indent) {
             return None;
         }
-        Some(Value::String(out))
+        Some(T::string(Cow::Owned(out)))
     }
 }
 
@@ -313,7 +322,7 @@ fn is_reserved_word(word: &str) -> bool {
 
 /// A value on the rest of a line (trailing spaces trimmed): compact JSON (`tojson`), a
 /// single-quoted string or a plain scalar, then perhaps a comment.
-fn inline(text: &str, depth: usize) -> Option<Value> {
+fn inline<'a, T: Build<'a>>(text: &'a str, depth: usize) -> Option<T> {
     match text.as_bytes().first()? {
         b'{' | b'[' | b'"' => {
             let mut flow = Flow { text, pos: 0 };
@@ -322,7 +331,7 @@ fn inline(text: &str, depth: usize) -> Option<Value> {
         }
         b'\'' => {
             let (value, len) = single_quoted(text)?;
-            is_comment_tail(&text[len..]).then_some(Value::String(value))
+            is_comment_tail(&text[len..]).then_some(T::string(value))
         }
         _ => {
             // ` #` always starts a comment after a plain scalar; the scalar itself may
@@ -339,7 +348,12 @@ fn inline(text: &str, depth: usize) -> Option<Value> {
 
 /// A single-quoted scalar on one line (`''` is a quote; there are no escapes) and the
 /// length it spans, quotes included; `None` if it does not close on this line.
-fn single_quoted(text: &str) -> Option<(String, usize)> {
+fn single_quoted(text: &str) -> Option<(Cow<'_, str>, usize)> {
+    let close = 1 + text[1..].find('\'')?;
+    if !text[close + 1..].starts_with('\'') {
+        // No quote inside: the text between the quotes, as it is.
+        return Some((Cow::Borrowed(&text[1..close]), close + 1));
+    }
     let mut out = String::new();
     let mut pos = 1;
     loop {
@@ -349,7 +363,7 @@ fn single_quoted(text: &str) -> Option<(String, usize)> {
             out.push('\'');
             pos = close + 2;
         } else {
-            return Some((out, close + 1));
+            return Some((Cow::Owned(out), close + 1));
         }
     }
 }
@@ -359,11 +373,11 @@ fn single_quoted(text: &str) -> Option<(String, usize)> {
 /// a non-ASCII character (or `-`/`.` then a letter or digit), and goes on with those,
 /// spaces between words, and a few punctuation marks that mean nothing inside a
 /// block plain scalar (`: ` and a final `:` would make it a key, so it has neither).
-fn plain(text: &str) -> Option<Value> {
+fn plain<'a, T: Build<'a>>(text: &'a str) -> Option<T> {
     match text {
-        "true" => return Some(Value::Bool(true)),
-        "false" => return Some(Value::Bool(false)),
-        "null" => return Some(Value::Null),
+        "true" => return Some(T::bool(true)),
+        "false" => return Some(T::bool(false)),
+        "null" => return Some(T::null()),
         _ => {}
     }
     if let Some(n) = integer(text) {
@@ -409,7 +423,7 @@ fn plain(text: &str) -> Option<Value> {
         && !text.contains(": ")
         && !is_reserved_word(text)
         && !maybe_number(text))
-    .then(|| Value::String(text.to_string()))
+    .then(|| T::string(Cow::Borrowed(text)))
 }
 
 /// Whether serde_yaml might read a word as a number rather than a string. It reads a
@@ -433,7 +447,7 @@ fn maybe_number(word: &str) -> bool {
 }
 
 /// A decimal integer without sign `+`, leading zeros or `-0`, within i64 or u64.
-fn integer(text: &str) -> Option<Value> {
+fn integer<'a, T: Build<'a>>(text: &'a str) -> Option<T> {
     let digits = text.strip_prefix('-').unwrap_or(text);
     let bytes = digits.as_bytes();
     if bytes.is_empty()
@@ -443,9 +457,9 @@ fn integer(text: &str) -> Option<Value> {
         return None;
     }
     if digits.len() == text.len() {
-        text.parse::<u64>().ok().map(|n| Value::Number(n.into()))
+        text.parse::<u64>().ok().map(|n| T::integer(text, n.into()))
     } else {
-        text.parse::<i64>().ok().map(|n| Value::Number(n.into()))
+        text.parse::<i64>().ok().map(|n| T::integer(text, n.into()))
     }
 }
 
@@ -461,7 +475,7 @@ struct Flow<'a> {
     pos: usize,
 }
 
-impl Flow<'_> {
+impl<'a> Flow<'a> {
     fn peek(&self) -> Option<u8> {
         self.text.as_bytes().get(self.pos).copied()
     }
@@ -498,7 +512,7 @@ impl Flow<'_> {
 
     /// A mapping key and its `:`: a JSON string (the value may follow the `:` at once,
     /// as in JSON), or a simple plain word followed by `: `.
-    fn key(&mut self) -> Option<String> {
+    fn key(&mut self) -> Option<Cow<'a, str>> {
         let start = self.pos;
         let key = if self.peek() == Some(b'"') {
             self.string()?
@@ -509,12 +523,12 @@ impl Flow<'_> {
             if self.text.as_bytes().get(self.pos + 1) != Some(&b' ') {
                 return None;
             }
-            key.to_string()
+            Cow::Borrowed(key)
         };
         (self.pos - start <= MAX_KEY_LEN && self.eat(b':')).then_some(key)
     }
 
-    fn value(&mut self, depth: usize) -> Option<Value> {
+    fn value<T: Build<'a>>(&mut self, depth: usize) -> Option<T> {
         if depth > MAX_DEPTH {
             return None;
         }
@@ -522,19 +536,19 @@ impl Flow<'_> {
             b'{' => {
                 self.pos += 1;
                 self.spaces();
-                let mut map = Map::new();
+                let mut map = T::entries();
                 if self.eat(b'}') {
-                    return Some(Value::Object(map));
+                    return T::mapping(map);
                 }
                 loop {
                     let key = self.key()?;
                     self.spaces();
                     let value = self.value(depth + 1)?;
-                    if map.insert(key, value).is_some() {
+                    if !T::insert(&mut map, key, value) {
                         return None;
                     }
                     if self.next_entry(b'}')? {
-                        return Some(Value::Object(map));
+                        return T::mapping(map);
                     }
                 }
             }
@@ -543,20 +557,20 @@ impl Flow<'_> {
                 self.spaces();
                 let mut items = Vec::new();
                 if self.eat(b']') {
-                    return Some(Value::Array(items));
+                    return Some(T::sequence(items));
                 }
                 loop {
                     items.push(self.value(depth + 1)?);
                     if self.next_entry(b']')? {
-                        return Some(Value::Array(items));
+                        return Some(T::sequence(items));
                     }
                 }
             }
-            b'"' => self.string().map(Value::String),
+            b'"' => self.string().map(T::string),
             b'\'' => {
                 let (value, len) = single_quoted(&self.text[self.pos..])?;
                 self.pos += len;
-                Some(Value::String(value))
+                Some(T::string(value))
             }
             _ => {
                 // A plain scalar ends at a flow indicator; spaces before it are not part
@@ -576,7 +590,7 @@ impl Flow<'_> {
 
     /// A JSON string with JSON's escapes (all of which YAML double quotes read the same);
     /// surrogate escapes, which JSON pairs and YAML refuses, go the slow way.
-    fn string(&mut self) -> Option<String> {
+    fn string(&mut self) -> Option<Cow<'a, str>> {
         if !self.eat(b'"') {
             return None;
         }
@@ -587,15 +601,15 @@ impl Flow<'_> {
             // `"` and `\\` are ASCII, so the run ends on a character boundary.
             let run = &self.text[start..self.pos];
             match self.peek()? {
-                // Most strings have no escapes: one allocation of the exact size.
+                // Most strings have no escapes: the text as written.
                 b'"' if out.is_empty() => {
                     self.pos += 1;
-                    return Some(run.to_string());
+                    return Some(Cow::Borrowed(run));
                 }
                 b'"' => {
                     self.pos += 1;
                     out.push_str(run);
-                    return Some(out);
+                    return Some(Cow::Owned(out));
                 }
                 _ => {
                     out.push_str(run);
@@ -632,7 +646,9 @@ impl Flow<'_> {
 mod tests {
     use super::*;
 
-    /// The rule: the fast path agrees with serde_yaml wherever it answers.
+    /// The rule: the fast path agrees with serde_yaml wherever it answers. And the tree
+    /// form answers exactly where the value form does, with the same document, which
+    /// prints the same bytes.
     fn check(text: &str) -> Option<Value> {
         let fast = parse(text);
         if let Some(fast) = &fast {
@@ -641,6 +657,19 @@ mod tests {
                 Ok(slow) => assert_eq!(fast, &slow, "disagreement on {text:?}"),
                 Err(e) => panic!("fast path accepted what serde_yaml refuses ({e}): {text:?}"),
             }
+        }
+        let tree = parse_tree(text);
+        assert_eq!(
+            tree.as_ref().map(Node::to_value).as_ref(),
+            fast.as_ref(),
+            "the tree form disagrees on {text:?}"
+        );
+        if let (Some(tree), Some(fast)) = (&tree, &fast) {
+            assert_eq!(
+                crate::yaml::emit::to_string(tree),
+                crate::yaml::emit::to_string(fast),
+                "the tree prints differently from the value for {text:?}"
+            );
         }
         fast
     }
