@@ -6,7 +6,7 @@
 mod progress;
 mod run;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -553,7 +553,9 @@ async fn render_command(args: RenderArgs) -> Result<ExitCode, Error> {
             lines.join("\n")
         );
     }
-    pipeline::emit_text(&rendered, format, |text| print!("{text}"));
+    let mut pieces = Vec::with_capacity(rendered.len() + 8);
+    pipeline::emit_text(&rendered, format, |text| pieces.push(text));
+    write_to_stdout(&pieces)?;
     if let Some(out) = &args.out {
         for plugin in rendered {
             let (Some((dockerfile, context)), Some(yaml)) = (plugin.files, plugin.yaml) else {
@@ -572,6 +574,34 @@ async fn render_command(args: RenderArgs) -> Result<ExitCode, Error> {
     }
     std::mem::forget((state, resolver));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `pieces` to stdout in order, many per system call (a rendered set is a thousand
+/// pieces of a few kilobytes, each a `write` of its own through `print!`). A reader that
+/// closed the pipe early (`plugsync render | head`) has all it wanted: not an error.
+fn write_to_stdout(pieces: &[&str]) -> Result<(), Error> {
+    let mut slices: Vec<std::io::IoSlice<'_>> = pieces
+        .iter()
+        .filter(|piece| !piece.is_empty())
+        .map(|piece| std::io::IoSlice::new(piece.as_bytes()))
+        .collect();
+    let mut stdout = std::io::stdout().lock();
+    let mut rest = &mut slices[..];
+    let result = (|| {
+        while !rest.is_empty() {
+            match stdout.write_vectored(rest) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(written) => std::io::IoSlice::advance_slices(&mut rest, written),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        stdout.flush()
+    })();
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.map_err(|e| Error::io("stdout", e)),
+    }
 }
 
 async fn diff_command(args: DiffArgs) -> Result<ExitCode, Error> {
