@@ -526,6 +526,27 @@ fn streamed_render_output_equals_the_whole_set_outside_the_fast_paths() {
     check_streaming_matches_whole_set(&repo, &cache);
 }
 
+/// A reader that stops reading (`plugsync render | head`) ends the output; it is not an
+/// error and not a crash.
+#[test]
+fn render_into_a_closed_pipe_exits_quietly() {
+    // Far more output than a pipe buffers, so writing meets the closed pipe.
+    let (_dirs, repo, cache) = synthetic_repo(60);
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("plugsync"))
+        .args(["render", "--repo"])
+        .arg(&repo)
+        .env("PLUGSYNC_CACHE_DIR", &cache)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starts");
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 /// A synthetic repository of `n` plugins with its packages cached: the folders (kept
 /// alive by the caller), the repository, the cache.
 fn synthetic_repo(n: usize) -> ([tempfile::TempDir; 2], PathBuf, PathBuf) {
