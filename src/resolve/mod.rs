@@ -56,8 +56,9 @@ pub struct ResolvedPlugin {
     pub declared: DeclaredPlugin,
     /// Its lock entry.
     pub locked: LockedPlugin,
-    /// The package, read and validated.
-    pub package: Package,
+    /// The package, read and validated; shared with the resolver's memo, which a diff's
+    /// second resolution reads from.
+    pub package: Arc<Package>,
     /// The package bytes (they go into the build context).
     pub bytes: Arc<Vec<u8>>,
 }
@@ -165,7 +166,7 @@ fn change_name(c: &LockChange) -> &str {
 
 /// Packages read, by sha256: the bytes (alive while some resolution holds them) and what
 /// reading them gave.
-type ReadPackages = HashMap<String, (Weak<Vec<u8>>, Package)>;
+type ReadPackages = HashMap<String, (Weak<Vec<u8>>, Arc<Package>)>;
 
 /// Fetches, verifies and caches packages.
 pub struct Resolver {
@@ -230,7 +231,7 @@ impl Resolver {
         // takes each one's result in declaration order, exactly where it would have read it.
         let prefetched = self.read_cached(&set.plugins, &entries);
 
-        let results: Vec<(LockedPlugin, Package, Arc<Vec<u8>>)> =
+        let results: Vec<Resolved> =
             stream::iter(set.plugins.iter().zip(entries).zip(prefetched))
                 .map(|((declared, (source, pinned)), prefetched)| async move {
                     self.resolve_one(snapshot, declared, source, pinned.as_ref(), prefetched)
@@ -291,7 +292,7 @@ impl Resolver {
         source: String,
         pinned: Option<&LockedPlugin>,
         prefetched: Option<Prefetched>,
-    ) -> Result<(LockedPlugin, Package, Arc<Vec<u8>>), Error> {
+    ) -> Result<Resolved, Error> {
         // Read ahead (and checked) on all cores: complete already.
         if let Some(resolved) = prefetched {
             return resolved;
@@ -304,7 +305,9 @@ impl Resolver {
             (_, Some(pin)) => self
                 .read_packages()
                 .get(&pin.sha256)
-                .and_then(|(bytes, package)| bytes.upgrade().map(|bytes| (package.clone(), bytes))),
+                .and_then(|(bytes, package)| {
+                    bytes.upgrade().map(|bytes| (Arc::clone(package), bytes))
+                }),
         };
         let (package, bytes) = match remembered {
             Some(found) => found,
@@ -333,7 +336,7 @@ impl Resolver {
         source: &str,
         label: &str,
         pinned: Option<&LockedPlugin>,
-    ) -> Result<(Package, Arc<Vec<u8>>), Error> {
+    ) -> Result<(Arc<Package>, Arc<Vec<u8>>), Error> {
         let label = label.to_string();
         // The bytes and their sha256, computed or verified once here, so a large package
         // is hashed once.
@@ -397,7 +400,7 @@ impl Resolver {
             plugin: label,
             source: e,
         })?;
-        let bytes = Arc::new(bytes);
+        let (package, bytes) = (Arc::new(package), Arc::new(bytes));
         if !matches!(declared.source, DeclaredSource::Path(_)) {
             self.remember(&package, &bytes);
         }
@@ -405,10 +408,10 @@ impl Resolver {
     }
 
     /// Adds a package read from verified fetched or cached bytes to the memo.
-    fn remember(&self, package: &Package, bytes: &Arc<Vec<u8>>) {
+    fn remember(&self, package: &Arc<Package>, bytes: &Arc<Vec<u8>>) {
         self.read_packages().insert(
             package.sha256.clone(),
-            (Arc::downgrade(bytes), package.clone()),
+            (Arc::downgrade(bytes), Arc::clone(package)),
         );
     }
 
@@ -486,7 +489,7 @@ impl Resolver {
                 plugin: declared.source.describe(),
                 source: e,
             })?;
-        let bytes = Arc::new(bytes);
+        let (package, bytes) = (Arc::new(package), Arc::new(bytes));
         self.remember(&package, &bytes);
         lock_entry(declared, source.to_string(), package, bytes).map(Some)
     }
@@ -537,7 +540,7 @@ impl Resolver {
 type Prefetched = Result<Resolved, Error>;
 
 /// One plugin resolved: its lock entry, its package and the package bytes.
-type Resolved = (LockedPlugin, Package, Arc<Vec<u8>>);
+type Resolved = (LockedPlugin, Arc<Package>, Arc<Vec<u8>>);
 
 /// What reading one pinned package from the cache gave: `None` when it is not there (or
 /// was corrupt and removed), so the stream fetches it.
@@ -548,7 +551,7 @@ type CachedRead = Result<Option<Resolved>, Error>;
 fn lock_entry(
     declared: &DeclaredPlugin,
     source: String,
-    package: Package,
+    package: Arc<Package>,
     bytes: Arc<Vec<u8>>,
 ) -> Result<Resolved, Error> {
     if let DeclaredSource::Marketplace {
