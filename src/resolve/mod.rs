@@ -231,15 +231,14 @@ impl Resolver {
         // takes each one's result in declaration order, exactly where it would have read it.
         let prefetched = self.read_cached(&set.plugins, &entries);
 
-        let results: Vec<Resolved> =
-            stream::iter(set.plugins.iter().zip(entries).zip(prefetched))
-                .map(|((declared, (source, pinned)), prefetched)| async move {
-                    self.resolve_one(snapshot, declared, source, pinned.as_ref(), prefetched)
-                        .await
-                })
-                .buffered(CONCURRENT_FETCHES)
-                .try_collect()
-                .await?;
+        let results: Vec<Resolved> = stream::iter(set.plugins.iter().zip(entries).zip(prefetched))
+            .map(|((declared, (source, pinned)), prefetched)| async move {
+                self.resolve_one(snapshot, declared, source, pinned.as_ref(), prefetched)
+                    .await
+            })
+            .buffered(CONCURRENT_FETCHES)
+            .try_collect()
+            .await?;
 
         // Two entries may turn out to be the same plugin only once their packages are known.
         let mut diagnostics = Vec::new();
