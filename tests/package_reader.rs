@@ -614,3 +614,22 @@ fn corrupted_packages_never_panic() {
     // Most corruptions must be caught (CRC, headers, manifest), not silently accepted.
     assert!(refused_count > 2000, "only {refused_count} of 3000 refused");
 }
+
+/// Packing is reproducible across plugsync versions, not only across runs: the example's
+/// in-repo plugin packs to the digest its committed lock pins. The bytes depend on the
+/// deflate implementation too (another backend compresses the same files differently), so
+/// a dependency change that alters them fails here, before it makes every user's
+/// plugins.lock out of date.
+#[test]
+fn the_example_plugin_packs_to_the_digest_its_lock_pins() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let lock = fs::read_to_string(root.join("plugins.lock")).unwrap();
+    let pinned = lock
+        .split("source: path:plugins/hello-world\n")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .and_then(|line| line.trim().strip_prefix("sha256: "))
+        .expect("examples/plugins.lock pins plugins/hello-world");
+    let packed = pack_dir(&root.join("plugins/hello-world")).unwrap();
+    assert_eq!(hex::encode(Sha256::digest(&packed)), pinned);
+}
