@@ -455,17 +455,11 @@ impl ObjectForm for AsValue {
             None => serde_yaml::from_str(text)
                 .map_err(|e| expected.invalid(format!("not YAML: {e}")))?,
         };
-        let field = |path: &[&str]| {
+        expected.check(|path| {
             path.iter()
                 .try_fold(&value, |node, key| node.get(key))
                 .and_then(Value::as_str)
-        };
-        expected.check(
-            field(&["kind"]),
-            field(&["apiVersion"]),
-            field(&["metadata", "name"]),
-            field(&["metadata", "namespace"]),
-        )?;
+        })?;
         Ok(value)
     }
 }
@@ -482,17 +476,11 @@ impl ObjectForm for AsYaml {
 
     fn read(text: &str, expected: &Expected<'_>) -> Result<String, RenderError> {
         if let Some(tree) = crate::yaml::parse_tree(text) {
-            let field = |path: &[&str]| {
+            expected.check(|path| {
                 path.iter()
                     .try_fold(&tree, |node, key| node.get(key))
                     .and_then(crate::yaml::Node::as_str)
-            };
-            expected.check(
-                field(&["kind"]),
-                field(&["apiVersion"]),
-                field(&["metadata", "name"]),
-                field(&["metadata", "namespace"]),
-            )?;
+            })?;
             if let Some(yaml) = crate::yaml::emit::to_string(&tree) {
                 return Ok(yaml);
             }
@@ -513,20 +501,13 @@ impl Expected<'_> {
         }
     }
 
-    /// Checks an object's kind, `apiVersion`, name and namespace (each `None` when absent
-    /// or not a string).
-    fn check(
-        &self,
-        kind: Option<&str>,
-        api_version: Option<&str>,
-        name: Option<&str>,
-        namespace: Option<&str>,
-    ) -> Result<(), RenderError> {
-        let (kind, name, namespace) = (
-            kind.unwrap_or_default(),
-            name.unwrap_or_default(),
-            namespace.unwrap_or_default(),
-        );
+    /// Checks an object's kind, `apiVersion`, name and namespace; `field` gives the string
+    /// at a path of keys (`None` when absent or not a string), whatever the object's form.
+    fn check<'v>(&self, field: impl Fn(&[&str]) -> Option<&'v str>) -> Result<(), RenderError> {
+        let kind = field(&["kind"]).unwrap_or_default();
+        let api_version = field(&["apiVersion"]);
+        let name = field(&["metadata", "name"]).unwrap_or_default();
+        let namespace = field(&["metadata", "namespace"]).unwrap_or_default();
         if kind != self.kind {
             return Err(self.invalid(format!("kind is `{kind}`, must be `{}`", self.kind)));
         }
