@@ -475,20 +475,21 @@ impl ObjectForm for AsYaml {
     type Object = String;
 
     fn read(text: &str, expected: &Expected<'_>) -> Result<String, RenderError> {
-        if let Some(tree) = crate::yaml::parse_tree(text) {
-            expected.check(|path| {
-                path.iter()
-                    .try_fold(&tree, |node, key| node.get(key))
-                    .and_then(crate::yaml::Node::as_str)
-            })?;
-            if let Some(yaml) = crate::yaml::emit::to_string(&tree) {
-                return Ok(yaml);
-            }
+        // Outside the fast parser's subset: the value, as the other form reads it.
+        let Some(tree) = crate::yaml::parse_tree(text) else {
+            let value = AsValue::read(text, expected)?;
+            return crate::yaml::to_string(&value).map_err(|e| expected.unprintable(e));
+        };
+        expected.check(|path| {
+            path.iter()
+                .try_fold(&tree, |node, key| node.get(key))
+                .and_then(crate::yaml::Node::as_str)
+        })?;
+        match crate::yaml::emit::to_string(&tree) {
+            Some(yaml) => Ok(yaml),
+            // Outside the fast emitter's subset: the same document printed by serde_yaml.
+            None => serde_yaml::to_string(&tree.to_value()).map_err(|e| expected.unprintable(e)),
         }
-        // Outside the fast paths: the value, printed by serde_yaml.
-        let value = AsValue::read(text, expected)?;
-        crate::yaml::to_string(&value)
-            .map_err(|e| expected.invalid(format!("not printable as YAML: {e}")))
     }
 }
 
@@ -499,6 +500,10 @@ impl Expected<'_> {
             template: self.template.to_string(),
             message,
         }
+    }
+
+    fn unprintable(&self, error: serde_yaml::Error) -> RenderError {
+        self.invalid(format!("not printable as YAML: {error}"))
     }
 
     /// Checks an object's kind, `apiVersion`, name and namespace; `field` gives the string

@@ -18,9 +18,9 @@ use serde_json::{Map, Number, Value};
 pub(crate) enum Node<'a> {
     Null,
     Bool(bool),
-    /// A decimal integer, written exactly as `Display` writes the number (the parser
-    /// accepts no sign `+`, no leading zeros and no `-0`).
-    Integer(&'a str),
+    /// A decimal integer: its text, written exactly as `Display` writes the number (the
+    /// parser accepts no sign `+`, no leading zeros and no `-0`), and its value.
+    Integer(&'a str, Number),
     String(Cow<'a, str>),
     Sequence(Vec<Node<'a>>),
     Mapping(Vec<(Cow<'a, str>, Node<'a>)>),
@@ -46,13 +46,12 @@ impl<'a> Node<'a> {
         }
     }
 
-    /// The same document as a `Value`.
-    #[cfg(test)]
+    /// The same document as a `Value` (what [`super::parse`] gives for the same text).
     pub(crate) fn to_value(&self) -> Value {
         match self {
             Node::Null => Value::Null,
             Node::Bool(b) => Value::Bool(*b),
-            Node::Integer(text) => serde_json::from_str(text).expect("a decimal integer"),
+            Node::Integer(_, number) => Value::Number(number.clone()),
             Node::String(s) => Value::String(s.to_string()),
             Node::Sequence(items) => Value::Array(items.iter().map(Node::to_value).collect()),
             Node::Mapping(entries) => Value::Object(
@@ -130,8 +129,8 @@ impl<'a> Build<'a> for Node<'a> {
         Node::Bool(value)
     }
 
-    fn integer(text: &'a str, _: Number) -> Self {
-        Node::Integer(text)
+    fn integer(text: &'a str, number: Number) -> Self {
+        Node::Integer(text, number)
     }
 
     fn string(text: Cow<'a, str>) -> Self {
@@ -211,7 +210,7 @@ impl Tree for Node<'_> {
         match self {
             Node::Null => Shape::Null,
             Node::Bool(b) => Shape::Bool(*b),
-            Node::Integer(text) => Shape::Integer(Cow::Borrowed(text)),
+            Node::Integer(text, _) => Shape::Integer(Cow::Borrowed(text)),
             Node::String(s) => Shape::String(s),
             Node::Sequence(items) => Shape::Sequence(items),
             Node::Mapping(entries) => Shape::Mapping(entries.len()),
@@ -237,14 +236,15 @@ mod tests {
             let mut entries = <Node<'_> as Build<'_>>::entries();
             for (i, key) in keys.iter().enumerate() {
                 let text = ["0", "1", "2"][i];
-                Node::insert(&mut entries, Cow::Borrowed(key), Node::Integer(text));
+                let node = Node::Integer(text, Number::from(i));
+                Node::insert(&mut entries, Cow::Borrowed(key), node);
             }
             Node::mapping(entries)
         };
         let node = entries(&["b", "a", "c"]).expect("distinct keys");
         let keys: Vec<&str> = node.entries().map(|(k, _)| k).collect();
         assert_eq!(keys, ["a", "b", "c"]);
-        assert_eq!(node.get("b"), Some(&Node::Integer("0")));
+        assert_eq!(node.get("b"), Some(&Node::Integer("0", Number::from(0))));
         assert_eq!(node.get("d"), None);
         assert_eq!(entries(&["a", "b", "a"]), None);
     }
