@@ -926,12 +926,11 @@ pub fn render_plugin_as<F: ObjectForm>(
 
 /// Multi-document YAML, one object per document, in the given (apply) order.
 pub fn objects_to_yaml(objects: &[Value]) -> String {
-    let mut out = String::new();
-    for object in objects {
-        out.push_str("---\n");
-        out.push_str(&crate::yaml::to_string(object).unwrap_or_default());
-    }
-    out
+    let documents: Vec<String> = objects
+        .iter()
+        .map(|object| crate::yaml::to_string(object).unwrap_or_default())
+        .collect();
+    documents_to_yaml(&documents)
 }
 
 /// Multi-document YAML from objects in the [`AsYaml`] form: the same bytes as
