@@ -395,8 +395,20 @@ impl Resolver {
                 }
             }
         };
+        self.read_package(declared, bytes, sha256)
+    }
+
+    /// Reads the package in `bytes` (whose sha256 was just computed or verified) for
+    /// `declared`, and remembers it unless it comes from the repository (whose bytes the
+    /// next revision may change under the same path).
+    fn read_package(
+        &self,
+        declared: &DeclaredPlugin,
+        bytes: Vec<u8>,
+        sha256: String,
+    ) -> Result<(Arc<Package>, Arc<Vec<u8>>), Error> {
         let package = Package::read_hashed(&bytes, sha256).map_err(|e| Error::Package {
-            plugin: label,
+            plugin: declared.source.describe(),
             source: e,
         })?;
         let (package, bytes) = (Arc::new(package), Arc::new(bytes));
@@ -483,13 +495,7 @@ impl Resolver {
         let Some(bytes) = cache.get(sha256).map_err(|e| Error::io(cache.root(), e))? else {
             return Ok(None);
         };
-        let package =
-            Package::read_hashed(&bytes, sha256.to_string()).map_err(|e| Error::Package {
-                plugin: declared.source.describe(),
-                source: e,
-            })?;
-        let (package, bytes) = (Arc::new(package), Arc::new(bytes));
-        self.remember(&package, &bytes);
+        let (package, bytes) = self.read_package(declared, bytes, sha256.to_string())?;
         lock_entry(declared, source.to_string(), package, bytes).map(Some)
     }
 
