@@ -36,15 +36,26 @@ pub fn run<T: Send>(threads: usize, work: impl Fn(usize, usize) -> T + Sync) -> 
             .collect();
         let mut results = Vec::with_capacity(threads);
         results.push(work(0, threads));
-        for handle in others {
-            results.push(
-                handle
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            );
-        }
+        results.extend(others.into_iter().map(wait));
         results
     })
+}
+
+/// Runs `other` on a thread of its own while the calling thread runs `own`, and returns
+/// both results. A panic on that thread is resumed on the caller.
+pub fn join<A: Send, B>(other: impl FnOnce() -> A + Send, own: impl FnOnce() -> B) -> (A, B) {
+    std::thread::scope(|scope| {
+        let other = scope.spawn(other);
+        let own = own();
+        (wait(other), own)
+    })
+}
+
+/// A scoped thread's result, its panic resumed on the caller.
+fn wait<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 /// Runs `job(0)`, `job(1)`, … `job(jobs - 1)` on `threads` threads, handing the jobs out in
@@ -130,6 +141,23 @@ mod tests {
         assert_eq!(threads_for(31, 16), 1);
         assert!(threads_for(10_000, 16) <= MAX_THREADS);
         assert_eq!(threads_for(10, 0), threads_for(10, 1));
+    }
+
+    #[test]
+    fn join_runs_one_side_on_another_thread() {
+        let caller = std::thread::current().id();
+        let (other, own) = join(
+            || std::thread::current().id(),
+            || std::thread::current().id(),
+        );
+        assert_eq!(own, caller);
+        assert_ne!(other, caller);
+    }
+
+    #[test]
+    #[should_panic(expected = "boom on the other thread")]
+    fn a_panic_in_join_reaches_the_caller() {
+        join(|| panic!("boom on the other thread"), || ());
     }
 
     #[test]

@@ -254,14 +254,9 @@ pub async fn resolved_state(
     // plugins.yaml and plugins.lock are independent until resolve: large ones load on two
     // cores. plugins.yaml's errors still come first, as when they loaded one after the other.
     let (set, old) = if text.len() >= PARALLEL_LOAD_BYTES {
-        std::thread::scope(|scope| {
-            let lock = scope.spawn(load_old_lock);
-            let set = load::load_plugin_set(&display, &text);
-            let lock = lock
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            (set, lock)
-        })
+        let (lock, set) =
+            crate::parallel::join(load_old_lock, || load::load_plugin_set(&display, &text));
+        (set, lock)
     } else {
         match load::load_plugin_set(&display, &text) {
             Ok(set) => (Ok(set), load_old_lock()),
