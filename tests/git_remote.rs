@@ -21,8 +21,6 @@ fn oid(s: &str) -> Oid {
     Oid::from_str(s).expect("commit id")
 }
 
-/// Commits reachable from `commit` in the repository at `path` (shallow boundaries stop
-/// the walk).
 /// A fresh cache of `url`'s branch `main` (the cache directory lives as long as the first
 /// value).
 fn open_main(url: &str) -> (tempfile::TempDir, RemoteRepo) {
@@ -31,6 +29,8 @@ fn open_main(url: &str) -> (tempfile::TempDir, RemoteRepo) {
     (cache, repo)
 }
 
+/// Commits reachable from `commit` in the repository at `path` (shallow boundaries stop
+/// the walk).
 fn reachable(path: &std::path::Path, commit: Oid) -> usize {
     let repo = Repository::open(path).expect("open cache repo");
     let mut walk = repo.revwalk().expect("revwalk");
