@@ -9,7 +9,8 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use package_fixtures::{
-    data_offset, rename_entry, set_declared_size, strip_comment, ZipFixture, MANIFEST,
+    data_offset, rename_entry, set_compressed_size, set_compression_method, set_declared_size,
+    set_flags, strip_comment, ZipFixture, MANIFEST,
 };
 use plugsync::package::{
     pack_dir, pack_dir_listing, plugin_id, Package, PackageError, COMPRESSION_RATIO_THRESHOLD,
@@ -142,6 +143,65 @@ fn bad_crc_is_refused_naming_the_entry() {
         "{err:?}"
     );
     assert_names(&err, "main.py");
+}
+
+#[track_caller]
+fn assert_unreadable(bytes: &[u8], entry: &str, why: &str) {
+    let err = refused(bytes);
+    assert!(
+        matches!(&err, PackageError::CorruptEntry { name, reason }
+            if name == entry && reason.contains(why)),
+        "{err:?}"
+    );
+    assert_names(&err, entry);
+}
+
+#[test]
+fn corrupt_deflate_data_is_refused_naming_the_entry() {
+    let mut bytes = ZipFixture::with_manifest()
+        .file("main.py", "print('hello')\n".repeat(20))
+        .build();
+    // Block type 3 is reserved: no inflater accepts it.
+    let at = data_offset(&bytes, "main.py");
+    bytes[at] = 0xff;
+    assert_unreadable(&bytes, "main.py", "invalid deflate data");
+}
+
+#[test]
+fn truncated_deflate_data_is_refused_naming_the_entry() {
+    let bytes = ZipFixture::with_manifest()
+        .file("main.py", "print('hello')\n".repeat(20))
+        .build();
+    let bytes = set_compressed_size(bytes, "main.py", 3);
+    assert_unreadable(&bytes, "main.py", "invalid deflate data");
+}
+
+#[test]
+fn data_past_the_end_of_the_archive_is_refused_naming_the_entry() {
+    let bytes = ZipFixture::with_manifest()
+        .stored("main.py", "print('hello')\n")
+        .build();
+    let bytes = set_compressed_size(bytes, "main.py", 1 << 30);
+    assert_unreadable(&bytes, "main.py", "past the end of the archive");
+}
+
+#[test]
+fn unsupported_compression_is_refused_naming_the_entry() {
+    let bytes = ZipFixture::with_manifest()
+        .stored("main.py", "print('hello')\n")
+        .build();
+    // 12 is bzip2: valid zip, but not what a Dify package holds.
+    let bytes = set_compression_method(bytes, "main.py", 12);
+    assert_unreadable(&bytes, "main.py", "unsupported compression method");
+}
+
+#[test]
+fn encrypted_entries_are_refused_naming_the_entry() {
+    let bytes = ZipFixture::with_manifest()
+        .stored("main.py", "print('hello')\n")
+        .build();
+    let bytes = set_flags(bytes, "main.py", 1);
+    assert_unreadable(&bytes, "main.py", "encrypted");
 }
 
 // ---------------------------------------------------------------- unsafe names

@@ -4,11 +4,13 @@
 //! declared sizes without inflating anything; the second inflates each file entry
 //! through a hard byte limit (sizes in the archive can lie), hashing as it goes.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
-use std::io::{Cursor, Read};
+use std::io::Cursor;
 
+use miniz_oxide::inflate::TINFLStatus;
 use zip::read::ZipFile;
-use zip::ZipArchive;
+use zip::{CompressionMethod, ZipArchive};
 
 use super::checksum::Checksum;
 use super::{
@@ -72,19 +74,20 @@ pub(super) fn read(bytes: &[u8], sha256: Option<String>) -> Result<Package, Pack
     let mut total: u64 = 0;
     let mut checksum = Checksum::default();
     let mut manifest_bytes = None;
-    let mut buf = Vec::new();
     for i in 0..archive.len() {
         let name = name_at(&archive, i);
         if name.ends_with('/') {
             continue; // directories carry no content and do not count for the checksum
         }
-        let mut entry = archive.by_index(i).map_err(|e| corrupt(name.clone(), e))?;
+        let entry = archive
+            .by_index_raw(i)
+            .map_err(|e| corrupt(name.clone(), e))?;
         let remaining = MAX_UNCOMPRESSED_SIZE.saturating_sub(total);
-        let read = read_limited(&mut entry, remaining, &mut buf)?;
-        total += read;
-        checksum.add(entry.name_raw(), &buf);
+        let content = read_limited(bytes, &entry, &name, remaining)?;
+        total += content.len() as u64;
+        checksum.add(entry.name_raw(), &content);
         if name == MANIFEST_FILE {
-            manifest_bytes = Some(std::mem::take(&mut buf));
+            manifest_bytes = Some(content.into_owned());
         }
     }
 
@@ -104,43 +107,72 @@ fn ratio_cap(compressed: u64) -> u64 {
         .max(COMPRESSION_RATIO_THRESHOLD)
 }
 
-/// Inflates `entry` into `buf` (cleared first), stopping one byte past whichever limit
-/// is tighter, the package's remaining budget or the entry's ratio cap, so a lying
-/// header can never make us inflate more than that. Returns the bytes read.
-fn read_limited<R: Read>(
-    entry: &mut ZipFile<'_, R>,
+/// The content of `entry` (of the archive `bytes`), inflated in one call straight from the
+/// archive's bytes and checked against the entry's CRC-32, never past whichever limit is
+/// tighter: the package's `remaining` budget or the entry's ratio cap (sizes in the
+/// archive can lie, so the limit holds whatever the header says). A stored entry is
+/// borrowed as is.
+///
+/// The zip crate's own reader would inflate through `Read` in small pieces, setting up a
+/// 43 KB inflater for every entry; a cached package is read on every render.
+fn read_limited<'b>(
+    bytes: &'b [u8],
+    entry: &ZipFile<'_, Cursor<&[u8]>>,
+    name: &str,
     remaining: u64,
-    buf: &mut Vec<u8>,
-) -> Result<u64, PackageError> {
-    let name = entry.name().to_string();
+) -> Result<Cow<'b, [u8]>, PackageError> {
+    let unreadable = |reason: &str| PackageError::CorruptEntry {
+        name: name.to_string(),
+        reason: reason.to_string(),
+    };
+    if entry.encrypted() {
+        return Err(unreadable("is encrypted"));
+    }
     let compressed = entry.compressed_size();
+    let raw = usize::try_from(entry.data_start())
+        .ok()
+        .zip(usize::try_from(compressed).ok())
+        .and_then(|(start, len)| bytes.get(start..start.checked_add(len)?))
+        .ok_or_else(|| unreadable("its data runs past the end of the archive"))?;
     let ratio_cap = ratio_cap(compressed);
     let limit = remaining.min(ratio_cap);
-    buf.clear();
-    let read = entry
-        .by_ref()
-        .take(limit.saturating_add(1))
-        .read_to_end(buf)
-        .map_err(|e| PackageError::CorruptEntry {
-            name: name.clone(),
-            reason: e.to_string(),
-        })? as u64;
-    if read <= limit {
-        Ok(read)
-    } else if read > ratio_cap {
-        Err(PackageError::ZipBomb {
-            name,
+    // One byte past the limit tells "at the limit" from "over it".
+    let cap = usize::try_from(limit.saturating_add(1)).unwrap_or(usize::MAX);
+    let content = match entry.compression() {
+        CompressionMethod::Stored => Cow::Borrowed(&raw[..raw.len().min(cap)]),
+        CompressionMethod::Deflated => {
+            match miniz_oxide::inflate::decompress_to_vec_with_limit(raw, cap) {
+                Ok(content) => Cow::Owned(content),
+                Err(e) if e.status == TINFLStatus::HasMoreOutput => Cow::Owned(e.output),
+                Err(e) => return Err(unreadable(&format!("invalid deflate data: {e}"))),
+            }
+        }
+        other => {
+            return Err(unreadable(&format!(
+                "unsupported compression method {other}"
+            )))
+        }
+    };
+    let read = content.len() as u64;
+    if read > ratio_cap {
+        return Err(PackageError::ZipBomb {
+            name: name.to_string(),
             uncompressed: read,
             compressed,
             max_ratio: MAX_COMPRESSION_RATIO,
-        })
-    } else {
-        Err(PackageError::TooLarge {
-            entry: name,
+        });
+    }
+    if read > limit {
+        return Err(PackageError::TooLarge {
+            entry: name.to_string(),
             total: MAX_UNCOMPRESSED_SIZE - remaining + read,
             limit: MAX_UNCOMPRESSED_SIZE,
-        })
+        });
     }
+    if crc32fast::hash(&content) != entry.crc32() {
+        return Err(unreadable("CRC-32 checksum mismatch"));
+    }
+    Ok(content)
 }
 
 fn name_at(archive: &ZipArchive<Cursor<&[u8]>>, i: usize) -> String {

@@ -149,6 +149,33 @@ pub fn set_declared_size(mut bytes: Vec<u8>, name: &str, size: u32) -> Vec<u8> {
     bytes
 }
 
+/// Writes `value` into a two-byte field of entry `name`'s headers, at `central` in its
+/// central directory header and `local` in its local header.
+fn set_u16(mut bytes: Vec<u8>, name: &str, central: usize, local: usize, value: u16) -> Vec<u8> {
+    let (cd, lh) = find(&bytes, name);
+    bytes[cd + central..cd + central + 2].copy_from_slice(&value.to_le_bytes());
+    bytes[lh + local..lh + local + 2].copy_from_slice(&value.to_le_bytes());
+    bytes
+}
+
+/// Makes entry `name` declare compression `method` (8 is deflate, 0 stored).
+pub fn set_compression_method(bytes: Vec<u8>, name: &str, method: u16) -> Vec<u8> {
+    set_u16(bytes, name, 10, 8, method)
+}
+
+/// Sets entry `name`'s general purpose flags (bit 0: encrypted).
+pub fn set_flags(bytes: Vec<u8>, name: &str, flags: u16) -> Vec<u8> {
+    set_u16(bytes, name, 8, 6, flags)
+}
+
+/// Makes entry `name` declare `size` compressed bytes, whatever it really holds.
+pub fn set_compressed_size(mut bytes: Vec<u8>, name: &str, size: u32) -> Vec<u8> {
+    let (cd, local) = find(&bytes, name);
+    bytes[cd + 20..cd + 24].copy_from_slice(&size.to_le_bytes());
+    bytes[local + 18..local + 22].copy_from_slice(&size.to_le_bytes());
+    bytes
+}
+
 /// Where entry `name`'s (compressed) data starts in the archive.
 pub fn data_offset(bytes: &[u8], name: &str) -> usize {
     let (_, local) = find(bytes, name);
