@@ -82,16 +82,17 @@ where
     // The fast path first: most documents are valid and within its subset. Anything else,
     // including every document that does not deserialize, takes the serde_yaml path below
     // unchanged, so its diagnostics (with line and column) are exactly what they were.
-    let (value, written) = match crate::yaml::from_str::<T>(text) {
-        Some(parsed) => parsed,
-        None => parse_slow(text, &located, &index_of)?,
+    let (value, unknown) = match crate::yaml::from_str::<T>(text) {
+        Some((value, written)) => {
+            let unknown = dropped_keys(&written, &value);
+            (value, unknown)
+        }
+        None => {
+            let (value, written) = parse_slow(text, &located, &index_of)?;
+            let unknown = dropped_keys(&written, &value);
+            (value, unknown)
+        }
     };
-
-    // Round-trip check: a key the user wrote that does not survive deserialize + serialize
-    // was ignored by a lenient type (the embedded Kubernetes types), so it is unknown.
-    let understood = serde_json::to_value(&value).unwrap_or(serde_json::Value::Null);
-    let mut unknown = Vec::new();
-    find_dropped_keys(&written, &understood, "", &mut unknown);
     if !unknown.is_empty() {
         return Err(Diagnostics(
             unknown
@@ -149,15 +150,72 @@ fn parse_slow<'t, T: DeserializeOwned>(
     Ok((value, written))
 }
 
-fn find_dropped_keys(
-    written: &serde_json::Value,
+/// Round-trip check: the paths of keys the user wrote (in `written`) that do not survive
+/// deserialize + serialize of `value`: a lenient type (the embedded Kubernetes types)
+/// ignored them, so they are unknown.
+fn dropped_keys<W: Written, T: Serialize>(written: &W, value: &T) -> Vec<String> {
+    let understood = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
+    let mut unknown = Vec::new();
+    find_dropped_keys(written, &understood, "", &mut unknown);
+    unknown
+}
+
+/// A document as written, in either form it is parsed into: the fast path's tree or
+/// serde_yaml's value.
+trait Written: Sized {
+    fn is_null(&self) -> bool;
+    /// The entries, when this is a mapping.
+    fn entries(&self) -> Option<impl Iterator<Item = (&str, &Self)>>;
+    /// The items, when this is a sequence.
+    fn items(&self) -> Option<&[Self]>;
+}
+
+impl Written for serde_json::Value {
+    fn is_null(&self) -> bool {
+        self.is_null()
+    }
+
+    fn entries(&self) -> Option<impl Iterator<Item = (&str, &Self)>> {
+        Some(self.as_object()?.iter().map(|(k, v)| (k.as_str(), v)))
+    }
+
+    fn items(&self) -> Option<&[Self]> {
+        self.as_array().map(Vec::as_slice)
+    }
+}
+
+impl Written for crate::yaml::Node<'_> {
+    fn is_null(&self) -> bool {
+        matches!(self, crate::yaml::Node::Null)
+    }
+
+    fn entries(&self) -> Option<impl Iterator<Item = (&str, &Self)>> {
+        match self {
+            crate::yaml::Node::Mapping(entries) => {
+                Some(entries.iter().map(|(k, v)| (k.as_ref(), v)))
+            }
+            _ => None,
+        }
+    }
+
+    fn items(&self) -> Option<&[Self]> {
+        match self {
+            crate::yaml::Node::Sequence(items) => Some(items),
+            _ => None,
+        }
+    }
+}
+
+fn find_dropped_keys<W: Written>(
+    written: &W,
     understood: &serde_json::Value,
     path: &str,
     out: &mut Vec<String>,
 ) {
     use serde_json::Value;
-    match (written, understood) {
-        (Value::Object(w), Value::Object(u)) => {
+    match understood {
+        Value::Object(u) => {
+            let Some(w) = written.entries() else { return };
             for (k, wv) in w {
                 let child = locate::join_key(path, k);
                 match u.get(k) {
@@ -167,7 +225,8 @@ fn find_dropped_keys(
                 }
             }
         }
-        (Value::Array(w), Value::Array(u)) => {
+        Value::Array(u) => {
+            let Some(w) = written.items() else { return };
             for (i, (wv, uv)) in w.iter().zip(u.iter()).enumerate() {
                 find_dropped_keys(wv, uv, &locate::join_index(path, i), out);
             }
@@ -235,7 +294,7 @@ mod tests {
             message,
         };
         (
-            crate::yaml::from_str(text),
+            crate::yaml::from_str(text).map(|(value, written)| (value, written.to_value())),
             parse_slow(text, &located, &index_of),
         )
     }

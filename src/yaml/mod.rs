@@ -36,33 +36,31 @@ pub(crate) fn to_string(value: &serde_json::Value) -> Result<String, serde_yaml:
 }
 
 /// `text` read into `T` exactly as `serde_yaml::from_str` reads it, with the document
-/// as `serde_yaml` reads it into a JSON value (loading checks it for keys `T` dropped);
-/// `None` when either step is not certain, and the caller takes the serde_yaml path (its
-/// errors included).
+/// as parsed (a [`Node`] tree of what `serde_yaml` reads into a JSON value; loading checks
+/// it for keys `T` dropped); `None` when either step is not certain, and the caller takes
+/// the serde_yaml path (its errors included).
 ///
-/// Why the two paths agree whenever this answers: [`crate::yaml::parse`] answers only
-/// when its value equals what `serde_yaml` parses into a `serde_json::Value`, and the
-/// fast parser produces only plain `true`/`false`/`null`, plain decimal integers, and
-/// strings (plain words that `serde_yaml` resolves to strings, or quoted/literal
-/// scalars), in block or compact-JSON mappings and sequences without tags, anchors or
-/// duplicate keys. [`strict::Strict`] then answers each request the way `serde_yaml`'s
-/// deserializer answers it for such a node (a bool from a bool, an integer from an
-/// integer visited as `u64` unless negative, a string from a string, `None` from null,
-/// a struct or map from a mapping, a list from a sequence, a unit enum variant from a
-/// string) and refuses everything where the two could differ, e.g. a `String` field
-/// holding `1` or `true` (serde_yaml reads the plain scalar as a string; the value holds
-/// a number or bool, so this refuses and the slow path gives serde_yaml's answer), `null`
-/// for a list, a struct written as a list, an enum variant written as a map, bytes.
-/// Map order: `serde_json::Map` sorts keys (no `preserve_order`), so `T` sees a
-/// mapping's keys sorted rather than as written. No key repeats, and the types loaded
-/// here (`PluginSet`, `PluginLock` and the Kubernetes types inside, the package
-/// manifest: all derived or field-by-field `visit_map` impls and `BTreeMap`s) do not depend on the order of
+/// Why the two paths agree whenever this answers: [`crate::yaml::parse_tree`] answers only
+/// when its tree is what `serde_yaml` parses into a `serde_json::Value`, and the fast
+/// parser produces only plain `true`/`false`/`null`, plain decimal integers, and strings
+/// (plain words that `serde_yaml` resolves to strings, or quoted/literal scalars), in
+/// block or compact-JSON mappings and sequences without tags, anchors or duplicate keys.
+/// [`strict::Strict`] then answers each request the way `serde_yaml`'s deserializer
+/// answers it for such a node (a bool from a bool, an integer from an integer visited as
+/// `u64` unless negative, a string from a string, `None` from null, a struct or map from
+/// a mapping, a list from a sequence, a unit enum variant from a string) and refuses
+/// everything where the two could differ, e.g. a `String` field holding `1` or `true`
+/// (serde_yaml reads the plain scalar as a string; the tree holds a number or bool, so
+/// this refuses and the slow path gives serde_yaml's answer), `null` for a list, a struct
+/// written as a list, an enum variant written as a map, bytes. Map order: the tree sorts
+/// a mapping's entries by key (as `serde_json::Map` does), so `T` sees the keys sorted
+/// rather than as written. No key repeats, and the types loaded here (`PluginSet`,
+/// `PluginLock` and the Kubernetes types inside, the package manifest: all derived or
+/// field-by-field `visit_map` impls and `BTreeMap`s) do not depend on the order of
 /// distinct keys; a `T` that did (an `IndexMap` field) should not come this way.
-pub(crate) fn from_str<T: serde::de::DeserializeOwned>(
-    text: &str,
-) -> Option<(T, serde_json::Value)> {
-    let written = parse(text)?;
-    let value = T::deserialize(strict::Strict::Value(&written)).ok()?;
+pub(crate) fn from_str<T: serde::de::DeserializeOwned>(text: &str) -> Option<(T, Node<'_>)> {
+    let written = parse_tree(text)?;
+    let value = T::deserialize(strict::Strict::Node(&written)).ok()?;
     Some((value, written))
 }
 

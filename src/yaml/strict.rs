@@ -7,8 +7,11 @@
 //! way for every scalar the fast parser produces, and refuses the rest, which sends the
 //! document down the `serde_yaml` path (its diagnostics included).
 
+use std::borrow::Cow;
+
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::Value;
+
+use super::Node;
 
 /// Any refusal: the caller falls back to `serde_yaml`, so no detail is kept.
 #[derive(Debug)]
@@ -28,17 +31,18 @@ impl de::Error for Refused {
     }
 }
 
-/// A node of the parsed document: a value, or a mapping key (always a string).
+/// A node of the parsed document (which borrows text living at least as long), or a
+/// mapping key (always a string).
 #[derive(Clone, Copy)]
-pub(crate) enum Strict<'a> {
-    Value(&'a Value),
+pub(crate) enum Strict<'a, 't> {
+    Node(&'a Node<'t>),
     Key(&'a str),
 }
 
-impl<'a> Strict<'a> {
+impl<'a> Strict<'a, '_> {
     fn str(self) -> Option<&'a str> {
         match self {
-            Strict::Value(Value::String(s)) => Some(s),
+            Strict::Node(Node::String(s)) => Some(s),
             Strict::Key(s) => Some(s),
             _ => None,
         }
@@ -47,7 +51,7 @@ impl<'a> Strict<'a> {
     /// Integers as `serde_yaml` visits a plain integer: `u64` unless negative.
     fn number<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, Refused> {
         match self {
-            Strict::Value(Value::Number(n)) => match (n.as_u64(), n.as_i64()) {
+            Strict::Node(Node::Integer(_, n)) => match (n.as_u64(), n.as_i64()) {
                 (Some(u), _) => visitor.visit_u64(u),
                 (None, Some(i)) => visitor.visit_i64(i),
                 _ => Err(Refused),
@@ -73,20 +77,20 @@ macro_rules! strings {
     };
 }
 
-impl<'a> Deserializer<'a> for Strict<'a> {
+impl<'a> Deserializer<'a> for Strict<'a, '_> {
     type Error = Refused;
 
     fn deserialize_any<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, Refused> {
         match self {
             Strict::Key(s) => visitor.visit_borrowed_str(s),
-            Strict::Value(value) => match value {
-                Value::Null => visitor.visit_unit(),
-                Value::Bool(b) => visitor.visit_bool(*b),
-                Value::Number(_) => self.number(visitor),
-                Value::String(s) => visitor.visit_borrowed_str(s),
-                Value::Array(items) => visitor.visit_seq(Seq(items.iter())),
-                Value::Object(map) => visitor.visit_map(Map {
-                    iter: map.iter(),
+            Strict::Node(node) => match node {
+                Node::Null => visitor.visit_unit(),
+                Node::Bool(b) => visitor.visit_bool(*b),
+                Node::Integer(..) => self.number(visitor),
+                Node::String(s) => visitor.visit_borrowed_str(s),
+                Node::Sequence(items) => visitor.visit_seq(Seq(items.iter())),
+                Node::Mapping(entries) => visitor.visit_map(Map {
+                    iter: entries.iter(),
                     value: None,
                 }),
             },
@@ -95,7 +99,7 @@ impl<'a> Deserializer<'a> for Strict<'a> {
 
     fn deserialize_bool<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, Refused> {
         match self {
-            Strict::Value(Value::Bool(b)) => visitor.visit_bool(*b),
+            Strict::Node(Node::Bool(b)) => visitor.visit_bool(*b),
             _ => Err(Refused),
         }
     }
@@ -118,14 +122,14 @@ impl<'a> Deserializer<'a> for Strict<'a> {
 
     fn deserialize_option<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, Refused> {
         match self {
-            Strict::Value(Value::Null) => visitor.visit_none(),
+            Strict::Node(Node::Null) => visitor.visit_none(),
             _ => visitor.visit_some(self),
         }
     }
 
     fn deserialize_unit<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, Refused> {
         match self {
-            Strict::Value(Value::Null) => visitor.visit_unit(),
+            Strict::Node(Node::Null) => visitor.visit_unit(),
             _ => Err(Refused),
         }
     }
@@ -148,7 +152,7 @@ impl<'a> Deserializer<'a> for Strict<'a> {
 
     fn deserialize_seq<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, Refused> {
         match self {
-            Strict::Value(Value::Array(items)) => visitor.visit_seq(Seq(items.iter())),
+            Strict::Node(Node::Sequence(items)) => visitor.visit_seq(Seq(items.iter())),
             _ => Err(Refused),
         }
     }
@@ -168,8 +172,8 @@ impl<'a> Deserializer<'a> for Strict<'a> {
 
     fn deserialize_map<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, Refused> {
         match self {
-            Strict::Value(Value::Object(map)) => visitor.visit_map(Map {
-                iter: map.iter(),
+            Strict::Node(Node::Mapping(entries)) => visitor.visit_map(Map {
+                iter: entries.iter(),
                 value: None,
             }),
             _ => Err(Refused),
@@ -201,9 +205,9 @@ impl<'a> Deserializer<'a> for Strict<'a> {
     }
 }
 
-struct Seq<'a>(std::slice::Iter<'a, Value>);
+struct Seq<'a, 't>(std::slice::Iter<'a, Node<'t>>);
 
-impl<'a> SeqAccess<'a> for Seq<'a> {
+impl<'a> SeqAccess<'a> for Seq<'a, '_> {
     type Error = Refused;
 
     fn next_element_seed<S: DeserializeSeed<'a>>(
@@ -212,7 +216,7 @@ impl<'a> SeqAccess<'a> for Seq<'a> {
     ) -> Result<Option<S::Value>, Refused> {
         self.0
             .next()
-            .map(|v| seed.deserialize(Strict::Value(v)))
+            .map(|v| seed.deserialize(Strict::Node(v)))
             .transpose()
     }
 
@@ -221,12 +225,12 @@ impl<'a> SeqAccess<'a> for Seq<'a> {
     }
 }
 
-struct Map<'a> {
-    iter: serde_json::map::Iter<'a>,
-    value: Option<&'a Value>,
+struct Map<'a, 't> {
+    iter: std::slice::Iter<'a, (Cow<'t, str>, Node<'t>)>,
+    value: Option<&'a Node<'t>>,
 }
 
-impl<'a> MapAccess<'a> for Map<'a> {
+impl<'a> MapAccess<'a> for Map<'a, '_> {
     type Error = Refused;
 
     fn next_key_seed<S: DeserializeSeed<'a>>(
@@ -243,7 +247,7 @@ impl<'a> MapAccess<'a> for Map<'a> {
     }
 
     fn next_value_seed<S: DeserializeSeed<'a>>(&mut self, seed: S) -> Result<S::Value, Refused> {
-        seed.deserialize(Strict::Value(self.value.take().ok_or(Refused)?))
+        seed.deserialize(Strict::Node(self.value.take().ok_or(Refused)?))
     }
 
     fn size_hint(&self) -> Option<usize> {
