@@ -11,6 +11,9 @@
 //! are interpolated with `tojson` (JSON is YAML), so no value can break the YAML structure.
 
 pub mod context;
+mod json;
+
+use json::{prepared, prepared_entries};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -165,7 +168,7 @@ impl Templates {
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_keep_trailing_newline(true);
         env.add_filter("sh", shell_quote);
-        env.add_filter("tojson", tojson);
+        env.add_filter("tojson", json::tojson);
         for (name, source) in &self.sources {
             env.add_template_owned(name.clone(), source.clone())
                 .map_err(|e| template_error(name, &e))?;
@@ -273,73 +276,6 @@ pub fn plugin_fingerprint(set_fingerprint: &[u8; 32], input: &PluginInput<'_>) -
     field(&[u8::from(input.image_digest.is_some())]);
     field(input.image_digest.unwrap_or_default().as_bytes());
     hasher.finalize().into()
-}
-
-/// minijinja's built-in `tojson`, byte for byte (compact JSON, or pretty with `indent`;
-/// `<`, `>`, `&` and `'` escaped as `\u003c`-style escapes so the output is safe in HTML
-/// too), without its character-by-character copy when there is nothing to escape, which
-/// is almost always: it is the filter every rendered value goes through.
-fn tojson(
-    value: &minijinja::Value,
-    indent: Option<minijinja::Value>,
-    args: minijinja::value::Kwargs,
-) -> Result<minijinja::Value, minijinja::Error> {
-    // Nearly always called bare (`value | tojson`): no keyword arguments to look up.
-    let bare = args.args().next().is_none();
-    let indent = match indent {
-        Some(indent) => Some(indent),
-        None if bare => None,
-        None => args.get("indent")?,
-    };
-    let indent = match indent {
-        None => None,
-        Some(val) => match bool::try_from(val.clone()).ok() {
-            Some(true) => Some(2),
-            Some(false) => None,
-            None => Some(usize::try_from(val)?),
-        },
-    };
-    if !bare {
-        args.assert_all_used()?;
-    }
-    let json = match indent {
-        Some(indent) => {
-            let mut out = Vec::new();
-            let indentation = " ".repeat(indent);
-            let formatter = serde_json::ser::PrettyFormatter::with_indent(indentation.as_bytes());
-            let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
-            value
-                .serialize(&mut ser)
-                .map_err(json_error)
-                .and_then(|()| String::from_utf8(out).map_err(json_error))
-        }
-        None => serde_json::to_string(value).map_err(json_error),
-    }?;
-    if !json
-        .bytes()
-        .any(|b| matches!(b, b'<' | b'>' | b'&' | b'\''))
-    {
-        return Ok(minijinja::Value::from_safe_string(json));
-    }
-    let mut escaped = String::with_capacity(json.len() + 16);
-    for c in json.chars() {
-        match c {
-            '<' => escaped.push_str("\\u003c"),
-            '>' => escaped.push_str("\\u003e"),
-            '&' => escaped.push_str("\\u0026"),
-            '\'' => escaped.push_str("\\u0027"),
-            _ => escaped.push(c),
-        }
-    }
-    Ok(minijinja::Value::from_safe_string(escaped))
-}
-
-fn json_error(err: impl std::error::Error + Send + Sync + 'static) -> minijinja::Error {
-    minijinja::Error::new(
-        minijinja::ErrorKind::InvalidOperation,
-        "cannot serialize to JSON",
-    )
-    .with_source(err)
 }
 
 /// Single-quotes a value for a POSIX shell (`'it'\''s'`).
@@ -794,33 +730,31 @@ pub fn render_plugin_as<F: ObjectForm>(
     ] {
         labels.insert(k.to_string(), v.to_string());
     }
-    let selector_labels: BTreeMap<&str, &str> = [
-        ("app.kubernetes.io/instance", resource_name.as_str()),
-        (LABEL_PLUGIN_ID, plugin_id.as_str()),
-    ]
-    .into();
+    // What templates print through `tojson` is written to JSON here, once (see `json`).
+    let selector_labels = prepared(BTreeMap::from([
+        ("app.kubernetes.io/instance", resource_name.clone()),
+        (LABEL_PLUGIN_ID, plugin_id.clone()),
+    ]));
     let mut service_labels = labels.clone();
     service_labels.remove("app.kubernetes.io/instance");
-    let service_selector: BTreeMap<&str, &str> = [
-        (LABEL_PLUGINSET, set.metadata.name.as_str()),
-        (LABEL_PLUGIN_ID, plugin_id.as_str()),
-    ]
-    .into();
-    let annotations: BTreeMap<&str, &str> = [
+    let (labels, service_labels) = (prepared(labels), prepared(service_labels));
+    let service_selector = prepared(BTreeMap::from([
+        (LABEL_PLUGINSET, set.metadata.name.clone()),
+        (LABEL_PLUGIN_ID, plugin_id.clone()),
+    ]));
+    let annotations = prepared(BTreeMap::from([
         (
             ANNOTATION_UNIQUE_IDENTIFIER,
-            locked.unique_identifier.as_str(),
+            locked.unique_identifier.clone(),
         ),
-        (ANNOTATION_BUILD_INPUTS, inputs_hash.as_str()),
-    ]
-    .into();
+        (ANNOTATION_BUILD_INPUTS, inputs_hash.clone()),
+    ]));
     // The Service outlives rebuilds and retries: only the identity, so a rebuild does not
     // touch it.
-    let service_annotations: BTreeMap<&str, &str> = [(
+    let service_annotations = prepared(BTreeMap::from([(
         ANNOTATION_UNIQUE_IDENTIFIER,
-        locked.unique_identifier.as_str(),
-    )]
-    .into();
+        locked.unique_identifier.clone(),
+    )]));
 
     let mut runtime = input.runtime.clone();
     runtime.replicas.get_or_insert(1);
@@ -841,8 +775,8 @@ pub fn render_plugin_as<F: ObjectForm>(
             map.entry(key).or_insert(Value::Null);
         }
     }
-    let env_vars = plugin_env(&runtime);
-    let resources = plugin_resources(&runtime, manifest.memory);
+    let env_vars = prepared(plugin_env(&runtime));
+    let resources = prepared(plugin_resources(&runtime, manifest.memory));
 
     let plugin_spec = PluginSpec {
         plugin_set: set.metadata.name.clone(),
@@ -874,9 +808,9 @@ pub fn render_plugin_as<F: ObjectForm>(
         set => &set_ctx,
         plugin => &plugin,
         runner => &runner,
-        build => &build,
+        build => prepared_entries(build),
         registry => &registry,
-        runtime => &runtime_json,
+        runtime => prepared_entries(runtime_json),
         labels => &labels,
         pod_labels => &labels,
         selector_labels => &selector_labels,
@@ -886,7 +820,7 @@ pub fn render_plugin_as<F: ObjectForm>(
         service_annotations => &service_annotations,
         env => &env_vars,
         resources => &resources,
-        plugin_spec => &plugin_spec,
+        plugin_spec => prepared(plugin_spec),
     };
 
     // 3. The objects, in apply order; no Job when the image is already known.
@@ -1089,34 +1023,6 @@ mod tests {
     fn shell_quoting_survives_quotes() {
         assert_eq!(shell_quote("a b".into()), "'a b'");
         assert_eq!(shell_quote("it's".into()), r"'it'\''s'");
-    }
-
-    #[test]
-    fn tojson_matches_the_builtin_byte_for_byte() {
-        let builtin = Environment::new();
-        let mut ours = Environment::new();
-        ours.add_filter("tojson", tojson);
-        let value = json!({
-            "plain": "abc", "html": "<a href='x'>&amp;</a>", "unicode": "é ✓ \u{2028}",
-            "n": [1, -2, 3.5, null, true], "nested": {"b": {"c": []}, "a": {}},
-        });
-        for template in [
-            "{{ v | tojson }}",
-            "{{ v.plain | tojson }}",
-            "{{ v.html | tojson }}",
-            "{{ v | tojson(indent=2) }}",
-            "{{ v | tojson(true) }}",
-            "{{ v | tojson(false) }}",
-            "{{ v | tojson(4) }}",
-            "{{ v.n | tojson }}",
-        ] {
-            let render = |env: &Environment<'_>| {
-                env.render_str(template, minijinja::context! { v => &value })
-                    .map_err(|e| e.to_string())
-            };
-            assert_eq!(render(&ours), render(&builtin), "{template}");
-        }
-        assert!(ours.render_str("{{ 1 | tojson(bogus=1) }}", ()).is_err());
     }
 
     #[test]
