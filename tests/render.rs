@@ -601,6 +601,35 @@ fn a_parallel_render_keeps_declaration_order_and_reports_the_first_failure() {
     }
 }
 
+/// A rendering thread keeps the template values that follow from a plugin's runtime
+/// settings and package memory for the next plugin, when those are the same: each plugin
+/// of a set still renders exactly as it renders alone, whether its settings match the
+/// plugin's before it or not.
+#[test]
+fn a_set_renders_each_plugin_as_it_renders_alone() {
+    use plugsync::render::{render_plugin, render_set};
+    let (_dirs, repo, cache) = synthetic_repo(40);
+    let settings = RenderSettings::default();
+    let state = resolve_dir(&repo, &cache);
+    let set = state.set.spec();
+    let no_images = std::collections::BTreeMap::new();
+    let mut inputs = plugsync::pipeline::plugin_inputs(&state.resolution, &no_images);
+    // Neighbours with other settings, and with the same settings but another memory.
+    assert!(inputs.windows(2).any(|w| w[0].runtime != w[1].runtime));
+    assert_eq!(inputs[1].runtime, inputs[2].runtime);
+    let mut more_memory = inputs[2].manifest.clone();
+    more_memory.memory *= 2;
+    inputs[2].manifest = &more_memory;
+
+    let together = render_set(set, &inputs, &state.templates, &settings).expect("renders");
+    let env = state.templates.environment().expect("compiles");
+    let alone: Vec<_> = inputs
+        .iter()
+        .map(|input| render_plugin(set, input, &env, &settings).expect("renders"))
+        .collect();
+    assert_eq!(together, alone);
+}
+
 #[test]
 fn an_empty_json_list_matches_serde_json() {
     let mut text = String::new();

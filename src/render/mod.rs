@@ -540,11 +540,13 @@ pub fn render_set_map_as<F: ObjectForm, T: Send>(
         batches.len(),
         |batch| -> Result<Vec<T>, RenderError> {
             let start = batch * RENDER_BATCH;
+            let mut shared = RuntimeValues::default();
             batches[batch]
                 .iter()
                 .enumerate()
                 .map(|(i, p)| {
-                    render_plugin_as::<F>(set, p, env, settings).map(|r| map(start + i, r))
+                    render_plugin_sharing::<F>(set, p, env, settings, &mut shared)
+                        .map(|r| map(start + i, r))
                 })
                 .collect()
         },
@@ -596,6 +598,67 @@ pub fn render_plugin_as<F: ObjectForm>(
     input: &PluginInput<'_>,
     env: &Environment<'_>,
     settings: &RenderSettings,
+) -> Result<RenderedPlugin<F::Object>, RenderError> {
+    render_plugin_sharing::<F>(set, input, env, settings, &mut RuntimeValues::default())
+}
+
+/// The template values that follow from a plugin's runtime settings and its package's
+/// memory alone. In a set, most plugins share both, so a run of plugins keeps the values
+/// of the plugin before and builds them again only when either differs.
+#[derive(Default)]
+struct RuntimeValues {
+    /// The settings and memory the values were built for.
+    built_for: Option<(RuntimeSpec, i64)>,
+    runtime: minijinja::Value,
+    env: minijinja::Value,
+    resources: minijinja::Value,
+}
+
+impl RuntimeValues {
+    /// The values for `runtime` and `memory`, built now unless they are the last ones'.
+    fn for_plugin(&mut self, runtime: &RuntimeSpec, memory: i64) -> &Self {
+        if self
+            .built_for
+            .as_ref()
+            .is_some_and(|(r, m)| r == runtime && *m == memory)
+        {
+            return self;
+        }
+        let mut filled = runtime.clone();
+        filled.replicas.get_or_insert(1);
+        // Every runtime key is present (null when unset): templates run in strict mode,
+        // where a misspelled variable is an error, and `{% if runtime.affinity %}` must
+        // still work.
+        let mut runtime_json = serde_json::to_value(&filled).unwrap_or(Value::Null);
+        if let Value::Object(map) = &mut runtime_json {
+            for key in [
+                "replicas",
+                "resources",
+                "env",
+                "nodeSelector",
+                "affinity",
+                "tolerations",
+                "labels",
+                "annotations",
+            ] {
+                map.entry(key).or_insert(Value::Null);
+            }
+        }
+        self.env = prepared(plugin_env(&filled));
+        self.resources = prepared(plugin_resources(&filled, memory));
+        self.runtime = prepared_entries(runtime_json);
+        self.built_for = Some((runtime.clone(), memory));
+        self
+    }
+}
+
+/// [`render_plugin_as`], taking the runtime values from `shared` when they are the same.
+fn render_plugin_sharing<F: ObjectForm>(
+    set: &PluginSet,
+    input: &PluginInput<'_>,
+    env: &Environment<'_>,
+    settings: &RenderSettings,
+    shared: &mut RuntimeValues,
 ) -> Result<RenderedPlugin<F::Object>, RenderError> {
     let locked = input.locked;
     let manifest = input.manifest;
@@ -756,27 +819,7 @@ pub fn render_plugin_as<F: ObjectForm>(
         locked.unique_identifier.clone(),
     )]));
 
-    let mut runtime = input.runtime.clone();
-    runtime.replicas.get_or_insert(1);
-    // Every runtime key is present (null when unset): templates run in strict mode, where a
-    // misspelled variable is an error, and `{% if runtime.affinity %}` must still work.
-    let mut runtime_json = serde_json::to_value(&runtime).unwrap_or(Value::Null);
-    if let Value::Object(map) = &mut runtime_json {
-        for key in [
-            "replicas",
-            "resources",
-            "env",
-            "nodeSelector",
-            "affinity",
-            "tolerations",
-            "labels",
-            "annotations",
-        ] {
-            map.entry(key).or_insert(Value::Null);
-        }
-    }
-    let env_vars = prepared(plugin_env(&runtime));
-    let resources = prepared(plugin_resources(&runtime, manifest.memory));
+    let shared = shared.for_plugin(input.runtime, manifest.memory);
 
     let plugin_spec = PluginSpec {
         plugin_set: set.metadata.name.clone(),
@@ -810,7 +853,7 @@ pub fn render_plugin_as<F: ObjectForm>(
         runner => &runner,
         build => prepared_entries(build),
         registry => &registry,
-        runtime => prepared_entries(runtime_json),
+        runtime => &shared.runtime,
         labels => &labels,
         pod_labels => &labels,
         selector_labels => &selector_labels,
@@ -818,8 +861,8 @@ pub fn render_plugin_as<F: ObjectForm>(
         service_selector => &service_selector,
         annotations => &annotations,
         service_annotations => &service_annotations,
-        env => &env_vars,
-        resources => &resources,
+        env => &shared.env,
+        resources => &shared.resources,
         plugin_spec => prepared(plugin_spec),
     };
 
