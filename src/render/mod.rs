@@ -421,7 +421,8 @@ impl ObjectForm for AsYaml {
                 .try_fold(&tree, |node, key| node.get(key))
                 .and_then(crate::yaml::Node::as_str)
         })?;
-        match crate::yaml::emit::to_string(&tree) {
+        // Block style indents what `tojson` wrote on one line: the text grows a little.
+        match crate::yaml::emit::to_string_sized(&tree, text.len() + text.len() / 2) {
             Some(yaml) => Ok(yaml),
             // Outside the fast emitter's subset: the same document printed by serde_yaml.
             None => serde_yaml::to_string(&tree.to_value()).map_err(|e| expected.unprintable(e)),

@@ -27,8 +27,14 @@ const MAX_SIMPLE_KEY_LEN: usize = 128;
 /// as the `Value` it stands for) as `serde_yaml::to_string` prints it, when that is
 /// certain; `None` means "ask serde_yaml".
 pub(crate) fn to_string<T: Tree>(value: &T) -> Option<String> {
+    to_string_sized(value, 1024)
+}
+
+/// [`to_string`], into a string of `capacity` to begin with (the printed size, when the
+/// caller can tell, saves growing the string as it is written).
+pub(crate) fn to_string_sized<T: Tree>(value: &T, capacity: usize) -> Option<String> {
     let mut emitter = Emitter {
-        out: String::with_capacity(1024),
+        out: String::with_capacity(capacity),
         column: 0,
         indent: -1,
         indents: Vec::with_capacity(16),
@@ -91,7 +97,7 @@ impl Emitter {
             // go through ryu and special cases in serde_yaml, so they take the slow path.
             Shape::Integer(text) => self.scalar(&text, Hint::Plain, context),
             Shape::Float => None,
-            Shape::String(s) => self.scalar(s, string_hint(s), context),
+            Shape::String(s) => self.string(s, context),
             Shape::Sequence([]) => {
                 self.empty_flow("[", "]");
                 Some(())
@@ -122,11 +128,12 @@ impl Emitter {
         self.increase_indent(false, false);
         for (key, value) in map.entries() {
             self.write_indent();
-            // Multi-line or long keys take libyaml's complex-key form (`? key`).
-            if key.len() > MAX_SIMPLE_KEY_LEN || key.contains('\n') {
+            // Long keys take libyaml's complex-key form (`? key`); so do multi-line ones,
+            // which the key context refuses.
+            if key.len() > MAX_SIMPLE_KEY_LEN {
                 return None;
             }
-            self.scalar(key, string_hint(key), Context::MappingKey)?;
+            self.string(key, Context::MappingKey)?;
             self.write_indicator(":", false, false, false);
             self.node(value, Context::MappingValue)?;
         }
@@ -142,9 +149,24 @@ impl Emitter {
         self.write_indicator(close, false, false, false);
     }
 
-    fn scalar(&mut self, text: &str, hint: Hint, context: Context) -> Option<()> {
+    /// A string, in the style serde_yaml asks for ([`string_hint`]) as libyaml settles it.
+    fn string(&mut self, text: &str, context: Context) -> Option<()> {
         let analysis = Analysis::of(text)?;
-        let style = select_style(hint, &analysis, context == Context::MappingKey)?;
+        self.styled(text, string_hint(text, &analysis), &analysis, context)
+    }
+
+    fn scalar(&mut self, text: &str, hint: Hint, context: Context) -> Option<()> {
+        self.styled(text, hint, &Analysis::of(text)?, context)
+    }
+
+    fn styled(
+        &mut self,
+        text: &str,
+        hint: Hint,
+        analysis: &Analysis,
+        context: Context,
+    ) -> Option<()> {
+        let style = select_style(hint, analysis, context == Context::MappingKey)?;
         self.increase_indent(true, false);
         match style {
             Style::Plain => self.write_plain(text),
@@ -408,11 +430,11 @@ fn select_style(hint: Hint, analysis: &Analysis, simple_key: bool) -> Option<Sty
     Some(style)
 }
 
-/// The style serde_yaml asks for a string: literal for multi-line text, single quotes for
-/// text that would read back as another type (null, a boolean, a number) or as a string
-/// of digits with a leading zero, and "any" otherwise.
-fn string_hint(text: &str) -> Hint {
-    if text.contains('\n') {
+/// The style serde_yaml asks for a string (`analysis` is the string's): literal for
+/// multi-line text, single quotes for text that would read back as another type (null, a
+/// boolean, a number) or as a string of digits with a leading zero, and "any" otherwise.
+fn string_hint(text: &str, analysis: &Analysis) -> Hint {
+    if analysis.multiline {
         Hint::Literal
     } else if reads_as_non_string(text) || digits_with_leading_zero(text) {
         Hint::SingleQuoted

@@ -45,16 +45,18 @@ fn parse_into<'a, T: Build<'a>>(text: &'a str) -> Option<T> {
     if !is_plain_text(text) {
         return None;
     }
-    let lines: Vec<Line<'_>> = text
-        .split('\n')
-        .map(|raw| {
-            let indent = raw.len() - raw.trim_start_matches(' ').len();
-            Line {
-                indent,
-                text: &raw[indent..],
-            }
-        })
-        .collect();
+    // The lines as `split('\n')` gives them, found in one pass over the whole text.
+    let mut lines = Vec::with_capacity(text.len() / 32 + 1);
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', text.as_bytes()).chain(std::iter::once(text.len())) {
+        let raw = &text[start..end];
+        let indent = raw.bytes().take_while(|&b| b == b' ').count();
+        lines.push(Line {
+            indent,
+            text: &raw[indent..],
+        });
+        start = end + 1;
+    }
     let mut parser = Parser { lines, pos: 0 };
     parser.skip_blank();
     let first = parser.peek()?;
@@ -291,7 +293,7 @@ fn is_entry(text: &str) -> bool {
 
 /// `key: rest` or `key:` with a simple plain key; `None` for anything else.
 fn split_key(text: &str) -> Option<(&str, &str)> {
-    let colon = text.find(':')?;
+    let colon = memchr::memchr(b':', text.as_bytes())?;
     let (key, after) = (&text[..colon], &text[colon + 1..]);
     if !(after.is_empty() || after.starts_with(' ')) {
         return None;
@@ -313,6 +315,10 @@ fn split_key(text: &str) -> Option<(&str, &str)> {
 /// Words some YAML version reads as something other than a string.
 fn is_reserved_word(word: &str) -> bool {
     let bare = word.trim_start_matches(['-', '.', '+']);
+    // The longest is `infinity`; most keys and words are longer.
+    if bare.len() > 8 {
+        return false;
+    }
     [
         "true", "false", "null", "yes", "no", "on", "off", "y", "n", "inf", "infinity", "nan",
     ]
