@@ -146,9 +146,8 @@ pub(crate) fn tojson(value: &Value, indent: Option<Value>, args: Kwargs) -> Resu
 /// `json` with `<`, `>`, `&` and `'` written as `\u003c`-style escapes (still the same
 /// JSON), as minijinja's `tojson` writes them.
 fn escape_for_html(json: String) -> String {
-    if !json
-        .bytes()
-        .any(|b| matches!(b, b'<' | b'>' | b'&' | b'\''))
+    let bytes = json.as_bytes();
+    if memchr::memchr3(b'<', b'>', b'&', bytes).is_none() && memchr::memchr(b'\'', bytes).is_none()
     {
         return json;
     }
