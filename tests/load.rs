@@ -311,6 +311,41 @@ fn a_hand_edited_lock_is_refused_with_positions() {
     assert_eq!(d.0[0].path, "plugins[0].plugin_id");
 }
 
+/// The lock's types refuse unknown fields themselves, at every level (loading relies on
+/// it and skips the round-trip check it runs on plugins.yaml).
+#[test]
+fn unknown_lock_fields_are_refused_at_every_level() {
+    let valid = LOCK.replace("PLUGIN_ID", &golden_plugin_id())
+        + &format!(
+            "images:\n- inputsHash: {}\n  image: r.local/agent:0.0.14\n  digest: sha256:{}\n",
+            "a".repeat(64),
+            "b".repeat(64)
+        );
+    load_lock(Path::new("plugins.lock"), &valid).expect("valid lock");
+    for (edit, path) in [
+        (("plugins:", "extra: 1\nplugins:"), "extra"),
+        (
+            ("  plugin_id:", "  extra: 1\n  plugin_id:"),
+            "plugins[0].extra",
+        ),
+        (("  digest:", "  extra: 1\n  digest:"), "images[0].extra"),
+    ] {
+        let text = valid.replacen(edit.0, edit.1, 1);
+        assert_ne!(text, valid);
+        let Err(Error::Invalid(d)) = load_lock(Path::new("plugins.lock"), &text) else {
+            panic!("unknown field at {path} loaded")
+        };
+        assert!(
+            d.0[0].message.contains("unknown field `extra`"),
+            "{path}: {d}"
+        );
+        assert!(
+            d.0[0].path.starts_with(path.split('.').next().unwrap()),
+            "{path}: {d}"
+        );
+    }
+}
+
 #[test]
 fn recorded_images_load_and_a_bad_digest_names_its_line() {
     let hash = "a".repeat(64);

@@ -63,6 +63,28 @@ pub fn parse_document<T>(file: &Path, text: &str) -> Result<Document<T>, Diagnos
 where
     T: DeserializeOwned + Serialize,
 {
+    parse_checked(file, text, RoundTrip::Check)
+}
+
+/// Whether loading checks that every key written survives deserialize + serialize.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RoundTrip {
+    /// For types with lenient parts (the embedded Kubernetes types ignore unknown keys).
+    Check,
+    /// For types that refuse unknown fields at every level themselves (every struct
+    /// `deny_unknown_fields`, no lenient type inside): the check could find nothing.
+    /// plugins.lock is one, and the largest document loaded.
+    Skip,
+}
+
+fn parse_checked<T>(
+    file: &Path,
+    text: &str,
+    round_trip: RoundTrip,
+) -> Result<Document<T>, Diagnostics>
+where
+    T: DeserializeOwned + Serialize,
+{
     let index = std::sync::OnceLock::new();
     let index_of = || index.get_or_init(|| LocationIndex::build(text));
     let located = |path: String, pos: Option<Position>, message: String| Diagnostic {
@@ -82,14 +104,23 @@ where
     // The fast path first: most documents are valid and within its subset. Anything else,
     // including every document that does not deserialize, takes the serde_yaml path below
     // unchanged, so its diagnostics (with line and column) are exactly what they were.
+    let check = round_trip == RoundTrip::Check;
     let (value, unknown) = match crate::yaml::from_str::<T>(text) {
         Some((value, written)) => {
-            let unknown = dropped_keys(&written, &value);
+            let unknown = if check {
+                dropped_keys(&written, &value)
+            } else {
+                Vec::new()
+            };
             (value, unknown)
         }
         None => {
             let (value, written) = parse_slow(text, &located, &index_of)?;
-            let unknown = dropped_keys(&written, &value);
+            let unknown = if check {
+                dropped_keys(&written, &value)
+            } else {
+                Vec::new()
+            };
             (value, unknown)
         }
     };
@@ -267,7 +298,7 @@ pub fn load_plugin_set(file: &Path, text: &str) -> Result<LoadedPluginSet, Error
 /// Parses and checks a `plugins.lock` text: format, digests, and that each entry's
 /// identifier and plugin id agree with its name, version and checksum.
 pub fn load_lock(file: &Path, text: &str) -> Result<Document<PluginLock>, Error> {
-    let doc = parse_document::<PluginLock>(file, text).map_err(Error::Invalid)?;
+    let doc = parse_checked::<PluginLock>(file, text, RoundTrip::Skip).map_err(Error::Invalid)?;
     validate::validate_lock(&doc).map_err(Error::Invalid)?;
     Ok(doc)
 }
