@@ -225,11 +225,17 @@ pub struct SourceRegistry {
     settings: FetchSettings,
     marketplace: Url,
     http: http::HttpClient,
-    external: external::Discovered,
+    /// Where external clients are looked for: the plugin dirs, then `PATH`.
+    search: Vec<PathBuf>,
+    /// The external clients in `search`, looked for on first need: a run whose packages
+    /// are all cached or over HTTP never lists the `PATH` directories (a thousand
+    /// entries in `/usr/bin` alone).
+    external: std::sync::OnceLock<external::Discovered>,
 }
 
 impl SourceRegistry {
-    /// In-tree clients plus every external client found in the plugin dirs and on `PATH`.
+    /// In-tree clients plus every external client in the plugin dirs and on `PATH` (looked
+    /// for when one is first needed).
     pub fn discover(settings: FetchSettings, marketplace: Url) -> Self {
         Self::discover_with_path(settings, marketplace, std::env::var_os("PATH"))
     }
@@ -241,15 +247,20 @@ impl SourceRegistry {
         marketplace: Url,
         path: Option<OsString>,
     ) -> Self {
-        let mut dirs = settings.plugin_dirs.clone();
-        dirs.extend(path.iter().flat_map(std::env::split_paths));
-        let external = external::discover(&dirs);
+        let mut search = settings.plugin_dirs.clone();
+        search.extend(path.iter().flat_map(std::env::split_paths));
         SourceRegistry {
             http: http::HttpClient::new(&settings),
-            external,
+            search,
+            external: std::sync::OnceLock::new(),
             settings,
             marketplace,
         }
+    }
+
+    fn external(&self) -> &external::Discovered {
+        self.external
+            .get_or_init(|| external::discover(&self.search))
     }
 
     /// Replaces the retry backoff of the HTTP client (the default starts at 200 ms);
@@ -265,7 +276,7 @@ impl SourceRegistry {
         match url.scheme() {
             "file" => file::fetch(url, self.settings.max_bytes, progress).await,
             "http" | "https" => self.http.fetch(url, progress).await,
-            scheme => match self.external.clients.get(scheme) {
+            scheme => match self.external().clients.get(scheme) {
                 Some(path) => external::fetch(path, url, &self.settings, progress).await,
                 None => Err(SourceError::UnsupportedScheme {
                     scheme: scheme.to_owned(),
@@ -279,7 +290,7 @@ impl SourceRegistry {
     /// The schemes [`SourceRegistry::fetch`] accepts, sorted.
     pub fn schemes(&self) -> Vec<String> {
         let mut schemes: Vec<String> = IN_TREE_SCHEMES.iter().map(|s| s.to_string()).collect();
-        schemes.extend(self.external.clients.keys().cloned());
+        schemes.extend(self.external().clients.keys().cloned());
         schemes.sort();
         schemes
     }
@@ -319,7 +330,7 @@ impl SourceRegistry {
                 BTreeMap::from([("base_url".to_owned(), redact_url(&self.marketplace))]),
             ),
         ];
-        infos.extend(external::list(&self.external, s.timeout).await);
+        infos.extend(external::list(self.external(), s.timeout).await);
         infos.sort_by(|a, b| {
             let external = |i: &SourceInfo| matches!(i.origin, SourceOrigin::External { .. });
             (a.scheme.as_str(), external(a)).cmp(&(b.scheme.as_str(), external(b)))
