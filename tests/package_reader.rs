@@ -156,11 +156,22 @@ fn assert_unreadable(bytes: &[u8], entry: &str, why: &str) {
     assert_names(&err, entry);
 }
 
+/// A package whose `main.py` is deflated (20 lines, so the deflate stream has some
+/// length) or stored.
+fn with_main_py(deflated: bool) -> Vec<u8> {
+    let fixture = ZipFixture::with_manifest();
+    if deflated {
+        fixture
+            .file("main.py", "print('hello')\n".repeat(20))
+            .build()
+    } else {
+        fixture.stored("main.py", "print('hello')\n").build()
+    }
+}
+
 #[test]
 fn corrupt_deflate_data_is_refused_naming_the_entry() {
-    let mut bytes = ZipFixture::with_manifest()
-        .file("main.py", "print('hello')\n".repeat(20))
-        .build();
+    let mut bytes = with_main_py(true);
     // Block type 3 is reserved: no inflater accepts it.
     let at = data_offset(&bytes, "main.py");
     bytes[at] = 0xff;
@@ -169,38 +180,26 @@ fn corrupt_deflate_data_is_refused_naming_the_entry() {
 
 #[test]
 fn truncated_deflate_data_is_refused_naming_the_entry() {
-    let bytes = ZipFixture::with_manifest()
-        .file("main.py", "print('hello')\n".repeat(20))
-        .build();
-    let bytes = set_compressed_size(bytes, "main.py", 3);
+    let bytes = set_compressed_size(with_main_py(true), "main.py", 3);
     assert_unreadable(&bytes, "main.py", "invalid deflate data");
 }
 
 #[test]
 fn data_past_the_end_of_the_archive_is_refused_naming_the_entry() {
-    let bytes = ZipFixture::with_manifest()
-        .stored("main.py", "print('hello')\n")
-        .build();
-    let bytes = set_compressed_size(bytes, "main.py", 1 << 30);
+    let bytes = set_compressed_size(with_main_py(false), "main.py", 1 << 30);
     assert_unreadable(&bytes, "main.py", "past the end of the archive");
 }
 
 #[test]
 fn unsupported_compression_is_refused_naming_the_entry() {
-    let bytes = ZipFixture::with_manifest()
-        .stored("main.py", "print('hello')\n")
-        .build();
     // 12 is bzip2: valid zip, but not what a Dify package holds.
-    let bytes = set_compression_method(bytes, "main.py", 12);
+    let bytes = set_compression_method(with_main_py(false), "main.py", 12);
     assert_unreadable(&bytes, "main.py", "unsupported compression method");
 }
 
 #[test]
 fn encrypted_entries_are_refused_naming_the_entry() {
-    let bytes = ZipFixture::with_manifest()
-        .stored("main.py", "print('hello')\n")
-        .build();
-    let bytes = set_flags(bytes, "main.py", 1);
+    let bytes = set_flags(with_main_py(false), "main.py", 1);
     assert_unreadable(&bytes, "main.py", "encrypted");
 }
 
