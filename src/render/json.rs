@@ -110,6 +110,14 @@ pub(crate) fn tojson(value: &Value, indent: Option<Value>, args: Kwargs) -> Resu
         if let Some(prepared) = value.downcast_object_ref::<Prepared>() {
             return Ok(prepared.json.clone());
         }
+        // Names, images, hashes: a string with nothing to escape is itself in quotes.
+        if let Some(text) = value.as_str().filter(|text| !needs_escaping(text)) {
+            let mut json = String::with_capacity(text.len() + 2);
+            json.push('"');
+            json.push_str(text);
+            json.push('"');
+            return Ok(Value::from_safe_string(json));
+        }
     }
     let indent = match indent {
         Some(indent) => Some(indent),
@@ -141,6 +149,13 @@ pub(crate) fn tojson(value: &Value, indent: Option<Value>, args: Kwargs) -> Resu
         None => serde_json::to_string(value).map_err(json_error),
     }?;
     Ok(Value::from_safe_string(escape_for_html(json)))
+}
+
+/// Whether `text` has a character JSON escapes (`"`, `\\`, controls) or `tojson` escapes
+/// for HTML (`<`, `>`, `&`, `'`).
+fn needs_escaping(text: &str) -> bool {
+    text.bytes()
+        .any(|b| b < 0x20 || matches!(b, b'"' | b'\\' | b'<' | b'>' | b'&' | b'\''))
 }
 
 /// `json` with `<`, `>`, `&` and `'` written as `\u003c`-style escapes (still the same
@@ -193,12 +208,17 @@ mod tests {
         ours.add_filter("tojson", tojson);
         let value = json!({
             "plain": "abc", "html": "<a href='x'>&amp;</a>", "unicode": "é ✓ \u{2028}",
+            "escapes": "tab\there \"quoted\" back\\slash \u{1}\u{7f}\n",
+            "each": ["", "\"", "\\", "<", ">", "&", "'", "\u{0}", "\u{1f}", " ", "~", "\u{7f}", "é"],
             "n": [1, -2, 3.5, null, true], "nested": {"b": {"c": []}, "a": {}},
         });
         for template in [
             "{{ v | tojson }}",
             "{{ v.plain | tojson }}",
             "{{ v.html | tojson }}",
+            "{{ v.escapes | tojson }}",
+            "{{ v.unicode | tojson }}",
+            "{% for s in v.each %}{{ s | tojson }};{% endfor %}",
             "{{ v | tojson(indent=2) }}",
             "{{ v | tojson(true) }}",
             "{{ v | tojson(false) }}",
