@@ -104,23 +104,14 @@ where
     // The fast path first: most documents are valid and within its subset. Anything else,
     // including every document that does not deserialize, takes the serde_yaml path below
     // unchanged, so its diagnostics (with line and column) are exactly what they were.
-    let check = round_trip == RoundTrip::Check;
     let (value, unknown) = match crate::yaml::from_str::<T>(text) {
         Some((value, written)) => {
-            let unknown = if check {
-                dropped_keys(&written, &value)
-            } else {
-                Vec::new()
-            };
+            let unknown = dropped_keys(&written, &value, round_trip);
             (value, unknown)
         }
         None => {
             let (value, written) = parse_slow(text, &located, &index_of)?;
-            let unknown = if check {
-                dropped_keys(&written, &value)
-            } else {
-                Vec::new()
-            };
+            let unknown = dropped_keys(&written, &value, round_trip);
             (value, unknown)
         }
     };
@@ -183,8 +174,15 @@ fn parse_slow<'t, T: DeserializeOwned>(
 
 /// Round-trip check: the paths of keys the user wrote (in `written`) that do not survive
 /// deserialize + serialize of `value`: a lenient type (the embedded Kubernetes types)
-/// ignored them, so they are unknown.
-fn dropped_keys<W: Written, T: Serialize>(written: &W, value: &T) -> Vec<String> {
+/// ignored them, so they are unknown. None when `round_trip` says the check is skipped.
+fn dropped_keys<W: Written, T: Serialize>(
+    written: &W,
+    value: &T,
+    round_trip: RoundTrip,
+) -> Vec<String> {
+    if round_trip == RoundTrip::Skip {
+        return Vec::new();
+    }
     let understood = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
     let mut unknown = Vec::new();
     find_dropped_keys(written, &understood, "", &mut unknown);
