@@ -505,24 +505,27 @@ fn streamed_render_output_equals_the_whole_set_outside_the_fast_paths() {
     let (_dirs, repo, cache) = synthetic_repo(40);
     let templates = repo.join("templates");
     std::fs::create_dir_all(&templates).expect("templates/");
-    let service = include_str!("../templates/service.yaml.j2").replace(
+    // The built-in template `name` (its text `builtin`) with `from` replaced by `to`.
+    let override_template = |name: &str, builtin: &str, from: &str, to: &str| {
+        let changed = builtin.replace(from, to);
+        assert!(
+            changed.contains(to),
+            "the override of {name} changed the template"
+        );
+        std::fs::write(templates.join(name), changed).expect("template override");
+    };
+    override_template(
+        "service.yaml.j2",
+        include_str!("../templates/service.yaml.j2"),
         "  annotations: {{ service_annotations | tojson }}\n",
         "  annotations:\n    note: \"tab\\there\"\n    weight: 0.5\n",
     );
-    assert!(
-        service.contains("weight: 0.5"),
-        "the override changed the template"
-    );
-    std::fs::write(templates.join("service.yaml.j2"), service).expect("service override");
-    let plugin = include_str!("../templates/plugin.yaml.j2").replace(
+    override_template(
+        "plugin.yaml.j2",
+        include_str!("../templates/plugin.yaml.j2"),
         "  annotations: {{ annotations | tojson }}\n",
         "  annotations:\n    owner: équipe plateforme\n    zh: 插件\n",
     );
-    assert!(
-        plugin.contains("équipe"),
-        "the override changed the template"
-    );
-    std::fs::write(templates.join("plugin.yaml.j2"), plugin).expect("plugin override");
     check_streaming_matches_whole_set(&repo, &cache);
 }
 
