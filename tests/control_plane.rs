@@ -441,3 +441,84 @@ fn down_stops_exactly_the_processes_up_started() {
         .expect("down");
     assert!(again.status.success());
 }
+
+#[path = "common/fault_proxy.rs"]
+mod fault_proxy;
+
+#[tokio::test]
+async fn the_fault_proxy_counts_verbs_and_fails_only_what_it_is_told_to() {
+    use fault_proxy::{FaultProxy, Match, Verb};
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Patch, PatchParams};
+    let c = cluster().await;
+    let ns = c.namespace("fault-proxy").await;
+    let proxy = FaultProxy::start(&c.kubeconfig()).await;
+    let config_maps: Api<ConfigMap> = Api::namespaced(proxy.client(&ns), &ns);
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"a": "1"}});
+    proxy
+        .faults()
+        .fail_next_matching(1, 409, Match::verb(Verb::Apply));
+    let err = config_maps
+        .patch("x", &PatchParams::apply("test"), &Patch::Apply(&cm))
+        .await
+        .expect_err("injected conflict");
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 409),
+        "{err}"
+    );
+    assert_eq!(
+        c.kubectl_ok(&[
+            "-n",
+            &ns,
+            "get",
+            "configmaps",
+            "-o",
+            "name",
+            "--field-selector",
+            "metadata.name=x"
+        ]),
+        "",
+        "the failed request never reached the server"
+    );
+    config_maps
+        .patch("x", &PatchParams::apply("test"), &Patch::Apply(&cm))
+        .await
+        .expect("the next apply reaches the real server");
+    config_maps.get("x").await.expect("get");
+    config_maps.list(&Default::default()).await.expect("list");
+    let stats = proxy.stats();
+    assert_eq!(
+        (
+            stats.real.apply,
+            stats.real.get,
+            stats.real.list,
+            stats.injected_failures
+        ),
+        (2, 1, 1, 1)
+    );
+    // A dropped watch ends the stream the client holds.
+    let mut events = Box::pin(
+        kube::runtime::watcher(config_maps.clone(), Default::default()).map(|e| e.map(|_| ())),
+    );
+    use futures::StreamExt as _;
+    events.next().await.expect("first event").expect("ok");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while proxy.stats().real.watch == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the watcher never watched"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(100), events.next()).await;
+    }
+    let watches = proxy.stats().real.watch + proxy.stats().real.list;
+    proxy.faults().drop_watches();
+    // The watcher re-lists or re-watches: a new request reaches the proxy.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while proxy.stats().real.watch + proxy.stats().real.list <= watches {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the watcher never reconnected"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(200), events.next()).await;
+    }
+}
