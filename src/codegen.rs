@@ -4,13 +4,11 @@
 //! `cargo run --bin codegen` rewrites them and `cargo run --bin codegen -- --check` (run by CI
 //! and by `tests/generated.rs`) fails when the committed copies have drifted.
 
-use kube::CustomResourceExt;
-
-use crate::crd::Plugin;
-use crate::model::{PluginLock, PluginSet, PluginSetResource};
+use crate::model::{PluginLock, PluginSet};
 
 /// Every generated file: path relative to the repository root, and its exact contents.
 pub fn artifacts() -> Vec<(&'static str, String)> {
+    let [plugin_crd, pluginset_crd] = crate::crd::definitions();
     vec![
         ("schemas/pluginset.schema.json", json_schema::<PluginSet>()),
         (
@@ -19,11 +17,11 @@ pub fn artifacts() -> Vec<(&'static str, String)> {
         ),
         (
             "deploy/crds/plugins.plugsync.dev.yaml",
-            crd_yaml(&Plugin::crd()),
+            crd_yaml(&plugin_crd),
         ),
         (
             "deploy/crds/pluginsets.plugsync.dev.yaml",
-            crd_yaml(&PluginSetResource::crd()),
+            crd_yaml(&pluginset_crd),
         ),
     ]
 }

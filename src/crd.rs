@@ -4,6 +4,9 @@
 //! build and run. Its spec carries everything the plugin loop needs, so the plugin loop never
 //! has to read git: what the PR diff showed is exactly what runs.
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -219,4 +222,103 @@ pub struct InventoryEntry {
     pub namespace: String,
     /// Name.
     pub name: String,
+}
+
+/// Both plugsync CRDs, as they are installed and shipped in `deploy/crds/`.
+///
+/// schemars names Rust's unsigned integers with formats Kubernetes does not know (`uint32`,
+/// `uint`), which a real API server answers with a warning on every apply
+/// (`unrecognized format "uint32"`). Kubernetes knows `int32` and `int64`; each unsigned
+/// integer becomes the signed format that holds all of its values, and its `minimum: 0` stays.
+pub fn definitions() -> [CustomResourceDefinition; 2] {
+    use kube::CustomResourceExt as _;
+    let mut crds = [Plugin::crd(), crate::model::PluginSetResource::crd()];
+    for crd in &mut crds {
+        for version in &mut crd.spec.versions {
+            if let Some(schema) = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+            {
+                kubernetes_integer_formats(schema);
+            }
+        }
+    }
+    crds
+}
+
+/// Rewrites schemars' unsigned integer formats into the ones Kubernetes validates.
+fn kubernetes_integer_formats(schema: &mut JSONSchemaProps) {
+    if let Some(format) = schema.format.as_mut() {
+        let known = match format.as_str() {
+            "uint8" | "uint16" | "int8" | "int16" => Some("int32"),
+            "uint32" | "uint64" | "uint" => Some("int64"),
+            _ => None,
+        };
+        if let Some(known) = known {
+            *format = known.to_string();
+        }
+    }
+    let children = schema
+        .properties
+        .iter_mut()
+        .flat_map(|p| p.values_mut())
+        .chain(schema.all_of.iter_mut().flatten())
+        .chain(schema.any_of.iter_mut().flatten())
+        .chain(schema.one_of.iter_mut().flatten())
+        .chain(schema.not.as_deref_mut())
+        .chain(match schema.items.as_mut() {
+            Some(JSONSchemaPropsOrArray::Schema(s)) => vec![s.as_mut()],
+            Some(JSONSchemaPropsOrArray::Schemas(v)) => v.iter_mut().collect(),
+            None => vec![],
+        })
+        .chain(match schema.additional_properties.as_mut() {
+            Some(JSONSchemaPropsOrBool::Schema(s)) => Some(s.as_mut()),
+            _ => None,
+        });
+    for child in children {
+        kubernetes_integer_formats(child);
+    }
+}
+
+#[cfg(test)]
+mod definition_tests {
+    use super::*;
+
+    fn formats(schema: &serde_json::Value, out: &mut Vec<String>) {
+        match schema {
+            serde_json::Value::Object(map) => {
+                if let Some(f) = map.get("format").and_then(|f| f.as_str()) {
+                    out.push(f.to_string());
+                }
+                map.values().for_each(|v| formats(v, out));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| formats(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_format_in_the_crds_is_one_kubernetes_knows() {
+        let mut seen = Vec::new();
+        for crd in definitions() {
+            formats(&serde_json::to_value(&crd.spec).expect("json"), &mut seen);
+        }
+        assert!(seen.iter().any(|f| f == "int64"), "{seen:?}");
+        for f in &seen {
+            assert!(
+                ["int32", "int64", "date-time", "byte", "double", "float"].contains(&f.as_str()),
+                "format {f:?} is not one Kubernetes validates"
+            );
+        }
+    }
+
+    #[test]
+    fn unsigned_integers_keep_their_lower_bound() {
+        let [plugin, _] = definitions();
+        let schema = serde_json::to_value(&plugin.spec.versions[0].schema).expect("json");
+        let attempt = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"]["attempt"];
+        assert_eq!(attempt["format"], "int64");
+        assert_eq!(attempt["minimum"].as_f64(), Some(0.0));
+    }
 }

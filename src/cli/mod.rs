@@ -699,11 +699,7 @@ async fn pinned_state(
 fn plugsync_crds(
 ) -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
-    use kube::CustomResourceExt;
-    vec![
-        crate::crd::Plugin::crd(),
-        crate::model::PluginSetResource::crd(),
-    ]
+    crate::crd::definitions().into()
 }
 
 async fn apply_command(args: ApplyArgs) -> Result<ExitCode, Error> {

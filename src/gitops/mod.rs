@@ -400,8 +400,7 @@ impl GitOps {
             prune: true,
         };
         if self.config.install_crds && !self.crds_installed {
-            use kube::CustomResourceExt;
-            let crds = [Plugin::crd(), PluginSetResource::crd()];
+            let crds = crate::crd::definitions();
             if let Err(e) = self.applier.ensure_crds(&crds, options).await {
                 warn!(error = %e, "cannot install the CRDs");
                 self.result = PassResult::ApplyFailed {
