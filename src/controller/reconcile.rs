@@ -295,26 +295,84 @@ pub fn kube_conditions(
         .collect()
 }
 
-/// The body of a JSON merge patch that makes a status `new`: a merge patch keeps fields it
-/// does not mention, so fields `old` had and `new` dropped are set to null. Fields in
-/// `others` belong to another writer and are left out entirely.
+/// The body of a JSON merge patch (RFC 7386) that makes a status `new`: a merge patch keeps
+/// the fields it does not mention, at every depth, so each field `old` had and `new` dropped
+/// is set to null, inside nested objects too (a map of counts that loses a key must lose it
+/// on the server). Lists are replaced whole, as merge patches do. Top-level fields in `others`
+/// belong to another writer and are left out entirely.
 pub fn status_merge_patch(
     new: &impl serde::Serialize,
     old: &impl serde::Serialize,
     others: &[&str],
 ) -> Value {
     let mut body = serde_json::to_value(new).unwrap_or_default();
-    if let (Value::Object(fields), Ok(Value::Object(previous))) =
-        (&mut body, serde_json::to_value(old))
-    {
-        for key in previous.keys() {
-            fields.entry(key.clone()).or_insert(Value::Null);
-        }
+    if let Ok(previous) = serde_json::to_value(old) {
+        null_dropped_fields(&mut body, &previous);
+    }
+    if let Value::Object(fields) = &mut body {
         for key in others {
             fields.remove(*key);
         }
     }
     body
+}
+
+/// Sets to null, in `new`, every object field `old` has and `new` lacks, recursively.
+fn null_dropped_fields(new: &mut Value, old: &Value) {
+    if let (Value::Object(fields), Value::Object(previous)) = (new, old) {
+        for (key, old_value) in previous {
+            match fields.get_mut(key) {
+                None => {
+                    fields.insert(key.clone(), Value::Null);
+                }
+                Some(new_value) => null_dropped_fields(new_value, old_value),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod merge_patch_tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Applies a merge patch as RFC 7386 (and the API server) does.
+    fn apply(target: &mut Value, patch: &Value) {
+        match patch {
+            Value::Object(fields) => {
+                if !target.is_object() {
+                    *target = json!({});
+                }
+                let map = target.as_object_mut().expect("object");
+                for (k, v) in fields {
+                    if v.is_null() {
+                        map.remove(k);
+                    } else {
+                        apply(map.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+            other => *target = other.clone(),
+        }
+    }
+
+    #[test]
+    fn a_nested_key_the_new_status_dropped_is_removed_on_the_server() {
+        let old = json!({"phases": {"Building": 2, "Pending": 1}, "message": "a", "inventory": [1]});
+        let new = json!({"phases": {"Running": 2}, "inventory": [1]});
+        let patch = status_merge_patch(&new, &old, &["inventory"]);
+        let mut live = old.clone();
+        apply(&mut live, &patch);
+        assert_eq!(live, json!({"phases": {"Running": 2}, "inventory": [1]}));
+    }
+
+    #[test]
+    fn lists_are_replaced_whole_and_other_writers_fields_are_left_alone() {
+        let old = json!({"conditions": [{"type": "A"}, {"type": "B"}], "inventory": ["x"]});
+        let new = json!({"conditions": [{"type": "B"}], "inventory": []});
+        let patch = status_merge_patch(&new, &old, &["inventory"]);
+        assert_eq!(patch, json!({"conditions": [{"type": "B"}]}));
+    }
 }
 
 /// Deletes in the background: the Job's pods (or a Plugin's children) go with it.
