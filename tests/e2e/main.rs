@@ -1,12 +1,13 @@
-//! The kind end-to-end test (`tests/e2e/run.sh`): opt-in, because it needs Docker, kind,
-//! kubectl and network access, and takes a while (it builds images). See tests/e2e/README.md.
+//! The end-to-end tests: the whole GitOps loop as a user runs it.
 //!
-//! ```sh
-//! PLUGSYNC_E2E=1 cargo test --test e2e -- --nocapture
-//! ```
-//!
-//! Without `PLUGSYNC_E2E=1` the end-to-end test says so and passes; the script's syntax is
-//! checked on every run all the same.
+//! - [`the_gitops_loop_on_the_real_control_plane`] runs in every `cargo test`: plugsync
+//!   installed from `deploy/` into the real control plane of `tests/cluster/up`, the `plugsync
+//!   run` binary with the shipped arguments and the shipped ServiceAccount's rights, following a
+//!   branch on a real `git daemon`, building into a real registry. See tests/e2e/README.md.
+//! - [`kind_end_to_end`] (`tests/e2e/run.sh`) is opt-in, because it needs Docker, kind and
+//!   network access and builds real images: `PLUGSYNC_E2E=1 cargo test --test e2e --
+//!   --nocapture`. Without it that test says so and passes; the script's syntax is checked on
+//!   every run all the same.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -71,3 +72,12 @@ fn script_runs_the_shipped_arguments() {
         "tests/e2e/run.sh runs plugsync with other flags than deploy/deployment.yaml"
     );
 }
+
+#[path = "../common/cluster.rs"]
+mod cluster;
+#[path = "../common/fs.rs"]
+mod fs;
+#[path = "../common/git_server.rs"]
+mod git_server;
+
+mod cluster_loop;
