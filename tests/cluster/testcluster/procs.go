@@ -119,37 +119,23 @@ func readPids(dir string) ([]process, error) {
 	return procs, scanner.Err()
 }
 
-// stopAll sends SIGTERM to each process that is still the one recorded, in reverse start
-// order, waits up to grace for all of them, then sends SIGKILL to what is left.
+// stopAll stops the processes one at a time in reverse start order, as a control plane is
+// taken down: its clients first, then the API server, then etcd (an API server that loses
+// etcd while clients still watch takes long to stop). Each gets SIGTERM and up to grace to
+// exit, then SIGKILL.
 func stopAll(procs []process, grace time.Duration) {
 	self := os.Getpid()
-	kept := procs[:0:0]
-	for _, p := range procs {
-		// reap runs down itself: it must not signal itself before it has finished.
-		if p.pid != self {
-			kept = append(kept, p)
-		}
-	}
-	procs = kept
 	for i := len(procs) - 1; i >= 0; i-- {
-		if procs[i].alive() {
-			_ = unix.Kill(procs[i].pid, unix.SIGTERM)
+		p := procs[i]
+		// reap runs down itself: it must not signal itself before it has finished.
+		if p.pid == self || !p.alive() {
+			continue
 		}
-	}
-	deadline := time.Now().Add(grace)
-	for time.Now().Before(deadline) {
-		anyAlive := false
-		for _, p := range procs {
-			if p.alive() {
-				anyAlive = true
-			}
+		_ = unix.Kill(p.pid, unix.SIGTERM)
+		deadline := time.Now().Add(grace)
+		for p.alive() && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
 		}
-		if !anyAlive {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	for _, p := range procs {
 		if p.alive() {
 			fmt.Fprintf(os.Stderr, "testcluster: %s (pid %d) ignored SIGTERM for %s; killing it\n", p.name, p.pid, grace)
 			_ = unix.Kill(p.pid, unix.SIGKILL)
