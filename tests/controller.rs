@@ -1,14 +1,34 @@
-//! The plugin controller against the API server double, with a harness playing kubelet and
-//! job controller: the full lifecycle, a failed build retried as `--2`, max attempts reached,
-//! digest reuse without a build, and children deleted with their Plugin.
+//! The plugin controller (`plugsync::controller::run`, in-process) against the real control
+//! plane (`tests/cluster`): the real job, deployment, replicaset and garbage-collector
+//! controllers act on what it creates, kwok runs the pods, and the Kaniko stand-in really
+//! downloads each build context from this harness's context server (served as `plugsync
+//! controller` serves it) and pushes a real image, whose digest the tests compare with what the
+//! registry holds.
+//!
+//! Covered: the full lifecycle, a failed build retried as `--2`, max attempts reached, digest
+//! reuse without a build (also against a real registry with basic auth), a digest gone from the
+//! registry rebuilt, children garbage-collected with their Plugin, a new commit starting over,
+//! superseded retries removed, and the failed-attempt history limit. Builds are steered by pod
+//! labels on the plugin (`cluster::labels`), put in plugins.yaml's `spec.runtime.labels`.
 
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::CustomResourceExt;
+use futures::StreamExt as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{Api, PostParams};
+use kube::runtime::{watcher, WatchStreamExt as _};
+use kube::{CustomResourceExt, Resource, ResourceExt};
 use plugsync::apply::{Applier, ApplyOptions};
 use plugsync::controller::{self, Context, RegistryCheck};
-use plugsync::crd::Plugin;
+use plugsync::crd::{Plugin, PluginPhase};
 use plugsync::model::{PluginSet, PluginSetResource};
 use plugsync::pipeline::{desired_state, DesiredState};
 use plugsync::render::RenderSettings;
@@ -16,200 +36,479 @@ use plugsync::resolve::cache::Cache;
 use plugsync::resolve::source::{FetchSettings, SourceRegistry};
 use plugsync::resolve::Resolver;
 use plugsync::source::WorkTree;
-use plugsync::testkit::apiserver::workloads::WorkloadPolicy;
-use plugsync::testkit::apiserver::ApiServer;
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
+#[path = "common/cluster.rs"]
+mod cluster;
 #[path = "common/registry_fixture.rs"]
 mod registry_fixture;
 
-const NS: &str = "dify";
+use cluster::{cluster, labels, TestCluster};
+
+/// How long any one wait may take. A build takes a few seconds on the fake node, but the
+/// garbage collector only learns of a freshly installed CRD at its next discovery sync (every
+/// 30 s), and retries what it could not resolve before with a growing backoff: on a fresh
+/// cluster a Plugin's children go up to about a minute after it.
+const WAIT: Duration = Duration::from_secs(120);
+
+/// The builder image a later commit switches to (the synthetic set builds with the default).
+const NEWER_BUILDER: &str = "gcr.io/kaniko-project/executor:v1.24.0";
+
+/// The registry check the controller runs with.
+enum Check {
+    /// None: known digests are trusted.
+    Off,
+    /// Always answers this.
+    Fixed(bool),
+    /// `SecretRegistryCheck`, as `plugsync controller` runs it: the real registry, asked with
+    /// the credentials of the set's dockerconfigjson Secret.
+    Secret,
+}
+
+/// Where the set's images go.
+struct Registry {
+    /// `host:port` (plain HTTP).
+    host: String,
+    /// `(user, password)` when it demands basic auth: they reach the build pods and the
+    /// registry check only through the namespace's dockerconfigjson Secret.
+    auth: Option<(String, String)>,
+}
 
 struct Harness {
-    server: ApiServer,
+    c: &'static TestCluster,
+    ns: String,
+    client: kube::Client,
     cache: Cache,
+    settings: RenderSettings,
     state: DesiredState,
-    _dirs: (tempfile::TempDir, tempfile::TempDir),
+    registry: Registry,
+    repo: tempfile::TempDir,
+    _cache_dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    context_server: tokio::task::JoinHandle<()>,
+}
+
+/// The CRDs are cluster-wide: installed (and waited for) once per test binary.
+static CRDS: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+
+/// Reads, resolves and renders the repository in `repo` as the git loop does.
+async fn render(repo: &Path, cache: &Cache, settings: &RenderSettings) -> DesiredState {
+    let resolver = Resolver::new(
+        SourceRegistry::discover(
+            FetchSettings::default(),
+            url::Url::parse("https://marketplace.dify.ai").expect("url"),
+        ),
+        cache.clone(),
+        64 << 20,
+    );
+    desired_state(
+        &WorkTree::new(repo).expect("tree"),
+        "plugins.yaml",
+        &resolver,
+        settings,
+    )
+    .await
+    .expect("renders")
+    .expect("present")
+}
+
+/// The synthetic set's `spec.runtime.labels` line with `pod_labels` added (or, with none, as
+/// generated): they reach the build Job's and the Deployment's pod templates.
+fn with_pod_labels(yaml: &str, pod_labels: &[(&str, &str)]) -> String {
+    const START: &str = "    labels: {team: synth";
+    let extra: String = pod_labels
+        .iter()
+        .map(|(k, v)| format!(", {k:?}: {v:?}"))
+        .collect();
+    let mut found = false;
+    let out: String = yaml
+        .lines()
+        .map(|line| {
+            if line.starts_with(START) {
+                found = true;
+                format!("{START}{extra}}}\n")
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect();
+    assert!(found, "no runtime labels line in\n{yaml}");
+    out
 }
 
 impl Harness {
-    /// One synthetic plugin, its PluginSet and Plugin applied as the git loop would.
-    async fn new(
-        tune: impl FnOnce(&mut PluginSet),
-        registry: Option<Arc<dyn RegistryCheck>>,
+    /// One synthetic plugin in a fresh namespace, its pods labelled `pod_labels`, its images
+    /// pushed to the cluster's registry; its PluginSet (edited by `tune`) and Plugin applied as
+    /// the git loop would, and the controller running.
+    async fn start(
+        test: &str,
+        pod_labels: &[(&str, &str)],
+        tune: impl Fn(&mut PluginSet),
+        check: Check,
     ) -> Harness {
-        Harness::with(|_| {}, tune, |_| {}, |_| registry).await
+        let mut h = Harness::prepare(test, pod_labels, None).await;
+        h.apply(tune, |_| {}).await;
+        h.run(check);
+        h
     }
 
-    /// `edit_yaml` edits plugins.yaml before rendering, `edit_plugin` each Plugin before the
-    /// git loop applies it, and `registry` builds the registry check from the double's client.
-    async fn with(
-        edit_yaml: impl FnOnce(&mut String),
-        tune: impl FnOnce(&mut PluginSet),
-        edit_plugin: impl Fn(&mut Value),
-        registry: impl FnOnce(kube::Client) -> Option<Arc<dyn RegistryCheck>>,
+    /// Everything before the git loop applies: the namespace, the repository (its images under
+    /// `<registry>/<namespace>/`, so no two tests share a repository), the namespace's registry
+    /// Secret and the build-context server the rendered Jobs point at.
+    async fn prepare(
+        test: &str,
+        pod_labels: &[(&str, &str)],
+        registry: Option<Registry>,
     ) -> Harness {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
+        let c = cluster().await;
+        let ns = c.namespace(test).await;
+        let client = c.client().await;
+        let registry = registry.unwrap_or_else(|| Registry {
+            host: c.registry().to_string(),
+            auth: None,
+        });
+
         let repo = tempfile::tempdir().expect("repo");
         let cache_dir = tempfile::tempdir().expect("cache");
         let cache = Cache::open(cache_dir.path()).expect("cache");
-        plugsync::synth::generate_repo(repo.path(), 1, &cache).expect("generate");
+        c.synthetic_repo(repo.path(), 1, &cache, &ns);
         let yaml_path = repo.path().join("plugins.yaml");
-        let mut yaml = std::fs::read_to_string(&yaml_path).expect("read");
-        edit_yaml(&mut yaml);
-        std::fs::write(&yaml_path, yaml).expect("write");
-        let resolver = Resolver::new(
-            SourceRegistry::discover(
-                FetchSettings::default(),
-                url::Url::parse("https://marketplace.dify.ai").expect("url"),
-            ),
-            cache.clone(),
-            64 << 20,
-        );
-        let state = desired_state(
-            &WorkTree::new(repo.path()).expect("tree"),
-            "plugins.yaml",
-            &resolver,
-            &RenderSettings::default(),
-        )
-        .await
-        .expect("renders")
-        .expect("present");
+        let yaml = std::fs::read_to_string(&yaml_path).expect("read");
+        let retargeted = format!("prefix: {}/dify-plugins\n", c.registry());
+        assert!(yaml.contains(&retargeted), "{yaml}");
+        let yaml = yaml.replace(&retargeted, &format!("prefix: {}/{ns}\n", registry.host));
+        std::fs::write(&yaml_path, with_pod_labels(&yaml, pod_labels)).expect("write");
 
-        let server = ApiServer::start().await.expect("double");
-        server
-            .store()
-            .put(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}))
-            .expect("namespace");
-        let applier = Applier::new(server.client());
-        applier
-            .ensure_crds(
-                &[Plugin::crd(), PluginSetResource::crd()],
-                ApplyOptions::default(),
-            )
+        // The build-context server, the routes `plugsync controller` serves, on loopback.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
-            .expect("crds");
-        let mut set = state.set.spec().clone();
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let router = plugsync::server::router(cache.clone());
+        let context_server = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        let settings = RenderSettings {
+            context_base_url: format!("http://{addr}"),
+        };
+
+        // The registry Secret the build pods mount (and the registry check reads).
+        let mut secret = match &registry.auth {
+            Some((user, password)) => {
+                registry_fixture::basic_auth_secret(&registry.host, user, password)
+            }
+            None => registry_fixture::dockerconfig_secret(&json!({"auths": {}})),
+        };
+        secret.metadata.namespace = Some(ns.clone());
+        Api::<Secret>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("registry secret");
+
+        CRDS.get_or_init(|| async {
+            Applier::new(client.clone())
+                .ensure_crds(
+                    &[Plugin::crd(), PluginSetResource::crd()],
+                    ApplyOptions::default(),
+                )
+                .await
+                .expect("crds");
+        })
+        .await;
+
+        let state = render(repo.path(), &cache, &settings).await;
+        Harness {
+            c,
+            ns,
+            client,
+            cache,
+            settings,
+            state,
+            registry,
+            repo,
+            _cache_dir: cache_dir,
+            stop: None,
+            context_server,
+        }
+    }
+
+    /// Applies the PluginSet (edited by `tune`) and the Plugins (each edited by `edit_plugin`)
+    /// of the current render, as the git loop would.
+    async fn apply(&self, tune: impl Fn(&mut PluginSet), edit_plugin: impl Fn(&mut Value)) {
+        let mut set = self.state.set.spec().clone();
         tune(&mut set);
-        let mut plugins: Vec<Value> = state
-            .objects()
-            .into_iter()
-            .filter(|o| o["kind"] == "Plugin")
-            .collect();
-        plugins.iter_mut().for_each(&edit_plugin);
-        let report = applier
+        let mut plugins = self.state.cluster_objects();
+        plugins.iter_mut().for_each(edit_plugin);
+        let report = Applier::new(self.client.clone())
             .apply_set(&set, &plugins, ApplyOptions::default())
             .await
             .expect("git loop applies");
         assert!(report.failed.is_empty(), "{:?}", report.failed);
+    }
 
-        let mut ctx = Context::new(server.client(), cache.clone(), RenderSettings::default());
-        ctx.registry = registry(server.client());
+    /// Starts the controller on the namespace, with this harness's render settings.
+    fn run(&mut self, check: Check) {
+        let mut ctx = Context::new(
+            self.client.clone(),
+            self.cache.clone(),
+            self.settings.clone(),
+        );
+        ctx.registry = match check {
+            Check::Off => None,
+            Check::Fixed(answer) => Some(Arc::new(RegistryHas(answer)) as Arc<dyn RegistryCheck>),
+            Check::Secret => Some(Arc::new(
+                plugsync::controller::registry_check::SecretRegistryCheck::new(
+                    self.client.clone(),
+                    Duration::from_secs(5),
+                ),
+            )),
+        };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(controller::run(Arc::new(ctx), NS.to_string(), async move {
-            let _ = rx.await;
-        }));
-        Harness {
-            server,
-            cache,
-            state,
-            _dirs: (repo, cache_dir),
-            stop: Some(tx),
-        }
+        tokio::spawn(controller::run(
+            Arc::new(ctx),
+            self.ns.clone(),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        self.stop = Some(tx);
     }
 
     fn plugin_id(&self) -> String {
         self.state.rendered[0].plugin_id.clone()
     }
 
-    /// A new commit: edits plugins.yaml, renders it and applies its Plugins as the git loop
-    /// would, with `tune` applied to the set as at start.
+    /// The image (`host/repository:tag`) the Plugin builds and runs.
+    fn image(&self) -> String {
+        let plugin = self
+            .state
+            .cluster_objects()
+            .into_iter()
+            .next()
+            .expect("a Plugin");
+        plugin["spec"]["build"]["image"]
+            .as_str()
+            .expect("image")
+            .to_string()
+    }
+
+    /// A new commit: edits plugins.yaml (its pod labels become `pod_labels`), renders it and
+    /// applies its Plugins as the git loop would, with `tune` applied to the set as at start.
     async fn recommit(
         &mut self,
         edit_yaml: impl FnOnce(&mut String),
-        tune: impl FnOnce(&mut PluginSet),
+        pod_labels: &[(&str, &str)],
+        tune: impl Fn(&mut PluginSet),
     ) {
-        let repo = self._dirs.0.path();
-        let yaml_path = repo.join("plugins.yaml");
+        let yaml_path = self.repo.path().join("plugins.yaml");
         let mut yaml = std::fs::read_to_string(&yaml_path).expect("read");
         edit_yaml(&mut yaml);
-        std::fs::write(&yaml_path, yaml).expect("write");
-        let resolver = Resolver::new(
-            SourceRegistry::discover(
-                FetchSettings::default(),
-                url::Url::parse("https://marketplace.dify.ai").expect("url"),
-            ),
-            self.cache.clone(),
-            64 << 20,
-        );
-        self.state = desired_state(
-            &WorkTree::new(repo).expect("tree"),
-            "plugins.yaml",
-            &resolver,
-            &RenderSettings::default(),
-        )
-        .await
-        .expect("renders")
-        .expect("present");
-        let mut set = self.state.set.spec().clone();
-        tune(&mut set);
-        let report = Applier::new(self.server.client())
-            .apply_set(&set, &self.state.cluster_objects(), ApplyOptions::default())
+        std::fs::write(&yaml_path, with_pod_labels(&yaml, pod_labels)).expect("write");
+        self.state = render(self.repo.path(), &self.cache, &self.settings).await;
+        self.apply(tune, |_| {}).await;
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// The object `name` as the API server has it now.
+    async fn get<K>(&self, name: &str) -> Option<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+        K::DynamicType: Default,
+    {
+        self.api::<K>().get_opt(name).await.expect("get")
+    }
+
+    async fn plugin(&self, name: &str) -> Plugin {
+        self.get::<Plugin>(name)
             .await
-            .expect("git loop applies");
-        assert!(report.failed.is_empty(), "{:?}", report.failed);
+            .unwrap_or_else(|| panic!("no Plugin {name}\n{}", self.dump()))
     }
 
-    fn get(&self, api_version: &str, kind: &str, name: &str) -> Option<Value> {
-        self.server.store().get(api_version, kind, Some(NS), name)
-    }
-
-    async fn wait_for(&self, what: &str, mut check: impl FnMut(&Harness) -> bool) {
-        let start = std::time::Instant::now();
-        while !check(self) {
-            if start.elapsed() > Duration::from_secs(30) {
-                let dump = |v: &str, k: &str| {
-                    self.server
-                        .store()
-                        .list(v, k, Some(NS))
-                        .iter()
-                        .map(|o| format!("{k} {}: status={}", o["metadata"]["name"], o["status"]))
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                };
-                panic!(
-                    "timed out waiting for {what}\n{}\n{}\n{}\n{}",
-                    dump("plugsync.dev/v1alpha1", "Plugin"),
-                    dump("batch/v1", "Job"),
-                    dump("v1", "Pod"),
-                    dump("apps/v1", "Deployment")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    /// Waits (a watch) until the Plugin `name` exists and meets `condition`; returns it.
+    async fn wait_plugin(
+        &self,
+        name: &str,
+        what: &str,
+        condition: impl Fn(&Plugin) -> bool,
+    ) -> Plugin {
+        let watched = kube::runtime::wait::await_condition(
+            self.api::<Plugin>(),
+            name,
+            move |p: Option<&Plugin>| p.is_some_and(&condition),
+        );
+        match tokio::time::timeout(WAIT, watched).await {
+            Ok(Ok(Some(plugin))) => plugin,
+            Ok(other) => panic!("watching {name} for {what}: {other:?}"),
+            Err(_) => panic!(
+                "timed out after {WAIT:?} waiting for {what} ({name})\n{}",
+                self.dump()
+            ),
         }
     }
 
-    fn phase(&self, name: &str) -> Option<String> {
-        self.get("plugsync.dev/v1alpha1", "Plugin", name)
-            .and_then(|p| p["status"]["phase"].as_str().map(str::to_string))
+    /// Waits (a watch of the collection) until `done` holds for the objects of kind `K` in the
+    /// namespace, by name; returns them.
+    async fn wait_all<K>(
+        &self,
+        what: &str,
+        done: impl Fn(&BTreeMap<String, K>) -> bool,
+    ) -> BTreeMap<String, K>
+    where
+        K: Resource<Scope = NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Debug
+            + Send
+            + 'static,
+        K::DynamicType: Default,
+    {
+        let mut events =
+            std::pin::pin!(watcher(self.api::<K>(), watcher::Config::default()).default_backoff());
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let (mut listing, mut seen, mut listed) = (BTreeMap::new(), BTreeMap::new(), false);
+        loop {
+            let event = match tokio::time::timeout_at(deadline, events.next()).await {
+                Ok(Some(Ok(event))) => event,
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "watch error; the watcher retries");
+                    continue;
+                }
+                Ok(None) => panic!("the watch for {what} ended"),
+                Err(_) => panic!(
+                    "timed out after {WAIT:?} waiting for {what}; seen: {:?}\n{}",
+                    seen.keys().collect::<Vec<_>>(),
+                    self.dump()
+                ),
+            };
+            match event {
+                watcher::Event::Init => listing = BTreeMap::new(),
+                watcher::Event::InitApply(o) => {
+                    listing.insert(o.name_any(), o);
+                }
+                watcher::Event::InitDone => {
+                    seen = std::mem::take(&mut listing);
+                    listed = true;
+                }
+                watcher::Event::Apply(o) => {
+                    seen.insert(o.name_any(), o);
+                }
+                watcher::Event::Delete(o) => {
+                    seen.remove(&o.name_any());
+                }
+            }
+            if listed && done(&seen) {
+                return seen;
+            }
+        }
     }
 
-    fn condition(&self, name: &str, type_: &str) -> Option<(String, String)> {
-        let p = self.get("plugsync.dev/v1alpha1", "Plugin", name)?;
-        p["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .find(|c| c["type"] == type_)
-            .map(|c| {
-                (
-                    c["status"].as_str().unwrap_or_default().to_string(),
-                    c["reason"].as_str().unwrap_or_default().to_string(),
-                )
-            })
+    /// Waits until no object of kind `K` named `name` is left.
+    async fn wait_gone<K>(&self, name: &str)
+    where
+        K: Resource<Scope = NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Debug
+            + Send
+            + 'static,
+        K::DynamicType: Default,
+    {
+        let what = format!("{} {name} to be gone", K::kind(&K::DynamicType::default()));
+        self.wait_all::<K>(&what, |all| !all.contains_key(name))
+            .await;
+    }
+
+    /// Waits until the Events about the object `name` include every reason in `reasons`.
+    async fn wait_events(&self, name: &str, reasons: &[&str]) {
+        self.wait_all::<Event>(&format!("{reasons:?} events for {name}"), |events| {
+            let about: Vec<&str> = events
+                .values()
+                .filter(|e| {
+                    e.regarding
+                        .as_ref()
+                        .is_some_and(|r| r.name.as_deref() == Some(name))
+                })
+                .filter_map(|e| e.reason.as_deref())
+                .collect();
+            reasons.iter().all(|r| about.contains(r))
+        })
+        .await;
+    }
+
+    /// The digest the registry serves for `image` (`host/repository:tag`), asked as a client
+    /// with the registry's credentials would.
+    async fn registry_digest(&self, image: &str) -> Option<String> {
+        let (repository, tag) = image
+            .strip_prefix(&format!("{}/", self.registry.host))
+            .and_then(|rest| rest.rsplit_once(':'))
+            .unwrap_or_else(|| panic!("{image} is not under {}", self.registry.host));
+        let mut request = reqwest::Client::new()
+            .head(format!(
+                "http://{}/v2/{repository}/manifests/{tag}",
+                self.registry.host
+            ))
+            .header(
+                "accept",
+                "application/vnd.docker.distribution.manifest.v2+json, \
+                 application/vnd.oci.image.manifest.v1+json",
+            )
+            .timeout(Duration::from_secs(5));
+        if let Some((user, password)) = &self.registry.auth {
+            request = request.basic_auth(user, Some(password));
+        }
+        let response = request.send().await.ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        response
+            .headers()
+            .get("docker-content-digest")?
+            .to_str()
+            .ok()
+            .map(str::to_string)
+    }
+
+    /// What the namespace holds, for failure messages.
+    fn dump(&self) -> String {
+        let run = |args: &[&str]| {
+            let out = self.c.kubectl().args(args).output().expect("kubectl");
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        };
+        format!(
+            "{}\n{}",
+            run(&[
+                "-n",
+                &self.ns,
+                "get",
+                "plugins.plugsync.dev,jobs,pods,deployments,services",
+                "-o",
+                "wide"
+            ]),
+            run(&[
+                "-n",
+                &self.ns,
+                "get",
+                "plugins.plugsync.dev",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name}: {.status}{\"\\n\"}{end}"
+            ])
+        )
     }
 }
 
@@ -218,158 +517,214 @@ impl Drop for Harness {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        self.context_server.abort();
     }
 }
 
-fn events_for(server: &ApiServer, name: &str) -> Vec<String> {
-    let mut reasons: Vec<String> = server
-        .store()
-        .list("events.k8s.io/v1", "Event", Some(NS))
-        .into_iter()
-        .chain(server.store().list("v1", "Event", Some(NS)))
-        .filter(|e| e["regarding"]["name"] == name || e["involvedObject"]["name"] == name)
-        .filter_map(|e| e["reason"].as_str().map(str::to_string))
-        .collect();
-    reasons.sort();
-    reasons
+fn phase(p: &Plugin) -> Option<PluginPhase> {
+    p.status.as_ref().and_then(|s| s.phase)
 }
+
+/// `(status, reason)` of the condition `type_`.
+fn condition(p: &Plugin, type_: &str) -> Option<(String, String)> {
+    p.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+fn container_image(d: &Deployment) -> String {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.clone())
+        .expect("image")
+}
+
+fn annotation(o: &impl Resource, key: &str) -> Option<String> {
+    o.meta().annotations.as_ref()?.get(key).cloned()
+}
+
+fn fast_retries(set: &mut PluginSet) {
+    set.spec.build.backoff.base = Duration::from_secs(1);
+    set.spec.build.backoff.cap = Duration::from_secs(1);
+}
+
+/// Every build of the plugin fails (the node side fails attempts 1..=9).
+const EVERY_BUILD_FAILS: (&str, &str) = (labels::FAIL_BUILD_ATTEMPTS, "9");
 
 #[tokio::test]
 async fn a_plugin_is_built_deployed_and_running() {
-    let h = Harness::new(|_| {}, None).await;
-    let _workloads = h.server.simulate_workloads(WorkloadPolicy::default());
+    let h = Harness::start("ctl-lifecycle", &[], |_| {}, Check::Off).await;
     let id = h.plugin_id();
-    h.wait_for("Running", |h| h.phase(&id).as_deref() == Some("Running"))
+    let plugin = h
+        .wait_plugin(&id, "Running", |p| phase(p) == Some(PluginPhase::Running))
         .await;
 
-    let plugin = h
-        .get("plugsync.dev/v1alpha1", "Plugin", &id)
-        .expect("plugin");
-    let digest = plugin["status"]["imageDigest"]
-        .as_str()
-        .expect("digest recorded")
-        .to_string();
+    let status = plugin.status.as_ref().expect("status");
+    let digest = status.image_digest.clone().expect("digest recorded");
     assert!(digest.starts_with("sha256:"));
     assert_eq!(
-        plugin["status"]["endpoint"],
-        format!("http://svc-{id}.{NS}:8080")
+        h.registry_digest(&plugin.spec.build.image).await.as_deref(),
+        Some(digest.as_str()),
+        "the recorded digest is the one the build pushed to the registry"
     );
     assert_eq!(
-        h.condition(&id, "Ready"),
+        status.endpoint.as_deref(),
+        Some(format!("http://svc-{id}.{}:8080", h.ns).as_str())
+    );
+    assert_eq!(
+        status.built_inputs_hash.as_ref(),
+        Some(&plugin.spec.build.inputs_hash)
+    );
+    assert_eq!(
+        condition(&plugin, "Ready"),
         Some(("True".into(), "Available".into()))
     );
     assert_eq!(
-        h.condition(&id, "Stalled").map(|c| c.0),
+        condition(&plugin, "Reconciling").map(|c| c.0),
+        Some("False".into())
+    );
+    assert_eq!(
+        condition(&plugin, "Stalled").map(|c| c.0),
         Some("False".into())
     );
 
-    let job = h.get("batch/v1", "Job", &id).expect("build job");
-    assert_eq!(job["metadata"]["ownerReferences"][0]["name"], id.as_str());
-    let deployment = h.get("apps/v1", "Deployment", &id).expect("deployment");
-    let image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
-        .as_str()
-        .expect("image");
+    let job: Job = h.get(&id).await.expect("build job");
+    assert_eq!(
+        job.metadata.owner_references.as_ref().expect("owner")[0].name,
+        id
+    );
+    assert!(
+        job.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs
+                .iter()
+                .any(|c| c.type_ == "Complete" && c.status == "True")),
+        "the job controller completed the build: {:?}",
+        job.status
+    );
+    let deployment: Deployment = h.get(&id).await.expect("deployment");
+    let image = container_image(&deployment);
     assert!(
         image.ends_with(&format!("@{digest}")),
         "runs by digest: {image}"
     );
-    assert!(h.get("v1", "Service", &format!("svc-{id}")).is_some());
-    // The build context the Job verifies is served from the cache.
-    let context = job["spec"]["template"]["spec"]["initContainers"][0]["env"][1]["value"]
-        .as_str()
-        .expect("sha");
+    assert!(h.get::<Service>(&format!("svc-{id}")).await.is_some());
+    // The build context the Job verifies is served from the cache by the context server,
+    // where the Job says it is (the build pod downloaded and checked it to succeed).
+    let env: BTreeMap<String, String> = job
+        .spec
+        .as_ref()
+        .expect("spec")
+        .template
+        .spec
+        .as_ref()
+        .expect("pod spec")
+        .init_containers
+        .as_ref()
+        .expect("init containers")[0]
+        .env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+        .collect();
+    let context = &env["CONTEXT_SHA256"];
+    assert_eq!(context, &plugin.spec.build.context_sha256);
+    assert_eq!(
+        env["CONTEXT_URL"],
+        format!("{}/contexts/{context}", h.settings.context_base_url)
+    );
     assert!(h.cache.get(context).expect("cache").is_some());
 
     // The Event follows the status write; wait for it rather than race it.
-    h.wait_for("Building and Running events", |h| {
-        let events = events_for(&h.server, &id);
-        events.contains(&"Building".to_string()) && events.contains(&"Running".to_string())
-    })
-    .await;
+    h.wait_events(&id, &["Building", "Running"]).await;
 }
 
 #[tokio::test]
 async fn a_failed_build_is_retried_as_attempt_2() {
-    let h = Harness::new(
-        |set| {
-            set.spec.build.backoff.base = Duration::from_secs(1);
-            set.spec.build.backoff.cap = Duration::from_secs(1);
-        },
-        None,
+    let h = Harness::start(
+        "ctl-retry",
+        &[(labels::FAIL_BUILD_ATTEMPTS, "1")],
+        fast_retries,
+        Check::Off,
     )
     .await;
-    let _workloads = h
-        .server
-        .simulate_workloads(WorkloadPolicy::default().fail_first_attempts(1));
     let id = h.plugin_id();
     let retry = format!("{id}--2");
-    h.wait_for("attempt 2 running", |h| {
-        h.phase(&retry).as_deref() == Some("Running")
-    })
-    .await;
-    assert_eq!(h.phase(&id).as_deref(), Some("BuildFailed"));
-    let first = h
-        .get("plugsync.dev/v1alpha1", "Plugin", &id)
-        .expect("first");
+    let second = h
+        .wait_plugin(&retry, "attempt 2 running", |p| {
+            phase(p) == Some(PluginPhase::Running)
+        })
+        .await;
+    let first = h.plugin(&id).await;
+    assert_eq!(phase(&first), Some(PluginPhase::BuildFailed));
+    let status = first.status.as_ref().expect("status");
     assert!(
-        first["status"]["message"]
-            .as_str()
+        status
+            .message
+            .as_deref()
             .unwrap_or_default()
             .contains("attempt 2"),
-        "{}",
-        first["status"]
+        "{status:?}"
     );
-    let second = h
-        .get("plugsync.dev/v1alpha1", "Plugin", &retry)
-        .expect("second");
-    assert_eq!(second["spec"]["attempt"], 2);
+    // The builder's last words reach the status.
+    let failure = status.last_failure.as_ref().expect("last failure");
+    assert!(failure.message.contains("failed on purpose"), "{failure:?}");
+    assert_eq!(second.spec.attempt, 2);
     assert_eq!(
-        second["metadata"]["ownerReferences"][0]["name"],
-        id.as_str()
+        second.metadata.owner_references.as_ref().expect("owner")[0].name,
+        id
     );
-    assert!(h.get("batch/v1", "Job", &retry).is_some());
-    assert!(h.get("apps/v1", "Deployment", &retry).is_some());
+    assert!(h.get::<Job>(&retry).await.is_some());
+    assert!(h.get::<Deployment>(&retry).await.is_some());
     assert!(
-        h.get("v1", "Service", &format!("svc-{id}")).is_some(),
+        h.get::<Service>(&format!("svc-{id}")).await.is_some(),
         "one stable Service"
     );
-    h.wait_for("a BuildFailed event", |h| {
-        events_for(&h.server, &id).contains(&"BuildFailed".to_string())
-    })
-    .await;
+    assert_eq!(
+        h.registry_digest(&second.spec.build.image).await,
+        second.status.as_ref().and_then(|s| s.image_digest.clone()),
+        "attempt 2 runs what it pushed"
+    );
+    h.wait_events(&id, &["BuildFailed"]).await;
 }
 
 #[tokio::test]
 async fn max_attempts_reached_stalls() {
-    let h = Harness::new(
+    let h = Harness::start(
+        "ctl-max-attempts",
+        &[EVERY_BUILD_FAILS],
         |set| {
             set.spec.build.max_attempts = 2;
-            set.spec.build.backoff.base = Duration::from_secs(1);
-            set.spec.build.backoff.cap = Duration::from_secs(1);
+            fast_retries(set);
         },
-        None,
+        Check::Off,
     )
     .await;
-    let _workloads = h
-        .server
-        .simulate_workloads(WorkloadPolicy::default().fail_builds_matching(""));
     let id = h.plugin_id();
     let retry = format!("{id}--2");
-    h.wait_for("stalled", |h| {
-        h.condition(&retry, "Stalled").map(|c| c.0).as_deref() == Some("True")
-    })
-    .await;
+    let stalled = h
+        .wait_plugin(&retry, "stalled", |p| {
+            condition(p, "Stalled").map(|c| c.0).as_deref() == Some("True")
+        })
+        .await;
     assert_eq!(
-        h.condition(&retry, "Stalled").map(|c| c.1).as_deref(),
+        condition(&stalled, "Stalled").map(|c| c.1).as_deref(),
         Some("MaxAttemptsReached")
     );
+    // Longer than the backoff: a third attempt would have been started by now.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
-        h.get("plugsync.dev/v1alpha1", "Plugin", &format!("{id}--3"))
-            .is_none(),
+        h.get::<Plugin>(&format!("{id}--3")).await.is_none(),
         "no third attempt"
     );
-    assert!(h.get("apps/v1", "Deployment", &retry).is_none());
+    assert!(h.get::<Deployment>(&retry).await.is_none());
+    assert!(h.get::<Deployment>(&id).await.is_none());
 }
 
 struct RegistryHas(bool);
@@ -388,48 +743,52 @@ impl RegistryCheck for RegistryHas {
 
 #[tokio::test]
 async fn a_known_digest_still_in_the_registry_skips_the_build() {
-    let h = Harness::new(|_| {}, Some(Arc::new(RegistryHas(true)))).await;
+    let mut h = Harness::prepare("ctl-known-digest", &[], None).await;
     let id = h.plugin_id();
     let digest = format!("sha256:{}", "ab".repeat(32));
     // The digest an earlier install recorded (as the lock would carry it).
-    let mut plugin = h
-        .get("plugsync.dev/v1alpha1", "Plugin", &id)
-        .expect("plugin");
-    plugin["spec"]["imageDigest"] = json!(digest);
-    h.server.store().put(plugin).expect("record digest");
-    let _workloads = h.server.simulate_workloads(WorkloadPolicy::default());
-    h.wait_for("Running", |h| h.phase(&id).as_deref() == Some("Running"))
+    h.apply(
+        |_| {},
+        |plugin| plugin["spec"]["imageDigest"] = json!(digest),
+    )
+    .await;
+    h.run(Check::Fixed(true));
+    h.wait_plugin(&id, "Running", |p| phase(p) == Some(PluginPhase::Running))
         .await;
-    assert!(h.get("batch/v1", "Job", &id).is_none(), "no build ran");
-    let deployment = h.get("apps/v1", "Deployment", &id).expect("deployment");
-    let image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
-        .as_str()
-        .expect("image");
-    assert!(image.ends_with(&digest), "{image}");
+    assert!(h.get::<Job>(&id).await.is_none(), "no build ran");
+    let deployment: Deployment = h.get(&id).await.expect("deployment");
+    let image = container_image(&deployment);
+    assert!(image.ends_with(&format!("@{digest}")), "{image}");
 }
 
 #[tokio::test]
 async fn deleting_a_plugin_removes_its_children() {
-    let h = Harness::new(|_| {}, None).await;
-    let _workloads = h.server.simulate_workloads(WorkloadPolicy::default());
+    let h = Harness::start("ctl-delete", &[], |_| {}, Check::Off).await;
     let id = h.plugin_id();
-    h.wait_for("Running", |h| h.phase(&id).as_deref() == Some("Running"))
+    h.wait_plugin(&id, "Running", |p| phase(p) == Some(PluginPhase::Running))
         .await;
-    let plugins: kube::Api<Plugin> = kube::Api::namespaced(h.server.client(), NS);
-    plugins
+    let pods = h
+        .wait_all::<Pod>("the build's and the Deployment's pods", |pods| {
+            pods.len() >= 2
+        })
+        .await;
+    h.api::<Plugin>()
         .delete(&id, &Default::default())
         .await
         .expect("delete");
-    h.wait_for("children gone", |h| {
-        h.get("batch/v1", "Job", &id).is_none()
-            && h.get("apps/v1", "Deployment", &id).is_none()
-            && h.get("v1", "Service", &format!("svc-{id}")).is_none()
-    })
-    .await;
+    // The garbage collector removes what the Plugin owns, and what those own in turn.
+    h.wait_gone::<Job>(&id).await;
+    h.wait_gone::<Deployment>(&id).await;
+    h.wait_gone::<Service>(&format!("svc-{id}")).await;
+    for pod in pods.keys() {
+        h.wait_gone::<Pod>(pod).await;
+    }
 }
 
-/// Runs a plugin whose Plugin already records `digest` against a real registry (basic auth,
-/// credentials only from the dockerconfigjson Secret) that holds `pushed` under its image.
+/// A plugin whose Plugin already records `digest` (the one pushed when `record_pushed_digest`,
+/// else one the registry never had), on a real registry demanding basic auth (credentials only
+/// from the namespace's dockerconfigjson Secret) that holds an image under the Plugin's tag;
+/// the controller checks reuse as `plugsync controller` does.
 async fn reuse_against_a_real_registry(
     test: &str,
     record_pushed_digest: bool,
@@ -438,100 +797,92 @@ async fn reuse_against_a_real_registry(
         return None;
     }
     let registry = registry_fixture::RegistryServer::start_with_basic_auth("plugsync", "s3cret-pw");
-    let host = registry.host.clone();
-    let image = registry_fixture::OciImage::new(test);
-    let pushed = image.manifest_digest.clone();
+    let pushed_image = registry_fixture::OciImage::new(test);
+    let pushed = pushed_image.manifest_digest.clone();
     let recorded = if record_pushed_digest {
         pushed.clone()
     } else {
         format!("sha256:{}", "0".repeat(64))
     };
-    let h = Harness::with(
-        |yaml| {
-            *yaml = yaml.replace(
-                "    prefix: registry.example.invalid/dify-plugins\n",
-                &format!("    prefix: {host}/dify-plugins\n    insecure: true\n"),
-            );
-            assert!(yaml.contains(&host), "prefix replaced");
-        },
-        |_| {},
-        |plugin| plugin["spec"]["imageDigest"] = json!(recorded),
-        |client| {
-            Some(Arc::new(
-                plugsync::controller::registry_check::SecretRegistryCheck::new(
-                    client,
-                    Duration::from_secs(5),
-                ),
-            ) as Arc<dyn RegistryCheck>)
-        },
+    let mut h = Harness::prepare(
+        test,
+        &[],
+        Some(Registry {
+            host: registry.host.clone(),
+            auth: Some(("plugsync".into(), "s3cret-pw".into())),
+        }),
     )
     .await;
-    // Push the image where the Plugin says it lives, and give the namespace the Secret.
-    let plugin = h
-        .get("plugsync.dev/v1alpha1", "Plugin", &h.plugin_id())
-        .expect("plugin");
-    let spec_image = plugin["spec"]["build"]["image"]
-        .as_str()
-        .expect("image")
-        .to_string();
-    let (repository, tag) = spec_image
-        .strip_prefix(&format!("{host}/"))
+    // The image where the Plugin says it lives, before the controller first looks.
+    let image = h.image();
+    let (repository, tag) = image
+        .strip_prefix(&format!("{}/", registry.host))
         .and_then(|rest| rest.rsplit_once(':'))
         .expect("image under the registry");
-    registry.push(&image, repository, tag);
-    let secret = registry_fixture::basic_auth_secret(&host, "plugsync", "s3cret-pw");
-    h.server
-        .store()
-        .put(serde_json::to_value(secret).expect("json"))
-        .expect("secret");
+    registry.push(&pushed_image, repository, tag);
+    assert_eq!(
+        h.registry_digest(&image).await.as_deref(),
+        Some(pushed.as_str())
+    );
+    h.apply(
+        |_| {},
+        |plugin| plugin["spec"]["imageDigest"] = json!(recorded),
+    )
+    .await;
+    h.run(Check::Secret);
     Some((h, pushed, registry))
 }
 
 #[tokio::test]
 async fn reuse_checks_the_real_registry_and_skips_the_build() {
-    let Some((h, pushed, _registry)) = reuse_against_a_real_registry("reuse_present", true).await
+    let Some((h, pushed, _registry)) = reuse_against_a_real_registry("reuse-present", true).await
     else {
         return;
     };
-    let _workloads = h.server.simulate_workloads(WorkloadPolicy::default());
     let id = h.plugin_id();
-    h.wait_for("Running", |h| h.phase(&id).as_deref() == Some("Running"))
+    h.wait_plugin(&id, "Running", |p| phase(p) == Some(PluginPhase::Running))
         .await;
-    assert!(h.get("batch/v1", "Job", &id).is_none(), "no build ran");
-    let deployment = h.get("apps/v1", "Deployment", &id).expect("deployment");
-    let image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
-        .as_str()
-        .expect("image");
+    assert!(h.get::<Job>(&id).await.is_none(), "no build ran");
+    let deployment: Deployment = h.get(&id).await.expect("deployment");
+    let image = container_image(&deployment);
     assert!(image.ends_with(&format!("@{pushed}")), "{image}");
 }
 
 #[tokio::test]
 async fn a_digest_gone_from_the_real_registry_is_rebuilt() {
-    let Some((h, _pushed, _registry)) = reuse_against_a_real_registry("reuse_gone", false).await
+    let Some((h, pushed, _registry)) = reuse_against_a_real_registry("reuse-gone", false).await
     else {
         return;
     };
-    let _workloads = h.server.simulate_workloads(WorkloadPolicy::default());
     let id = h.plugin_id();
-    h.wait_for("a build", |h| h.get("batch/v1", "Job", &id).is_some())
+    let plugin = h
+        .wait_plugin(&id, "Running", |p| phase(p) == Some(PluginPhase::Running))
         .await;
-    h.wait_for("Running", |h| h.phase(&id).as_deref() == Some("Running"))
-        .await;
+    assert!(h.get::<Job>(&id).await.is_some(), "a build ran");
+    // The build pushed (with the Secret's credentials) a new image over the tag, and the
+    // plugin runs exactly that.
+    let built = plugin
+        .status
+        .as_ref()
+        .and_then(|s| s.image_digest.clone())
+        .expect("digest recorded");
+    assert_ne!(built, pushed);
+    assert_eq!(
+        h.registry_digest(&h.image()).await.as_deref(),
+        Some(built.as_str())
+    );
+    let deployment: Deployment = h.get(&id).await.expect("deployment");
+    assert!(container_image(&deployment).ends_with(&format!("@{built}")));
 }
 
-fn fast_retries(set: &mut PluginSet) {
-    set.spec.build.backoff.base = Duration::from_secs(1);
-    set.spec.build.backoff.cap = Duration::from_secs(1);
-}
-
-/// Fails every build Job whose builder is the default Kaniko image, so a commit that
-/// changes the builder (and so the build inputs) builds successfully.
-fn fail_default_builder() -> WorkloadPolicy {
-    WorkloadPolicy::default().fail_builds_matching(
-        plugsync::testkit::apiserver::workloads::WorkloadMatcher::predicate(|job| {
-            job.to_string().contains("executor:v1.23.2")
-        }),
-    )
+/// The fix lands: a newer builder image changes the build inputs of the same plugin-id, and
+/// the builds no longer fail.
+fn newer_builder(yaml: &mut String) {
+    assert!(yaml.contains("  build:\n"));
+    *yaml = yaml.replace(
+        "  build:\n",
+        &format!("  build:\n    builderImage: {NEWER_BUILDER}\n"),
+    );
 }
 
 #[tokio::test]
@@ -542,52 +893,43 @@ async fn a_new_commit_starts_over_and_is_never_blocked_by_old_retries() {
         set.spec.build.backoff.base = Duration::from_secs(60);
         set.spec.build.backoff.cap = Duration::from_secs(60);
     };
-    let mut h = Harness::new(stuck, None).await;
-    let _workloads = h.server.simulate_workloads(fail_default_builder());
+    let mut h = Harness::start("ctl-new-commit", &[EVERY_BUILD_FAILS], stuck, Check::Off).await;
     let id = h.plugin_id();
-    h.wait_for("attempt 1 failed", |h| {
-        h.phase(&id).as_deref() == Some("BuildFailed")
+    h.wait_plugin(&id, "attempt 1 failed", |p| {
+        phase(p) == Some(PluginPhase::BuildFailed)
     })
     .await;
-    let old_inputs = h.get("batch/v1", "Job", &id).expect("job")["metadata"]["annotations"]
-        ["plugsync.dev/build-inputs"]
-        .clone();
+    let old_job: Job = h.get(&id).await.expect("job");
+    let old_inputs = annotation(&old_job, "plugsync.dev/build-inputs").expect("inputs");
 
-    // The fix lands: a newer builder image changes the build inputs of the same plugin-id.
-    h.recommit(
-        |yaml| {
-            *yaml = yaml.replace(
-                "  build:\n",
-                "  build:\n    builderImage: gcr.io/kaniko-project/executor:v1.24.0\n",
-            )
-        },
-        stuck,
-    )
-    .await;
+    h.recommit(newer_builder, &[], stuck).await;
     assert_eq!(h.plugin_id(), id, "same package, same plugin-id");
-    h.wait_for("the new inputs running at attempt 1", |h| {
-        h.phase(&id).as_deref() == Some("Running")
-    })
-    .await;
-    let job = h.get("batch/v1", "Job", &id).expect("rebuilt job");
+    let plugin = h
+        .wait_plugin(&id, "the new inputs running at attempt 1", |p| {
+            phase(p) == Some(PluginPhase::Running)
+        })
+        .await;
+    let job: Job = h.get(&id).await.expect("rebuilt job");
     assert_ne!(
-        job["metadata"]["annotations"]["plugsync.dev/build-inputs"], old_inputs,
+        annotation(&job, "plugsync.dev/build-inputs").as_deref(),
+        Some(old_inputs.as_str()),
         "the stale Job was replaced, not waited for"
     );
+    assert_ne!(job.metadata.uid, old_job.metadata.uid);
     assert!(
-        h.get("plugsync.dev/v1alpha1", "Plugin", &format!("{id}--2"))
-            .is_none(),
+        h.get::<Plugin>(&format!("{id}--2")).await.is_none(),
         "no retry of the old commit was ever started"
     );
-    let plugin = h
-        .get("plugsync.dev/v1alpha1", "Plugin", &id)
-        .expect("plugin");
+    let status = plugin.status.as_ref().expect("status");
     assert_eq!(
-        plugin["status"]["builtInputsHash"], plugin["spec"]["build"]["inputsHash"],
+        status.built_inputs_hash.as_ref(),
+        Some(&plugin.spec.build.inputs_hash),
         "the digest is recorded with the inputs it was built from"
     );
-    assert!(
-        plugin["status"].get("lastFailure").is_none() || plugin["status"]["lastFailure"].is_null()
+    assert!(status.last_failure.is_none(), "{status:?}");
+    assert_eq!(
+        h.registry_digest(&plugin.spec.build.image).await,
+        status.image_digest
     );
 }
 
@@ -597,89 +939,64 @@ async fn retries_of_an_old_commit_are_superseded_and_removed() {
         set.spec.build.max_attempts = 4;
         fast_retries(set);
     };
-    let mut h = Harness::new(tune, None).await;
-    let _workloads = h.server.simulate_workloads(fail_default_builder());
+    let mut h = Harness::start("ctl-superseded", &[EVERY_BUILD_FAILS], tune, Check::Off).await;
     let id = h.plugin_id();
     let second = format!("{id}--2");
-    h.wait_for("attempt 2 failed", |h| {
-        h.phase(&second).as_deref() == Some("BuildFailed")
+    h.wait_plugin(&second, "attempt 2 failed", |p| {
+        phase(p) == Some(PluginPhase::BuildFailed)
     })
     .await;
-    h.recommit(
-        |yaml| {
-            *yaml = yaml.replace(
-                "  build:\n",
-                "  build:\n    builderImage: gcr.io/kaniko-project/executor:v1.24.0\n",
-            )
-        },
-        tune,
-    )
-    .await;
-    h.wait_for("the new inputs running", |h| {
-        h.phase(&id).as_deref() == Some("Running")
+    h.recommit(newer_builder, &[], tune).await;
+    h.wait_plugin(&id, "the new inputs running", |p| {
+        phase(p) == Some(PluginPhase::Running)
     })
     .await;
-    h.wait_for("old retries removed", |h| {
-        h.server
-            .store()
-            .list("plugsync.dev/v1alpha1", "Plugin", Some(NS))
-            .len()
-            == 1
-    })
-    .await;
-    assert!(
-        h.get("batch/v1", "Job", &second).is_none(),
-        "its Job went with it"
-    );
+    h.wait_all::<Plugin>("old retries removed", |plugins| plugins.keys().eq([&id]))
+        .await;
+    // The garbage collector takes the removed attempts' Jobs with them.
+    h.wait_all::<Job>("only attempt 1's Job left", |jobs| jobs.keys().eq([&id]))
+        .await;
 }
 
 #[tokio::test]
 async fn failed_attempts_beyond_the_history_limit_are_collected() {
-    let h = Harness::new(
+    let h = Harness::start(
+        "ctl-history",
+        &[(labels::FAIL_BUILD_ATTEMPTS, "3")],
         |set| {
             set.spec.build.max_attempts = 5;
             set.spec.build.failed_history_limit = 1;
             fast_retries(set);
         },
-        None,
+        Check::Off,
     )
     .await;
-    let _workloads = h
-        .server
-        .simulate_workloads(WorkloadPolicy::default().fail_first_attempts(3));
     let id = h.plugin_id();
     let fourth = format!("{id}--4");
-    h.wait_for("attempt 4 running", |h| {
-        h.phase(&fourth).as_deref() == Some("Running")
+    h.wait_plugin(&fourth, "attempt 4 running", |p| {
+        phase(p) == Some(PluginPhase::Running)
     })
     .await;
-    h.wait_for("history trimmed to one failed attempt", |h| {
-        h.get("plugsync.dev/v1alpha1", "Plugin", &format!("{id}--2"))
-            .is_none()
-            && h.get("batch/v1", "Job", &id).is_none()
-    })
-    .await;
+    // History trimmed to one failed attempt.
+    h.wait_gone::<Plugin>(&format!("{id}--2")).await;
+    h.wait_gone::<Job>(&id).await;
+    h.wait_gone::<Job>(&format!("{id}--2")).await;
     // Kept: the newest failed attempt, with its Job for debugging; the first attempt's
     // Plugin (it owns the others) remembers its failure without its Job.
-    assert_eq!(h.phase(&format!("{id}--3")).as_deref(), Some("BuildFailed"));
-    assert!(h.get("batch/v1", "Job", &format!("{id}--3")).is_some());
-    let first = h
-        .get("plugsync.dev/v1alpha1", "Plugin", &id)
-        .expect("first");
-    assert_eq!(first["status"]["phase"], "BuildFailed");
-    assert_eq!(
-        first["status"]["lastFailure"]["reason"], "BackoffLimitExceeded",
-        "{}",
-        first["status"]
-    );
+    let third = h.plugin(&format!("{id}--3")).await;
+    assert_eq!(phase(&third), Some(PluginPhase::BuildFailed));
+    assert!(h.get::<Job>(&format!("{id}--3")).await.is_some());
+    let first = h.plugin(&id).await;
+    assert_eq!(phase(&first), Some(PluginPhase::BuildFailed));
+    let failure = first
+        .status
+        .as_ref()
+        .and_then(|s| s.last_failure.as_ref())
+        .expect("last failure");
+    assert_eq!(failure.reason, "BackoffLimitExceeded", "{failure:?}");
     // Nothing is started again: no rebuild of attempt 1, no new attempt 2.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        h.get("batch/v1", "Job", &id).is_none(),
-        "attempt 1 not rebuilt"
-    );
-    assert!(h
-        .get("plugsync.dev/v1alpha1", "Plugin", &format!("{id}--2"))
-        .is_none());
-    assert_eq!(h.phase(&fourth).as_deref(), Some("Running"));
+    assert!(h.get::<Job>(&id).await.is_none(), "attempt 1 not rebuilt");
+    assert!(h.get::<Plugin>(&format!("{id}--2")).await.is_none());
+    assert_eq!(phase(&h.plugin(&fourth).await), Some(PluginPhase::Running));
 }

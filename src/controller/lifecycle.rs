@@ -252,7 +252,12 @@ pub fn decide(o: &Observed<'_>) -> Decision {
         .recorded_digest
         .map(str::to_string)
         .or_else(|| o.spec.image_digest.clone());
-    let usable_known = known.filter(|_| o.registry_has_digest != Some(false));
+    // A build Job of this attempt exists only because no known digest was usable when it
+    // started (there was none, or the registry no longer had it; the edge asks the registry
+    // only before a build): from then on this attempt runs what it builds, never the digest
+    // the registry lost, while the build runs or after it failed.
+    let usable_known =
+        known.filter(|_| o.registry_has_digest != Some(false) && o.job == JobState::Absent);
     let digest = built.or(usable_known);
 
     if let Some(digest) = digest {
@@ -593,6 +598,42 @@ mod tests {
         });
         assert_eq!(d.actions, vec![Action::CreateJob]);
         assert!(d.message.contains("gone from the registry"));
+    }
+
+    #[test]
+    fn a_digest_gone_from_the_registry_is_not_deployed_while_it_is_rebuilt() {
+        // The registry said the known digest is gone, so a Job was created; the reconciles
+        // after that see the Job (and no longer ask the registry).
+        let s = spec(1, Some(DIGEST));
+        let building = decide(&Observed {
+            recorded_digest: Some(DIGEST),
+            job: JobState::Running,
+            ..observed(&s)
+        });
+        assert_eq!(building.phase, PluginPhase::Building);
+        assert!(building.actions.is_empty(), "{:?}", building.actions);
+        assert_eq!(building.image_digest, None);
+        let failed = decide(&Observed {
+            job: JobState::Failed {
+                reason: "BackoffLimitExceeded".into(),
+                message: "error building image".into(),
+                age: Duration::ZERO,
+            },
+            ..observed(&s)
+        });
+        assert_eq!(failed.phase, PluginPhase::BuildFailed);
+        assert!(failed.actions.is_empty(), "{:?}", failed.actions);
+        let built = decide(&Observed {
+            job: JobState::Succeeded {
+                digest: Some(format!("sha256:{}", "2".repeat(64))),
+            },
+            ..observed(&s)
+        });
+        assert_eq!(
+            built.image_digest,
+            Some(format!("sha256:{}", "2".repeat(64))),
+            "what it built, not the lost digest"
+        );
     }
 
     #[test]

@@ -331,49 +331,6 @@ fn null_dropped_fields(new: &mut Value, old: &Value) {
     }
 }
 
-#[cfg(test)]
-mod merge_patch_tests {
-    use super::*;
-    use serde_json::json;
-
-    /// Applies a merge patch as RFC 7386 (and the API server) does.
-    fn apply(target: &mut Value, patch: &Value) {
-        match patch {
-            Value::Object(fields) => {
-                if !target.is_object() {
-                    *target = json!({});
-                }
-                let map = target.as_object_mut().expect("object");
-                for (k, v) in fields {
-                    if v.is_null() {
-                        map.remove(k);
-                    } else {
-                        apply(map.entry(k.clone()).or_insert(Value::Null), v);
-                    }
-                }
-            }
-            other => *target = other.clone(),
-        }
-    }
-
-    #[test]
-    fn a_nested_key_the_new_status_dropped_is_removed_on_the_server() {
-        let old = json!({"phases": {"Building": 2, "Pending": 1}, "message": "a", "inventory": [1]});
-        let new = json!({"phases": {"Running": 2}, "inventory": [1]});
-        let patch = status_merge_patch(&new, &old, &["inventory"]);
-        let mut live = old.clone();
-        apply(&mut live, &patch);
-        assert_eq!(live, json!({"phases": {"Running": 2}, "inventory": [1]}));
-    }
-
-    #[test]
-    fn lists_are_replaced_whole_and_other_writers_fields_are_left_alone() {
-        let old = json!({"conditions": [{"type": "A"}, {"type": "B"}], "inventory": ["x"]});
-        let new = json!({"conditions": [{"type": "B"}], "inventory": []});
-        let patch = status_merge_patch(&new, &old, &["inventory"]);
-        assert_eq!(patch, json!({"conditions": [{"type": "B"}]}));
-    }
-}
 
 /// Deletes in the background: the Job's pods (or a Plugin's children) go with it.
 fn background() -> kube::api::DeleteParams {
@@ -908,4 +865,48 @@ pub async fn recorded_images(
             })
         })
         .collect())
+}
+
+#[cfg(test)]
+mod merge_patch_tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Applies a merge patch as RFC 7386 (and the API server) does.
+    fn apply(target: &mut Value, patch: &Value) {
+        match patch {
+            Value::Object(fields) => {
+                if !target.is_object() {
+                    *target = json!({});
+                }
+                let map = target.as_object_mut().expect("object");
+                for (k, v) in fields {
+                    if v.is_null() {
+                        map.remove(k);
+                    } else {
+                        apply(map.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+            other => *target = other.clone(),
+        }
+    }
+
+    #[test]
+    fn a_nested_key_the_new_status_dropped_is_removed_on_the_server() {
+        let old = json!({"phases": {"Building": 2, "Pending": 1}, "message": "a", "inventory": [1]});
+        let new = json!({"phases": {"Running": 2}, "inventory": [1]});
+        let patch = status_merge_patch(&new, &old, &["inventory"]);
+        let mut live = old.clone();
+        apply(&mut live, &patch);
+        assert_eq!(live, json!({"phases": {"Running": 2}, "inventory": [1]}));
+    }
+
+    #[test]
+    fn lists_are_replaced_whole_and_other_writers_fields_are_left_alone() {
+        let old = json!({"conditions": [{"type": "A"}, {"type": "B"}], "inventory": ["x"]});
+        let new = json!({"conditions": [{"type": "B"}], "inventory": []});
+        let patch = status_merge_patch(&new, &old, &["inventory"]);
+        assert_eq!(patch, json!({"conditions": [{"type": "B"}]}));
+    }
 }
