@@ -25,7 +25,7 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, PostParams};
 use kube::runtime::{watcher, WatchStreamExt as _};
-use kube::{CustomResourceExt, Resource, ResourceExt};
+use kube::{Resource, ResourceExt};
 use plugsync::apply::{Applier, ApplyOptions};
 use plugsync::controller::{self, Context, RegistryCheck};
 use plugsync::crd::{Plugin, PluginPhase};
@@ -46,10 +46,9 @@ mod registry_fixture;
 
 use cluster::{cluster, labels, TestCluster};
 
-/// How long any one wait may take. A build takes a few seconds on the fake node, but the
-/// garbage collector only learns of a freshly installed CRD at its next discovery sync (every
-/// 30 s), and retries what it could not resolve before with a growing backoff: on a fresh
-/// cluster a Plugin's children go up to about a minute after it.
+/// How long any one wait may take: a build takes a few seconds on the fake node, and the
+/// garbage collector removes a Plugin's children within seconds (the test cluster starts with
+/// the CRDs installed, so it follows Plugins from the start); the margin is for a loaded host.
 const WAIT: Duration = Duration::from_secs(120);
 
 /// The builder image a later commit switches to (the synthetic set builds with the default).
@@ -212,10 +211,7 @@ impl Harness {
 
         CRDS.get_or_init(|| async {
             Applier::new(client.clone())
-                .ensure_crds(
-                    &[Plugin::crd(), PluginSetResource::crd()],
-                    ApplyOptions::default(),
-                )
+                .ensure_crds(&plugsync::crd::definitions(), ApplyOptions::default())
                 .await
                 .expect("crds");
         })

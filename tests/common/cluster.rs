@@ -78,10 +78,15 @@ impl TestCluster {
             .tempdir()
             .expect("cluster dir");
         let up = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster/up");
+        // plugsync's CRDs are there from the start, as on a cluster where the platform team
+        // installed them: the garbage collector then follows Plugins' children at once (it
+        // learns of CRDs created later only at its next discovery sync, 30 s on).
         let output = Command::new(&up)
             .arg(owned.path())
             .arg("--owner-pid")
             .arg(std::process::id().to_string())
+            .arg("--crds")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/crds"))
             .output()
             .unwrap_or_else(|e| panic!("running {}: {e}", up.display()));
         assert!(

@@ -47,13 +47,22 @@ type upFlags struct {
 	dir      string
 	bin      string
 	ownerPid int
+	crds     []string
 }
+
+// stringList is a repeatable flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
 
 func upCommand(args []string) error {
 	fs := flag.NewFlagSet("up", flag.ExitOnError)
 	var f upFlags
 	fs.StringVar(&f.bin, "bin", "", "folder holding kube-apiserver, kube-controller-manager, kube-scheduler, etcd, kwok and kwok-stages/")
 	fs.IntVar(&f.ownerPid, "owner-pid", 0, "stop the cluster when this process exits")
+	var crds stringList
+	fs.Var(&crds, "crds", "a CustomResourceDefinition YAML file or folder to install before the controller manager starts (repeatable)")
 	// DIR first, flags after it, as tests/cluster/up passes them.
 	if len(args) < 1 || strings.HasPrefix(args[0], "-") {
 		usage()
@@ -62,6 +71,7 @@ func upCommand(args []string) error {
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
+	f.crds = crds
 	if f.bin == "" {
 		return errors.New("--bin is required")
 	}
@@ -185,6 +195,11 @@ func up(f upFlags) error {
 		return err
 	}
 
+	// The garbage collector learns of a CRD created after it started only at its next
+	// discovery sync (30 s): CRDs the tests need are installed before it starts.
+	if err := installCRDs(kubeconfig, f.crds); err != nil {
+		return err
+	}
 	if _, err := startProcess(f.dir, "kube-controller-manager", []string{
 		filepath.Join(f.bin, "kube-controller-manager"),
 		"--kubeconfig=" + kubeconfig,
