@@ -1,25 +1,44 @@
-//! Apply against the API server double: create, update, prune, idempotency, conflicts,
-//! faults mid-apply and interrupted runs that must converge.
+//! Apply against the real control plane (`tests/cluster`): create, update, prune,
+//! idempotency, conflicts with another field manager, faults mid-apply (injected by the fault
+//! proxy in front of the API server) and interrupted runs that must converge.
+//!
+//! Every test has its own namespace. The synthetic set keeps its `nodeSelector: {pool:
+//! plugins}`, which the fake node does not carry: the Jobs and Deployments applied here get
+//! Pending pods, so nothing builds and nothing these tests count depends on a build. What the
+//! controllers of the real cluster do with the objects (ReplicaSets, pods, status) is theirs.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, Patch, PatchParams};
-use kube::CustomResourceExt;
-use plugsync::apply::{Applier, ApplyOptions, Outcome, RetryPolicy};
-use plugsync::crd::Plugin;
-use plugsync::model::PluginSetResource;
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+};
+use plugsync::apply::{Applier, ApplyOptions, ApplyReport, Outcome, RetryPolicy};
 use plugsync::pipeline::{desired_state, DesiredState};
 use plugsync::render::RenderSettings;
 use plugsync::resolve::cache::Cache;
 use plugsync::resolve::source::{FetchSettings, SourceRegistry};
 use plugsync::resolve::Resolver;
 use plugsync::source::WorkTree;
-use plugsync::testkit::apiserver::{ApiServer, Match, Verb};
 use serde_json::{json, Value};
 
-const NS: &str = "dify";
+#[path = "common/cluster.rs"]
+mod cluster;
+#[path = "common/fault_proxy.rs"]
+mod fault_proxy;
+
+use cluster::{cluster, TestCluster};
+use fault_proxy::{FaultProxy, Match, Verb};
+
+/// The kinds a synthetic plugin renders, in the order [`Env::counts`] reports them.
+const KINDS: [(&str, &str); 4] = [
+    ("plugsync.dev/v1alpha1", "Plugin"),
+    ("batch/v1", "Job"),
+    ("apps/v1", "Deployment"),
+    ("v1", "Service"),
+];
+const SET: &str = "synth";
 
 fn fast_retry() -> RetryPolicy {
     RetryPolicy {
@@ -27,6 +46,185 @@ fn fast_retry() -> RetryPolicy {
         base: Duration::from_millis(10),
         cap: Duration::from_millis(50),
     }
+}
+
+fn resource(api_version: &str, kind: &str) -> ApiResource {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind))
+}
+
+static CRDS: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+
+/// The plugsync CRDs, applied once per test binary (cluster-scoped, shared by every test;
+/// once in place every later `ensure_crds` finds them unchanged).
+async fn install_crds(c: &TestCluster) {
+    CRDS.get_or_init(|| async {
+        Applier::new(c.client().await)
+            .ensure_crds(&plugsync::crd::definitions(), ApplyOptions::default())
+            .await
+            .expect("CRDs installed");
+    })
+    .await;
+}
+
+/// One test's world: a fresh namespace, a synthetic repository of `n` plugins declared in
+/// it, an admin client straight to the API server (for reading and for other actors), and an
+/// applier with fast retries talking through a fault proxy (request counts and faults).
+struct Env {
+    ns: String,
+    client: kube::Client,
+    proxy: FaultProxy,
+    applier: Applier,
+    dir: tempfile::TempDir,
+    cache: Cache,
+    _cache_dir: tempfile::TempDir,
+}
+
+impl Env {
+    async fn new(label: &str, n: usize) -> Env {
+        let c = cluster().await;
+        install_crds(c).await;
+        let ns = c.namespace(label).await;
+        let dir = tempfile::tempdir().expect("dir");
+        let cache_dir = tempfile::tempdir().expect("cache");
+        let cache = Cache::open(cache_dir.path()).expect("cache");
+        plugsync::synth::generate_repo(dir.path(), n, &cache).expect("generate");
+        // Only the namespace moves; registry and nodeSelector stay (see the module docs).
+        let path = dir.path().join("plugins.yaml");
+        let yaml = std::fs::read_to_string(&path).expect("read plugins.yaml");
+        let moved = yaml.replace("  namespace: dify\n", &format!("  namespace: {ns}\n"));
+        assert_ne!(moved, yaml, "the synthetic set declares namespace dify");
+        std::fs::write(&path, moved).expect("write plugins.yaml");
+        let proxy = FaultProxy::start(&c.kubeconfig()).await;
+        let applier = Applier::new(proxy.client(&ns)).with_retry(fast_retry());
+        Env {
+            client: c.client().await,
+            ns,
+            proxy,
+            applier,
+            dir,
+            cache,
+            _cache_dir: cache_dir,
+        }
+    }
+
+    async fn render(&self) -> DesiredState {
+        render(self.dir.path(), &self.cache).await
+    }
+
+    async fn apply(
+        &self,
+        state: &DesiredState,
+        objects: &[Value],
+        options: ApplyOptions,
+    ) -> ApplyReport {
+        self.applier
+            .apply_set(state.set.spec(), objects, options)
+            .await
+            .expect("apply runs")
+    }
+
+    fn api(&self, api_version: &str, kind: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), &self.ns, &resource(api_version, kind))
+    }
+
+    /// The objects of `kind` carrying the ownership label, read from the API server.
+    async fn labelled(&self, api_version: &str, kind: &str) -> Vec<Value> {
+        self.api(api_version, kind)
+            .list(&ListParams::default().labels("plugsync.dev/pluginset"))
+            .await
+            .expect("list")
+            .items
+            .into_iter()
+            .map(|o| serde_json::to_value(o).expect("json"))
+            .collect()
+    }
+
+    /// How many Plugins, Jobs, Deployments and Services carry the ownership label.
+    async fn counts(&self) -> [usize; 4] {
+        let mut out = [0; 4];
+        for (slot, (v, k)) in out.iter_mut().zip(KINDS) {
+            *slot = self.labelled(v, k).await.len();
+        }
+        out
+    }
+
+    async fn get(&self, api_version: &str, kind: &str, name: &str) -> Option<Value> {
+        self.api(api_version, kind)
+            .get_opt(name)
+            .await
+            .expect("get")
+            .map(|o| serde_json::to_value(o).expect("json"))
+    }
+
+    async fn plugin_set(&self) -> Value {
+        self.get("plugsync.dev/v1alpha1", "PluginSet", SET)
+            .await
+            .expect("PluginSet applied")
+    }
+
+    /// `(kind, name)` of every entry of the PluginSet's inventory.
+    async fn inventory(&self) -> BTreeSet<(String, String)> {
+        self.plugin_set().await["status"]["inventory"]
+            .as_array()
+            .expect("inventory")
+            .iter()
+            .map(|e| {
+                assert_eq!(e["namespace"], self.ns.as_str(), "{e}");
+                (
+                    e["kind"].as_str().expect("kind").to_string(),
+                    e["name"].as_str().expect("name").to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// `(kind, name)` of every labelled object of the four kinds.
+    async fn live_keys(&self) -> BTreeSet<(String, String)> {
+        let mut out = BTreeSet::new();
+        for (v, k) in KINDS {
+            for o in self.labelled(v, k).await {
+                out.insert((k.to_string(), name(&o)));
+            }
+        }
+        out
+    }
+
+    /// Exactly `per_kind` objects of each kind (no duplicates), and the inventory lists
+    /// exactly what exists (no orphans, no stale entries).
+    async fn assert_converged(&self, per_kind: usize) {
+        assert_eq!(self.counts().await, [per_kind; 4], "one of each per plugin");
+        assert_eq!(
+            self.inventory().await,
+            self.live_keys().await,
+            "the inventory is exactly what exists"
+        );
+    }
+
+    /// `metadata.resourceVersion` of the PluginSet, the Plugins and the Services: objects no
+    /// controller of the cluster writes to, so only an apply could move them.
+    async fn quiet_resource_versions(&self) -> BTreeMap<(String, String), String> {
+        let mut out = BTreeMap::new();
+        let set = self.plugin_set().await;
+        out.insert(("PluginSet".into(), SET.into()), rv(&set));
+        for (v, k) in [KINDS[0], KINDS[3]] {
+            for o in self.labelled(v, k).await {
+                out.insert((k.to_string(), name(&o)), rv(&o));
+            }
+        }
+        out
+    }
+}
+
+fn name(o: &Value) -> String {
+    o["metadata"]["name"].as_str().expect("name").to_string()
+}
+
+fn rv(o: &Value) -> String {
+    o["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("resourceVersion")
+        .to_string()
 }
 
 async fn render(dir: &Path, cache: &Cache) -> DesiredState {
@@ -50,82 +248,25 @@ async fn render(dir: &Path, cache: &Cache) -> DesiredState {
     .expect("plugins.yaml present")
 }
 
-/// A synthetic repository of `n` plugins in namespace `dify`, rendered.
-async fn synthetic(n: usize) -> (tempfile::TempDir, Cache, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("dir");
-    let cache_dir = tempfile::tempdir().expect("cache");
-    let cache = Cache::open(cache_dir.path()).expect("cache");
-    plugsync::synth::generate_repo(dir.path(), n, &cache).expect("generate");
-    (dir, cache, cache_dir)
-}
-
-async fn server_with_namespace() -> ApiServer {
-    let server = ApiServer::start().await.expect("double starts");
-    server
-        .store()
-        .put(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}))
-        .expect("namespace");
-    server
-}
-
-/// A double with the namespace, an applier with fast retries, and the plugsync CRDs.
-async fn cluster() -> (ApiServer, Applier) {
-    let server = server_with_namespace().await;
-    let applier = Applier::new(server.client()).with_retry(fast_retry());
-    install_crds(&applier).await;
-    (server, applier)
-}
-
-async fn install_crds(applier: &Applier) {
-    applier
-        .ensure_crds(
-            &[Plugin::crd(), PluginSetResource::crd()],
-            ApplyOptions::default(),
-        )
-        .await
-        .expect("CRDs installed");
-}
-
-fn labelled(server: &ApiServer, api_version: &str, kind: &str) -> Vec<Value> {
-    server
-        .store()
-        .list(api_version, kind, Some(NS))
-        .into_iter()
-        .filter(|o| {
-            o.pointer("/metadata/labels/plugsync.dev~1pluginset")
-                .is_some()
-        })
+/// The managers of a live object's managedFields entries that own part of `spec`.
+fn spec_managers(object: &Value) -> Vec<String> {
+    object["metadata"]["managedFields"]
+        .as_array()
+        .expect("managedFields")
+        .iter()
+        .filter(|m| m["fieldsV1"].get("f:spec").is_some())
+        .map(|m| m["manager"].as_str().expect("manager").to_string())
         .collect()
-}
-
-fn count_objects(server: &ApiServer) -> usize {
-    [
-        ("plugsync.dev/v1alpha1", "Plugin"),
-        ("batch/v1", "Job"),
-        ("apps/v1", "Deployment"),
-        ("v1", "Service"),
-    ]
-    .iter()
-    .map(|(v, k)| labelled(server, v, k).len())
-    .sum()
-}
-
-fn set_ns(state: &DesiredState) -> plugsync::model::PluginSet {
-    let mut set = state.set.spec().clone();
-    set.metadata.namespace = NS.to_string();
-    set
 }
 
 #[tokio::test]
 async fn apply_creates_everything_and_records_the_inventory() {
-    let (dir, cache, _c) = synthetic(3).await;
-    let state = render(dir.path(), &cache).await;
-    let (server, applier) = cluster().await;
+    let env = Env::new("apply-creates", 3).await;
+    let state = env.render().await;
 
-    let report = applier
-        .apply_set(&set_ns(&state), &state.objects(), ApplyOptions::default())
-        .await
-        .expect("applies");
+    let report = env
+        .apply(&state, &state.objects(), ApplyOptions::default())
+        .await;
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     assert_eq!(
         report.count(Outcome::Created),
@@ -133,44 +274,46 @@ async fn apply_creates_everything_and_records_the_inventory() {
         "{}",
         report.summary()
     );
-    assert_eq!(count_objects(&server), 12);
+    assert_eq!(env.counts().await, [3, 3, 3, 3]);
+    assert_eq!(env.inventory().await.len(), 12);
+    env.assert_converged(3).await;
 
-    let set = server
-        .store()
-        .get("plugsync.dev/v1alpha1", "PluginSet", Some(NS), "synth")
-        .expect("PluginSet applied");
-    let inventory = set["status"]["inventory"].as_array().expect("inventory");
-    assert_eq!(inventory.len(), 12);
-    let deployment = labelled(&server, "apps/v1", "Deployment").remove(0);
-    let managers: Vec<&str> = deployment["metadata"]["managedFields"]
+    let deployment = env.labelled("apps/v1", "Deployment").await.remove(0);
+    // The deployment controller writes status (and its revision annotation) under its own
+    // manager; the spec is plugsync's alone, and plugsync is the only applier.
+    assert_eq!(
+        spec_managers(&deployment),
+        vec!["plugsync"],
+        "{deployment:#}"
+    );
+    let appliers: Vec<&str> = deployment["metadata"]["managedFields"]
         .as_array()
         .expect("managedFields")
         .iter()
+        .filter(|m| m["operation"] == "Apply")
         .filter_map(|m| m["manager"].as_str())
         .collect();
-    assert_eq!(managers, vec!["plugsync"]);
+    assert_eq!(appliers, vec!["plugsync"]);
     assert!(deployment
         .pointer("/metadata/annotations/plugsync.dev~1applied-hash")
         .is_some());
 }
 
-/// The second apply of an unchanged set: no writes at all, and reads that do not depend on
-/// the number of plugins.
+/// The second apply of an unchanged set: no writes at all, no resourceVersion moved, and
+/// reads that do not depend on the number of plugins. Returns (writes, reads, dry-run writes).
 async fn second_apply_requests(n: usize) -> (u64, u64, u64) {
-    let (dir, cache, _c) = synthetic(n).await;
-    let state = render(dir.path(), &cache).await;
-    let (server, applier) = cluster().await;
-    applier
-        .apply_set(&set_ns(&state), &state.objects(), ApplyOptions::default())
-        .await
-        .expect("first apply");
-    let rv_before = server.store().resource_version();
-    server.reset_stats();
-    let report = applier
-        .apply_set(&set_ns(&state), &state.objects(), ApplyOptions::default())
-        .await
-        .expect("second apply");
-    let stats = server.stats();
+    let env = Env::new(&format!("apply-unchanged-{n}"), n).await;
+    let state = env.render().await;
+    let first = env
+        .apply(&state, &state.objects(), ApplyOptions::default())
+        .await;
+    assert!(first.failed.is_empty(), "{:?}", first.failed);
+    let rvs_before = env.quiet_resource_versions().await;
+    env.proxy.reset_stats();
+    let report = env
+        .apply(&state, &state.objects(), ApplyOptions::default())
+        .await;
+    let stats = env.proxy.stats();
     assert_eq!(
         report.count(Outcome::Unchanged),
         n * 4 + 1,
@@ -178,12 +321,12 @@ async fn second_apply_requests(n: usize) -> (u64, u64, u64) {
         report.summary()
     );
     assert_eq!(
-        server.store().resource_version(),
-        rv_before,
+        env.quiet_resource_versions().await,
+        rvs_before,
         "no resourceVersion bumped"
     );
     let reads = stats.real.get + stats.real.list + stats.real.other;
-    (stats.writes, reads, stats.dry_run.writes())
+    (stats.real.writes(), reads, stats.dry_run.writes())
 }
 
 #[tokio::test]
@@ -201,26 +344,22 @@ async fn an_unchanged_set_costs_zero_writes_and_constant_reads() {
 
 #[tokio::test]
 async fn a_changed_plugin_updates_only_its_deployment_and_the_set() {
-    let (dir, cache, _c) = synthetic(3).await;
-    let (server, applier) = cluster().await;
-    let state = render(dir.path(), &cache).await;
-    applier
-        .apply_set(&set_ns(&state), &state.objects(), ApplyOptions::default())
-        .await
-        .expect("first apply");
+    let env = Env::new("apply-changed", 3).await;
+    let state = env.render().await;
+    env.apply(&state, &state.objects(), ApplyOptions::default())
+        .await;
 
     plugsync::synth::change_one(
-        dir.path(),
-        &cache,
+        env.dir.path(),
+        &env.cache,
         plugsync::synth::SynthChange::Reconfigure,
     )
     .expect("change");
-    let state = render(dir.path(), &cache).await;
-    server.reset_stats();
-    let report = applier
-        .apply_set(&set_ns(&state), &state.objects(), ApplyOptions::default())
-        .await
-        .expect("second apply");
+    let state = env.render().await;
+    env.proxy.reset_stats();
+    let report = env
+        .apply(&state, &state.objects(), ApplyOptions::default())
+        .await;
     let updated: Vec<String> = report
         .objects
         .iter()
@@ -235,87 +374,83 @@ async fn a_changed_plugin_updates_only_its_deployment_and_the_set() {
         "{}",
         report.summary()
     );
-    assert_eq!(server.stats().writes, 3);
+    assert_eq!(env.proxy.stats().real.writes(), 3);
+    let deployment = env
+        .get("apps/v1", "Deployment", &state.rendered[0].resource_name)
+        .await
+        .expect("deployment");
+    assert_eq!(deployment["spec"]["replicas"], 3, "the override reached it");
 }
 
 #[tokio::test]
 async fn prune_removes_undeclared_objects_by_label_and_by_inventory_but_nothing_else() {
-    let (dir, cache, _c) = synthetic(3).await;
-    let (server, applier) = cluster().await;
-    let state = render(dir.path(), &cache).await;
-    applier
-        .apply_set(&set_ns(&state), &state.objects(), ApplyOptions::default())
-        .await
-        .expect("first apply");
+    let env = Env::new("apply-prune", 3).await;
+    let state = env.render().await;
+    env.apply(&state, &state.objects(), ApplyOptions::default())
+        .await;
 
     // Someone else's Service in the same namespace, with a look-alike name: never touched.
-    server
-        .store()
-        .put(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "svc-mine", "namespace": NS}, "spec": {"ports": [{"port": 80}]}}))
+    let services = env.api("v1", "Service");
+    let foreign: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "svc-mine", "namespace": env.ns},
+        "spec": {"ports": [{"port": 80}]}
+    }))
+    .expect("service");
+    services
+        .create(&PostParams::default(), &foreign)
+        .await
         .expect("foreign service");
-    // One of plugsync's objects loses its ownership label: the inventory still knows it.
-    let plugin_two = &state.rendered[2];
-    let service_name = format!("svc-{}", plugin_two.plugin_id);
-    let mut svc = server
-        .store()
-        .get("v1", "Service", Some(NS), &service_name)
-        .expect("service");
-    svc["metadata"]["labels"]
-        .as_object_mut()
-        .expect("labels")
-        .remove("plugsync.dev/pluginset");
-    server.store().put(svc).expect("relabel");
+    // One of plugsync's objects loses its ownership label (someone edits it): the inventory
+    // still knows it.
+    let service_name = format!("svc-{}", state.rendered[2].plugin_id);
+    services
+        .patch(
+            &service_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"plugsync.dev/pluginset": null}}})),
+        )
+        .await
+        .expect("relabel");
+    assert!(
+        env.get("v1", "Service", &service_name).await.expect("svc")["metadata"]["labels"]
+            .get("plugsync.dev/pluginset")
+            .is_none()
+    );
 
     // Declare only the first plugin.
     let keep: Vec<Value> = state.rendered[0].objects.clone();
-    let report = applier
-        .apply_set(&set_ns(&state), &keep, ApplyOptions::default())
-        .await
-        .expect("apply with prune");
+    let report = env.apply(&state, &keep, ApplyOptions::default()).await;
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     assert_eq!(report.count(Outcome::Pruned), 8, "{}", report.summary());
-    assert_eq!(count_objects(&server), 4);
+    assert_eq!(env.counts().await, [1, 1, 1, 1]);
     assert!(
-        server
-            .store()
-            .get("v1", "Service", Some(NS), &service_name)
-            .is_none(),
+        env.get("v1", "Service", &service_name).await.is_none(),
         "pruned through the inventory"
     );
     assert!(
-        server
-            .store()
-            .get("v1", "Service", Some(NS), "svc-mine")
-            .is_some(),
+        env.get("v1", "Service", "svc-mine").await.is_some(),
         "foreign object kept"
     );
-    let set = server
-        .store()
-        .get("plugsync.dev/v1alpha1", "PluginSet", Some(NS), "synth")
-        .expect("set");
-    assert_eq!(
-        set["status"]["inventory"]
-            .as_array()
-            .expect("inventory")
-            .len(),
-        4
-    );
+    assert_eq!(env.inventory().await.len(), 4);
+    env.assert_converged(1).await;
 }
 
 #[tokio::test]
 async fn a_field_owned_by_another_manager_is_a_reported_conflict() {
-    let (dir, cache, _c) = synthetic(1).await;
-    let (server, applier) = cluster().await;
-    let state = render(dir.path(), &cache).await;
-    applier
-        .apply_set(&set_ns(&state), &state.objects(), ApplyOptions::default())
-        .await
-        .expect("first apply");
+    let env = Env::new("apply-conflict", 1).await;
+    let state = env.render().await;
+    env.apply(&state, &state.objects(), ApplyOptions::default())
+        .await;
 
     // An operator scales the Deployment with their own field manager, taking the field.
     let name = state.rendered[0].resource_name.clone();
-    let deployments: Api<Deployment> = Api::namespaced(server.client(), NS);
-    let scale = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name}, "spec": {"replicas": 5}});
+    let deployments = env.api("apps/v1", "Deployment");
+    let scale: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name}, "spec": {"replicas": 5}
+    }))
+    .expect("patch");
     deployments
         .patch(
             &name,
@@ -330,10 +465,7 @@ async fn a_field_owned_by_another_manager_is_a_reported_conflict() {
     for o in objects.iter_mut().filter(|o| o["kind"] == "Deployment") {
         o["spec"]["replicas"] = json!(2);
     }
-    let report = applier
-        .apply_set(&set_ns(&state), &objects, ApplyOptions::default())
-        .await
-        .expect("apply runs");
+    let report = env.apply(&state, &objects, ApplyOptions::default()).await;
     assert_eq!(report.failed.len(), 1, "{}", report.summary());
     let (key, why) = &report.failed[0];
     assert_eq!(key.kind, "Deployment");
@@ -341,113 +473,111 @@ async fn a_field_owned_by_another_manager_is_a_reported_conflict() {
         why.contains("operator") && why.contains(".spec.replicas"),
         "{why}"
     );
-    let live = deployments.get(&name).await.expect("get");
-    assert_eq!(
-        live.spec.and_then(|s| s.replicas),
-        Some(5),
-        "not silently taken"
-    );
+    let live = env
+        .get("apps/v1", "Deployment", &name)
+        .await
+        .expect("deployment");
+    assert_eq!(live["spec"]["replicas"], 5, "not silently taken");
 }
 
 #[tokio::test]
 async fn transient_faults_are_retried() {
-    let (dir, cache, _c) = synthetic(2).await;
-    let (server, applier) = cluster().await;
-    let state = render(dir.path(), &cache).await;
-    server
-        .faults()
-        .fail_next_matching(2, 503, Match::verb(Verb::Apply));
-    server
-        .faults()
-        .fail_next_matching(1, 429, Match::verb(Verb::List));
-    let report = applier
-        .apply_set(&set_ns(&state), &state.objects(), ApplyOptions::default())
-        .await
-        .expect("applies despite faults");
+    let env = Env::new("apply-transient", 2).await;
+    let state = env.render().await;
+    let faults = env.proxy.faults();
+    faults.fail_next_matching(2, 503, Match::verb(Verb::Apply));
+    faults.fail_next_matching(1, 429, Match::verb(Verb::List));
+    let report = env
+        .apply(&state, &state.objects(), ApplyOptions::default())
+        .await;
     assert!(report.failed.is_empty(), "{:?}", report.failed);
-    assert_eq!(count_objects(&server), 8);
-    assert_eq!(server.stats().injected_failures, 3);
+    assert_eq!(faults.pending(), 0, "every fault was hit");
+    assert_eq!(env.proxy.stats().injected_failures, 3);
+    env.assert_converged(2).await;
+
+    // A re-run without faults has nothing left to do.
+    env.proxy.reset_stats();
+    let report = env
+        .apply(&state, &state.objects(), ApplyOptions::default())
+        .await;
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(report.count(Outcome::Unchanged), 2 * 4 + 1);
+    assert_eq!(env.proxy.stats().real.writes(), 0);
+    env.assert_converged(2).await;
 }
 
 #[tokio::test]
 async fn a_run_that_fails_half_way_converges_on_the_next_run() {
-    let (dir, cache, _c) = synthetic(3).await;
-    let (server, applier) = cluster().await;
-    let applier = applier.with_retry(RetryPolicy {
+    let mut env = Env::new("apply-half-way", 3).await;
+    env.applier = Applier::new(env.proxy.client(&env.ns)).with_retry(RetryPolicy {
         attempts: 1,
         ..fast_retry()
     });
-    let state = render(dir.path(), &cache).await;
+    let state = env.render().await;
     // Every Deployment write fails: Plugins, Jobs and Services land, Deployments do not.
-    server.faults().fail_next_matching(
+    env.proxy.faults().fail_next_matching(
         1000,
         500,
-        Match {
-            verb: Some(Verb::Apply),
-            path_contains: Some("/deployments/".to_string()),
-        },
+        Match::verb(Verb::Apply).and_path("/deployments/"),
     );
-    let report = applier
-        .apply_set(&set_ns(&state), &state.objects(), ApplyOptions::default())
-        .await
-        .expect("runs");
+    let report = env
+        .apply(&state, &state.objects(), ApplyOptions::default())
+        .await;
     assert!(
         !report.failed.is_empty(),
         "the fault bit: {}",
         report.summary()
     );
-    let partial = count_objects(&server);
-    assert_eq!(partial, 9, "half-applied");
+    assert_eq!(env.counts().await, [3, 3, 0, 3], "half-applied");
     // Everything that exists is in the inventory: nothing is orphaned.
-    let set = server
-        .store()
-        .get("plugsync.dev/v1alpha1", "PluginSet", Some(NS), "synth")
-        .expect("set");
+    let inventory = env.inventory().await;
+    let live = env.live_keys().await;
     assert!(
-        set["status"]["inventory"]
-            .as_array()
-            .expect("inventory")
-            .len()
-            >= partial
+        live.is_subset(&inventory),
+        "{live:?} not all in {inventory:?}"
     );
 
-    server.faults().clear();
-    let report = applier
-        .apply_set(&set_ns(&state), &state.objects(), ApplyOptions::default())
-        .await
-        .expect("re-run");
+    env.proxy.faults().clear();
+    let report = env
+        .apply(&state, &state.objects(), ApplyOptions::default())
+        .await;
     assert!(report.failed.is_empty(), "{:?}", report.failed);
-    assert_eq!(count_objects(&server), 12, "converged, no duplicates");
+    assert_eq!(report.count(Outcome::Created), 3, "{}", report.summary());
+    env.assert_converged(3).await;
 }
 
 #[tokio::test]
 async fn dry_run_persists_nothing() {
-    let (dir, cache, _c) = synthetic(2).await;
-    let (server, applier) = cluster().await;
-    let state = render(dir.path(), &cache).await;
-    server.reset_stats();
-    let rv = server.store().resource_version();
-    let report = applier
-        .apply_set(
-            &set_ns(&state),
+    let env = Env::new("apply-dry-run", 2).await;
+    let state = env.render().await;
+    env.proxy.reset_stats();
+    let report = env
+        .apply(
+            &state,
             &state.objects(),
             ApplyOptions {
                 dry_run: true,
                 prune: true,
             },
         )
-        .await
-        .expect("dry run");
+        .await;
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
     assert_eq!(report.count(Outcome::Created), 2 * 4 + 1);
-    assert_eq!(server.stats().writes, 0);
-    assert_eq!(server.store().resource_version(), rv);
-    assert_eq!(count_objects(&server), 0);
+    let stats = env.proxy.stats();
+    assert_eq!(stats.real.writes(), 0, "{stats:?}");
+    assert!(stats.dry_run.apply > 0, "the server was asked: {stats:?}");
+    assert!(
+        env.get("plugsync.dev/v1alpha1", "PluginSet", SET)
+            .await
+            .is_none(),
+        "no PluginSet"
+    );
+    assert_eq!(env.counts().await, [0, 0, 0, 0]);
 }
 
 #[tokio::test]
 async fn an_upgraded_plugin_keeps_its_old_version_until_the_new_one_runs() {
-    let (dir, cache, _c) = synthetic(2).await;
-    let (server, applier) = cluster().await;
+    let env = Env::new("apply-upgrade", 2).await;
     let plugins_of = |state: &DesiredState| -> Vec<Value> {
         state
             .objects()
@@ -455,74 +585,65 @@ async fn an_upgraded_plugin_keeps_its_old_version_until_the_new_one_runs() {
             .filter(|o| o["kind"] == "Plugin")
             .collect()
     };
-    let before = render(dir.path(), &cache).await;
-    applier
-        .apply_set(
-            &set_ns(&before),
-            &plugins_of(&before),
-            ApplyOptions::default(),
-        )
-        .await
-        .expect("first apply");
+    let before = env.render().await;
+    env.apply(&before, &plugins_of(&before), ApplyOptions::default())
+        .await;
     let old_id = before.rendered[0].plugin_id.clone();
 
-    plugsync::synth::change_one(dir.path(), &cache, plugsync::synth::SynthChange::Upgrade)
-        .expect("upgrade plugin 0");
-    let after = render(dir.path(), &cache).await;
+    plugsync::synth::change_one(
+        env.dir.path(),
+        &env.cache,
+        plugsync::synth::SynthChange::Upgrade,
+    )
+    .expect("upgrade plugin 0");
+    let after = env.render().await;
     let new_id = after.rendered[0].plugin_id.clone();
     assert_ne!(old_id, new_id);
 
     // The new version exists but does not run yet: the old one is held, not pruned.
-    let report = applier
-        .apply_set(
-            &set_ns(&after),
-            &plugins_of(&after),
-            ApplyOptions::default(),
-        )
-        .await
-        .expect("apply the upgrade");
+    let report = env
+        .apply(&after, &plugins_of(&after), ApplyOptions::default())
+        .await;
     assert_eq!(report.count(Outcome::Held), 1, "{}", report.summary());
     assert_eq!(report.count(Outcome::Pruned), 0);
-    let plugin = |id: &str| {
-        server
-            .store()
-            .get("plugsync.dev/v1alpha1", "Plugin", Some(NS), id)
+    let plugin = |id: String| {
+        let env = &env;
+        async move { env.get("plugsync.dev/v1alpha1", "Plugin", &id).await }
     };
-    assert!(plugin(&old_id).is_some() && plugin(&new_id).is_some());
-    let set = server
-        .store()
-        .get("plugsync.dev/v1alpha1", "PluginSet", Some(NS), "synth")
-        .expect("set");
-    let inventory = set["status"]["inventory"].as_array().expect("inventory");
+    assert!(plugin(old_id.clone()).await.is_some());
+    assert!(plugin(new_id.clone()).await.is_some());
     assert!(
-        inventory.iter().any(|e| e["name"] == old_id.as_str()),
+        env.inventory()
+            .await
+            .contains(&("Plugin".to_string(), old_id.clone())),
         "still inventoried"
     );
 
-    // Once the new version is Running, the next apply prunes the old one.
-    let mut new_plugin = plugin(&new_id).expect("new");
-    new_plugin["status"] = json!({"phase": "Running"});
-    server.store().put(new_plugin).expect("running");
-    let report = applier
-        .apply_set(
-            &set_ns(&after),
-            &plugins_of(&after),
-            ApplyOptions::default(),
+    // Once the new version is Running (the controller would say so), the next apply prunes
+    // the old one.
+    env.api("plugsync.dev/v1alpha1", "Plugin")
+        .patch_status(
+            &new_id,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Running"}})),
         )
         .await
-        .expect("apply again");
+        .expect("running");
+    let report = env
+        .apply(&after, &plugins_of(&after), ApplyOptions::default())
+        .await;
     assert_eq!(report.count(Outcome::Pruned), 1, "{}", report.summary());
-    assert!(plugin(&old_id).is_none());
+    assert!(plugin(old_id.clone()).await.is_none());
 
     // A plugin removed (not upgraded) is pruned at once.
     let only_second: Vec<Value> = plugins_of(&after)
         .into_iter()
         .filter(|o| o["metadata"]["name"] != new_id.as_str())
         .collect();
-    let report = applier
-        .apply_set(&set_ns(&after), &only_second, ApplyOptions::default())
-        .await
-        .expect("remove");
+    let report = env
+        .apply(&after, &only_second, ApplyOptions::default())
+        .await;
     assert_eq!(report.count(Outcome::Pruned), 1, "{}", report.summary());
     assert_eq!(report.count(Outcome::Held), 0);
+    assert!(plugin(new_id).await.is_none());
 }

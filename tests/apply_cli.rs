@@ -1,75 +1,65 @@
-//! `plugsync apply` and `plugsync diff --cluster` as users run them: the real binary, a
-//! kubeconfig pointing at the API server double, and a process killed mid-apply.
+//! `plugsync apply` and `plugsync diff --cluster` as users run them: the real binary against
+//! the real control plane (through the fault proxy, which counts and delays requests), kubectl
+//! as the other client, and a process killed mid-apply.
 
+use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::time::Duration;
 
-use plugsync::testkit::apiserver::{Match, Verb};
-use serde_json::json;
+use futures::TryStreamExt as _;
+use kube::api::{Api, DynamicObject, ResourceExt as _};
+use kube::runtime::{watcher, WatchStreamExt as _};
+use serde_json::{json, Value};
+
+#[path = "common/cluster.rs"]
+mod cluster;
+#[path = "common/fault_proxy.rs"]
+mod fault_proxy;
 
 #[path = "common/cli_env.rs"]
 mod cli_env;
 
-use cli_env::{Env, NS};
+use cli_env::{text, Env, PLUGSYNC, SET};
+use fault_proxy::{Match, Verb};
 
 impl Env {
-    fn command(&self, args: &[&str]) -> std::process::Command {
-        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("plugsync"));
-        cmd.args(args)
-            .arg("--repo")
-            .arg(self.repo.path())
-            .env("KUBECONFIG", self.kubeconfig_path())
-            .env("PLUGSYNC_CACHE_DIR", self.cache.path())
-            .env_remove("PLUGSYNC_PLUGIN_DIRS");
+    /// `plugsync <args> --repo <the synthetic repository>`.
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = self.plugsync(args);
+        cmd.arg("--repo").arg(self.repo.path());
         cmd
     }
 
     async fn run(&self, args: &[&str]) -> std::process::Output {
-        let mut cmd = tokio::process::Command::from(self.command(args));
-        tokio::time::timeout(Duration::from_secs(120), cmd.output())
-            .await
-            .expect("finishes")
-            .expect("runs")
+        Env::output(self.command(args)).await
     }
 
-    fn plugsync_objects(&self) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        for (v, k) in [
-            ("plugsync.dev/v1alpha1", "Plugin"),
-            ("batch/v1", "Job"),
-            ("apps/v1", "Deployment"),
-            ("v1", "Service"),
-        ] {
-            for o in self.server.store().list(v, k, Some(NS)) {
-                out.push((
-                    k.to_string(),
-                    o["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                ));
-            }
-        }
-        out.sort();
-        out
-    }
-
-    fn inventory_len(&self) -> usize {
-        self.server
-            .store()
-            .get("plugsync.dev/v1alpha1", "PluginSet", Some(NS), "synth")
-            .and_then(|s| s["status"]["inventory"].as_array().map(Vec::len))
-            .unwrap_or(0)
+    async fn replicas(&self, plugin: &str) -> Value {
+        self.get(PLUGSYNC, "Plugin", plugin).await.expect("plugin")["spec"]["runtime"]["replicas"]
+            .clone()
     }
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+/// Waits, through a watch, until at least `n` objects of `api` exist.
+async fn until_at_least(api: Api<DynamicObject>, n: usize, timeout: Duration) {
+    let mut seen = BTreeSet::new();
+    let stream = watcher(api, watcher::Config::default()).applied_objects();
+    let mut stream = std::pin::pin!(stream);
+    tokio::time::timeout(timeout, async {
+        while let Some(object) = stream.try_next().await.expect("watch") {
+            seen.insert(object.name_any());
+            if seen.len() >= n {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("fewer than {n} objects after {timeout:?}"));
 }
 
 #[tokio::test]
 async fn apply_then_diff_cluster_then_change() {
-    let env = Env::new(2).await;
+    let env = Env::new("cli-apply-diff", 2).await;
     let out = env.run(&["apply"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
@@ -79,7 +69,7 @@ async fn apply_then_diff_cluster_then_change() {
     );
     // The PluginSet and one Plugin per plugin; Jobs, Deployments and Services are the
     // controller's.
-    assert_eq!(env.plugsync_objects().len(), 2);
+    assert_eq!(env.plugsync_objects().await.len(), 2);
 
     let out = env.run(&["diff", "--cluster"]).await;
     assert_eq!(
@@ -90,35 +80,69 @@ async fn apply_then_diff_cluster_then_change() {
         text(&out.stderr)
     );
 
-    // Someone edits a Plugin by hand: drift shows in the cluster diff and apply fixes it.
     let (_, name) = env
         .plugsync_objects()
+        .await
         .into_iter()
         .find(|(k, _)| k == "Plugin")
         .expect("plugin");
-    let replicas = |env: &Env| {
-        env.server
-            .store()
-            .get("plugsync.dev/v1alpha1", "Plugin", Some(NS), &name)
-            .expect("get")["spec"]["runtime"]["replicas"]
-            .clone()
-    };
-    let mut p = env
-        .server
-        .store()
-        .get("plugsync.dev/v1alpha1", "Plugin", Some(NS), &name)
-        .expect("get");
-    p["spec"]["runtime"]["replicas"] = json!(7);
-    env.server.store().put(p).expect("drift");
+
+    // Someone changes a field plugsync applied, by hand: on a real API server the editor
+    // (`kubectl-patch`) now owns the field, so the diff and apply report a conflict with
+    // it and leave the value alone: never silently taken back.
+    env.c.kubectl_ok(&[
+        "-n",
+        &env.ns,
+        "patch",
+        &format!("plugin/{name}"),
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"runtime":{"replicas":7}}}"#,
+    ]);
+    for args in [&["diff", "--cluster"][..], &["apply"][..]] {
+        let out = env.run(args).await;
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains(r#"conflict with "kubectl-patch""#)
+                && stderr.contains(".spec.runtime.replicas")
+                && stderr.contains(&name),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(env.replicas(&name).await, 7, "{args:?} changed nothing");
+    }
+
+    // The editor withdraws the field: now nobody but plugsync claims it, and the drift shows
+    // in the cluster diff and apply fixes it.
+    env.c.kubectl_ok(&[
+        "-n",
+        &env.ns,
+        "patch",
+        &format!("plugin/{name}"),
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/spec/runtime/replicas"}]"#,
+    ]);
     let out = env.run(&["diff", "--cluster", "-o", "json"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["objects"].as_array().map(Vec::len), Some(1));
     assert_eq!(report["objects"][0]["kind"], "Plugin");
+    assert_eq!(report["objects"][0]["name"], name.as_str());
     assert_eq!(
         report["objects"][0]["changedPaths"],
         json!(["spec.runtime.replicas"])
     );
-    assert_eq!(replicas(&env), 7, "diff changed nothing");
+    assert_eq!(
+        env.replicas(&name).await,
+        Value::Null,
+        "diff changed nothing"
+    );
 
     let out = env.run(&["apply"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -127,18 +151,17 @@ async fn apply_then_diff_cluster_then_change() {
         "{}",
         text(&out.stdout)
     );
-    assert_eq!(replicas(&env), 1);
+    assert_eq!(env.replicas(&name).await, 1);
 }
 
 #[tokio::test]
 async fn a_stale_lock_changes_nothing_in_the_cluster() {
-    let env = Env::new(2).await;
+    let env = Env::new("cli-stale-lock", 2).await;
     let plugins = env.repo.path().join("plugins.yaml");
     let text_before = std::fs::read_to_string(&plugins).expect("read");
     // Drop the last plugin from plugins.yaml without re-locking: the lock no longer matches.
     let last = text_before.rfind("    - url: ").expect("an entry");
     std::fs::write(&plugins, &text_before[..last]).expect("write");
-    let rv = env.server.store().resource_version();
     let out = env.run(&["apply"]).await;
     assert_eq!(out.status.code(), Some(2));
     assert!(
@@ -146,90 +169,245 @@ async fn a_stale_lock_changes_nothing_in_the_cluster() {
         "{}",
         text(&out.stderr)
     );
-    assert_eq!(env.server.store().resource_version(), rv, "nothing applied");
+    let stats = env.proxy.stats();
+    assert_eq!(
+        (stats.real.writes(), stats.dry_run.writes()),
+        (0, 0),
+        "nothing applied: {stats:?}"
+    );
+    assert!(env.get(PLUGSYNC, "PluginSet", SET).await.is_none());
+    assert_eq!(env.plugsync_objects().await, vec![]);
 }
 
 #[tokio::test]
 async fn a_process_killed_mid_apply_converges_on_rerun() {
-    let env = Env::new(6).await;
+    let env = Env::new("cli-killed", 6).await;
     // Slow every apply down so the kill lands in the middle of the run.
-    env.server.faults().delay_next_matching(
+    env.proxy.faults().delay_next_matching(
         1000,
         Duration::from_millis(150),
         Match::verb(Verb::Apply),
     );
-    let mut child = tokio::process::Command::from(env.command(&["apply"]))
+    let mut child = env
+        .command(&["apply"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
-    // Wait until some, but not all, objects exist, then kill -9.
-    let started = std::time::Instant::now();
-    loop {
-        let n = env.plugsync_objects().len();
-        if n >= 2 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "apply never started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Wait until some, but not all, Plugins exist, then kill -9.
+    until_at_least(
+        env.api(PLUGSYNC, "Plugin").await,
+        2,
+        Duration::from_secs(60),
+    )
+    .await;
     child.start_kill().expect("kill");
     let _ = child.wait().await;
-    let partial = env.plugsync_objects();
+    let partial = env.plugsync_objects().await;
     assert!(
         partial.len() < 6,
         "killed before the end: {}",
         partial.len()
     );
-    assert!(
-        env.inventory_len() >= partial.len(),
-        "everything created is in the inventory"
-    );
+    let inventory = env.inventory().await;
+    for (_, name) in &partial {
+        assert!(
+            inventory.contains(name),
+            "{name} is in the inventory: {inventory:?}"
+        );
+    }
 
-    env.server.faults().clear();
+    env.proxy.faults().clear();
     let out = env.run(&["apply"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let objects = env.plugsync_objects();
-    assert_eq!(objects.len(), 6, "converged");
-    let mut dedup = objects.clone();
-    dedup.dedup();
-    assert_eq!(dedup, objects, "no duplicates");
+    let objects = env.plugsync_objects().await;
+    assert_eq!(objects.len(), 6, "converged: {objects:?}");
+    assert!(objects.iter().all(|(k, _)| k == "Plugin"), "{objects:?}");
+    let names: Vec<String> = objects.iter().map(|(_, n)| n.clone()).collect();
     assert_eq!(
-        env.inventory_len(),
-        6,
+        env.inventory().await,
+        names,
         "inventory narrowed to exactly what exists"
     );
+    let plugin_ids: BTreeSet<String> = env
+        .plugins()
+        .await
+        .iter()
+        .map(|p| {
+            p["spec"]["pluginId"]
+                .as_str()
+                .expect("pluginId")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(plugin_ids.len(), 6, "one Plugin per plugin: no duplicates");
 
     // And a further run is a no-op.
-    env.server.reset_stats();
+    env.proxy.reset_stats();
     let out = env.run(&["apply"]).await;
-    assert!(out.status.success());
-    assert_eq!(env.server.stats().writes, 0);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stats = env.proxy.stats();
+    assert_eq!(
+        (stats.real.writes(), stats.dry_run.writes()),
+        (0, 0),
+        "{stats:?}"
+    );
 }
 
 #[tokio::test]
 async fn context_selects_the_cluster_like_kubectl() {
-    let env = Env::new(1).await;
-    // A kubeconfig whose current context points nowhere; --context picks the double.
-    let config = format!(
-        "apiVersion: v1\nkind: Config\ncurrent-context: broken\nclusters:\n- name: broken\n  cluster: {{server: 'http://127.0.0.1:9'}}\n- name: double\n  cluster: {{server: '{}'}}\ncontexts:\n- name: broken\n  context: {{cluster: broken, user: u}}\n- name: double\n  context: {{cluster: double, user: u, namespace: {NS}}}\nusers:\n- name: u\n  user: {{}}\n",
-        env.server.url()
-    );
+    let env = Env::new("cli-context", 1).await;
+    // The admin kubeconfig with a second context, the current one, pointing nowhere; and
+    // the real one named `real`, in this test's namespace.
+    let admin: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(env.c.kubeconfig()).expect("kubeconfig"))
+            .expect("yaml");
+    let real_cluster = admin["clusters"][0].clone();
+    let user = admin["users"][0].clone();
+    let config = serde_yaml::to_string(&json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "broken",
+        "clusters": [
+            {"name": "broken", "cluster": {"server": "http://127.0.0.1:9"}},
+            real_cluster.clone(),
+        ],
+        "users": [user.clone()],
+        "contexts": [
+            {"name": "broken", "context": {"cluster": "broken", "user": user["name"]}},
+            {"name": "real", "context": {
+                "cluster": real_cluster["name"], "user": user["name"], "namespace": env.ns}},
+        ],
+    }))
+    .expect("yaml");
     let path = env.kubeconfig.path().join("two-contexts");
     std::fs::write(&path, config).expect("write");
     let path = path.to_str().expect("utf8").to_string();
+
     let out = env
-        .run(&["apply", "--kubeconfig", &path, "--context", "double"])
+        .run(&["apply", "--kubeconfig", &path, "--context", "real"])
         .await;
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(env.plugsync_objects().len(), 1);
+    assert_eq!(env.plugsync_objects().await.len(), 1);
+    // kubectl, given the same flags, sees the same cluster and namespace.
+    let seen = env.c.kubectl_ok(&[
+        "--kubeconfig",
+        &path,
+        "--context",
+        "real",
+        "get",
+        "plugins.plugsync.dev",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(seen.lines().count(), 1, "{seen}");
+
     let out = env.run(&["apply", "--kubeconfig", &path]).await;
     assert_eq!(
         out.status.code(),
         Some(2),
-        "the current context is unreachable"
+        "the current context is unreachable: {}",
+        text(&out.stderr)
     );
+    let kubectl = env
+        .c
+        .kubectl()
+        .args(["--kubeconfig", &path, "get", "plugins.plugsync.dev"])
+        .output()
+        .expect("kubectl");
+    assert!(!kubectl.status.success(), "kubectl fails the same way");
+}
+
+/// The bug report: with the shipped CRDs applied by kubectl (`kubectl apply --server-side -f
+/// deploy/crds/`), `plugsync apply` on the bundled example must not conflict with kubectl
+/// over the CRDs. (The API server double reported one on
+/// `.spec.versions[name="v1alpha1"]...attempt.minimum`: kubectl sends 0, plugsync 0.0.)
+#[tokio::test]
+async fn apply_of_the_example_after_kubectl_applied_the_shipped_crds_does_not_conflict() {
+    let env = Env::new("cli-kubectl-crds", 1).await;
+    // kubectl, an independent client, installs the shipped CRDs (this test binary's set-up
+    // already did, before any plugsync process ran; again here, as the report says).
+    let out = env
+        .c
+        .kubectl()
+        .args(["apply", "--server-side", "-f", &cli_env::crds_dir()])
+        .output()
+        .expect("kubectl");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // The bundled example, its namespace (fixed: dify) moved to this test's.
+    let example = tempfile::tempdir().expect("dir");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    copy_dir(&root, example.path());
+    let plugins = example.path().join("plugins.yaml");
+    let yaml = std::fs::read_to_string(&plugins).expect("read");
+    let moved = yaml.replace(
+        "\n  namespace: dify\n",
+        &format!("\n  namespace: {}\n", env.ns),
+    );
+    assert_ne!(moved, yaml, "the example declares namespace dify");
+    std::fs::write(&plugins, moved).expect("write");
+
+    let mut cmd = env.plugsync(&["apply"]);
+    cmd.arg("--repo").arg(example.path());
+    let out = Env::output(cmd).await;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        !stdout.contains("conflict") && !stderr.contains("conflict"),
+        "{stdout}{stderr}"
+    );
+    assert!(stdout.contains(" 0 failed"), "{stdout}");
+    let plugins = env.plugins().await;
+    assert_eq!(plugins.len(), 2, "the example's two plugins");
+    assert!(env.get(PLUGSYNC, "PluginSet", "example").await.is_some());
+
+    // kubectl and plugsync now both manage the CRDs, each with its own server-side apply.
+    for crd in ["plugins.plugsync.dev", "pluginsets.plugsync.dev"] {
+        let live = env
+            .c
+            .kubectl_ok(&["get", "crd", crd, "--show-managed-fields", "-o", "json"]);
+        let live: Value = serde_json::from_str(&live).expect("json");
+        let appliers: BTreeSet<&str> = live["metadata"]["managedFields"]
+            .as_array()
+            .expect("managedFields")
+            .iter()
+            .filter(|m| m["operation"] == "Apply")
+            .filter_map(|m| m["manager"].as_str())
+            .collect();
+        // (`testcluster` installed them before the controller manager started: see
+        // tests/common/cluster.rs.)
+        assert_eq!(
+            appliers,
+            BTreeSet::from(["kubectl", "plugsync", "testcluster"]),
+            "{crd}: {:#}",
+            live["metadata"]["managedFields"]
+        );
+        // `.spec.versions` is an atomic list to the real server: both own all of it, the
+        // schema with `attempt.minimum` included, which they therefore sent equal.
+        for m in live["metadata"]["managedFields"]
+            .as_array()
+            .expect("managedFields")
+            .iter()
+            .filter(|m| m["operation"] == "Apply")
+        {
+            assert!(
+                m["fieldsV1"]["f:spec"].get("f:versions").is_some(),
+                "{crd}: {m:#}"
+            );
+        }
+    }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
 }
