@@ -88,8 +88,8 @@ async fn apply_then_diff_cluster_then_change() {
         .expect("plugin");
 
     // Someone changes a field plugsync applied, by hand: on a real API server the editor
-    // (`kubectl-patch`) now owns the field, so the diff and apply report a conflict with
-    // it and leave the value alone: never silently taken back.
+    // (`kubectl-patch`) now owns the field. That is drift: the cluster diff shows it, and
+    // apply takes the field back, as Flux and Argo CD do.
     env.c.kubectl_ok(&[
         "-n",
         &env.ns,
@@ -99,6 +99,87 @@ async fn apply_then_diff_cluster_then_change() {
         "-p",
         r#"{"spec":{"runtime":{"replicas":7}}}"#,
     ]);
+    let out = env.run(&["diff", "--cluster", "-o", "json"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        report["objects"].as_array().map(Vec::len),
+        Some(1),
+        "{report:#}"
+    );
+    assert_eq!(report["objects"][0]["kind"], "Plugin");
+    assert_eq!(report["objects"][0]["name"], name.as_str());
+    assert_eq!(
+        report["objects"][0]["changedPaths"],
+        json!(["spec.runtime.replicas"])
+    );
+    assert_eq!(env.replicas(&name).await, 7, "diff changed nothing");
+
+    let out = env.run(&["apply"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("0 created, 1 updated"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("took back Plugin {}/{name}", env.ns))
+            && stdout.contains("kubectl-patch"),
+        "{stdout}"
+    );
+    assert_eq!(env.replicas(&name).await, 1);
+    // plugsync owns the field again; the editor's claim on it is gone.
+    let live = env.c.kubectl_ok(&[
+        "-n",
+        &env.ns,
+        "get",
+        &format!("plugin/{name}"),
+        "--show-managed-fields",
+        "-o",
+        "json",
+    ]);
+    let live: Value = serde_json::from_str(&live).expect("json");
+    for m in live["metadata"]["managedFields"]
+        .as_array()
+        .expect("managedFields")
+    {
+        let owns_replicas = m.pointer("/fieldsV1/f:spec/f:runtime/f:replicas").is_some();
+        assert_eq!(
+            owns_replicas,
+            m["manager"] == "plugsync",
+            "{}",
+            live["metadata"]["managedFields"]
+        );
+    }
+
+    // A co-owner that applies with its own server-side apply is no drift: a reported
+    // conflict (exit 2), the value left alone.
+    let mut co_owner = env.c.kubectl();
+    co_owner.args([
+        "-n",
+        &env.ns,
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=operator",
+        "-f",
+        "-",
+    ]);
+    let manifest = format!(
+        "apiVersion: plugsync.dev/v1alpha1\nkind: Plugin\nmetadata: {{name: {name}}}\nspec: {{runtime: {{replicas: 5}}}}\n"
+    );
+    let mut child = co_owner
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(manifest.as_bytes())
+        .expect("write");
+    let applied = child.wait_with_output().expect("kubectl");
+    assert!(applied.status.success(), "{}", text(&applied.stderr));
     for args in [&["diff", "--cluster"][..], &["apply"][..]] {
         let out = env.run(args).await;
         assert_eq!(
@@ -109,49 +190,13 @@ async fn apply_then_diff_cluster_then_change() {
         );
         let stderr = text(&out.stderr);
         assert!(
-            stderr.contains(r#"conflict with "kubectl-patch""#)
+            stderr.contains(r#"conflict with "operator""#)
                 && stderr.contains(".spec.runtime.replicas")
                 && stderr.contains(&name),
             "{args:?}: {stderr}"
         );
-        assert_eq!(env.replicas(&name).await, 7, "{args:?} changed nothing");
+        assert_eq!(env.replicas(&name).await, 5, "{args:?} changed nothing");
     }
-
-    // The editor withdraws the field: now nobody but plugsync claims it, and the drift shows
-    // in the cluster diff and apply fixes it.
-    env.c.kubectl_ok(&[
-        "-n",
-        &env.ns,
-        "patch",
-        &format!("plugin/{name}"),
-        "--type=json",
-        "-p",
-        r#"[{"op":"remove","path":"/spec/runtime/replicas"}]"#,
-    ]);
-    let out = env.run(&["diff", "--cluster", "-o", "json"]).await;
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(report["objects"].as_array().map(Vec::len), Some(1));
-    assert_eq!(report["objects"][0]["kind"], "Plugin");
-    assert_eq!(report["objects"][0]["name"], name.as_str());
-    assert_eq!(
-        report["objects"][0]["changedPaths"],
-        json!(["spec.runtime.replicas"])
-    );
-    assert_eq!(
-        env.replicas(&name).await,
-        Value::Null,
-        "diff changed nothing"
-    );
-
-    let out = env.run(&["apply"]).await;
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stdout).contains("0 created, 1 updated"),
-        "{}",
-        text(&out.stdout)
-    );
-    assert_eq!(env.replicas(&name).await, 1);
 }
 
 #[tokio::test]

@@ -1,7 +1,11 @@
 //! Apply: make the cluster match the desired objects, safely and without noise.
 //!
 //! - **Server-side apply** with field manager `plugsync`; a field another manager owns is a
-//!   reported conflict, never silently taken (no `force`).
+//!   reported conflict, never silently taken, with one exception: a field a person changed
+//!   with kubectl's imperative commands (`kubectl edit`, `patch`, `scale`, `set`, `label`, …,
+//!   recorded under `kubectl-<command>`) is drift, and is taken back (`force`) and reported,
+//!   as Flux and Argo CD correct drift. A conflict with any other manager, kubectl's own
+//!   server-side apply (`kubectl`) included, stays a reported conflict.
 //! - **Zero writes when nothing changed.** Live objects are read with one LIST per kind
 //!   (selected by the PluginSet's ownership label), so reads do not grow with the number of
 //!   plugins. An object whose `plugsync.dev/applied-hash` annotation matches and whose live
@@ -88,6 +92,9 @@ pub struct ApplyReport {
     pub failed: Vec<(ObjectKey, String)>,
     /// The would-be changes (live versus what the server would store).
     pub changes: Vec<Change>,
+    /// Objects whose fields someone changed with kubectl's imperative commands, taken back
+    /// (or, in a dry run, to be taken back), with those commands' field managers.
+    pub drift: Vec<(ObjectKey, Vec<String>)>,
 }
 
 impl ApplyReport {
@@ -145,7 +152,8 @@ pub fn applied_hash(object: &Value) -> String {
     hex::encode(Sha256::digest(copy.to_string().as_bytes()))
 }
 
-fn with_applied_hash(object: &Value) -> Value {
+/// `object` with its [`applied_hash`] stamped in its `plugsync.dev/applied-hash` annotation.
+pub fn with_applied_hash(object: &Value) -> Value {
     let hash = applied_hash(object);
     let mut out = object.clone();
     if let Some(meta) = out.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -511,13 +519,28 @@ impl Applier {
         }
         let patch = Patch::Apply(&desired);
         let dry = PatchParams::apply(FIELD_MANAGER).dry_run();
-        let would_be = match self
+        let forced_dry = PatchParams::apply(FIELD_MANAGER).dry_run().force();
+        let mut force = false;
+        let mut attempt = self
             .retry
             .run(&format!("dry-run apply {key}"), || {
                 api.patch(&key.name, &dry, &patch)
             })
-            .await
-        {
+            .await;
+        if let Err(e) = &attempt {
+            if let Some(editors) = conflicting_managers(e).filter(|m| is_drift(m)) {
+                info!(object = %key, edited_by = %editors.join(", "), "taking back fields changed by hand (drift)");
+                report.drift.push((key.clone(), editors));
+                force = true;
+                attempt = self
+                    .retry
+                    .run(&format!("dry-run apply {key}"), || {
+                        api.patch(&key.name, &forced_dry, &patch)
+                    })
+                    .await;
+            }
+        }
+        let would_be = match attempt {
             Ok(o) => serde_json::to_value(o).unwrap_or(Value::Null),
             Err(e) => {
                 report.failed.push((key.clone(), e.to_string()));
@@ -555,7 +578,11 @@ impl Applier {
             report.objects.push((key.clone(), outcome));
             return;
         }
-        let params = PatchParams::apply(FIELD_MANAGER);
+        let params = if force {
+            PatchParams::apply(FIELD_MANAGER).force()
+        } else {
+            PatchParams::apply(FIELD_MANAGER)
+        };
         match self
             .retry
             .run(&format!("apply {key}"), || {
@@ -570,6 +597,34 @@ impl Applier {
             Err(e) => report.failed.push((key.clone(), e.to_string())),
         }
     }
+}
+
+/// The field managers a server-side apply conflicted with, read from the API server's 409
+/// (`Apply failed with 1 conflict: conflict with "kubectl-patch": .spec.x`), if that is what
+/// `error` is.
+fn conflicting_managers(error: &Error) -> Option<Vec<String>> {
+    let Error::ClusterApi {
+        code: 409, message, ..
+    } = error
+    else {
+        return None;
+    };
+    let mut managers: Vec<String> = message
+        .split("conflict with \"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_string)
+        .collect();
+    managers.sort();
+    managers.dedup();
+    (!managers.is_empty()).then_some(managers)
+}
+
+/// Whether every manager is one of kubectl's imperative commands (`kubectl-edit`,
+/// `kubectl-patch`, `kubectl-scale`, …): a person's change by hand, which GitOps undoes.
+/// kubectl's server-side apply records `kubectl` and is a deliberate co-owner, not drift.
+fn is_drift(managers: &[String]) -> bool {
+    !managers.is_empty() && managers.iter().all(|m| m.starts_with("kubectl-"))
 }
 
 /// For a Plugin about to be pruned: whether a desired Plugin of the same plugin (`spec.name`)
@@ -633,4 +688,52 @@ fn deletion_change(key: &ObjectKey, live: &Value) -> Change {
             changed_paths: Vec::new(),
             compare: Compare::Exact,
         })
+}
+
+#[cfg(test)]
+mod drift_tests {
+    use super::*;
+
+    fn conflict(message: &str) -> Error {
+        Error::ClusterApi {
+            what: "dry-run apply Plugin ns/x".into(),
+            code: 409,
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn the_managers_of_a_conflict_are_read_from_the_servers_message() {
+        let e = conflict(
+            "Apply failed with 2 conflicts: conflict with \"kubectl-patch\": .spec.runtime.replicas\n\
+             conflict with \"kubectl-edit\" using plugsync.dev/v1alpha1: .spec.version",
+        );
+        assert_eq!(
+            conflicting_managers(&e),
+            Some(vec![
+                "kubectl-edit".to_string(),
+                "kubectl-patch".to_string()
+            ])
+        );
+        assert_eq!(conflicting_managers(&Error::Cluster("x".into())), None);
+        let not_a_conflict = Error::ClusterApi {
+            what: "x".into(),
+            code: 422,
+            message: "conflict with \"a\"".into(),
+        };
+        assert_eq!(conflicting_managers(&not_a_conflict), None);
+    }
+
+    #[test]
+    fn only_kubectl_imperative_edits_are_drift() {
+        let m = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert!(is_drift(&m(&["kubectl-edit", "kubectl-scale"])));
+        assert!(
+            !is_drift(&m(&["kubectl"])),
+            "kubectl apply --server-side co-owns"
+        );
+        assert!(!is_drift(&m(&["kubectl-patch", "operator"])));
+        assert!(!is_drift(&m(&["helm"])));
+        assert!(!is_drift(&[]));
+    }
 }

@@ -726,6 +726,12 @@ async fn apply_command(args: ApplyArgs) -> Result<ExitCode, Error> {
             println!("{} {key}{suffix}", format!("{outcome:?}").to_lowercase());
         }
     }
+    for (key, editors) in &report.drift {
+        println!(
+            "took back {key}: fields changed by hand with {} (drift){suffix}",
+            editors.join(", ")
+        );
+    }
     for (key, why) in &report.failed {
         eprintln!("error: {key}: {why}");
     }
