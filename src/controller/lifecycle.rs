@@ -51,7 +51,8 @@ pub enum DeploymentState {
     Progressing,
     /// Exists, runs the expected image, and is Available for its current generation.
     Available,
-    /// Exists but runs another image (the digest changed): it must be updated.
+    /// Exists but was rendered otherwise (another image digest, or other settings: replicas,
+    /// env, resources, labels, templates): it must be applied again.
     Outdated,
     /// Its rollout failed (`Progressing=False`, e.g. `ProgressDeadlineExceeded`).
     Failed {

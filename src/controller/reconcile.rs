@@ -151,8 +151,22 @@ pub async fn reconcile(
         JobState::Succeeded { digest: Some(d) } => Some(d.clone()),
         _ => recorded.clone().or_else(|| spec.image_digest.clone()),
     };
-    let deployment =
-        observe_deployment(&deployments, &name, &spec.build.image, known.as_deref()).await?;
+    // The Deployment this Plugin wants, with the digest it would run: a live one rendered from
+    // other settings (replicas, env, resources, labels, templates) is outdated like one on
+    // another image.
+    let wanted = match known.as_deref() {
+        Some(digest) => Some(render_children(&ctx, &plugin, &set, Some(digest))?),
+        None => None,
+    };
+    let wanted_hash = wanted.as_ref().and_then(rendered_deployment_hash);
+    let deployment = observe_deployment(
+        &deployments,
+        &name,
+        &spec.build.image,
+        known.as_deref(),
+        wanted_hash.as_deref(),
+    )
+    .await?;
     let service_exists = services
         .get_opt(&format!("svc-{}", spec.plugin_id))
         .await?
@@ -207,15 +221,15 @@ pub async fn reconcile(
         .actions
         .iter()
         .any(|a| !matches!(a, Action::CreateNextAttempt { .. }));
-    let rendered = if needs_children {
-        Some(render_children(
+    let rendered = match wanted {
+        Some(r) if decision.image_digest == known => Some(r),
+        _ if needs_children => Some(render_children(
             &ctx,
             &plugin,
             &set,
             decision.image_digest.as_deref(),
-        )?)
-    } else {
-        None
+        )?),
+        _ => None,
     };
     for action in &decision.actions {
         carry_out(&ctx, &plugin, action, rendered.as_ref()).await?;
@@ -473,15 +487,35 @@ async fn observe_job(
     Ok(JobState::Running)
 }
 
+/// The applied hash of the Deployment among rendered children.
+fn rendered_deployment_hash(rendered: &render::RenderedPlugin) -> Option<String> {
+    rendered
+        .objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment")
+        .map(crate::apply::applied_hash)
+}
+
 async fn observe_deployment(
     deployments: &Api<Deployment>,
     name: &str,
     image: &str,
     digest: Option<&str>,
+    wanted_hash: Option<&str>,
 ) -> Result<DeploymentState, kube::Error> {
     let Some(d) = deployments.get_opt(name).await? else {
         return Ok(DeploymentState::Absent);
     };
+    if let Some(wanted) = wanted_hash {
+        let live = d
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::apply::ANNOTATION_APPLIED_HASH));
+        if live.map(String::as_str) != Some(wanted) {
+            return Ok(DeploymentState::Outdated);
+        }
+    }
     let running = d
         .spec
         .as_ref()
@@ -602,6 +636,10 @@ async fn carry_out(
             } else {
                 owner_reference(plugin)
             };
+            if kind == "Deployment" {
+                // Stamped so the next reconcile sees whether the rendered form changed.
+                object = crate::apply::with_applied_hash(&object);
+            }
             object["metadata"]["ownerReferences"] = json!(owner.into_iter().collect::<Vec<_>>());
             let name = object["metadata"]["name"]
                 .as_str()
