@@ -1,6 +1,9 @@
 //! `plugsync run` as it runs in a cluster: the real binary, following a branch served by a
-//! real `git daemon` on loopback, against the API server double (with a harness playing
-//! kubelet and job controller, so Plugins go Running).
+//! real `git daemon` on loopback, against the real control plane (`tests/cluster`): the
+//! controllers, kwok and the Kaniko stand-in build the Plugins' images (from the build
+//! contexts `plugsync run` serves on its listen address) and run them, so Plugins really go
+//! Running. The binary talks to the API server through the fault proxy; the test's own reads
+//! go straight to the API server.
 //!
 //! - a commit converges, and the PluginSet status says so;
 //! - a bad commit changes nothing in the cluster and the status names commit, file and line;
@@ -8,36 +11,53 @@
 //! - a webhook with a valid signature triggers a reconcile at once, a bad one is refused;
 //! - two replicas: one leader, which alone writes; when it stops, the other takes over;
 //! - SIGTERM mid-apply: the apply in flight finishes; a restart converges;
-//! - `--repo DIR` reconciles on save.
+//! - `--repo DIR` reconciles on save;
+//! - suspend and resume by annotation, and a reconcile on request;
+//! - https credentials from a Secret (rotated without a restart), never in the status;
+//! - `--commit-lock`: built digests committed back to the branch, and reused.
 //!
 //! Without git these tests skip with a note, unless `PLUGSYNC_REQUIRE_GIT_SERVER_TESTS=1`.
 
+#[path = "common/cluster.rs"]
+mod cluster;
+#[path = "common/fault_proxy.rs"]
+mod fault_proxy;
 #[path = "common/git_server.rs"]
 mod git_server;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cluster::{cluster, wait_for, TestCluster};
+use fault_proxy::{FaultProxy, Match, Verb};
+use futures::TryStreamExt as _;
 use git_server::{free_port, tools_or_skip, GitDaemon, Need, SourceRepo};
 use hmac::{Hmac, Mac};
-use kube::CustomResourceExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
 use plugsync::apply::{Applier, ApplyOptions};
 use plugsync::crd::Plugin;
 use plugsync::model::PluginSetResource;
 use plugsync::resolve::cache::Cache;
-use plugsync::testkit::apiserver::workloads::{WorkloadPolicy, WorkloadSimulator};
-use plugsync::testkit::apiserver::{ApiServer, Match, Verb};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-const NS: &str = "dify";
 const SET: &str = "synth";
-const PLUGIN: &str = "plugsync.dev/v1alpha1";
+/// Image pull/push credentials the synthetic set names (`spec.registry.secretName`).
+const REGISTRY_SECRET: &str = "image-repo-secret";
 
 struct Env {
-    server: ApiServer,
-    _workloads: WorkloadSimulator,
+    c: &'static TestCluster,
+    ns: String,
+    /// Straight to the API server: the test's own reads and writes.
+    client: kube::Client,
+    /// In front of the API server for the binary: faults and request counts.
+    proxy: FaultProxy,
     kubeconfig: tempfile::TempDir,
     cache: tempfile::TempDir,
     generated: tempfile::TempDir,
@@ -46,42 +66,51 @@ struct Env {
 }
 
 impl Env {
-    /// The double with the CRDs and namespace, a served repository whose first commit
-    /// declares `n` synthetic plugins, and the packages in the cache `plugsync run` uses.
-    async fn new(n: usize) -> Option<Env> {
-        Env::with_daemon(n, false).await
+    /// A fresh namespace on the control plane with the CRDs and the registry Secret, a
+    /// served repository whose first commit declares `n` synthetic plugins (in that
+    /// namespace, pushing to the test registry), and the packages in the cache `plugsync run`
+    /// uses.
+    async fn new(label: &str, n: usize) -> Option<Env> {
+        Env::with_daemon(label, n, false).await
     }
 
     /// As [`Env::new`], with a served repository that accepts pushes.
-    async fn with_daemon(n: usize, pushes: bool) -> Option<Env> {
+    async fn with_daemon(label: &str, n: usize, pushes: bool) -> Option<Env> {
         if !tools_or_skip("run", Need::Daemon) {
             return None;
         }
-        let server = ApiServer::start().await.expect("double");
-        server
-            .store()
-            .put(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}))
-            .expect("namespace");
-        Applier::new(server.client())
-            .ensure_crds(
-                &[Plugin::crd(), PluginSetResource::crd()],
-                ApplyOptions::default(),
-            )
+        let c = cluster().await;
+        let ns = c.namespace(label).await;
+        let client = c.client().await;
+        // The shipped CRDs (a fresh test cluster has them from the start; this keeps a shared
+        // one started before that in step).
+        Applier::new(client.clone())
+            .ensure_crds(&plugsync::crd::definitions(), ApplyOptions::default())
             .await
             .expect("crds");
-        let workloads = server.simulate_workloads(WorkloadPolicy::default());
+        // The registry is plain HTTP without auth: an empty dockerconfigjson.
+        let secret: Secret = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": REGISTRY_SECRET},
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson": b64(r#"{"auths":{}}"#)}
+        }))
+        .expect("secret");
+        Api::<Secret>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("registry secret");
+        let proxy = FaultProxy::start(&c.kubeconfig()).await;
         let kubeconfig = tempfile::tempdir().expect("kubeconfig");
-        server
-            .write_kubeconfig(kubeconfig.path().join("config"), NS)
-            .expect("kubeconfig");
+        proxy.write_kubeconfig(kubeconfig.path().join("config"), &ns);
         let cache = tempfile::tempdir().expect("cache");
         let generated = tempfile::tempdir().expect("generated");
-        plugsync::synth::generate_repo(
+        c.synthetic_repo(
             generated.path(),
             n,
             &Cache::open(cache.path()).expect("cache"),
-        )
-        .expect("generate");
+            &ns,
+        );
         let source = SourceRepo::new();
         let daemon = if pushes {
             source.accept_pushes();
@@ -90,8 +119,10 @@ impl Env {
             GitDaemon::start(&source.root)
         };
         let env = Env {
-            server,
-            _workloads: workloads,
+            c,
+            ns,
+            client,
+            proxy,
             kubeconfig,
             cache,
             generated,
@@ -106,7 +137,7 @@ impl Env {
         std::fs::read_to_string(self.generated.path().join(name)).expect("generated file")
     }
 
-    /// Commits the generated plugins.yaml and plugins.lock (as edited by `edit`).
+    /// Commits the generated plugins.yaml and plugins.lock.
     fn commit_generated(&self, message: &str) -> String {
         self.commit_yaml(&self.generated_file("plugins.yaml"), message)
     }
@@ -127,28 +158,57 @@ impl Env {
 
     /// `plugsync run` following the served branch; `extra` adds or overrides flags.
     fn run(&self, extra: &[&str], pod: Option<&str>) -> Running {
-        let port = free_port();
+        self.run_on(free_port(), extra, pod)
+    }
+
+    /// `plugsync run` on `port`: it serves the build contexts there, and build Jobs fetch
+    /// them from there (`--context-url`), as they would through the leader's Service.
+    fn run_on(&self, port: u16, extra: &[&str], pod: Option<&str>) -> Running {
+        self.start(port, &["--git-url", &self.url()], extra, pod)
+    }
+
+    /// `plugsync run` with `source` (`--git-url URL` or `--repo DIR`), the common flags, then
+    /// `extra` (later flags override earlier ones), with the proxy's kubeconfig and the
+    /// package cache.
+    fn start(&self, port: u16, source: &[&str], extra: &[&str], pod: Option<&str>) -> Running {
+        let kubeconfig = self.kubeconfig.path().join("config");
+        self.start_with(&kubeconfig, port, source, extra, pod)
+    }
+
+    /// As [`start`](Self::start), talking to the API server as `kubeconfig` says.
+    fn start_with(
+        &self,
+        kubeconfig: &Path,
+        port: u16,
+        source: &[&str],
+        extra: &[&str],
+        pod: Option<&str>,
+    ) -> Running {
+        let logs = tempfile::NamedTempFile::new().expect("log file");
         let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("plugsync"));
-        cmd.args([
-            "run",
-            "--git-url",
-            &self.url(),
-            "--namespace",
-            NS,
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--interval",
-            "1s",
-            "--status-interval",
-            "500ms",
-        ])
-        .args(extra)
-        .env("KUBECONFIG", self.kubeconfig.path().join("config"))
-        .env("PLUGSYNC_CACHE_DIR", self.cache.path())
-        .env("RUST_LOG", "plugsync=debug")
-        .env_remove("PLUGSYNC_PLUGIN_DIRS")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        cmd.arg("run")
+            .args(source)
+            .args([
+                "--namespace",
+                &self.ns,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--context-url",
+                &format!("http://127.0.0.1:{port}"),
+                "--interval",
+                "1s",
+                "--status-interval",
+                "500ms",
+            ])
+            .args(extra)
+            .env("KUBECONFIG", kubeconfig)
+            .env("PLUGSYNC_CACHE_DIR", self.cache.path())
+            .env("RUST_LOG", "plugsync=debug")
+            .env_remove("PLUGSYNC_PLUGIN_DIRS")
+            .env_remove("PLUGSYNC_CONTEXT_URL")
+            .stdout(Stdio::null())
+            // To a file, not a pipe nobody reads while it runs: a full pipe would block it.
+            .stderr(logs.reopen().expect("log file"));
         if let Some(pod) = pod {
             cmd.env("POD_NAME", pod);
         }
@@ -156,52 +216,173 @@ impl Env {
         Running {
             child: Some(child),
             port,
-            logs: String::new(),
+            logs,
         }
     }
 
-    fn set(&self) -> Value {
-        self.server
-            .store()
-            .get(PLUGIN, "PluginSet", Some(NS), SET)
-            .unwrap_or(Value::Null)
+    fn sets(&self) -> Api<DynamicObject> {
+        Api::namespaced_with(
+            self.client.clone(),
+            &self.ns,
+            &ApiResource::erase::<PluginSetResource>(&()),
+        )
     }
 
-    fn plugins(&self) -> Vec<Value> {
-        self.server.store().list(PLUGIN, "Plugin", Some(NS))
+    fn plugins_api(&self) -> Api<DynamicObject> {
+        Api::namespaced_with(
+            self.client.clone(),
+            &self.ns,
+            &ApiResource::erase::<Plugin>(&()),
+        )
     }
 
-    async fn wait_for(&self, what: &str, timeout: Duration, mut check: impl FnMut(&Env) -> bool) {
-        let start = Instant::now();
-        while !check(self) {
-            assert!(
-                start.elapsed() < timeout,
-                "timed out waiting for {what}\nset status: {:#}\nplugins: {:#?}",
-                self.set()["status"],
-                self.plugins()
-                    .iter()
-                    .map(|p| (p["metadata"]["name"].clone(), p["status"]["phase"].clone()))
-                    .collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    /// The PluginSet as the API server has it (`null` before it exists).
+    async fn set(&self) -> Value {
+        match self.sets().get_opt(SET).await.expect("get the PluginSet") {
+            Some(set) => serde_json::to_value(set).expect("json"),
+            None => Value::Null,
         }
     }
 
-    async fn wait_applied(&self, commit: &str) {
-        self.wait_for(
-            &format!("commit {commit} applied"),
-            Duration::from_secs(60),
-            |env| env.set()["status"]["lastAppliedCommit"] == commit,
+    /// The Plugins as the API server has them, by name.
+    async fn plugins(&self) -> Vec<Value> {
+        let list = self
+            .plugins_api()
+            .list(&Default::default())
+            .await
+            .expect("list Plugins");
+        let mut v: Vec<Value> = list
+            .items
+            .into_iter()
+            .map(|p| serde_json::to_value(p).expect("json"))
+            .collect();
+        v.sort_by_key(|p| {
+            p["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        });
+        v
+    }
+
+    /// Waits (a watch on the PluginSet) until it meets `check`; returns it.
+    async fn wait_set(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let set = wait_for(
+            &self.sets(),
+            SET,
+            timeout,
+            what,
+            |o: Option<&DynamicObject>| {
+                o.is_some_and(|o| check(&serde_json::to_value(o).expect("json")))
+            },
         )
         .await;
+        serde_json::to_value(set).expect("json")
+    }
+
+    /// Waits (a watch on the namespace's Plugins) until the list meets `check`; returns it.
+    async fn wait_plugins(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        self.wait_list(
+            self.plugins_api(),
+            watcher::Config::default(),
+            what,
+            timeout,
+            check,
+        )
+        .await
+    }
+
+    /// Waits (a watch on the set's Deployments) until the list meets `check`; returns it.
+    async fn wait_deployments(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let api = Api::namespaced_with(
+            self.client.clone(),
+            &self.ns,
+            &ApiResource::erase::<Deployment>(&()),
+        );
+        let selector = watcher::Config::default().labels(&format!("plugsync.dev/pluginset={SET}"));
+        self.wait_list(api, selector, what, timeout, check).await
+    }
+
+    /// Waits, through a watch of the collection, until the objects (by name) meet `check`.
+    async fn wait_list(
+        &self,
+        api: Api<DynamicObject>,
+        config: watcher::Config,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let mut stream = Box::pin(watcher(api, config));
+        let mut live: BTreeMap<String, Value> = BTreeMap::new();
+        let mut initial: BTreeMap<String, Value> = BTreeMap::new();
+        let key = |o: &DynamicObject| o.metadata.name.clone().unwrap_or_default();
+        let json = |o: DynamicObject| serde_json::to_value(o).expect("json");
+        let mut last = Vec::new();
+        let watch = async {
+            while let Some(event) = stream.try_next().await.expect("watch") {
+                match event {
+                    watcher::Event::Init => initial.clear(),
+                    watcher::Event::InitApply(o) => {
+                        initial.insert(key(&o), json(o));
+                        continue;
+                    }
+                    watcher::Event::InitDone => live = std::mem::take(&mut initial),
+                    watcher::Event::Apply(o) => {
+                        live.insert(key(&o), json(o));
+                    }
+                    watcher::Event::Delete(o) => {
+                        live.remove(&key(&o));
+                    }
+                }
+                last = live.values().cloned().collect();
+                if check(&last) {
+                    return last.clone();
+                }
+            }
+            panic!("the watch for {what} ended");
+        };
+        match tokio::time::timeout(timeout, watch).await {
+            Ok(objects) => objects,
+            Err(_) => panic!(
+                "timed out after {timeout:?} waiting for {what}\nlast seen: {:#}\n\
+                 set status: {:#}\nplugins: {:#?}",
+                without_managed_fields(&last),
+                self.set().await["status"],
+                phases(&self.plugins().await)
+            ),
+        }
+    }
+
+    async fn wait_applied(&self, commit: &str) -> Value {
+        self.wait_set(
+            &format!("commit {commit} applied"),
+            Duration::from_secs(90),
+            |set| set["status"]["lastAppliedCommit"] == commit,
+        )
+        .await
     }
 
     /// What the git loop writes of each Plugin: its spec (`generation`) and the hash of what
     /// it applied. The controller's status writes (which move `resourceVersion`) are not the
     /// loop's and do not count.
-    fn resource_versions(&self) -> Vec<(String, String)> {
-        let mut v: Vec<(String, String)> = self
-            .plugins()
+    async fn resource_versions(&self) -> Vec<(String, String)> {
+        self.plugins()
+            .await
             .iter()
             .map(|p| {
                 (
@@ -216,18 +397,69 @@ impl Env {
                     ),
                 )
             })
-            .collect();
-        v.sort();
-        v
+            .collect()
     }
+
+    /// `status.availableReplicas` of the set's Deployments, as kubectl shows them.
+    fn available_replicas(&self) -> Vec<String> {
+        self.c
+            .kubectl_ok(&[
+                "-n",
+                &self.ns,
+                "get",
+                "deployments",
+                "-l",
+                &format!("plugsync.dev/pluginset={SET}"),
+                "-o",
+                "jsonpath={.items[*].status.availableReplicas}",
+            ])
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// `kubectl annotate` on the PluginSet (`None` removes the annotation).
+    fn annotate(&self, key: &str, value: Option<&str>) {
+        let arg = match value {
+            Some(v) => format!("{key}={v}"),
+            None => format!("{key}-"),
+        };
+        self.c.kubectl_ok(&[
+            "-n",
+            &self.ns,
+            "annotate",
+            "--overwrite",
+            &format!("pluginsets.plugsync.dev/{SET}"),
+            &arg,
+        ]);
+    }
+}
+
+/// Objects without their `managedFields`, for failure messages.
+fn without_managed_fields(objects: &[Value]) -> Value {
+    let mut objects = objects.to_vec();
+    for o in &mut objects {
+        if let Some(meta) = o["metadata"].as_object_mut() {
+            meta.remove("managedFields");
+        }
+    }
+    Value::Array(objects)
+}
+
+/// Each Plugin's name and phase, for failure messages.
+fn phases(plugins: &[Value]) -> Vec<(Value, Value)> {
+    plugins
+        .iter()
+        .map(|p| (p["metadata"]["name"].clone(), p["status"]["phase"].clone()))
+        .collect()
 }
 
 /// A `plugsync run` process, killed on drop.
 struct Running {
     child: Option<Child>,
     port: u16,
-    /// What it logged, once it has exited.
-    logs: String,
+    /// Where its stderr goes.
+    logs: tempfile::NamedTempFile,
 }
 
 impl Running {
@@ -245,10 +477,6 @@ impl Running {
         let start = Instant::now();
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
-                use std::io::Read;
-                if let Some(mut err) = child.stderr.take() {
-                    let _ = err.read_to_string(&mut self.logs);
-                }
                 return status;
             }
             assert!(start.elapsed() < Duration::from_secs(60), "did not stop");
@@ -256,18 +484,9 @@ impl Running {
         }
     }
 
-    /// What it logged (stopping it first if it still runs).
-    fn stderr(&mut self) -> String {
-        use std::io::Read;
-        let mut out = self.logs.clone();
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-            if let Some(mut err) = child.stderr.take() {
-                let _ = err.read_to_string(&mut out);
-            }
-        }
-        out
+    /// What it logged so far.
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.logs.path()).expect("read the log")
     }
 }
 
@@ -287,30 +506,33 @@ fn reconfigured(yaml: &str) -> String {
     changed
 }
 
-#[tokio::test]
+fn is_ready(set: &Value) -> bool {
+    set["status"]["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_converges_and_a_bad_commit_changes_nothing_until_a_good_one() {
-    let Some(env) = Env::new(2).await else {
+    let Some(env) = Env::new("run-converges", 2).await else {
         return;
     };
     let first = env.source.head();
     let mut run = env.run(&["--leader-election", "false"], None);
     env.wait_applied(&first).await;
-    env.wait_for(
-        "2 plugins running and the set Ready",
-        Duration::from_secs(60),
-        |env| {
-            let status = &env.set()["status"];
-            status["phases"]["Running"] == 2
-                && status["conditions"].as_array().is_some_and(|c| {
-                    c.iter()
-                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                })
-        },
-    )
-    .await;
-    assert_eq!(env.set()["status"]["lastFetchedCommit"], first.as_str());
-    assert_eq!(env.set()["status"]["pluginCount"], 2);
-    let before = env.resource_versions();
+    let set = env
+        .wait_set(
+            "2 plugins running and the set Ready",
+            Duration::from_secs(120),
+            |set| set["status"]["phases"]["Running"] == 2 && is_ready(set),
+        )
+        .await;
+    assert_eq!(set["status"]["lastFetchedCommit"], first.as_str());
+    assert_eq!(set["status"]["pluginCount"], 2);
+    // Really running: each Plugin's Deployment has its pod available on the node.
+    assert_eq!(env.available_replicas(), ["1", "1"], "{set:#}");
+    let before = env.resource_versions().await;
 
     // A bad commit: an unknown field on line 9 of plugins.yaml.
     let yaml = env.generated_file("plugins.yaml");
@@ -319,17 +541,18 @@ async fn a_commit_converges_and_a_bad_commit_changes_nothing_until_a_good_one() 
     lines.insert(spec_line + 1, "  bogus: true");
     let bad_yaml = lines.join("\n") + "\n";
     let bad = env.commit_yaml(&bad_yaml, "a typo");
-    env.wait_for("the bad commit reported", Duration::from_secs(30), |env| {
-        env.set()["status"]["lastFetchedCommit"] == bad.as_str()
+    env.wait_set("the bad commit reported", Duration::from_secs(30), |set| {
+        set["status"]["lastFetchedCommit"] == bad.as_str()
     })
     .await;
-    env.wait_for("the status says why", Duration::from_secs(10), |env| {
-        env.set()["status"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("invalid"))
-    })
-    .await;
-    let status = env.set()["status"].clone();
+    let set = env
+        .wait_set("the status says why", Duration::from_secs(10), |set| {
+            set["status"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("invalid"))
+        })
+        .await;
+    let status = set["status"].clone();
     let message = status["message"].as_str().expect("message");
     assert!(message.contains(&bad[..12]), "names the commit: {message}");
     assert!(
@@ -349,17 +572,26 @@ async fn a_commit_converges_and_a_bad_commit_changes_nothing_until_a_good_one() 
         .expect("Stalled");
     assert_eq!(stalled["status"], "True");
     assert_eq!(stalled["reason"], "InvalidCommit");
-    assert_eq!(env.resource_versions(), before, "the cluster is untouched");
+    assert_eq!(
+        env.resource_versions().await,
+        before,
+        "the cluster is untouched"
+    );
 
     // The fix: the next good commit proceeds (and changes the Plugins).
     let good = env.commit_yaml(&reconfigured(&env.generated_file("plugins.yaml")), "fix");
-    env.wait_applied(&good).await;
-    assert_ne!(env.resource_versions(), before);
-    assert!(env.set()["status"]["errors"].is_null(), "errors cleared");
-    for plugin in env.plugins() {
+    let set = env.wait_applied(&good).await;
+    assert_ne!(env.resource_versions().await, before);
+    assert!(set["status"]["errors"].is_null(), "errors cleared: {set:#}");
+    for plugin in env.plugins().await {
         assert_eq!(plugin["spec"]["runtime"]["replicas"], 2);
     }
-    let after = env.resource_versions();
+    // And the cluster follows: two pods per plugin, Running on the node.
+    env.wait_set("2 plugins running again", Duration::from_secs(120), |set| {
+        set["status"]["phases"]["Running"] == 2 && is_ready(set)
+    })
+    .await;
+    let after = env.resource_versions().await;
 
     // /metrics counts what happened; an unchanged branch is one round trip, nothing else.
     let scrape = || async {
@@ -378,19 +610,19 @@ async fn a_commit_converges_and_a_bad_commit_changes_nothing_until_a_good_one() 
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    let start = Instant::now();
-    let metrics = loop {
-        let metrics = scrape().await;
-        if count(
-            &metrics,
-            "plugsync_git_fetches_total{outcome=\"unchanged\"}",
-        ) >= 2.0
-        {
-            break metrics;
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "{metrics}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let metrics = cluster::eventually(
+        Duration::from_secs(20),
+        "two unchanged fetches in /metrics",
+        || async {
+            let metrics = scrape().await;
+            (count(
+                &metrics,
+                "plugsync_git_fetches_total{outcome=\"unchanged\"}",
+            ) >= 2.0)
+                .then_some(metrics)
+        },
+    )
+    .await;
     let at = |series: &str| count(&metrics, series);
     assert_eq!(
         at("plugsync_reconciles_total{result=\"invalid\"}"),
@@ -413,10 +645,33 @@ async fn a_commit_converges_and_a_bad_commit_changes_nothing_until_a_good_one() 
     );
     assert_eq!(at("plugsync_plugins{phase=\"Running\"}"), 2.0, "{metrics}");
     assert_eq!(
-        env.resource_versions(),
+        env.resource_versions().await,
         after,
         "unchanged polls write nothing"
     );
+
+    // And the cluster follows the commit: two pods per plugin, available on the node. (The set
+    // is Ready meanwhile: a Deployment scaling up stays Available.)
+    //
+    // PRODUCT BUG (found on the real control plane; the double had no Deployments to look
+    // at): this fails. The controller re-applies a Plugin's Deployment only when it is absent
+    // or runs another image (src/controller/reconcile.rs `observe_deployment`,
+    // src/controller/lifecycle.rs `DeploymentState::Outdated`), so a config-only commit
+    // (`replicas`, env, resources, labels) reaches the Plugin's spec but never its Deployment,
+    // while the Plugin reports Running and the set Ready. `plugsync diff` promises
+    // "reconfigured: Deployment update" for the same commit.
+    env.wait_deployments(
+        "the reconfigured commit rolled out: 2 available replicas per plugin",
+        Duration::from_secs(60),
+        |d| {
+            d.len() == 2
+                && d.iter()
+                    .all(|d| d["spec"]["replicas"] == 2 && d["status"]["availableReplicas"] == 2)
+        },
+    )
+    .await;
+    assert_eq!(env.available_replicas(), ["2", "2"]);
+
     let status = run.terminate().await;
     assert!(status.success(), "{status:?}: {}", run.stderr());
 }
@@ -427,9 +682,9 @@ fn sign(secret: &[u8], body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_webhook_triggers_a_reconcile_and_a_bad_signature_is_refused() {
-    let Some(env) = Env::new(1).await else {
+    let Some(env) = Env::new("run-webhook", 1).await else {
         return;
     };
     let secret_file = env.generated.path().join("webhook-secret");
@@ -468,7 +723,7 @@ async fn a_signed_webhook_triggers_a_reconcile_and_a_bad_signature_is_refused() 
     assert!(!text.contains("s3cret"), "{text}");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        env.set()["status"]["lastAppliedCommit"],
+        env.set().await["status"]["lastAppliedCommit"],
         first.as_str(),
         "a refused webhook triggers nothing (and the poll is an hour away)"
     );
@@ -482,59 +737,100 @@ async fn a_signed_webhook_triggers_a_reconcile_and_a_bad_signature_is_refused() 
     assert!(start.elapsed() < Duration::from_secs(30));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_elect_one_leader_which_alone_writes_and_a_standby_takes_over() {
-    let Some(env) = Env::new(1).await else {
+    let Some(env) = Env::new("run-replicas", 1).await else {
         return;
     };
+    // Real Pods for the two replicas (scheduled onto the fake node), to carry the label.
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
     for pod in ["plugsync-a", "plugsync-b"] {
-        env.server
-            .store()
-            .put(json!({"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": pod, "namespace": NS, "labels": {"app": "plugsync"}},
-                "spec": {"containers": [{"name": "plugsync", "image": "plugsync"}]}}))
+        let object: Pod = serde_json::from_value(json!({
+            "metadata": {"name": pod, "labels": {"app": "plugsync"}},
+            "spec": {"containers": [{"name": "plugsync", "image": "plugsync"}]}
+        }))
+        .expect("pod");
+        pods.create(&PostParams::default(), &object)
+            .await
             .expect("pod");
     }
     let flags = ["--lease-duration", "3s"];
     let mut a = env.run(&flags, Some("plugsync-a"));
     env.wait_applied(&env.source.head()).await;
-    let mut b = env.run(&flags, Some("plugsync-b"));
+    // b talks through a proxy of its own, which counts what it sends.
+    let b_proxy = FaultProxy::start(&env.c.kubeconfig()).await;
+    let b_kubeconfig = env.kubeconfig.path().join("b-config");
+    b_proxy.write_kubeconfig(&b_kubeconfig, &env.ns);
+    let url = env.url();
+    let mut b = env.start_with(
+        &b_kubeconfig,
+        free_port(),
+        &["--git-url", &url],
+        &flags,
+        Some("plugsync-b"),
+    );
 
-    let leader_label = |env: &Env, pod: &str| {
-        env.server
-            .store()
-            .get("v1", "Pod", Some(NS), pod)
-            .map(|p| p["metadata"]["labels"]["plugsync.dev/leader"] == "true")
-            .unwrap_or(false)
+    let labelled = |p: &Pod| {
+        p.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("plugsync.dev/leader"))
+            .is_some_and(|v| v == "true")
     };
-    let holder = |env: &Env| {
-        env.server
-            .store()
-            .get("coordination.k8s.io/v1", "Lease", Some(NS), "plugsync")
-            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+    let leader_label = |pod: &'static str| {
+        let pods = pods.clone();
+        async move { labelled(&pods.get(pod).await.expect("pod")) }
+    };
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), &env.ns);
+    let holder_of = |l: &Lease| {
+        l.spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.clone())
             .unwrap_or_default()
     };
-    env.wait_for("a leads", Duration::from_secs(20), |env| {
-        leader_label(env, "plugsync-a")
-    })
+    let holder = || async {
+        leases
+            .get_opt("plugsync")
+            .await
+            .expect("lease")
+            .map(|l| holder_of(&l))
+            .unwrap_or_default()
+    };
+    wait_for(
+        &pods,
+        "plugsync-a",
+        Duration::from_secs(30),
+        "a leads",
+        |p: Option<&Pod>| p.is_some_and(labelled),
+    )
     .await;
     // For a few seconds: one leader, and it is a; b only waits.
     for _ in 0..20 {
-        assert!(holder(&env).starts_with("plugsync-a_"), "{}", holder(&env));
-        assert!(!leader_label(&env, "plugsync-b"));
+        let h = holder().await;
+        assert!(h.starts_with("plugsync-a_"), "{h}");
+        assert!(!leader_label("plugsync-b").await);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Only the leader writes: b's log (checked below) shows no apply before it led.
+    // Only the leader writes: b has read the Lease but written nothing (its log, checked
+    // below, shows no apply before it led).
+    let stats = b_proxy.stats();
+    assert!(stats.real.get > 0, "b reads the lease: {stats:?}");
+    assert_eq!(stats.writes(), 0, "a standby writes nothing: {stats:?}");
     let status = a.terminate().await;
     assert!(status.success(), "{status:?}");
     assert!(
-        !leader_label(&env, "plugsync-a"),
+        !leader_label("plugsync-a").await,
         "a removed its label on the way out"
     );
-    env.wait_for("b takes over", Duration::from_secs(20), |env| {
-        leader_label(env, "plugsync-b") && holder(env).starts_with("plugsync-b_")
-    })
+    wait_for(
+        &pods,
+        "plugsync-b",
+        Duration::from_secs(30),
+        "b labelled as the leader",
+        |p: Option<&Pod>| p.is_some_and(labelled),
+    )
     .await;
+    assert!(holder().await.starts_with("plugsync-b_"));
     let next = env.commit_yaml(&reconfigured(&env.generated_file("plugins.yaml")), "change");
     env.wait_applied(&next).await;
     let logs = b.stderr();
@@ -547,89 +843,110 @@ async fn two_replicas_elect_one_leader_which_alone_writes_and_a_standby_takes_ov
     let applied = logs.find("applying").expect("applied");
     let led = logs.find("became leader").expect("led");
     assert!(waited < led && led < applied, "{logs}");
+    let status = b.terminate().await;
+    assert!(status.success(), "{status:?}");
+    // b released the lease on the way out, as a did.
+    let lease = leases.get("plugsync").await.expect("lease");
+    assert_eq!(holder_of(&lease), "", "{lease:?}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_apply_finishes_the_apply_and_a_restart_converges() {
     let n = 12;
-    let Some(env) = Env::new(n).await else {
+    let Some(env) = Env::new("run-sigterm", n).await else {
         return;
     };
     // Every server-side apply takes 300 ms: the apply of 12 Plugins is in flight for seconds.
-    env.server.faults().delay_next_matching(
+    env.proxy.faults().delay_next_matching(
         1000,
         Duration::from_millis(300),
         Match::verb(Verb::Apply),
     );
-    let mut run = env.run(&["--leader-election", "false"], None);
-    env.wait_for("the apply started", Duration::from_secs(60), |env| {
-        !env.plugins().is_empty()
-    })
-    .await;
-    let mid = env.plugins().len();
-    assert!(mid < n, "still applying when stopped ({mid} of {n})");
+    // The restart listens where the first process did: build Jobs the first one started
+    // fetch their contexts from there, as they would from the Service in a cluster.
+    let port = free_port();
+    let mut run = env.run_on(port, &["--leader-election", "false"], None);
+    let started = env
+        .wait_plugins("the apply started", Duration::from_secs(60), |p| {
+            !p.is_empty()
+        })
+        .await;
+    assert!(
+        started.len() < n,
+        "still applying when stopped ({} of {n})",
+        started.len()
+    );
     let status = run.terminate().await;
     assert!(status.success(), "{status:?}");
     assert_eq!(
-        env.plugins().len(),
+        env.plugins().await.len(),
         n,
         "the apply in flight finished before the process exited"
     );
-    env.server.faults().clear();
+    env.proxy.faults().clear();
 
-    let _restarted = env.run(&["--leader-election", "false"], None);
+    let _restarted = env.run_on(port, &["--leader-election", "false"], None);
     env.wait_applied(&env.source.head()).await;
-    env.wait_for("all running", Duration::from_secs(60), |env| {
-        env.set()["status"]["phases"]["Running"] == n
+    env.wait_set("all running", Duration::from_secs(180), |set| {
+        set["status"]["phases"]["Running"] == n
     })
     .await;
-    assert_eq!(env.plugins().len(), n, "no duplicates, nothing orphaned");
+    // No duplicates, nothing orphaned: one first attempt per declared plugin. On the real
+    // cluster a build Job the stopped process had started may have fetched its context while
+    // no process listened (the init container's `wget` does not retry), failed, and been
+    // retried as `<plugin-id>--2`: such a retry belongs to a declared plugin.
+    let plugins = env.plugins().await;
+    let name = |p: &Value| {
+        p["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (first, retries): (Vec<&Value>, Vec<&Value>) =
+        plugins.iter().partition(|p| !name(p).contains("--"));
+    assert_eq!(first.len(), n, "{:#?}", phases(&plugins));
+    let declared: Vec<String> = first.iter().map(|p| name(p)).collect();
+    for retry in retries {
+        let owner = retry["metadata"]["ownerReferences"][0]["name"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            declared.iter().any(|d| d == owner) && name(retry).starts_with(&format!("{owner}--")),
+            "a retry of a declared plugin: {:#}",
+            retry["metadata"]
+        );
+    }
+    let inventory = env.set().await["status"]["inventory"].clone();
+    assert_eq!(
+        inventory.as_array().map(Vec::len),
+        Some(n),
+        "the set owns exactly what it declares: {inventory:#}"
+    );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_repo_reconciles_a_folder_on_save() {
-    let Some(env) = Env::new(1).await else {
+    let Some(env) = Env::new("run-folder", 1).await else {
         return;
     };
     let folder = env.generated.path().to_path_buf();
-    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("plugsync"));
-    let port = free_port();
-    cmd.args([
-        "run",
-        "--repo",
-        folder.to_str().expect("path"),
-        "--namespace",
-        NS,
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--interval",
-        "1h",
-        "--status-interval",
-        "500ms",
-        "--leader-election",
-        "false",
-    ])
-    .env("KUBECONFIG", env.kubeconfig.path().join("config"))
-    .env("PLUGSYNC_CACHE_DIR", env.cache.path())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    let _run = Running {
-        child: Some(cmd.spawn().expect("start")),
-        port,
-        logs: String::new(),
-    };
-    env.wait_for("the folder applied", Duration::from_secs(60), |env| {
-        env.plugins().len() == 1
+    let _run = env.start(
+        free_port(),
+        &["--repo", folder.to_str().expect("path")],
+        &["--interval", "1h", "--leader-election", "false"],
+        None,
+    );
+    env.wait_plugins("the folder applied", Duration::from_secs(60), |p| {
+        p.len() == 1
     })
     .await;
-    let replicas = |env: &Env| env.plugins()[0]["spec"]["runtime"]["replicas"].clone();
-    assert_eq!(replicas(&env), 1);
+    assert_eq!(env.plugins().await[0]["spec"]["runtime"]["replicas"], 1);
     save(
         &folder.join("plugins.yaml"),
         &reconfigured(&env.generated_file("plugins.yaml")),
     );
-    env.wait_for("the saved change applied", Duration::from_secs(30), |env| {
-        replicas(env) == 2
+    env.wait_plugins("the saved change applied", Duration::from_secs(30), |p| {
+        p.len() == 1 && p[0]["spec"]["runtime"]["replicas"] == 2
     })
     .await;
 }
@@ -640,23 +957,9 @@ fn save(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).expect("rename");
 }
 
-fn annotate(env: &Env, key: &str, value: Option<&str>) {
-    let mut set = env.set();
-    set["metadata"]["annotations"][key] = match value {
-        Some(v) => json!(v),
-        None => Value::Null,
-    };
-    if value.is_none() {
-        if let Some(a) = set["metadata"]["annotations"].as_object_mut() {
-            a.remove(key);
-        }
-    }
-    env.server.store().put(set).expect("annotate the PluginSet");
-}
-
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suspend_and_resume_by_annotation_and_an_immediate_reconcile_on_request() {
-    let Some(env) = Env::new(1).await else {
+    let Some(env) = Env::new("run-suspend", 1).await else {
         return;
     };
     let first = env.source.head();
@@ -673,9 +976,9 @@ async fn suspend_and_resume_by_annotation_and_an_immediate_reconcile_on_request(
     );
     env.wait_applied(&first).await;
 
-    annotate(&env, "plugsync.dev/suspend", Some("true"));
-    env.wait_for("suspended in status", Duration::from_secs(20), |env| {
-        env.set()["status"]["message"]
+    env.annotate("plugsync.dev/suspend", Some("true"));
+    env.wait_set("suspended in status", Duration::from_secs(20), |set| {
+        set["status"]["message"]
             .as_str()
             .is_some_and(|m| m.starts_with("suspended"))
     })
@@ -683,11 +986,11 @@ async fn suspend_and_resume_by_annotation_and_an_immediate_reconcile_on_request(
     let second = env.commit_yaml(&reconfigured(&env.generated_file("plugins.yaml")), "change");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        env.set()["status"]["lastAppliedCommit"],
+        env.set().await["status"]["lastAppliedCommit"],
         first.as_str(),
         "nothing is applied while suspended"
     );
-    annotate(&env, "plugsync.dev/suspend", None);
+    env.annotate("plugsync.dev/suspend", None);
     env.wait_applied(&second).await;
     let status = run.terminate().await;
     assert!(status.success());
@@ -716,35 +1019,49 @@ async fn suspend_and_resume_by_annotation_and_an_immediate_reconcile_on_request(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let third = env.commit_generated("back to one replica");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(env.set()["status"]["lastAppliedCommit"], second.as_str());
-    annotate(
-        &env,
+    assert_eq!(
+        env.set().await["status"]["lastAppliedCommit"],
+        second.as_str()
+    );
+    env.annotate(
         "plugsync.dev/reconcile-requested-at",
         Some("2026-11-21T12:00:00Z"),
     );
     env.wait_applied(&third).await;
-    env.wait_for("the request acknowledged", Duration::from_secs(10), |env| {
-        env.set()["status"]["lastHandledReconcileAt"] == "2026-11-21T12:00:00Z"
+    env.wait_set("the request acknowledged", Duration::from_secs(10), |set| {
+        set["status"]["lastHandledReconcileAt"] == "2026-11-21T12:00:00Z"
     })
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_credentials_come_from_a_secret_and_never_reach_the_status() {
-    let Some(env) = Env::new(1).await else {
+    let Some(env) = Env::new("run-https", 1).await else {
         return;
     };
     if !tools_or_skip("run over https", Need::HttpBackend) {
         return;
     }
     let http = git_server::HttpGitServer::start(&env.source.root, "bot", "pa55-word");
-    let secret = |password: &str| {
-        json!({"apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "git-creds", "namespace": NS},
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.ns);
+    let put_secret = |password: &str| {
+        let secret = json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "git-creds"},
             "type": "Opaque",
-            "data": {"username": b64("bot"), "password": b64(password)}})
+            "data": {"username": b64("bot"), "password": b64(password)}});
+        let secrets = secrets.clone();
+        async move {
+            secrets
+                .patch(
+                    "git-creds",
+                    &PatchParams::apply("run-test").force(),
+                    &Patch::Apply(&secret),
+                )
+                .await
+                .expect("secret")
+        }
     };
-    env.server.store().put(secret("wrong")).expect("secret");
+    put_secret("wrong").await;
     let url = env.source.url_on(&http.base_url);
     let _run = env.run(
         &[
@@ -759,11 +1076,17 @@ async fn https_credentials_come_from_a_secret_and_never_reach_the_status() {
     );
     // No PluginSet yet: the failure shows in the metrics and logs only; nothing applied.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(env.plugins().is_empty());
+    assert!(env.plugins().await.is_empty());
+    assert!(env.set().await.is_null());
+    assert!(
+        http.requests().iter().any(|r| r.ends_with("401")),
+        "the wrong password was tried: {:?}",
+        http.requests()
+    );
     // Rotated Secret: picked up at the next fetch, no restart.
-    env.server.store().put(secret("pa55-word")).expect("secret");
-    env.wait_applied(&env.source.head()).await;
-    let status = env.set()["status"].to_string();
+    put_secret("pa55-word").await;
+    let set = env.wait_applied(&env.source.head()).await;
+    let status = set["status"].to_string();
     assert!(!status.contains("pa55"), "{status}");
 }
 
@@ -772,9 +1095,9 @@ fn b64(text: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(text)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn built_digests_are_committed_back_to_the_branch_and_reused() {
-    let Some(env) = Env::with_daemon(1, true).await else {
+    let Some(env) = Env::with_daemon("run-commit-lock", 1, true).await else {
         return;
     };
     let first = env.source.head();
@@ -791,17 +1114,21 @@ async fn built_digests_are_committed_back_to_the_branch_and_reused() {
         None,
     );
     env.wait_applied(&first).await;
-    env.wait_for("the plugin running", Duration::from_secs(60), |env| {
-        env.set()["status"]["phases"]["Running"] == 1
+    env.wait_set("the plugin running", Duration::from_secs(120), |set| {
+        set["status"]["phases"]["Running"] == 1
     })
     .await;
     // The loop pushes a commit on top of `first` and then applies it.
-    env.wait_for("the bot's commit applied", Duration::from_secs(60), |env| {
-        let head = env.source.head();
-        head != first && env.set()["status"]["lastAppliedCommit"] == head.as_str()
-    })
-    .await;
+    let set = env
+        .wait_set("the bot's commit applied", Duration::from_secs(60), |set| {
+            let applied = set["status"]["lastAppliedCommit"]
+                .as_str()
+                .unwrap_or(&first);
+            applied != first
+        })
+        .await;
     let head = env.source.head();
+    assert_eq!(set["status"]["lastAppliedCommit"], head.as_str());
     let log = git_server::git(&env.source.path, &["log", "-1", "--format=%an <%ae>|%s|%P"]);
     assert_eq!(
         log,
@@ -812,18 +1139,57 @@ async fn built_digests_are_committed_back_to_the_branch_and_reused() {
         &["show", &format!("{head}:plugins.lock")],
     ))
     .expect("lock yaml");
-    let plugin = env.plugins().pop().expect("plugin");
-    assert_eq!(lock["images"][0]["digest"], plugin["status"]["imageDigest"]);
+    let plugin = env.plugins().await.pop().expect("plugin");
+    let digest = plugin["status"]["imageDigest"]
+        .as_str()
+        .expect("built digest");
+    assert_eq!(lock["images"][0]["digest"], digest);
     assert_eq!(
         lock["images"][0]["inputsHash"],
         plugin["spec"]["build"]["inputsHash"]
     );
     // Applied from the bot's commit, the Plugin carries the digest: nothing to build again.
+    assert_eq!(plugin["spec"]["imageDigest"], digest);
+    // The digest is what the test registry really has under the Plugin's image (the Kaniko
+    // stand-in pushed it).
+    let image = plugin["spec"]["build"]["image"].as_str().expect("image");
     assert_eq!(
-        plugin["spec"]["imageDigest"],
-        plugin["status"]["imageDigest"]
+        registry_digest(image).await.as_deref(),
+        Some(digest),
+        "{image}: {plugin:#}"
     );
+    // One build in all: the bot's commit did not start another.
+    let jobs = env
+        .c
+        .kubectl_ok(&["-n", &env.ns, "get", "jobs", "-o", "name"]);
+    assert_eq!(jobs.lines().count(), 1, "{jobs}");
     // And only one such commit: the next polls find nothing new to record.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(env.source.head(), head);
+}
+
+/// The digest the registry serves for `image` (`host:port/repository:tag`), from a manifest
+/// HEAD.
+async fn registry_digest(image: &str) -> Option<String> {
+    let (host, rest) = image.split_once('/')?;
+    let (repository, tag) = rest.rsplit_once(':')?;
+    let response = reqwest::Client::new()
+        .head(format!("http://{host}/v2/{repository}/manifests/{tag}"))
+        .header(
+            "accept",
+            "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json",
+        )
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    response
+        .headers()
+        .get("docker-content-digest")?
+        .to_str()
+        .ok()
+        .map(str::to_string)
 }

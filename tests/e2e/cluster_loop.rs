@@ -342,6 +342,9 @@ async fn the_gitops_loop_on_the_real_control_plane() {
     .await;
 
     // 6. A bad commit leaves the cluster as it was and says why in status.
+    let set_generation = serde_json::to_value(sets.get(SET).await.expect("set")).expect("json")
+        ["metadata"]["generation"]
+        .clone();
     let before = plugins
         .list(&ListParams::default())
         .await
@@ -370,12 +373,24 @@ async fn the_gitops_loop_on_the_real_control_plane() {
         .await
         .expect("plugins")
         .items;
-    let versions = |ps: &[Plugin]| {
+    // What git declares is unchanged: same Plugins, same generations, same specs (the
+    // controller may still write their status).
+    let declared = |ps: &[Plugin]| {
         ps.iter()
-            .map(|p| (p.metadata.name.clone(), p.metadata.resource_version.clone()))
+            .map(|p| {
+                (
+                    p.metadata.name.clone(),
+                    p.metadata.generation,
+                    serde_json::to_value(&p.spec).expect("spec"),
+                )
+            })
             .collect::<Vec<_>>()
     };
-    assert_eq!(versions(&after), versions(&before), "nothing changed");
+    assert_eq!(declared(&after), declared(&before), "nothing applied");
+    assert_eq!(
+        status["metadata"]["generation"], set_generation,
+        "the PluginSet's spec is the last good commit's"
+    );
 
     // 7. A commit that removes a plugin prunes it and its children.
     let removed = all
