@@ -345,7 +345,6 @@ fn null_dropped_fields(new: &mut Value, old: &Value) {
     }
 }
 
-
 /// Deletes in the background: the Job's pods (or a Plugin's children) go with it.
 fn background() -> kube::api::DeleteParams {
     kube::api::DeleteParams {
@@ -932,7 +931,8 @@ mod merge_patch_tests {
 
     #[test]
     fn a_nested_key_the_new_status_dropped_is_removed_on_the_server() {
-        let old = json!({"phases": {"Building": 2, "Pending": 1}, "message": "a", "inventory": [1]});
+        let old =
+            json!({"phases": {"Building": 2, "Pending": 1}, "message": "a", "inventory": [1]});
         let new = json!({"phases": {"Running": 2}, "inventory": [1]});
         let patch = status_merge_patch(&new, &old, &["inventory"]);
         let mut live = old.clone();
