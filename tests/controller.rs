@@ -41,6 +41,8 @@ use serde_json::{json, Value};
 
 #[path = "common/cluster.rs"]
 mod cluster;
+#[path = "common/fault_proxy.rs"]
+mod fault_proxy;
 #[path = "common/registry_fixture.rs"]
 mod registry_fixture;
 
@@ -249,11 +251,12 @@ impl Harness {
 
     /// Starts the controller on the namespace, with this harness's render settings.
     fn run(&mut self, check: Check) {
-        let mut ctx = Context::new(
-            self.client.clone(),
-            self.cache.clone(),
-            self.settings.clone(),
-        );
+        self.run_with(self.client.clone(), check);
+    }
+
+    /// Starts the controller with `client` (the fault proxy's, say) for all its API calls.
+    fn run_with(&mut self, client: kube::Client, check: Check) {
+        let mut ctx = Context::new(client, self.cache.clone(), self.settings.clone());
         ctx.registry = match check {
             Check::Off => None,
             Check::Fixed(answer) => Some(Arc::new(RegistryHas(answer)) as Arc<dyn RegistryCheck>),
@@ -995,4 +998,57 @@ async fn failed_attempts_beyond_the_history_limit_are_collected() {
     assert!(h.get::<Job>(&id).await.is_none(), "attempt 1 not rebuilt");
     assert!(h.get::<Plugin>(&format!("{id}--2")).await.is_none());
     assert_eq!(phase(&h.plugin(&fourth).await), Some(PluginPhase::Running));
+}
+
+#[tokio::test]
+async fn faults_in_the_middle_of_a_reconcile_end_in_one_running_install_and_no_duplicates() {
+    use fault_proxy::{FaultProxy, Match, Verb};
+    // A slow build, so the faults land while the controller is mid-way.
+    let mut h = Harness::prepare("ctl-faults", &[(labels::BUILD_SECONDS, "2")], None).await;
+    h.apply(|_| {}, |_| {}).await;
+    let proxy = FaultProxy::start(&h.c.kubeconfig()).await;
+    let faults = proxy.faults();
+    faults.fail_next_matching(2, 409, Match::verb(Verb::Apply).and_path("/jobs/"));
+    faults.fail_next_matching(2, 503, Match::verb(Verb::Apply).and_path("/deployments/"));
+    faults.fail_next_matching(1, 500, Match::verb(Verb::Apply).and_path("/services/"));
+    faults.fail_next_matching(2, 429, Match::verb(Verb::List));
+    faults.fail_next_matching(2, 504, Match::verb(Verb::Patch).and_path("/status"));
+    faults.delay_next_matching(4, Duration::from_millis(1500), Match::verb(Verb::Get));
+    h.run_with(proxy.client(&h.ns), Check::Off);
+    let id = h.plugin_id();
+    // Watches dropped while the build runs and while the Deployment rolls out.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        faults.drop_watches();
+    }
+    let plugin = h
+        .wait_plugin(&id, "Running despite the faults", |p| {
+            phase(p) == Some(PluginPhase::Running)
+        })
+        .await;
+    assert_eq!(faults.pending(), 0, "every injected fault was hit");
+    assert!(proxy.stats().injected_failures >= 9, "{:?}", proxy.stats());
+    // Converged: one install, no spurious retry attempt, one of each child.
+    let plugins: BTreeMap<String, Plugin> = h.wait_all("the Plugins", |_| true).await;
+    assert_eq!(
+        plugins.keys().collect::<Vec<_>>(),
+        [&id],
+        "no attempt --2 for a transient fault"
+    );
+    let jobs: BTreeMap<String, Job> = h.wait_all("the Jobs", |_| true).await;
+    assert_eq!(jobs.keys().collect::<Vec<_>>(), [&id]);
+    let deployments: BTreeMap<String, Deployment> = h.wait_all("the Deployments", |_| true).await;
+    assert_eq!(deployments.keys().collect::<Vec<_>>(), [&id]);
+    let services: BTreeMap<String, Service> = h.wait_all("the Services", |_| true).await;
+    assert_eq!(services.keys().collect::<Vec<_>>(), [&format!("svc-{id}")]);
+    let digest = plugin
+        .status
+        .as_ref()
+        .and_then(|s| s.image_digest.clone())
+        .expect("digest");
+    assert_eq!(
+        h.registry_digest(&plugin.spec.build.image).await.as_deref(),
+        Some(digest.as_str())
+    );
+    assert!(container_image(&deployments[&id]).ends_with(&format!("@{digest}")));
 }
