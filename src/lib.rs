@@ -26,7 +26,6 @@ pub mod resolve;
 pub mod server;
 pub mod source;
 pub mod synth;
-pub mod testkit;
 mod yaml;
 
 pub use error::{Diagnostic, Diagnostics, Error, Result};

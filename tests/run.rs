@@ -651,15 +651,8 @@ async fn a_commit_converges_and_a_bad_commit_changes_nothing_until_a_good_one() 
     );
 
     // And the cluster follows the commit: two pods per plugin, available on the node. (The set
-    // is Ready meanwhile: a Deployment scaling up stays Available.)
-    //
-    // PRODUCT BUG (found on the real control plane; the double had no Deployments to look
-    // at): this fails. The controller re-applies a Plugin's Deployment only when it is absent
-    // or runs another image (src/controller/reconcile.rs `observe_deployment`,
-    // src/controller/lifecycle.rs `DeploymentState::Outdated`), so a config-only commit
-    // (`replicas`, env, resources, labels) reaches the Plugin's spec but never its Deployment,
-    // while the Plugin reports Running and the set Ready. `plugsync diff` promises
-    // "reconfigured: Deployment update" for the same commit.
+    // is Ready meanwhile: a Deployment scaling up stays Available.) A config-only commit must
+    // reach the Deployments, not only the Plugins' specs, as `plugsync diff` promised.
     env.wait_deployments(
         "the reconfigured commit rolled out: 2 available replicas per plugin",
         Duration::from_secs(60),
