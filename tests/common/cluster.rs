@@ -21,6 +21,9 @@ use tokio::sync::OnceCell;
 
 /// Set to a folder where `tests/cluster/up` already runs, to share one control plane.
 pub const CLUSTER_ENV: &str = "PLUGSYNC_TEST_CLUSTER";
+/// Set to `1` to keep a test binary's own cluster folder (logs, etcd data) after it exits;
+/// by default the reaper that stops the cluster deletes it.
+pub const KEEP_ENV: &str = "PLUGSYNC_KEEP_TEST_CLUSTER";
 
 /// Pod labels the node side reads (put them on a plugin through plugins.yaml's
 /// `runtime.labels`; they reach both the build Job's and the Deployment's pod template).
@@ -37,8 +40,6 @@ pub mod labels {
 #[derive(Debug)]
 pub struct TestCluster {
     dir: PathBuf,
-    /// Held so the folder lives as long as the test binary when this binary started it.
-    _owned: Option<tempfile::TempDir>,
     registry: String,
 }
 
@@ -69,24 +70,32 @@ impl TestCluster {
             });
             return TestCluster {
                 dir,
-                _owned: None,
                 registry: registry.trim().to_string(),
             };
         }
-        let owned = tempfile::Builder::new()
+        // Not a TempDir: this lives in a static, which is never dropped. The reaper that
+        // stops the cluster when this process exits deletes the folder.
+        let dir = tempfile::Builder::new()
             .prefix("plugsync-cluster-")
             .tempdir()
-            .expect("cluster dir");
+            .expect("cluster dir")
+            .keep();
+        let keep = std::env::var(KEEP_ENV).is_ok_and(|v| v == "1");
         let up = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster/up");
         // plugsync's CRDs are there from the start, as on a cluster where the platform team
         // installed them: the garbage collector then follows Plugins' children at once (it
         // learns of CRDs created later only at its next discovery sync, 30 s on).
-        let output = Command::new(&up)
-            .arg(owned.path())
+        let mut command = Command::new(&up);
+        command
+            .arg(&dir)
             .arg("--owner-pid")
             .arg(std::process::id().to_string())
             .arg("--crds")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/crds"))
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/crds"));
+        if !keep {
+            command.arg("--remove-on-exit");
+        }
+        let output = command
             .output()
             .unwrap_or_else(|e| panic!("running {}: {e}", up.display()));
         assert!(
@@ -96,11 +105,10 @@ impl TestCluster {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
-        let registry = std::fs::read_to_string(owned.path().join("registry")).expect("registry");
+        let registry = std::fs::read_to_string(dir.join("registry")).expect("registry");
         TestCluster {
-            dir: owned.path().to_path_buf(),
+            dir,
             registry: registry.trim().to_string(),
-            _owned: Some(owned),
         }
     }
 

@@ -2,10 +2,10 @@
 // kube-controller-manager and kube-scheduler built from the published Go modules, kwok for
 // fake nodes, Debian's docker-registry, and a Kaniko stand-in that really pushes images.
 //
-//	testcluster up DIR --bin BINDIR [--owner-pid PID]   start everything, wait until usable
+//	testcluster up DIR --bin BINDIR [--owner-pid PID [--remove-on-exit]] [--crds PATH]...
 //	testcluster down DIR                                stop exactly what up started
 //	testcluster kaniko --kubeconfig FILE                 the Kaniko stand-in (started by up)
-//	testcluster reap --pid PID DIR                       down DIR once PID exits (started by up)
+//	testcluster reap --pid PID [--remove] DIR            down DIR once PID exits (started by up)
 //
 // People and tests call it through tests/cluster/up and tests/cluster/down.
 package main
@@ -40,9 +40,9 @@ func main() {
 
 func usage() {
 	fmt.Fprintln(os.Stderr, `usage:
-  testcluster up DIR --bin BINDIR [--owner-pid PID]
+  testcluster up DIR --bin BINDIR [--owner-pid PID [--remove-on-exit]] [--crds PATH]...
   testcluster down DIR
   testcluster kaniko --kubeconfig FILE
-  testcluster reap --pid PID DIR`)
+  testcluster reap --pid PID [--remove] DIR`)
 	os.Exit(2)
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -165,14 +166,23 @@ func down(dir string) error {
 }
 
 func reapCommand(args []string) error {
-	if len(args) != 3 || args[0] != "--pid" {
+	fs := flag.NewFlagSet("reap", flag.ExitOnError)
+	pid := fs.Int("pid", 0, "the process whose end stops the cluster")
+	remove := fs.Bool("remove", false, "delete DIR once the cluster is stopped")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *pid <= 0 || fs.NArg() != 1 {
 		usage()
 	}
-	pid, err := strconv.Atoi(args[1])
-	if err != nil {
-		return fmt.Errorf("--pid: %w", err)
+	dir := fs.Arg(0)
+	if err := reap(*pid, dir); err != nil {
+		return err
 	}
-	return reap(pid, args[2])
+	if *remove {
+		return os.RemoveAll(dir)
+	}
+	return nil
 }
 
 // reap waits for the process pid to end, then stops the cluster in dir: a test binary that

@@ -48,6 +48,9 @@ type upFlags struct {
 	bin      string
 	ownerPid int
 	crds     []string
+	// removeOnExit: the reaper deletes dir after stopping the cluster (a test binary's
+	// throw-away cluster; its logs go with it).
+	removeOnExit bool
 }
 
 // stringList is a repeatable flag.
@@ -61,6 +64,7 @@ func upCommand(args []string) error {
 	var f upFlags
 	fs.StringVar(&f.bin, "bin", "", "folder holding kube-apiserver, kube-controller-manager, kube-scheduler, etcd, kwok and kwok-stages/")
 	fs.IntVar(&f.ownerPid, "owner-pid", 0, "stop the cluster when this process exits")
+	fs.BoolVar(&f.removeOnExit, "remove-on-exit", false, "with --owner-pid: also delete DIR once the cluster is stopped")
 	var crds stringList
 	fs.Var(&crds, "crds", "a CustomResourceDefinition YAML file or folder to install before the controller manager starts (repeatable)")
 	// DIR first, flags after it, as tests/cluster/up passes them.
@@ -129,7 +133,11 @@ func up(f upFlags) error {
 	etcdClient, etcdPeer, apiPort, kwokPort, registryPort := ports[0], ports[1], ports[2], ports[3], ports[4]
 
 	if f.ownerPid > 0 {
-		if _, err := startProcess(f.dir, "reap", []string{self, "reap", "--pid", strconv.Itoa(f.ownerPid), f.dir}, nil); err != nil {
+		argv := []string{self, "reap", "--pid", strconv.Itoa(f.ownerPid)}
+		if f.removeOnExit {
+			argv = append(argv, "--remove")
+		}
+		if _, err := startProcess(f.dir, "reap", append(argv, f.dir), nil); err != nil {
 			return err
 		}
 	}
