@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use plugsync::load::{load_lock, load_plugin_set, DeclaredSource};
-use plugsync::{Diagnostic, Error};
+use plugsync::{Diagnostic, Diagnostics, Error};
 
 const HEADER: &str = "\
 apiVersion: plugsync.dev/v1alpha1
@@ -363,4 +363,159 @@ fn recorded_images_load_and_a_bad_digest_names_its_line() {
     };
     assert_eq!(d.0[0].path, "images[0].digest");
     assert_eq!(d.0[0].line, text.lines().count());
+}
+
+/// Every problem in plugins.yaml comes out of one run, in the order of the file: unknown
+/// fields (in plugsync's own types and in the embedded Kubernetes ones), wrong types and
+/// the rules beyond the schema, each at its own line.
+#[test]
+fn every_error_in_plugins_yaml_is_reported_at_once() {
+    let text = "\
+apiVersion: plugsync.dev/v1alpha1
+kind: PluginSet
+metadata:
+  name: Team_A
+spec:
+  registry:
+    prefix: registry.example.com/x
+    insecur: true
+  build:
+    maxAttempt: 3
+    timeout: soon
+  runtime:
+    replicas: many
+    tolerations:
+      - key: gpu
+        efect: NoSchedule
+  plugins:
+    - url: https://example.com/a.difypkg
+      path: plugins/a
+    - marketplace: langgenius/agent
+      verison: 0.0.14
+";
+    let d = diagnostics(text);
+    let found: Vec<(usize, &str)> = d.iter().map(|d| (d.line, d.path.as_str())).collect();
+    assert_eq!(
+        found,
+        vec![
+            (4, "metadata.name"),
+            (8, "spec.registry.insecur"),
+            (10, "spec.build.maxAttempt"),
+            (11, "spec.build.timeout"),
+            (13, "spec.runtime.replicas"),
+            (16, "spec.runtime.tolerations[0].efect"),
+            (18, "spec.plugins[0]"),
+            (21, "spec.plugins[1].verison"),
+        ],
+        "{}",
+        Diagnostics(d.clone())
+    );
+    assert!(
+        d[1].message
+            .starts_with("unknown field `insecur`, expected one of"),
+        "{}",
+        d[1]
+    );
+    assert!(d[4].message.contains("invalid type"), "{}", d[4]);
+    assert!(d[6].message.contains("url and path"), "{}", d[6]);
+}
+
+/// A field already in error is left out of the rules across fields: a misspelt registry
+/// type does not also make `ecrRegion` "only for ecr", and a required field with a wrong
+/// type is not then reported missing, nor does it stop the search for the errors after it.
+#[test]
+fn errors_are_not_reported_twice_through_the_rules_across_fields() {
+    let text = format!(
+        "{}",
+        "\
+apiVersion: plugsync.dev/v1alpha1
+kind: PluginSet
+metadata:
+  name: [team-a]
+spec:
+  registry:
+    prefix: registry.example.com/x
+    type: ECR
+    ecrRegion: eu-west-1
+  build:
+    maxAttempts: 0
+"
+    );
+    let d = diagnostics(&text);
+    let found: Vec<(usize, &str)> = d.iter().map(|d| (d.line, d.path.as_str())).collect();
+    assert_eq!(
+        found,
+        vec![
+            (4, "metadata.name"),
+            (8, "spec.registry.type"),
+            (11, "spec.build.maxAttempts"),
+        ],
+        "{}",
+        Diagnostics(d.clone())
+    );
+    assert!(d[0].message.contains("invalid type"), "{}", d[0]);
+    assert!(d[1].message.contains("unknown variant `ECR`"), "{}", d[1]);
+    assert!(d[2].message.contains("between 1 and 20"), "{}", d[2]);
+}
+
+/// A plugin entry that is not an entry at all (a bare string) is reported, and the
+/// entries after it keep their own indexes and lines.
+#[test]
+fn an_entry_of_the_wrong_type_does_not_shift_the_others() {
+    let d = diagnostics(&format!(
+        "{HEADER}  plugins:
+    - langgenius/agent
+    - url: https://example.com/a.difypkg
+      path: plugins/a
+    - marketplace: langgenius/agent
+"
+    ));
+    let found: Vec<(usize, &str)> = d.iter().map(|d| (d.line, d.path.as_str())).collect();
+    assert_eq!(
+        found,
+        vec![
+            (10, "spec.plugins[0]"),
+            (11, "spec.plugins[1]"),
+            (13, "spec.plugins[2]"),
+        ],
+        "{}",
+        Diagnostics(d.clone())
+    );
+    assert!(d[0].message.contains("invalid type"), "{}", d[0]);
+    assert!(d[1].message.contains("url and path"), "{}", d[1]);
+    assert!(
+        d[2].message.contains("needs an exact `version`"),
+        "{}",
+        d[2]
+    );
+}
+
+/// Conflict markers a merge left in plugins.yaml are named as a merge conflict, with their
+/// lines, rather than as whatever YAML error they cause.
+#[test]
+fn a_merge_conflict_in_plugins_yaml_is_named() {
+    let text = format!(
+        "{HEADER}  plugins:
+<<<<<<< HEAD
+    - marketplace: langgenius/agent
+      version: 0.0.14
+=======
+    - marketplace: langgenius/agent
+      version: 0.0.15
+>>>>>>> upgrade-agent
+"
+    );
+    let d = diagnostics(&text);
+    assert_eq!(d.len(), 2, "{}", Diagnostics(d.clone()));
+    assert_eq!(d[0].line, 10);
+    assert_eq!(
+        d[0].message,
+        "merge conflict: git conflict markers at lines 10 (<<<<<<<), 13 (=======) and 16 (>>>>>>>)"
+    );
+    assert!(
+        d[1].message.contains("resolve the merge conflict by hand"),
+        "{}",
+        d[1]
+    );
+    assert!(d[1].message.contains("`plugsync lock`"), "{}", d[1]);
 }

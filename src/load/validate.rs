@@ -9,7 +9,9 @@ use url::Url;
 use super::locate::{join_index, join_key};
 use super::Document;
 use crate::error::{Diagnostic, Diagnostics};
-use crate::model::{PluginLock, PluginSet, RegistryType, RuntimeSpec, API_VERSION};
+use crate::model::{
+    LockedImage, LockedPlugin, PluginLock, PluginSet, RegistryType, RuntimeSpec, API_VERSION,
+};
 use crate::redact::redact_url;
 
 static DNS_LABEL: LazyLock<Regex> =
@@ -505,6 +507,54 @@ fn check_runtime<T>(c: &mut Checker<'_, T>, path: &str, runtime: &RuntimeSpec) {
     }
 }
 
+/// What is wrong with one lock entry on its own, by field: digest formats, and an
+/// identifier or plugin id that does not follow from its name, version and checksum.
+pub(super) fn locked_plugin_problems(p: &LockedPlugin) -> Vec<(&'static str, String)> {
+    let mut found = Vec::new();
+    for (field, value) in [("sha256", &p.sha256), ("checksum", &p.checksum)] {
+        if !crate::package::is_sha256_hex(value) {
+            found.push((field, "must be 64 lowercase hex characters".to_string()));
+        }
+    }
+    // `author/name:version@checksum`, or `name:version@checksum` for an author-less package.
+    let expected_uid = format!("{}:{}@{}", p.name, p.version, p.checksum);
+    if p.unique_identifier != expected_uid {
+        found.push((
+            "unique_identifier",
+            format!("does not match name, version and checksum (expected `{expected_uid}`)"),
+        ));
+    } else if p.plugin_id != crate::package::plugin_id(&p.unique_identifier) {
+        found.push((
+            "plugin_id",
+            "does not match unique_identifier; the lock was edited by hand or corrupted"
+                .to_string(),
+        ));
+    }
+    found
+}
+
+/// What is wrong with one recorded image on its own, by field.
+pub(super) fn locked_image_problems(image: &LockedImage) -> Vec<(&'static str, String)> {
+    let mut found = Vec::new();
+    if !crate::package::is_sha256_hex(&image.inputs_hash) {
+        found.push((
+            "inputsHash",
+            "must be 64 lowercase hex characters".to_string(),
+        ));
+    }
+    let digest_ok = image
+        .digest
+        .strip_prefix("sha256:")
+        .is_some_and(crate::package::is_sha256_hex);
+    if !digest_ok {
+        found.push((
+            "digest",
+            "must be `sha256:` followed by 64 lowercase hex characters".to_string(),
+        ));
+    }
+    found
+}
+
 pub(super) fn validate_lock(doc: &Document<PluginLock>) -> Result<(), Diagnostics> {
     let mut c = Checker {
         doc,
@@ -520,23 +570,8 @@ pub(super) fn validate_lock(doc: &Document<PluginLock>) -> Result<(), Diagnostic
     let mut sources = BTreeMap::new();
     for (i, p) in lock.plugins.iter().enumerate() {
         let path = join_index("plugins", i);
-        for (field, value) in [("sha256", &p.sha256), ("checksum", &p.checksum)] {
-            if !crate::package::is_sha256_hex(value) {
-                c.error(
-                    &join_key(&path, field),
-                    "must be 64 lowercase hex characters",
-                );
-            }
-        }
-        // `author/name:version@checksum`, or `name:version@checksum` for an author-less package.
-        let expected_uid = format!("{}:{}@{}", p.name, p.version, p.checksum);
-        if p.unique_identifier != expected_uid {
-            c.error(
-                &join_key(&path, "unique_identifier"),
-                format!("does not match name, version and checksum (expected `{expected_uid}`)"),
-            );
-        } else if p.plugin_id != crate::package::plugin_id(&p.unique_identifier) {
-            c.error(&join_key(&path, "plugin_id"), "does not match unique_identifier; the lock was edited by hand or corrupted, run `plugsync lock`");
+        for (field, message) in locked_plugin_problems(p) {
+            c.error(&join_key(&path, field), message);
         }
         if let Some(first) = sources.insert(p.source.clone(), path.clone()) {
             c.error(
@@ -548,21 +583,8 @@ pub(super) fn validate_lock(doc: &Document<PluginLock>) -> Result<(), Diagnostic
     let mut hashes = BTreeMap::new();
     for (i, image) in lock.images.iter().enumerate() {
         let path = join_index("images", i);
-        if !crate::package::is_sha256_hex(&image.inputs_hash) {
-            c.error(
-                &join_key(&path, "inputsHash"),
-                "must be 64 lowercase hex characters",
-            );
-        }
-        let digest_ok = image
-            .digest
-            .strip_prefix("sha256:")
-            .is_some_and(crate::package::is_sha256_hex);
-        if !digest_ok {
-            c.error(
-                &join_key(&path, "digest"),
-                "must be `sha256:` followed by 64 lowercase hex characters",
-            );
+        for (field, message) in locked_image_problems(image) {
+            c.error(&join_key(&path, field), message);
         }
         if let Some(first) = hashes.insert(image.inputs_hash.clone(), path.clone()) {
             c.error(
