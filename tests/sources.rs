@@ -778,4 +778,12 @@ async fn unknown_scheme_lists_known_schemes() {
         "{message}"
     );
     assert!(!message.contains("abc"), "{message}");
+    // And how to get a client for it.
+    assert!(
+        message.contains(
+            "install one: an executable named `plugsync-source-s3` in a directory on PATH or given with --plugin-dir"
+        ),
+        "{message}"
+    );
+    assert!(message.contains("`plugsync plugins`"), "{message}");
 }

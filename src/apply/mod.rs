@@ -130,7 +130,7 @@ pub fn plugin_set_object(set: &PluginSet) -> Value {
         "kind": "PluginSet",
         "metadata": {
             "name": set.metadata.name,
-            "namespace": set.metadata.namespace,
+            "namespace": set.namespace(),
             "labels": {
                 "app.kubernetes.io/managed-by": "plugsync",
                 LABEL_PLUGINSET: set.metadata.name,
@@ -304,7 +304,7 @@ impl Applier {
         options: ApplyOptions,
     ) -> Result<ApplyReport, Error> {
         let name = &set.metadata.name;
-        let namespace = &set.metadata.namespace;
+        let namespace = set.namespace();
         let mut report = ApplyReport::default();
 
         // The PluginSet holds the inventory.

@@ -702,7 +702,7 @@ fn render_children(
         kind: "PluginSet".to_string(),
         metadata: PluginSetMetadata {
             name: set.name_any(),
-            namespace: set.namespace().unwrap_or_default(),
+            namespace: set.namespace(),
         },
         spec: set.spec.clone(),
     };

@@ -158,10 +158,15 @@ pub(super) fn validate_plugin_set(
             format!("`{}` is not a valid name: use lowercase letters, digits and `-`, at most 63 characters", set.metadata.name),
         );
     }
-    if !DNS_LABEL.is_match(&set.metadata.namespace) {
+    if let Some(namespace) = set
+        .metadata
+        .namespace
+        .as_deref()
+        .filter(|n| !DNS_LABEL.is_match(n))
+    {
         c.error(
             "metadata.namespace",
-            format!("`{}` is not a valid namespace name", set.metadata.namespace),
+            format!("`{namespace}` is not a valid namespace name"),
         );
     }
 

@@ -35,8 +35,15 @@ pub use http::Backoff;
 /// Why a fetch failed. Retry decisions use [`SourceError::is_retryable`], never the text.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    /// No client handles this URL's scheme.
-    #[error("{url}: no source client for scheme `{scheme}` (known schemes: {})", known.join(", "))]
+    /// No client handles this URL's scheme: says how to get one, since a new user meets
+    /// this the first time they declare an `s3://` (or any other) package.
+    #[error(
+        "{url}: no source client for scheme `{scheme}` (known schemes: {}); install one: an \
+         executable named `{}{scheme}` in a directory on PATH or given with --plugin-dir \
+         (README, \"External source clients\"; `plugsync plugins` lists the clients found)",
+        known.join(", "),
+        external::PROGRAM_PREFIX
+    )]
     UnsupportedScheme {
         /// The scheme asked for.
         scheme: String,
