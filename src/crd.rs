@@ -22,9 +22,12 @@ use serde::{Deserialize, Serialize};
     status = "PluginStatus",
     shortname = "plg",
     category = "plugsync",
+    printcolumn = r#"{"name":"Plugin","type":"string","description":"author/name of the package","jsonPath":".spec.name"}"#,
+    printcolumn = r#"{"name":"Version","type":"string","jsonPath":".spec.version"}"#,
+    printcolumn = r#"{"name":"Attempt","type":"integer","description":"build attempt (retry N is named <plugin-id>--N)","jsonPath":".spec.attempt"}"#,
     printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.phase"}"#,
-    printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoint"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Endpoint","type":"string","priority":1,"jsonPath":".status.endpoint"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]

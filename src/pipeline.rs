@@ -83,6 +83,24 @@ pub async fn desired_state(
     }
 }
 
+/// [`desired_state`] for a command working in `namespace` on a cluster: a set that names no
+/// namespace takes it, as kubectl gives a manifest without one the command's namespace.
+pub async fn desired_state_in(
+    snapshot: &dyn Snapshot,
+    file: &str,
+    resolver: &Resolver,
+    settings: &RenderSettings,
+    namespace: &str,
+) -> Result<Option<DesiredState>, Error> {
+    match resolved_state(snapshot, file, resolver).await? {
+        Some(mut resolved) => {
+            resolved.in_namespace(namespace);
+            Ok(Some(resolved.render(settings)?))
+        }
+        None => Ok(None),
+    }
+}
+
 /// One revision read, validated and resolved, not yet rendered: the first half of
 /// [`desired_state`], for callers that render it themselves (the benchmark times the
 /// render stage alone on it).
@@ -105,6 +123,16 @@ pub struct ResolvedState {
 }
 
 impl ResolvedState {
+    /// Gives a set that names no namespace `namespace` (see [`desired_state_in`]).
+    pub fn in_namespace(&mut self, namespace: &str) {
+        self.set
+            .doc
+            .value
+            .metadata
+            .namespace
+            .get_or_insert_with(|| namespace.to_string());
+    }
+
     /// Renders every plugin (see [`render_resolution`]) into a [`DesiredState`].
     pub fn render(self, settings: &RenderSettings) -> Result<DesiredState, Error> {
         let rendered = render_resolution(

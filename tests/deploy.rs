@@ -321,8 +321,9 @@ fn the_deployment_is_hardened() {
             .map(|f| f.field_path.clone())
     };
     assert_eq!(field("POD_NAME").as_deref(), Some("metadata.name"));
+    // The one variable every cluster command reads its namespace from: the pod's own.
     assert_eq!(
-        field("POD_NAMESPACE").as_deref(),
+        field(plugsync::cluster::NAMESPACE_ENV).as_deref(),
         Some("metadata.namespace")
     );
     assert!(
@@ -408,7 +409,7 @@ fn the_deployment_runs_plugsync_with_known_flags_and_probes() {
     let service_port = leader.spec.expect("spec").ports.expect("ports")[0].port;
     assert_eq!(
         args.get("--context-base-url").map(String::as_str),
-        Some(format!("http://plugsync-leader.$(POD_NAMESPACE).svc:{service_port}").as_str()),
+        Some(format!("http://plugsync-leader.$(PLUGSYNC_NAMESPACE).svc:{service_port}").as_str()),
         "build Jobs download contexts through the plugsync-leader Service"
     );
 
@@ -437,6 +438,50 @@ fn the_deployment_runs_plugsync_with_known_flags_and_probes() {
         "kustomization.yaml sets the image {:?}",
         c.image
     );
+}
+
+/// The build-context URL plugsync takes when not told (render, diff, apply, controller, run)
+/// names a Service deploy/ ships, in its namespace, on its port; the Deployment passes the same
+/// URL with its own namespace, and the command line's default is the same.
+#[test]
+fn the_default_context_url_is_the_shipped_leader_service() {
+    let default = plugsync::render::DEFAULT_CONTEXT_BASE_URL;
+    let manifests = Manifests::load();
+    let url = url::Url::parse(default).expect("a URL");
+    let host = url.host_str().expect("a host");
+    let (service, rest) = host.split_once('.').expect("<service>.<namespace>.svc");
+    let namespace = rest
+        .strip_suffix(".svc")
+        .expect("<service>.<namespace>.svc");
+    let shipped: Service = manifests.one("Service", service);
+    assert_eq!(shipped.metadata.namespace.as_deref(), Some(namespace));
+    let _: Namespace = manifests.one("Namespace", namespace);
+    let ports = shipped.spec.expect("spec").ports.expect("ports");
+    assert!(
+        ports
+            .iter()
+            .any(|p| u16::try_from(p.port).ok() == url.port()),
+        "{default}: the Service {service} serves port {:?}",
+        url.port()
+    );
+    let args = run_args(&container(&manifests.deployment()));
+    assert_eq!(
+        args["--context-base-url"].replace("$(PLUGSYNC_NAMESPACE)", namespace),
+        default,
+        "deploy/deployment.yaml passes the default URL, with the namespace it runs in"
+    );
+    for command in ["render", "controller", "run"] {
+        let help = std::process::Command::new(env!("CARGO_BIN_EXE_plugsync"))
+            .args([command, "--help"])
+            .env_remove("PLUGSYNC_CONTEXT_URL")
+            .output()
+            .expect("plugsync --help");
+        let help = String::from_utf8_lossy(&help.stdout);
+        assert!(
+            help.contains(&format!("[default: {default}]")),
+            "plugsync {command} --help shows the default {default}:\n{help}"
+        );
+    }
 }
 
 /// (apiGroup, resource, verb) that `plugsync run` needs, from the lead's list.

@@ -149,21 +149,32 @@ async fn kubectl_get_plugins_prints_the_printer_columns() {
         "-p",
         status,
     ]);
+    // Beside the id, which plugin (author/name), which version and which build attempt.
     let table = c.kubectl_ok(&["get", "plugins", "-n", &ns]);
     let mut lines = table.lines();
     let header = words(lines.next().expect("header"));
     assert_eq!(
-        header[..4],
-        ["NAME", "STATUS", "ENDPOINT", "READY"],
+        header,
+        ["NAME", "PLUGIN", "VERSION", "ATTEMPT", "STATUS", "READY", "AGE"],
         "{table}"
     );
-    assert_eq!(header.last(), Some(&"AGE"));
     let row = words(lines.next().expect("row"));
     assert_eq!(
-        row[..4],
-        ["hello", "Running", "http://svc-0123.dify:8080", "True"],
+        row[..6],
+        ["hello", "langgenius/hello", "0.0.1", "1", "Running", "True"],
         "{table}"
     );
+    // The endpoint, long, with -o wide (as kubectl shows a pod's IP).
+    let wide = c.kubectl_ok(&["get", "plugins", "-n", &ns, "-o", "wide"]);
+    let mut lines = wide.lines();
+    let header = words(lines.next().expect("header"));
+    assert_eq!(
+        header,
+        ["NAME", "PLUGIN", "VERSION", "ATTEMPT", "STATUS", "READY", "ENDPOINT", "AGE"],
+        "{wide}"
+    );
+    let row = words(lines.next().expect("row"));
+    assert_eq!(row[6], "http://svc-0123.dify:8080", "{wide}");
     // The short name and the category resolve too.
     assert!(c.kubectl_ok(&["get", "plg", "-n", &ns]).contains("hello"));
     assert!(c

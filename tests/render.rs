@@ -139,9 +139,15 @@ fn names_labels_and_build_context_follow_the_conventions() {
     let container = &by_kind("Deployment")["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(container["image"], image.as_str());
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/health");
+    // The package declares resource.memory 1048576 (1 MiB), on which no pod starts: the pod
+    // gets what Dify Enterprise's connector gives plugin pods instead.
     assert_eq!(
-        container["resources"]["limits"]["memory"], "1048576",
-        "from resource.memory"
+        container["resources"],
+        serde_json::json!({
+            "requests": {"cpu": "100m", "memory": "50Mi"},
+            "limits": {"cpu": "1", "memory": "3000Mi"},
+        }),
+        "not the manifest's 1 MiB"
     );
     assert_eq!(
         container["securityContext"]["allowPrivilegeEscalation"],
@@ -295,6 +301,54 @@ fn template_errors_name_the_template_and_line_and_exit_2() {
     assert!(
         err.contains("kind is `ConfigMap`, must be `Deployment`"),
         "{err}"
+    );
+}
+
+/// The bundled langgenius/agent declares `resource.memory: 1048576` (1 MiB): render says,
+/// once, on one WARN line naming the plugin, that the number is ignored and what the pod gets
+/// instead; hello-world's 256 MiB is plausible and raises its request without a warning; and a
+/// memory the user sets makes the package's number moot, so no warning then.
+#[test]
+fn a_package_asking_for_too_little_memory_is_warned_about_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    copy_dir(Path::new("examples"), dir.path());
+    let cache = tempfile::tempdir().expect("cache");
+    let out = render_cmd(dir.path(), cache.path()).success();
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains(" WARN ")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    let warning = warnings[0];
+    for expected in [
+        "render:",
+        "plugin=langgenius/agent@0.0.14",
+        "asks for 1Mi of memory",
+        "floor 50Mi",
+        "a request of 50Mi and a limit of 3000Mi",
+    ] {
+        assert!(warning.contains(expected), "{expected}: {warning}");
+    }
+    assert!(
+        !warning.contains('\x1b'),
+        "no colour when stderr is not a terminal"
+    );
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(stdout.contains("memory: 256Mi"), "hello-world's own number");
+
+    let path = dir.path().join("plugins.yaml");
+    let yaml = std::fs::read_to_string(&path).expect("read");
+    let with_memory = yaml.replace(
+        "  runtime:\n    replicas: 1\n",
+        "  runtime:\n    replicas: 1\n    resources:\n      limits: {memory: 1Gi}\n",
+    );
+    assert_ne!(with_memory, yaml);
+    std::fs::write(&path, with_memory).expect("write");
+    let out = render_cmd(dir.path(), cache.path()).success();
+    let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(!err.contains("WARN"), "{err}");
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(
+        !stdout.contains("3000Mi") && stdout.contains("memory: 1Gi"),
+        "{stdout}"
     );
 }
 

@@ -3,6 +3,7 @@
 //! Exit codes follow `kubectl diff`: 0 success and nothing to change, 1 something is out of
 //! date (`lock --locked`), 2 an error (invalid input, failed fetch, digest mismatch).
 
+mod logging;
 mod progress;
 mod run;
 
@@ -41,7 +42,7 @@ pub struct Cli {
     command: Command,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum LogFormat {
     Text,
     Json,
@@ -180,9 +181,6 @@ struct LockArgs {
 struct GcArgs {
     #[command(flatten)]
     kube: KubeArgs,
-    /// Namespace of the Plugins.
-    #[arg(long, env = "PLUGSYNC_NAMESPACE", default_value = "default")]
-    namespace: String,
     /// Only this PluginSet's plugins [default: every set in the namespace].
     #[arg(long, value_name = "NAME")]
     set: Option<String>,
@@ -219,7 +217,7 @@ struct RenderSettingsArgs {
         long,
         visible_alias = "context-base-url",
         env = "PLUGSYNC_CONTEXT_URL",
-        default_value = "http://plugsync.plugsync-system.svc:8080"
+        default_value = crate::render::DEFAULT_CONTEXT_BASE_URL
     )]
     context_url: String,
 }
@@ -267,9 +265,13 @@ struct DiffArgs {
     render: RenderSettingsArgs,
 }
 
-/// How to reach the cluster, as kubectl users expect.
+/// How to reach the cluster, and in which namespace, as kubectl users expect.
 #[derive(Debug, Args)]
 struct KubeArgs {
+    /// The namespace to work in [default: the kubeconfig context's; in a pod, the pod's].
+    /// A plugins.yaml naming another namespace is refused, as by `kubectl apply -n`.
+    #[arg(short = 'n', long, env = crate::cluster::NAMESPACE_ENV, value_name = "NAMESPACE")]
+    namespace: Option<String>,
     /// Path to a kubeconfig file [default: $KUBECONFIG, ~/.kube/config, or in-cluster].
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
@@ -283,8 +285,51 @@ impl KubeArgs {
         crate::cluster::ClusterOptions {
             kubeconfig: self.kubeconfig.clone(),
             context: self.context.clone(),
+            namespace: self.namespace.clone(),
         }
     }
+
+    /// The client and the namespace (nothing is sent yet).
+    async fn connect(&self) -> Result<crate::cluster::Cluster, Error> {
+        crate::cluster::connect(&self.options()).await
+    }
+}
+
+/// The namespace a declared set works in on `cluster` (kubectl's rule, see
+/// [`crate::cluster::namespace_for_set`]), printed on stderr; `-n` naming another namespace
+/// than plugins.yaml's is an error at its `metadata.namespace`.
+fn set_namespace(
+    set: &load::LoadedPluginSet,
+    cluster: &crate::cluster::Cluster,
+) -> Result<String, Error> {
+    use crate::cluster::SetNamespace;
+    match crate::cluster::namespace_for_set(set.spec().metadata.namespace.as_deref(), cluster) {
+        SetNamespace::Use(namespace, source) => {
+            eprintln!("namespace {namespace} ({source})");
+            Ok(namespace)
+        }
+        SetNamespace::Conflict { declared, flag } => {
+            let message = format!(
+                "the set is in namespace `{declared}`, but --namespace is `{flag}`: pass \
+                 --namespace={declared}, or remove metadata.namespace to apply it to the \
+                 namespace of the command"
+            );
+            let at = set.doc.error_at("metadata.namespace", message);
+            Err(Error::Invalid(crate::error::Diagnostics(vec![at])))
+        }
+    }
+}
+
+/// Where `controller` and `run` listen unless told: every interface in a pod (build Jobs and
+/// the kubelet's probes reach it there), loopback elsewhere (a laptop's server is not for the
+/// network).
+fn default_listen(in_pod: bool) -> std::net::SocketAddr {
+    let ip = if in_pod {
+        std::net::Ipv4Addr::UNSPECIFIED
+    } else {
+        std::net::Ipv4Addr::LOCALHOST
+    };
+    std::net::SocketAddr::from((ip, 8080))
 }
 
 #[derive(Debug, Args)]
@@ -312,12 +357,10 @@ struct ApplyArgs {
 struct ControllerArgs {
     #[command(flatten)]
     kube: KubeArgs,
-    /// Namespace whose Plugins to reconcile.
-    #[arg(long, env = "PLUGSYNC_NAMESPACE", default_value = "default")]
-    namespace: String,
-    /// Address of the build-context server (build Jobs fetch `/contexts/<sha256>` from it).
-    #[arg(long, env = "PLUGSYNC_LISTEN", default_value = "0.0.0.0:8080")]
-    listen: std::net::SocketAddr,
+    /// Address of the build-context server (build Jobs fetch `/contexts/<sha256>` from it)
+    /// [default: 0.0.0.0:8080 in a pod, else 127.0.0.1:8080].
+    #[arg(long, env = "PLUGSYNC_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
     /// Package and build-context cache [default: $PLUGSYNC_CACHE_DIR, else the user cache dir].
     #[arg(long, env = "PLUGSYNC_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
@@ -399,15 +442,7 @@ fn init_logging(format: LogFormat, verbose: u8) {
         1 => "plugsync=debug",
         _ => "plugsync=trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.without_time().try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
+    logging::init(format == LogFormat::Json, default);
 }
 
 async fn run(command: Command) -> Result<ExitCode, Error> {
@@ -453,11 +488,15 @@ async fn lock(args: LockArgs) -> Result<ExitCode, Error> {
         .await?;
     debug!(plugins = resolution.plugins.len(), "resolved");
     if args.from_cluster {
-        let client = crate::cluster::client(&args.kube.options()).await?;
-        let (name, namespace) = (&set.spec().metadata.name, &set.spec().metadata.namespace);
-        let images = crate::controller::reconcile::recorded_images(&client, namespace, name)
-            .await
-            .map_err(|e| Error::Cluster(format!("reading Plugins of {namespace}/{name}: {e}")))?;
+        let cluster = args.kube.connect().await?;
+        let namespace = set_namespace(&set, &cluster)?;
+        let name = &set.spec().metadata.name;
+        let images =
+            crate::controller::reconcile::recorded_images(&cluster.client, &namespace, name)
+                .await
+                .map_err(|e| {
+                    Error::Cluster(format!("reading Plugins of {namespace}/{name}: {e}"))
+                })?;
         let before = resolution.lock.images.len();
         resolution.lock.record_images(images);
         println!(
@@ -666,20 +705,25 @@ async fn diff_command(args: DiffArgs) -> Result<ExitCode, Error> {
     })
 }
 
-/// Renders the working tree for a cluster operation, refusing a missing or stale lock: what
-/// reaches a cluster is always pinned.
+/// Renders the working tree for a cluster operation on `cluster`, refusing a missing or stale
+/// lock: what reaches a cluster is always pinned. The set works in [`set_namespace`]'s
+/// namespace, printed on stderr.
 async fn pinned_state(
     repo: &RepoArgs,
     fetch: &FetchArgs,
     render: &RenderSettingsArgs,
+    cluster: &crate::cluster::Cluster,
 ) -> Result<pipeline::DesiredState, Error> {
     let root = repo.root();
     let file = repo.file_name();
     let snapshot = WorkTree::new(&root).map_err(|e| Error::Usage(e.to_string()))?;
     let resolver = resolver_for(fetch)?;
-    let state = pipeline::desired_state(&snapshot, &file, &resolver, &render.settings())
+    let mut resolved = pipeline::resolved_state(&snapshot, &file, &resolver)
         .await?
         .ok_or_else(|| Error::Usage(format!("{}: not found", repo.plugins_path().display())))?;
+    let namespace = set_namespace(&resolved.set, cluster)?;
+    resolved.in_namespace(&namespace);
+    let state = resolved.render(&render.settings())?;
     match &state.lock {
         LockState::UpToDate => Ok(state),
         LockState::Missing => Err(Error::LockOutOfDate(format!(
@@ -703,9 +747,9 @@ fn plugsync_crds(
 }
 
 async fn apply_command(args: ApplyArgs) -> Result<ExitCode, Error> {
-    let state = pinned_state(&args.repo, &args.fetch, &args.render).await?;
-    let client = crate::cluster::client(&args.kube.options()).await?;
-    let applier = Applier::new(client);
+    let cluster = args.kube.connect().await?;
+    let state = pinned_state(&args.repo, &args.fetch, &args.render, &cluster).await?;
+    let applier = Applier::new(cluster.client.clone());
     let options = ApplyOptions {
         dry_run: args.dry_run,
         prune: !args.no_prune,
@@ -767,45 +811,53 @@ async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
 }
 
 async fn controller_command(args: ControllerArgs) -> Result<ExitCode, Error> {
-    let client = crate::cluster::client(&args.kube.options()).await?;
+    let cluster = args.kube.connect().await?;
+    let client = cluster.client.clone();
+    let listen = args
+        .listen
+        .unwrap_or_else(|| default_listen(crate::cluster::running_in_pod()));
     let cache_dir = args.cache_dir.clone().unwrap_or_else(Cache::default_dir);
     let cache = Cache::open(&cache_dir).map_err(|e| Error::io(&cache_dir, e))?;
     let context = controller_context(&client, &cache, &args.render);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(crate::server::serve(
-        args.listen,
+        listen,
         cache,
         stopped(stop_rx.clone()),
     ));
     let controller = tokio::spawn(crate::controller::run(
         Arc::new(context),
-        args.namespace.clone(),
+        cluster.namespace.clone(),
         stopped(stop_rx),
     ));
-    tracing::info!(namespace = %args.namespace, listen = %args.listen, "controller running");
+    tracing::info!(
+        namespace = %cluster.namespace,
+        from = %cluster.source,
+        %listen,
+        "controller running"
+    );
     let _ = tokio::signal::ctrl_c().await;
     let _ = stop_tx.send(true);
     let _ = controller.await;
     match server.await {
-        Ok(Err(e)) => Err(Error::Cluster(format!(
-            "context server on {}: {e}",
-            args.listen
-        ))),
+        Ok(Err(e)) => Err(Error::Cluster(format!("context server on {listen}: {e}"))),
         _ => Ok(ExitCode::SUCCESS),
     }
 }
 
 async fn gc_command(args: GcArgs) -> Result<ExitCode, Error> {
-    let client = crate::cluster::client(&args.kube.options()).await?;
+    let cluster = args.kube.connect().await?;
+    eprintln!("{}", cluster.namespace_line());
+    let (client, namespace) = (&cluster.client, &cluster.namespace);
     let removals = crate::controller::reconcile::collect_garbage(
-        &client,
-        &args.namespace,
+        client,
+        namespace,
         args.set.as_deref(),
         args.keep,
         args.dry_run,
     )
     .await
-    .map_err(|e| Error::Cluster(format!("gc in namespace {}: {e}", args.namespace)))?;
+    .map_err(|e| Error::Cluster(format!("gc in namespace {namespace}: {e}")))?;
     let suffix = if args.dry_run { " (dry run)" } else { "" };
     for removal in &removals {
         match removal {
@@ -829,9 +881,9 @@ async fn cluster_diff_command(args: DiffArgs) -> Result<ExitCode, Error> {
         repo: args.repo.clone(),
         file: args.file.clone(),
     };
-    let state = pinned_state(&repo, &args.fetch, &args.render).await?;
-    let client = crate::cluster::client(&args.kube.options()).await?;
-    let applier = Applier::new(client);
+    let cluster = args.kube.connect().await?;
+    let state = pinned_state(&repo, &args.fetch, &args.render, &cluster).await?;
+    let applier = Applier::new(cluster.client.clone());
     let options = ApplyOptions {
         dry_run: true,
         prune: true,

@@ -13,7 +13,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Notify};
 use tracing::{error, info, warn};
 
-use super::{controller_context, resolver_for, stopped, FetchArgs, KubeArgs, RenderSettingsArgs};
+use super::{
+    controller_context, default_listen, resolver_for, stopped, FetchArgs, KubeArgs,
+    RenderSettingsArgs,
+};
 use crate::error::Error;
 use crate::gitops::{GitOps, LockCommit, LoopConfig, RepoSource};
 use crate::leader::{set_pod_leader_label, LeaderElector, LeaseConfig};
@@ -40,7 +43,7 @@ pub(super) struct RunArgs {
     /// The declared set's file name.
     #[arg(long, default_value = PLUGINS_FILE)]
     file: String,
-    /// A Secret in --namespace with git credentials (`username`/`password`, `bearerToken`,
+    /// A Secret in the namespace with git credentials (`username`/`password`, `bearerToken`,
     /// or `identity` + `known_hosts`), read at every fetch.
     #[arg(long, env = "PLUGSYNC_GIT_SECRET")]
     git_secret: Option<String>,
@@ -56,13 +59,10 @@ pub(super) struct RunArgs {
     /// Time between PluginSet status refreshes from the Plugins.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     status_interval: Duration,
-    /// The namespace plugsync manages (the PluginSet's, its Plugins', their children's).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-    namespace: String,
     /// Address of the HTTP server: `/contexts/<sha256>`, `POST /webhook`, `/metrics`,
-    /// `/healthz`, `/readyz`.
-    #[arg(long, env = "PLUGSYNC_LISTEN", default_value = "0.0.0.0:8080")]
-    listen: SocketAddr,
+    /// `/healthz`, `/readyz` [default: 0.0.0.0:8080 in a pod, else 127.0.0.1:8080].
+    #[arg(long, env = "PLUGSYNC_LISTEN")]
+    listen: Option<SocketAddr>,
     /// File holding the GitHub webhook secret (`X-Hub-Signature-256` HMAC).
     #[arg(long, conflicts_with = "webhook_token_file")]
     webhook_secret_file: Option<PathBuf>,
@@ -151,7 +151,12 @@ pub(super) async fn run_command(args: RunArgs) -> Result<ExitCode, Error> {
             "--jitter must be at least 0 and below 1".into(),
         ));
     }
-    let client = crate::cluster::client(&args.kube.options()).await?;
+    // The namespace plugsync manages: the PluginSet's, its Plugins', their children's.
+    let cluster = args.kube.connect().await?;
+    let (client, namespace) = (cluster.client.clone(), cluster.namespace.clone());
+    let listen = args
+        .listen
+        .unwrap_or_else(|| default_listen(crate::cluster::running_in_pod()));
     let cache_dir = args
         .fetch
         .cache_dir
@@ -196,7 +201,7 @@ pub(super) async fn run_command(args: RunArgs) -> Result<ExitCode, Error> {
         source,
         path: args.path.clone(),
         file: args.file.clone(),
-        namespace: args.namespace.clone(),
+        namespace: namespace.clone(),
         interval: args.interval,
         jitter: args.jitter,
         resync: args.resync,
@@ -220,10 +225,10 @@ pub(super) async fn run_command(args: RunArgs) -> Result<ExitCode, Error> {
         readiness: readiness.clone(),
         webhook,
     };
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| Error::Cluster(format!("cannot listen on {}: {e}", args.listen)))?;
-    info!(listen = %listener.local_addr().unwrap_or(args.listen), "serving");
+        .map_err(|e| Error::Cluster(format!("cannot listen on {}: {e}", listen)))?;
+    info!(listen = %listener.local_addr().unwrap_or(listen), "serving");
     let server = tokio::spawn(crate::server::serve_on(
         listener,
         server_state,
@@ -249,7 +254,7 @@ pub(super) async fn run_command(args: RunArgs) -> Result<ExitCode, Error> {
                 .unwrap_or_else(|| "plugsync".into()),
             rand::random::<u32>()
         );
-        let mut lease = LeaseConfig::new(&args.lease_name, &args.namespace, identity);
+        let mut lease = LeaseConfig::new(&args.lease_name, &namespace, identity);
         lease.lease_duration = args.lease_duration;
         lease.renew_deadline = args.lease_duration.mul_f64(2.0 / 3.0);
         lease.retry_period = args.lease_duration.mul_f64(2.0 / 15.0);
@@ -277,17 +282,19 @@ pub(super) async fn run_command(args: RunArgs) -> Result<ExitCode, Error> {
     };
     metrics.set_leader(true);
     if let (Some(pod), true) = (&pod_name, election.is_some()) {
-        if let Err(e) = set_pod_leader_label(client.clone(), &args.namespace, pod, true).await {
+        if let Err(e) = set_pod_leader_label(client.clone(), &namespace, pod, true).await {
             warn!(error = %e, "cannot label this pod as the leader; the leader Service will not route to it");
         }
     }
 
     let mut context = controller_context(&client, &cache, &args.render);
     context.metrics = Some(metrics.clone());
+    // The git loop publishes the PluginSet status (it knows each commit's fate).
+    context.publish_set_status = false;
     let templates = context.templates.clone();
     let controller = tokio::spawn(crate::controller::run(
         Arc::new(context),
-        args.namespace.clone(),
+        namespace.clone(),
         stopped(stop_rx.clone()),
     ));
     let gitops = GitOps::new(
@@ -302,7 +309,7 @@ pub(super) async fn run_command(args: RunArgs) -> Result<ExitCode, Error> {
     // The loop runs on this task (not spawned): the applier's futures are not `Send`
     // across every lifetime the spawn bound asks for, and this task is where it ends anyway.
     let git_loop = gitops.run(trigger, stop_rx.clone(), readiness.clone());
-    info!(namespace = %args.namespace, "running");
+    info!(%namespace, from = %cluster.source, "running");
 
     // Until told to stop, or until leadership is lost: then stop writing at once.
     let watchdog = async {
@@ -331,7 +338,7 @@ pub(super) async fn run_command(args: RunArgs) -> Result<ExitCode, Error> {
     metrics.set_leader(false);
     if let Some(handle) = election {
         if let Some(pod) = &pod_name {
-            let _ = set_pod_leader_label(client.clone(), &args.namespace, pod, false).await;
+            let _ = set_pod_leader_label(client.clone(), &namespace, pod, false).await;
         }
         if let Err(e) = handle.shutdown().await {
             warn!(error = %e, "could not release the lease; a standby takes over when it expires");

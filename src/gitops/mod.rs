@@ -310,29 +310,34 @@ impl GitOps {
         };
         self.last_full_pass = Some(Instant::now());
 
-        let state =
-            match pipeline::desired_state(snapshot.as_ref(), &file, &self.resolver, &self.settings)
-                .await
-            {
-                Ok(Some(state)) => state,
-                Ok(None) => {
-                    let message = format!("{} not found", snapshot.display_path(&file).display());
-                    return self.bad_commit(commit, message, Vec::new());
-                }
-                Err(e @ (Error::Source { .. } | Error::Io { .. })) => {
-                    // Not the commit's fault: a package server or the disk. Retry.
-                    self.result = PassResult::ApplyFailed {
-                        commit,
-                        message: e.to_string(),
-                    };
-                    return ReconcileResult::Failed;
-                }
-                Err(e) => {
-                    self.remember_set_name(snapshot.as_ref(), &file);
-                    let errors = status_errors(&e);
-                    return self.bad_commit(commit, e.to_string(), errors);
-                }
-            };
+        let state = match pipeline::desired_state_in(
+            snapshot.as_ref(),
+            &file,
+            &self.resolver,
+            &self.settings,
+            &self.config.namespace,
+        )
+        .await
+        {
+            Ok(Some(state)) => state,
+            Ok(None) => {
+                let message = format!("{} not found", snapshot.display_path(&file).display());
+                return self.bad_commit(commit, message, Vec::new());
+            }
+            Err(e @ (Error::Source { .. } | Error::Io { .. })) => {
+                // Not the commit's fault: a package server or the disk. Retry.
+                self.result = PassResult::ApplyFailed {
+                    commit,
+                    message: e.to_string(),
+                };
+                return ReconcileResult::Failed;
+            }
+            Err(e) => {
+                self.remember_set_name(snapshot.as_ref(), &file);
+                let errors = status_errors(&e);
+                return self.bad_commit(commit, e.to_string(), errors);
+            }
+        };
         let lock_file = join(&parent_dir(&file), crate::load::LOCK_FILE);
         let lock_path = snapshot.display_path(&lock_file).display().to_string();
         let set = state.set.spec().clone();
@@ -353,11 +358,11 @@ impl GitOps {
                 return self.bad_commit(commit, message, Vec::new());
             }
         }
-        if set.metadata.namespace != self.config.namespace {
+        if set.namespace() != self.config.namespace {
             let message = format!(
                 "{}: metadata.namespace is `{}`, but this plugsync manages namespace `{}`",
                 snapshot.display_path(&file).display(),
-                set.metadata.namespace,
+                set.namespace(),
                 self.config.namespace
             );
             return self.bad_commit(commit, message, Vec::new());

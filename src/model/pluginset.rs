@@ -25,7 +25,7 @@ pub struct PluginSet {
     pub api_version: String,
     /// Must be `PluginSet`.
     pub kind: String,
-    /// Name of the set and the namespace its plugins run in.
+    /// Name of the set, and the namespace its plugins run in when it names one.
     pub metadata: PluginSetMetadata,
     /// What to build and run.
     pub spec: PluginSetSpec,
@@ -37,13 +37,27 @@ pub struct PluginSet {
 pub struct PluginSetMetadata {
     /// Name of the set (a DNS-1123 label); objects plugsync creates carry it as `app.kubernetes.io/part-of`.
     pub name: String,
-    /// Namespace the plugins run in.
-    #[serde(default = "default_namespace")]
-    pub namespace: String,
+    /// Namespace the plugins run in. Leave it out to take the command's, as a manifest
+    /// without one does with kubectl: `-n/--namespace`, else the kubeconfig context's, else
+    /// (in a pod) the pod's. With it, `-n` naming another namespace is an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
-fn default_namespace() -> String {
-    "default".to_string()
+/// The namespace of a set that names none, for commands that reach no cluster (`render`,
+/// `diff --base`), as kubectl's own fallback.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+impl PluginSet {
+    /// `metadata.namespace`, else [`DEFAULT_NAMESPACE`]. Cluster commands fill
+    /// `metadata.namespace` in before rendering, so there it is always the declared or the
+    /// command's namespace.
+    pub fn namespace(&self) -> &str {
+        self.metadata
+            .namespace
+            .as_deref()
+            .unwrap_or(DEFAULT_NAMESPACE)
+    }
 }
 
 /// The desired state. In the cluster, the same spec is the `PluginSet` custom resource
@@ -262,8 +276,11 @@ pub struct RuntimeSpec {
     /// Pod replicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,
-    /// Container resources; when unset, the memory request and limit come from the package's
-    /// `resource.memory`.
+    /// Container resources. For CPU and memory, each left out here (neither request nor
+    /// limit), plugsync gives what Dify Enterprise's plugin connector gives plugin pods:
+    /// requests `cpu: 100m`, `memory: 50Mi`, limits `cpu: 1`, `memory: 3000Mi`. A package's
+    /// `resource.memory` of at least 50Mi raises the memory request to it (and the limit, if
+    /// above 3000Mi); below, it is ignored with a warning (published packages declare 1 MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Extra environment variables (use `valueFrom.secretKeyRef` for secrets).

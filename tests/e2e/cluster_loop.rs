@@ -55,7 +55,7 @@ impl Drop for Running {
 }
 
 /// The arguments of the shipped Deployment's container (deploy/deployment.yaml), with
-/// `$(POD_NAMESPACE)` expanded as the kubelet does.
+/// `$(PLUGSYNC_NAMESPACE)` expanded as the kubelet does.
 fn shipped_args() -> Vec<String> {
     let text = std::fs::read_to_string(root().join("deploy/deployment.yaml")).expect("deployment");
     let yaml: Value = serde_yaml::from_str(&text).expect("yaml");
@@ -63,7 +63,7 @@ fn shipped_args() -> Vec<String> {
         .as_array()
         .expect("args")
         .iter()
-        .map(|a| a.as_str().expect("string").replace("$(POD_NAMESPACE)", NS))
+        .map(|a| a.as_str().expect("string").replace("$(PLUGSYNC_NAMESPACE)", NS))
         .collect()
 }
 
@@ -234,7 +234,7 @@ async fn the_gitops_loop_on_the_real_control_plane() {
         ))
         .env("KUBECONFIG", &kubeconfig)
         .env("POD_NAME", &pod_name)
-        .env("POD_NAMESPACE", NS)
+        .env("PLUGSYNC_NAMESPACE", NS)
         .env("PLUGSYNC_LOG_FORMAT", "json")
         .env_remove("PLUGSYNC_PLUGIN_DIRS")
         .stdin(Stdio::null())

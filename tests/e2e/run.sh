@@ -371,10 +371,9 @@ patches:
           - --path=.
           - --interval=10s
           - --jitter=0.1
-          - --namespace=\$(POD_NAMESPACE)
           - --listen=0.0.0.0:8080
           - --cache-dir=/var/cache/plugsync
-          - --context-base-url=http://plugsync-leader.\$(POD_NAMESPACE).svc:8080
+          - --context-base-url=http://plugsync-leader.\$(PLUGSYNC_NAMESPACE).svc:8080
           - --lease-name=plugsync
 EOF
 kubectl apply --server-side -k "$WORK/overlay" >/dev/null
