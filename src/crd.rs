@@ -137,6 +137,11 @@ pub struct PluginStatus {
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// On a first attempt whose own build failed: the retry (`<plugin-id>--N`) whose phase,
+    /// endpoint and conditions this status reports, so the Plugin git declares reads what the
+    /// plugin is (`Running` once a retry runs), not its first build's failure forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_attempt: Option<String>,
     /// `Ready`, `Reconciling`, `Stalled` (kstatus-compatible).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

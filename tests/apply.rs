@@ -647,3 +647,162 @@ async fn an_upgraded_plugin_keeps_its_old_version_until_the_new_one_runs() {
     assert_eq!(report.count(Outcome::Held), 0);
     assert!(plugin(new_id).await.is_none());
 }
+
+/// A copy of `env`'s repository whose PluginSet is named `name`: another set declaring the
+/// same packages in the same namespace.
+async fn other_set(env: &Env, name: &str) -> (tempfile::TempDir, DesiredState) {
+    let dir = tempfile::tempdir().expect("dir");
+    for file in ["plugins.yaml", "plugins.lock"] {
+        let text = std::fs::read_to_string(env.dir.path().join(file)).expect("read");
+        let text = if file == "plugins.yaml" {
+            let renamed = text.replace("\n  name: synth\n", &format!("\n  name: {name}\n"));
+            assert_ne!(renamed, text, "the synthetic set is named synth");
+            renamed
+        } else {
+            text
+        };
+        std::fs::write(dir.path().join(file), text).expect("write");
+    }
+    let state = render(dir.path(), &env.cache).await;
+    (dir, state)
+}
+
+fn plugins_of(state: &DesiredState) -> Vec<Value> {
+    state.cluster_objects()
+}
+
+#[tokio::test]
+async fn a_package_another_set_declares_is_a_conflict_never_a_takeover() {
+    let env = Env::new("apply-two-sets", 2).await;
+    let mine = env.render().await;
+    let report = env
+        .apply(&mine, &plugins_of(&mine), ApplyOptions::default())
+        .await;
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let ids: Vec<String> = mine.rendered.iter().map(|r| r.plugin_id.clone()).collect();
+
+    // Another set in the namespace declares the same two packages (and so the same Plugin
+    // names). A dry run and the apply both report the conflict; nothing is taken over.
+    let (_dir, theirs) = other_set(&env, "other").await;
+    let applier = || Applier::new(env.proxy.client(&env.ns)).with_retry(fast_retry());
+    for dry_run in [true, false] {
+        let report = applier()
+            .apply_set(
+                theirs.set.spec(),
+                &plugins_of(&theirs),
+                ApplyOptions {
+                    dry_run,
+                    prune: true,
+                },
+            )
+            .await
+            .expect("apply runs");
+        assert_eq!(
+            report.failed.len(),
+            2,
+            "dry run {dry_run}: {}",
+            report.summary()
+        );
+        for (key, why) in &report.failed {
+            assert_eq!(key.kind, "Plugin");
+            assert!(ids.contains(&key.name), "{key}");
+            assert!(
+                why.contains(r#"owned by PluginSet "synth""#)
+                    && why.contains(r#"PluginSet "other" declares the same package"#)
+                    && why.contains("one namespace cannot run the same package"),
+                "{why}"
+            );
+        }
+        assert_eq!(
+            report.count(Outcome::Created),
+            1,
+            "the PluginSet only: {}",
+            report.summary()
+        );
+    }
+    for id in &ids {
+        let plugin = env
+            .get("plugsync.dev/v1alpha1", "Plugin", id)
+            .await
+            .expect("still there");
+        assert_eq!(plugin["metadata"]["labels"]["plugsync.dev/pluginset"], SET);
+        assert_eq!(plugin["spec"]["pluginSet"], SET);
+    }
+    let other_set = env
+        .get("plugsync.dev/v1alpha1", "PluginSet", "other")
+        .await
+        .expect("the other set exists");
+    assert!(
+        other_set["status"]["inventory"].is_null(),
+        "another set's objects never enter the inventory: {other_set:#}"
+    );
+
+    // Emptying the other set prunes nothing of this one's.
+    let report = applier()
+        .apply_set(theirs.set.spec(), &[], ApplyOptions::default())
+        .await
+        .expect("apply runs");
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(report.count(Outcome::Pruned), 0, "{}", report.summary());
+    for id in &ids {
+        assert!(env
+            .get("plugsync.dev/v1alpha1", "Plugin", id)
+            .await
+            .is_some());
+    }
+}
+
+#[tokio::test]
+async fn an_object_another_set_took_over_is_never_pruned() {
+    let env = Env::new("apply-taken-over", 2).await;
+    let mine = env.render().await;
+    env.apply(&mine, &plugins_of(&mine), ApplyOptions::default())
+        .await;
+    // What an older plugsync let happen: another set applied over one of this set's Plugins
+    // and now labels it. This set's inventory still lists it.
+    let taken = mine.rendered[0].plugin_id.clone();
+    let (_dir, theirs) = other_set(&env, "other").await;
+    let their_plugin = plugins_of(&theirs)
+        .into_iter()
+        .find(|p| p["metadata"]["name"] == taken.as_str())
+        .expect("their Plugin");
+    env.api("plugsync.dev/v1alpha1", "Plugin")
+        .patch(
+            &taken,
+            &PatchParams::apply("plugsync").force(),
+            &Patch::Apply(&plugsync::apply::with_applied_hash(&their_plugin)),
+        )
+        .await
+        .expect("taken over");
+    assert!(env
+        .inventory()
+        .await
+        .contains(&("Plugin".to_string(), taken.clone())));
+
+    // This set is emptied: its own Plugin goes, the one the other set owns stays, and leaves
+    // the inventory.
+    let report = env.apply(&mine, &[], ApplyOptions::default()).await;
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(report.count(Outcome::Pruned), 1, "{}", report.summary());
+    let kept = env
+        .get("plugsync.dev/v1alpha1", "Plugin", &taken)
+        .await
+        .expect("the other set's Plugin is not pruned");
+    assert_eq!(
+        kept["metadata"]["labels"]["plugsync.dev/pluginset"],
+        "other"
+    );
+    assert!(env
+        .get(
+            "plugsync.dev/v1alpha1",
+            "Plugin",
+            &mine.rendered[1].plugin_id
+        )
+        .await
+        .is_none());
+    let inventory = env.plugin_set().await["status"]["inventory"].clone();
+    assert!(
+        inventory.is_null() || inventory == json!([]),
+        "nothing left to own: {inventory}"
+    );
+}

@@ -456,3 +456,51 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+#[tokio::test]
+async fn a_second_set_declaring_the_same_package_is_refused_with_exit_2() {
+    let env = Env::new("cli-two-sets", 1).await;
+    let out = env.run(&["apply"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (_, plugin) = env
+        .plugsync_objects()
+        .await
+        .into_iter()
+        .find(|(k, _)| k == "Plugin")
+        .expect("plugin");
+
+    // A copy of the repository whose set has another name: the same package, the same
+    // Plugin name, in the same namespace.
+    let other = tempfile::tempdir().expect("repo");
+    for file in ["plugins.yaml", "plugins.lock"] {
+        let text = std::fs::read_to_string(env.repo.path().join(file)).expect("read");
+        let text = text.replace(&format!("\n  name: {SET}\n"), "\n  name: other\n");
+        std::fs::write(other.path().join(file), text).expect("write");
+    }
+    for args in [
+        &["diff", "--cluster"][..],
+        &["apply", "--dry-run"][..],
+        &["apply"][..],
+    ] {
+        let mut cmd = env.plugsync(args);
+        cmd.arg("--repo").arg(other.path());
+        let out = Env::output(cmd).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "error: Plugin {}/{plugin}: owned by PluginSet \"{SET}\"",
+                env.ns
+            )) && stderr.contains("PluginSet \"other\" declares the same package")
+                && stderr.contains("declare it in one of them, or give each set its own namespace"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let live = env.get(PLUGSYNC, "Plugin", &plugin).await.expect("plugin");
+    assert_eq!(live["metadata"]["labels"]["plugsync.dev/pluginset"], SET);
+    assert_eq!(live["spec"]["pluginSet"], SET);
+
+    // The first set's own apply still has nothing to change: nothing was taken over.
+    let out = env.run(&["diff", "--cluster"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}

@@ -660,17 +660,34 @@ async fn a_failed_build_is_retried_as_attempt_2() {
             phase(p) == Some(PluginPhase::Running)
         })
         .await;
-    let first = h.plugin(&id).await;
-    assert_eq!(phase(&first), Some(PluginPhase::BuildFailed));
+    // The first attempt is what git declares and what `kubectl get plugins`, health checks
+    // and alerts read: once its retry runs, it reads Running (not BuildFailed forever), with
+    // the endpoint, and says which attempt runs and why its own build failed.
+    let first = h
+        .wait_plugin(&id, "attempt 1 reporting its running retry", |p| {
+            phase(p) == Some(PluginPhase::Running)
+        })
+        .await;
     let status = first.status.as_ref().expect("status");
+    assert_eq!(status.current_attempt.as_deref(), Some(retry.as_str()));
+    assert_eq!(
+        status.endpoint.as_deref(),
+        Some(format!("http://svc-{id}.{}:8080", h.ns).as_str())
+    );
+    assert_eq!(
+        condition(&first, "Ready"),
+        Some(("True".into(), "Available".into()))
+    );
+    assert_eq!(
+        condition(&first, "Stalled").map(|c| c.0),
+        Some("False".into())
+    );
+    let message = status.message.as_deref().unwrap_or_default();
     assert!(
-        status
-            .message
-            .as_deref()
-            .unwrap_or_default()
-            .contains("attempt 2"),
+        message.contains("build attempt 1 failed") && message.contains("attempt 2"),
         "{status:?}"
     );
+    assert_eq!(status.image_digest, None, "the digest is the retry's");
     // The builder's last words reach the status.
     let failure = status.last_failure.as_ref().expect("last failure");
     assert!(failure.message.contains("failed on purpose"), "{failure:?}");
@@ -985,8 +1002,15 @@ async fn failed_attempts_beyond_the_history_limit_are_collected() {
     let third = h.plugin(&format!("{id}--3")).await;
     assert_eq!(phase(&third), Some(PluginPhase::BuildFailed));
     assert!(h.get::<Job>(&format!("{id}--3")).await.is_some());
-    let first = h.plugin(&id).await;
-    assert_eq!(phase(&first), Some(PluginPhase::BuildFailed));
+    // The first attempt reports the retry that runs; its own failure is remembered.
+    let first = h
+        .wait_plugin(&id, "attempt 1 reporting attempt 4", |p| {
+            p.status
+                .as_ref()
+                .is_some_and(|s| s.current_attempt.as_deref() == Some(fourth.as_str()))
+        })
+        .await;
+    assert_eq!(phase(&first), Some(PluginPhase::Running));
     let failure = first
         .status
         .as_ref()
@@ -1051,4 +1075,244 @@ async fn faults_in_the_middle_of_a_reconcile_end_in_one_running_install_and_no_d
         Some(digest.as_str())
     );
     assert!(container_image(&deployments[&id]).ends_with(&format!("@{digest}")));
+}
+
+#[tokio::test]
+async fn a_digest_pinned_after_a_retry_ran_leaves_exactly_one_running_attempt() {
+    // Attempt 1 fails, attempt 2 builds and runs; then plugins.lock pins attempt 2's image
+    // (`lock --from-cluster`, or `run --commit-lock`) and the next apply hands the digest to
+    // the Plugin git declares.
+    let h = Harness::start(
+        "ctl-pinned",
+        &[(labels::FAIL_BUILD_ATTEMPTS, "1")],
+        fast_retries,
+        Check::Secret,
+    )
+    .await;
+    let id = h.plugin_id();
+    let retry = format!("{id}--2");
+    let second = h
+        .wait_plugin(&retry, "attempt 2 running", |p| {
+            phase(p) == Some(PluginPhase::Running)
+        })
+        .await;
+    let digest = second
+        .status
+        .as_ref()
+        .and_then(|s| s.image_digest.clone())
+        .expect("attempt 2's digest");
+    let failed_job: Job = h.get(&id).await.expect("attempt 1's failed Job");
+    h.apply(fast_retries, |plugin| {
+        plugin["spec"]["imageDigest"] = json!(digest)
+    })
+    .await;
+
+    // Attempt 1 runs the pinned image itself (the registry has it), as a fresh cluster
+    // would, and its retry is superseded and removed: one attempt runs the plugin.
+    let first = h
+        .wait_plugin(&id, "attempt 1 running the pinned image itself", |p| {
+            phase(p) == Some(PluginPhase::Running)
+                && p.status.as_ref().is_some_and(|s| {
+                    s.current_attempt.is_none() && s.image_digest.as_ref() == Some(&digest)
+                })
+        })
+        .await;
+    assert_eq!(
+        condition(&first, "Ready"),
+        Some(("True".into(), "Available".into()))
+    );
+    h.wait_gone::<Plugin>(&retry).await;
+    let deployments = h
+        .wait_all::<Deployment>("only attempt 1's Deployment", |d| d.len() == 1)
+        .await;
+    assert_eq!(deployments.keys().collect::<Vec<_>>(), [&id]);
+    assert!(container_image(&deployments[&id]).ends_with(&format!("@{digest}")));
+    let services: BTreeMap<String, Service> = h.wait_all("the Services", |_| true).await;
+    assert_eq!(services.keys().collect::<Vec<_>>(), [&format!("svc-{id}")]);
+    // Nothing was built again: attempt 1's Job is still the one that failed.
+    let job: Job = h.get(&id).await.expect("job");
+    assert_eq!(job.metadata.uid, failed_job.metadata.uid);
+    h.wait_gone::<Job>(&retry).await;
+    // And it stays that way: no new attempt, no second Deployment.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let plugins: BTreeMap<String, Plugin> = h.wait_all("the Plugins", |_| true).await;
+    assert_eq!(plugins.keys().collect::<Vec<_>>(), [&id]);
+    let deployments: BTreeMap<String, Deployment> = h.wait_all("the Deployments", |_| true).await;
+    assert_eq!(deployments.keys().collect::<Vec<_>>(), [&id]);
+}
+
+#[tokio::test]
+async fn gc_removes_a_retry_its_running_first_attempt_superseded() {
+    // What a controller older than this rule left behind: attempt 1 runs a pinned image
+    // itself, and attempt 2 still runs too. No controller runs here.
+    let h = Harness::prepare("ctl-gc-superseded", &[], None).await;
+    let id = h.plugin_id();
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    h.apply(
+        |_| {},
+        |plugin| plugin["spec"]["imageDigest"] = json!(digest),
+    )
+    .await;
+    let plugins = h.api::<Plugin>();
+    let first = h.plugin(&id).await;
+    let inputs = first.spec.build.inputs_hash.clone();
+    let running = json!({"status": {
+        "phase": "Running", "imageDigest": digest, "builtInputsHash": inputs}});
+    plugins
+        .patch_status(&id, &Default::default(), &kube::api::Patch::Merge(&running))
+        .await
+        .expect("attempt 1 runs");
+    let retry = format!("{id}--2");
+    let mut second = serde_json::to_value(&first).expect("json");
+    second["metadata"] = json!({
+        "name": retry,
+        "labels": first.metadata.labels,
+        "ownerReferences": [first.controller_owner_ref(&()).expect("owner")],
+    });
+    second["spec"]["attempt"] = json!(2);
+    second.as_object_mut().expect("object").remove("status");
+    plugins
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(second).expect("plugin"),
+        )
+        .await
+        .expect("attempt 2");
+    plugins
+        .patch_status(
+            &retry,
+            &Default::default(),
+            &kube::api::Patch::Merge(&running),
+        )
+        .await
+        .expect("attempt 2 runs");
+
+    let removals = controller::reconcile::collect_garbage(&h.client, &h.ns, None, 3, true)
+        .await
+        .expect("gc");
+    assert_eq!(
+        removals,
+        vec![controller::history::Removal::Plugin(retry.clone())],
+        "superseded, whatever --keep says"
+    );
+    assert!(h.get::<Plugin>(&retry).await.is_some(), "a dry run");
+    controller::reconcile::collect_garbage(&h.client, &h.ns, None, 3, false)
+        .await
+        .expect("gc");
+    h.wait_gone::<Plugin>(&retry).await;
+    assert_eq!(phase(&h.plugin(&id).await), Some(PluginPhase::Running));
+}
+
+#[tokio::test]
+async fn no_attempt_starts_for_a_plugin_being_deleted() {
+    let slow_retries = |set: &mut PluginSet| {
+        set.spec.build.backoff.base = Duration::from_secs(60);
+        set.spec.build.backoff.cap = Duration::from_secs(60);
+    };
+    let h = Harness::start(
+        "ctl-deleting",
+        &[EVERY_BUILD_FAILS],
+        slow_retries,
+        Check::Off,
+    )
+    .await;
+    let id = h.plugin_id();
+    h.wait_plugin(&id, "attempt 1 failed", |p| {
+        phase(p) == Some(PluginPhase::BuildFailed)
+    })
+    .await;
+    // Deleted with foreground propagation: the garbage collector deletes the children (the
+    // failed Job) first, while the Plugin, held by a finalizer, stays with its
+    // deletionTimestamp. The Job's deletion wakes the controller, which sees no Job and a
+    // remembered failure whose backoff has long passed.
+    let plugins = h.api::<Plugin>();
+    const HOLD: &str = "cluster.plugsync.test/hold";
+    plugins
+        .patch(
+            &id,
+            &Default::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"finalizers": [HOLD]}})),
+        )
+        .await
+        .expect("finalizer");
+    plugins
+        .delete(
+            &id,
+            &kube::api::DeleteParams {
+                propagation_policy: Some(kube::api::PropagationPolicy::Foreground),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("delete");
+    h.wait_gone::<Job>(&id).await;
+    h.wait_plugin(&id, "the Plugin being deleted", |p| {
+        p.metadata.deletion_timestamp.is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        h.get::<Plugin>(&format!("{id}--2")).await.is_none(),
+        "no attempt 2 for a Plugin being deleted\n{}",
+        h.dump()
+    );
+    assert!(h.get::<Job>(&id).await.is_none(), "no rebuild either");
+
+    // Released, it is gone, and nothing was left behind.
+    plugins
+        .patch(
+            &id,
+            &Default::default(),
+            &kube::api::Patch::Json::<()>(
+                serde_json::from_value(json!([{"op": "remove", "path": "/metadata/finalizers"}]))
+                    .expect("json patch"),
+            ),
+        )
+        .await
+        .expect("release");
+    h.wait_all::<Plugin>("no Plugin left", |p| p.is_empty())
+        .await;
+}
+
+#[tokio::test]
+async fn the_pluginset_columns_are_filled_under_apply_and_controller() {
+    // No git loop: the set was applied (as `plugsync apply` does) and `plugsync controller`
+    // runs. The set's status columns still say how it is.
+    let h = Harness::start("ctl-set-status", &[], |_| {}, Check::Off).await;
+    let sets: Api<PluginSetResource> = h.api();
+    let set_name = h.state.set.spec().metadata.name.clone();
+    let ready = |s: &PluginSetResource| {
+        s.status.as_ref().is_some_and(|st| {
+            st.phases.get("Running") == Some(&1)
+                && st
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+    };
+    let set = tokio::time::timeout(
+        WAIT,
+        kube::runtime::wait::await_condition(
+            sets,
+            &set_name,
+            move |s: Option<&PluginSetResource>| s.is_some_and(ready),
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the set never read Ready\n{}", h.dump()))
+    .expect("watch")
+    .expect("set");
+    let status = set.status.expect("status");
+    assert_eq!(status.plugin_count, Some(1));
+    assert_eq!(status.message.as_deref(), Some("1 of 1 plugins running"));
+    assert_eq!(status.inventory.len(), 1, "the applier's inventory is kept");
+    // As kubectl prints it: NAME READY PLUGINS RUNNING COMMIT AGE.
+    let printed =
+        h.c.kubectl_ok(&["-n", &h.ns, "get", "pluginsets", "--no-headers"]);
+    let columns: Vec<&str> = printed.split_whitespace().collect();
+    assert_eq!(
+        columns[..4],
+        [set_name.as_str(), "True", "1", "1"],
+        "{printed}"
+    );
 }

@@ -1,7 +1,8 @@
 //! The plan stage: desired against live objects, classified, ordered, diffed, secrets masked.
 
 use plugsync::plan::{
-    normalize, plan, render_diff, Action, Change, Compare, ObjectKey, Plan, PlanError, Side,
+    normalize, plan, render_diff, render_diff_between, Action, Change, Compare, ObjectKey, Plan,
+    PlanError, Side,
 };
 use serde_json::{json, Value};
 
@@ -623,4 +624,30 @@ fn object_keys_display_kind_namespace_and_name() {
     let key = ObjectKey::of(&yaml(DEPLOYMENT)).expect("key");
     assert_eq!(key.to_string(), format!("Deployment dify/{ID}"));
     assert_eq!(key.api_version, "apps/v1");
+}
+
+#[test]
+fn render_diff_between_names_its_sides_as_told_and_masks_secrets_the_same() {
+    let c = single(
+        with_image(
+            DEPLOYMENT,
+            "registry.example.com/dify-plugins/agent-d62e5e95:0.0.15",
+        ),
+        yaml(LIVE_DEPLOYMENT),
+        Compare::DesiredSubset,
+    );
+    let between = render_diff_between(&c, 1, "base/old", "head/new");
+    assert!(
+        between.starts_with("--- base/old\n+++ head/new\n@@ -19,3 +19,3 @@\n"),
+        "{between}"
+    );
+    // The same lines as render_diff, under other headers.
+    let body = |d: &str| d.lines().skip(2).map(str::to_string).collect::<Vec<_>>();
+    assert_eq!(body(&between), body(&render_diff(&c, 1)));
+
+    let secret = single(yaml(SECRET), yaml(LIVE_SECRET), Compare::DesiredSubset);
+    let shown = render_diff_between(&secret, 3, "base/s", "head/s");
+    assert_no_secret("render_diff_between", &shown);
+    let unchanged = single(yaml(SERVICE), yaml(SERVICE), Compare::Exact);
+    assert_eq!(render_diff_between(&unchanged, 3, "a", "b"), "");
 }

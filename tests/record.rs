@@ -353,3 +353,53 @@ async fn gc_removes_failed_attempts_but_keeps_the_latest() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn gc_removes_retries_a_running_first_attempt_superseded() {
+    let env = Env::new("record-gc-superseded", 1).await;
+    // A plugin whose attempt 1 runs a pinned image itself while its attempt 2, which built
+    // that image, still runs too (left so by a controller without the rule; no controller
+    // runs here).
+    let id = "e".repeat(32);
+    let plugins = env.api(PLUGSYNC, "Plugin").await;
+    for n in 1..=2 {
+        let plugin: DynamicObject = serde_json::from_value(attempt(&id, n)).expect("plugin");
+        let created = plugins
+            .create(&PostParams::default(), &plugin)
+            .await
+            .expect("create plugin");
+        plugins
+            .patch_status(
+                &created.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {
+                    "phase": "Running",
+                    "imageDigest": format!("sha256:{}", "4".repeat(64)),
+                    "builtInputsHash": "3".repeat(64)}})),
+            )
+            .await
+            .expect("status");
+    }
+
+    let (ok, out) = env
+        .run(&["gc", "--namespace", &env.ns, "--keep", "5"])
+        .await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "removed plugin/{id}--2 with its build Job and Deployment"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("1 failed or superseded attempts removed"),
+        "{out}"
+    );
+    until_all(
+        env.api(PLUGSYNC, "Plugin").await,
+        "attempt 2 gone",
+        |plugins| !plugins.iter().any(|p| name(p) == format!("{id}--2")),
+    )
+    .await;
+    assert_eq!(env.names(PLUGSYNC, "Plugin", &id).await, vec![id.clone()]);
+}

@@ -7,7 +7,7 @@
 //!   as Flux and Argo CD correct drift. A conflict with any other manager, kubectl's own
 //!   server-side apply (`kubectl`) included, stays a reported conflict.
 //! - **Zero writes when nothing changed.** Live objects are read with one LIST per kind
-//!   (selected by the PluginSet's ownership label), so reads do not grow with the number of
+//!   (selected by the ownership label's presence), so reads do not grow with the number of
 //!   plugins. An object whose `plugsync.dev/applied-hash` annotation matches and whose live
 //!   state contains everything desired is skipped without any request; otherwise a dry-run
 //!   apply tells what the server would store, and a write happens only when that normalized
@@ -17,6 +17,10 @@
 //!   its ownership label, and objects in its inventory (`PluginSet.status.inventory`, as
 //!   Flux's) so prune still works after labels change. An object is only ever deleted if
 //!   plugsync's field manager applied it; anything else is left alone.
+//! - **One owner per object.** An object labelled with another PluginSet of the namespace is
+//!   never applied over (adopted) nor pruned: declaring it is a reported conflict, and it
+//!   never enters this set's inventory. Plugins are named by plugin-id alone, so two sets
+//!   cannot run the same package in one namespace; the first to apply it keeps it.
 //! - **Crash-safe.** The inventory is widened to include every object about to be applied
 //!   *before* the first write and narrowed after prune, so an interrupted apply leaves nothing
 //!   the next run cannot find: no orphans; names are deterministic: no duplicates.
@@ -359,11 +363,13 @@ impl Applier {
                 }
             }
         }
-        let selector = format!("{LABEL_PLUGINSET}={name}");
+        // Every set's objects (the label exists), so one LIST per kind also finds what
+        // another PluginSet of the namespace owns: never adopted, never pruned.
         let mut live: BTreeMap<ObjectKey, Value> = BTreeMap::new();
+        let mut foreign: BTreeMap<ObjectKey, String> = BTreeMap::new();
         for ((api_version, kind), resource) in &kinds {
             let api = self.api(resource, Some(namespace));
-            let params = ListParams::default().labels(&selector);
+            let params = ListParams::default().labels(LABEL_PLUGINSET);
             let list = self
                 .retry
                 .run(&format!("list {kind}"), || api.list(&params))
@@ -372,15 +378,38 @@ impl Applier {
                 let mut value = serde_json::to_value(item).unwrap_or(Value::Null);
                 value["apiVersion"] = json!(api_version);
                 value["kind"] = json!(kind);
-                if let Ok(key) = ObjectKey::of(&value) {
-                    live.insert(key, value);
+                let Ok(key) = ObjectKey::of(&value) else {
+                    continue;
+                };
+                match owning_set(&value) {
+                    Some(owner) if owner != name.as_str() => {
+                        foreign.insert(key, owner.to_string());
+                    }
+                    _ => {
+                        live.insert(key, value);
+                    }
                 }
             }
         }
 
+        // An object another set owns is a conflict: reported, not applied, not inventoried.
+        let mut owned_elsewhere: BTreeSet<&ObjectKey> = BTreeSet::new();
+        for (object, key) in objects.iter().zip(&desired_keys) {
+            if let Some(owner) = foreign.get(key) {
+                warn!(object = %key, owner = %owner, "owned by another PluginSet: not applied");
+                report
+                    .failed
+                    .push((key.clone(), ownership_conflict(object, name, owner)));
+                owned_elsewhere.insert(key);
+            }
+        }
+
         // Widen the inventory before the first write, so an interrupted run orphans nothing.
-        let desired_inventory: BTreeSet<InventoryEntry> =
-            desired_keys.iter().map(inventory_entry).collect();
+        let desired_inventory: BTreeSet<InventoryEntry> = desired_keys
+            .iter()
+            .filter(|k| !owned_elsewhere.contains(k))
+            .map(inventory_entry)
+            .collect();
         let widened: BTreeSet<InventoryEntry> =
             old_inventory.union(&desired_inventory).cloned().collect();
         if !options.dry_run && widened != old_inventory {
@@ -388,6 +417,9 @@ impl Applier {
         }
 
         for (object, key) in objects.iter().zip(&desired_keys) {
+            if owned_elsewhere.contains(key) {
+                continue;
+            }
             let resource = &kinds[&(key.api_version.clone(), key.kind.clone())];
             let api = self.api(resource, key.namespace.as_deref());
             self.apply_one(&api, key, object, live.get(key), options, &mut report)
@@ -419,6 +451,12 @@ impl Applier {
                     None => self.get(&api, &key.name).await?,
                 };
                 let Some(object) = object else { continue };
+                if let Some(owner) = owning_set(&object).filter(|o| *o != name.as_str()) {
+                    // Another set took it over (or was given it): its object now, not ours
+                    // to prune, and no longer in our inventory.
+                    info!(object = %key, owner = %owner, "not pruned: owned by another PluginSet");
+                    continue;
+                }
                 if !managed_by_plugsync(&object) {
                     // Retries the controller created, or someone else's object: not ours to prune.
                     debug!(object = %key, "not pruned: plugsync never applied it");
@@ -460,9 +498,10 @@ impl Applier {
         } else {
             kept_inventory = widened.clone();
         }
-        // Objects that failed to apply stay in the inventory (they may exist half-applied).
+        // Objects that failed to apply stay in the inventory (they may exist half-applied);
+        // another set's objects never enter it.
         for (key, _) in &report.failed {
-            if desired_set.contains(key) {
+            if desired_set.contains(key) && !owned_elsewhere.contains(key) {
                 kept_inventory.insert(inventory_entry(key));
             }
         }
@@ -597,6 +636,35 @@ impl Applier {
             Err(e) => report.failed.push((key.clone(), e.to_string())),
         }
     }
+}
+
+/// The PluginSet a live object belongs to, by its `plugsync.dev/pluginset` label.
+fn owning_set(object: &Value) -> Option<&str> {
+    object
+        .pointer("/metadata/labels")
+        .and_then(|labels| labels.get(LABEL_PLUGINSET))
+        .and_then(Value::as_str)
+}
+
+/// Why `object`, which the set `set` declares, is not applied: the set `owner` owns it. A
+/// Plugin is named by its plugin-id alone, so two sets declaring the same package in one
+/// namespace would otherwise take each other's Plugin over.
+fn ownership_conflict(object: &Value, set: &str, owner: &str) -> String {
+    let what = match (
+        object["spec"]["name"].as_str(),
+        object["spec"]["version"].as_str(),
+    ) {
+        (Some(plugin), Some(version)) if object["kind"] == "Plugin" => {
+            format!("the same package ({plugin} {version})")
+        }
+        _ => "an object of the same name".to_string(),
+    };
+    format!(
+        "owned by PluginSet {owner:?} (label {LABEL_PLUGINSET}={owner}), and PluginSet {set:?} \
+         declares {what}: plugsync never takes over or prunes another set's objects. Two \
+         PluginSets of one namespace cannot run the same package: declare it in one of them, \
+         or give each set its own namespace"
+    )
 }
 
 /// The field managers a server-side apply conflicted with, read from the API server's 409

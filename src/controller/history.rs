@@ -3,8 +3,11 @@
 //! Failed attempts (`<plugin-id>--N` Plugins, each with its build Job and pod) are kept for
 //! debugging up to a history limit, newest first; older ones are removed. Attempts built
 //! from stale inputs (a newer commit started over at attempt 1) are removed once they no
-//! longer serve, or once the current inputs run. The same plan serves the controller (with
-//! the PluginSet's `failedHistoryLimit`) and `plugsync gc` (with `--keep`, 0 by default).
+//! longer serve, or once the current inputs run. Once the first attempt runs itself (a known
+//! image, such as one pinned in plugins.lock after a retry built it), every retry is
+//! superseded and removed: one attempt runs a plugin. The same plan serves the controller
+//! (with the PluginSet's `failedHistoryLimit`) and `plugsync gc` (with `--keep`, 0 by
+//! default).
 //!
 //! Two things are never removed: the first attempt's Plugin (it is what the git loop applied
 //! and it owns the others; only its failed Job goes, its status remembers the failure), and
@@ -22,7 +25,8 @@ pub struct Attempt {
     pub attempt: u32,
     /// `spec.build.inputsHash`.
     pub inputs_hash: String,
-    /// `status.phase`, if published.
+    /// Its own phase, if published (a first attempt reporting a retry's state: `BuildFailed`,
+    /// as its own build failed).
     pub phase: Option<PluginPhase>,
     /// Whether its build Job still exists.
     pub has_job: bool,
@@ -52,7 +56,20 @@ pub fn plan(attempts: &[Attempt], current_inputs: &str, keep_failed: usize) -> V
     let current_runs = attempts
         .iter()
         .any(|a| a.inputs_hash == current_inputs && a.phase == Some(PluginPhase::Running));
+    let first_runs = attempts.iter().any(|a| {
+        a.attempt <= 1 && a.inputs_hash == current_inputs && a.phase == Some(PluginPhase::Running)
+    });
     let mut removals = Vec::new();
+
+    // Retries of a first attempt that runs itself: superseded, running or not.
+    if first_runs {
+        for a in attempts
+            .iter()
+            .filter(|a| a.attempt >= 2 && a.inputs_hash == current_inputs)
+        {
+            removals.push(Removal::Plugin(a.name.clone()));
+        }
+    }
 
     // Stale retries: gone unless they still serve and nothing current does yet.
     for a in attempts
@@ -76,7 +93,7 @@ pub fn plan(attempts: &[Attempt], current_inputs: &str, keep_failed: usize) -> V
         .map(|a| a.attempt)
         .max();
     for a in failed.into_iter().skip(keep_failed) {
-        if Some(a.attempt) == latest {
+        if Some(a.attempt) == latest || (first_runs && a.attempt >= 2) {
             continue;
         }
         if a.attempt >= 2 {
@@ -86,6 +103,7 @@ pub fn plan(attempts: &[Attempt], current_inputs: &str, keep_failed: usize) -> V
         }
     }
     removals.sort();
+    removals.dedup();
     removals
 }
 
@@ -172,6 +190,42 @@ mod tests {
         );
         let running = [attempt(1, NOW, Running), attempt(2, OLD, Running)];
         assert_eq!(plan(&running, NOW, 5), vec![Removal::Plugin("p--2".into())]);
+    }
+
+    #[test]
+    fn retries_of_a_first_attempt_that_runs_itself_are_superseded() {
+        use PluginPhase::*;
+        // Attempt 1 failed, attempt 2 built and ran; plugins.lock pinned that image and
+        // attempt 1 now runs it: attempt 2 goes, running or not.
+        let attempts = [
+            attempt(1, NOW, Running),
+            attempt(2, NOW, Running),
+            attempt(3, OLD, BuildFailed),
+        ];
+        assert_eq!(
+            plan(&attempts, NOW, 5),
+            vec![
+                Removal::Plugin("p--2".into()),
+                Removal::Plugin("p--3".into())
+            ]
+        );
+        let failed_retries = [
+            attempt(1, NOW, Running),
+            attempt(2, NOW, BuildFailed),
+            attempt(3, NOW, BuildFailed),
+        ];
+        assert_eq!(
+            plan(&failed_retries, NOW, 5),
+            vec![
+                Removal::Plugin("p--2".into()),
+                Removal::Plugin("p--3".into())
+            ],
+            "no Stalled state to hold: the plugin runs"
+        );
+        // While attempt 1 only reports its running retry (its own phase is BuildFailed), the
+        // retry serves and stays.
+        let reporting = [attempt(1, NOW, BuildFailed), attempt(2, NOW, Running)];
+        assert_eq!(plan(&reporting, NOW, 5), vec![]);
     }
 
     #[test]

@@ -9,6 +9,14 @@
 //! `Running` (the Deployment is available), or `BuildFailed` (the build failed; a retry may
 //! follow) / `Failed` (the Deployment cannot become available). Conditions follow kstatus:
 //! `Ready`, `Reconciling` (work in progress) and `Stalled` (no progress without a change).
+//!
+//! The first attempt is the Plugin git declares, the one `kubectl get plugins`, health checks
+//! and alerts look at. Once its own build failed and a retry (`<plugin-id>--N`) took over, it
+//! reports that retry's phase, endpoint and readiness (`status.currentAttempt` names it), so a
+//! plugin whose retry runs reads `Running`, not `BuildFailed` forever; its own failure stays
+//! in `status.lastFailure` and its message. Exactly one attempt runs a plugin: a first attempt
+//! that can run a known image (pinned in plugins.lock after a retry built it) runs it, and its
+//! retries are then superseded.
 
 use std::time::Duration;
 
@@ -82,14 +90,46 @@ pub struct Observed<'a> {
     /// Whether a later attempt's Plugin (`<plugin-id>--M`, M > N) for the same build inputs
     /// already exists.
     pub next_attempt_exists: bool,
-    /// This is a retry (`--N`, N ≥ 2) whose first attempt now has other build inputs: a newer
-    /// commit started over, so this attempt does nothing more (its Deployment, if running,
-    /// stays until the new build runs and the history clean-up removes it).
-    pub superseded: bool,
+    /// For a first attempt: the newest retry of the same build inputs, whose state it reports
+    /// once its own build failed.
+    pub latest_retry: Option<RetryView>,
+    /// This is a retry (`--N`, N ≥ 2) that no longer has a part to play: it does nothing more
+    /// (its Deployment, if running, stays until the history clean-up removes it).
+    pub superseded: Option<Superseded>,
     /// `spec.build.maxAttempts` of the PluginSet.
     pub max_attempts: u32,
     /// Retry backoff of the PluginSet.
     pub backoff: Backoff,
+}
+
+/// Why a retry is superseded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Superseded {
+    /// Its first attempt now has other build inputs: a newer commit started over at attempt
+    /// 1 (its running Deployment stays until the new build runs).
+    NewInputs,
+    /// Its first attempt runs its own Deployment (of a known image, e.g. pinned in
+    /// plugins.lock): one attempt runs a plugin, so this one goes.
+    FirstAttemptRuns,
+}
+
+/// What a first attempt knows of its newest retry, from that retry's status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryView {
+    /// `<plugin-id>--N`.
+    pub name: String,
+    /// N.
+    pub attempt: u32,
+    /// Its phase, once it published one.
+    pub phase: Option<PluginPhase>,
+    /// `Ready=True`.
+    pub ready: bool,
+    /// `Reconciling=True` (or no status yet).
+    pub reconciling: bool,
+    /// `Stalled=True`.
+    pub stalled: bool,
+    /// Its status message.
+    pub message: String,
 }
 
 /// Exponential backoff between build attempts.
@@ -163,6 +203,8 @@ pub struct Decision {
     pub actions: Vec<Action>,
     /// When to look again even if nothing changes (`None`: wait for a watch event).
     pub requeue_after: Option<Duration>,
+    /// The retry whose state a first attempt reports (`None`: it reports its own).
+    pub current_attempt: Option<String>,
 }
 
 impl Decision {
@@ -204,6 +246,7 @@ impl Decision {
             conditions,
             actions: Vec::new(),
             requeue_after: None,
+            current_attempt: None,
         }
     }
 }
@@ -211,8 +254,17 @@ impl Decision {
 /// Decides what to do about one Plugin.
 pub fn decide(o: &Observed<'_>) -> Decision {
     let endpoint = format!("http://svc-{}.{}:8080", o.spec.plugin_id, o.namespace);
-    if o.superseded {
+    if let Some(why) = o.superseded {
         let running = o.deployment == DeploymentState::Available;
+        let message = match why {
+            Superseded::NewInputs => {
+                "superseded: a newer commit changed the build inputs and started over at \
+                 attempt 1"
+            }
+            Superseded::FirstAttemptRuns => {
+                "superseded: attempt 1 runs a known image of the same build inputs"
+            }
+        };
         return Decision {
             endpoint: running.then_some(endpoint),
             ..Decision::new(
@@ -221,9 +273,7 @@ pub fn decide(o: &Observed<'_>) -> Decision {
                 } else {
                     PluginPhase::Pending
                 },
-                "superseded: a newer commit changed the build inputs and started over at \
-                 attempt 1"
-                    .into(),
+                message.into(),
                 (running, "Superseded"),
                 None,
                 None,
@@ -254,11 +304,15 @@ pub fn decide(o: &Observed<'_>) -> Decision {
         .map(str::to_string)
         .or_else(|| o.spec.image_digest.clone());
     // A build Job of this attempt exists only because no known digest was usable when it
-    // started (there was none, or the registry no longer had it; the edge asks the registry
-    // only before a build): from then on this attempt runs what it builds, never the digest
-    // the registry lost, while the build runs or after it failed.
-    let usable_known =
-        known.filter(|_| o.registry_has_digest != Some(false) && o.job == JobState::Absent);
+    // started (there was none, or the registry no longer had it): while it builds, this
+    // attempt runs what it builds, never the digest the registry lost. Once the build failed,
+    // a known digest runs only if the registry confirms it has it: one that arrived after the
+    // failure (a retry built it and plugins.lock pins it), never the lost one.
+    let usable_known = known.filter(|_| match &o.job {
+        JobState::Absent => o.registry_has_digest != Some(false),
+        JobState::Failed { .. } => o.registry_has_digest == Some(true),
+        _ => false,
+    });
     let digest = built.or(usable_known);
 
     if let Some(digest) = digest {
@@ -351,6 +405,9 @@ pub fn decide(o: &Observed<'_>) -> Decision {
         } => {
             let attempt = o.spec.attempt.max(1);
             let what = format!("build attempt {attempt} failed: {reason}: {message}");
+            if let (1, Some(retry)) = (attempt, &o.latest_retry) {
+                return reports_retry(what, retry, endpoint);
+            }
             let failed = |message: String, reconciling, stalled| {
                 Decision::new(
                     PluginPhase::BuildFailed,
@@ -393,6 +450,36 @@ pub fn decide(o: &Observed<'_>) -> Decision {
                 }
             }
         }
+    }
+}
+
+/// A first attempt whose own build failed reports its newest retry: what the plugin is, as
+/// `kubectl get plugins`, a health check on the declared Plugin or an alert on
+/// `phase=BuildFailed` should read it. It starts nothing; the retry carries on.
+fn reports_retry(own_failure: String, retry: &RetryView, endpoint: String) -> Decision {
+    let phase = retry.phase.unwrap_or(PluginPhase::Pending);
+    let state = if retry.message.is_empty() {
+        format!("{phase:?}")
+    } else {
+        retry.message.clone()
+    };
+    let message = format!(
+        "{own_failure}; attempt {} ({}): {state}",
+        retry.attempt, retry.name
+    );
+    let ready = if retry.ready {
+        (true, "Available")
+    } else if retry.stalled {
+        (false, "RetryStalled")
+    } else {
+        (false, "Retrying")
+    };
+    let reconciling = (retry.reconciling && !retry.ready).then_some("Retrying");
+    let stalled = retry.stalled.then_some("RetryStalled");
+    Decision {
+        endpoint: (phase == PluginPhase::Running).then_some(endpoint),
+        current_attempt: Some(retry.name.clone()),
+        ..Decision::new(phase, message, ready, reconciling, stalled)
     }
 }
 
@@ -439,7 +526,8 @@ mod tests {
             deployment: DeploymentState::Absent,
             service_exists: false,
             next_attempt_exists: false,
-            superseded: false,
+            latest_retry: None,
+            superseded: None,
             max_attempts: 3,
             backoff: Backoff {
                 base: Duration::from_secs(30),
@@ -690,7 +778,7 @@ mod tests {
     fn a_superseded_retry_does_nothing_more_but_reports_whether_it_still_serves() {
         let s = spec(2, None);
         let mut o = observed(&s);
-        o.superseded = true;
+        o.superseded = Some(Superseded::NewInputs);
         o.job = JobState::Failed {
             reason: "Error".into(),
             message: "pip failed".into(),
@@ -710,6 +798,164 @@ mod tests {
         assert!(serving.actions.is_empty());
         assert_eq!(serving.phase, PluginPhase::Running);
         assert!(serving.endpoint.is_some());
+    }
+
+    fn failed_build() -> JobState {
+        JobState::Failed {
+            reason: "BackoffLimitExceeded".into(),
+            message: "pip failed".into(),
+            age: Duration::from_secs(3600),
+        }
+    }
+
+    fn retry(
+        phase: Option<PluginPhase>,
+        ready: bool,
+        reconciling: bool,
+        stalled: bool,
+    ) -> RetryView {
+        RetryView {
+            name: "d62e5e95afbb7da9993d56f58e120ce5--2".into(),
+            attempt: 2,
+            phase,
+            ready,
+            reconciling,
+            stalled,
+            message: "Deployment available".into(),
+        }
+    }
+
+    #[test]
+    fn a_first_attempt_whose_retry_runs_reads_running_not_build_failed() {
+        let s = spec(1, None);
+        let d = decide(&Observed {
+            job: failed_build(),
+            next_attempt_exists: true,
+            latest_retry: Some(retry(Some(PluginPhase::Running), true, false, false)),
+            ..observed(&s)
+        });
+        assert_eq!(d.phase, PluginPhase::Running);
+        assert!(d.actions.is_empty(), "{:?}", d.actions);
+        assert_eq!(
+            d.endpoint.as_deref(),
+            Some("http://svc-d62e5e95afbb7da9993d56f58e120ce5.dify:8080"),
+            "the Service is the same for every attempt"
+        );
+        assert_eq!(condition(&d, "Ready"), (true, "Available"));
+        assert!(!condition(&d, "Reconciling").0);
+        assert!(!condition(&d, "Stalled").0);
+        assert_eq!(
+            d.current_attempt.as_deref(),
+            Some("d62e5e95afbb7da9993d56f58e120ce5--2")
+        );
+        assert_eq!(d.image_digest, None, "the retry's digest is the retry's");
+        assert!(
+            d.message.contains("build attempt 1 failed") && d.message.contains("pip failed"),
+            "its own failure is still said: {}",
+            d.message
+        );
+        assert!(d.message.contains("attempt 2"), "{}", d.message);
+    }
+
+    #[test]
+    fn a_first_attempt_reports_a_retry_in_progress_or_stalled() {
+        let s = spec(1, None);
+        let building = decide(&Observed {
+            job: failed_build(),
+            next_attempt_exists: true,
+            latest_retry: Some(retry(Some(PluginPhase::Building), false, true, false)),
+            ..observed(&s)
+        });
+        assert_eq!(building.phase, PluginPhase::Building);
+        assert_eq!(condition(&building, "Ready"), (false, "Retrying"));
+        assert_eq!(condition(&building, "Reconciling"), (true, "Retrying"));
+        assert_eq!(building.endpoint, None);
+        let fresh = decide(&Observed {
+            job: failed_build(),
+            next_attempt_exists: true,
+            latest_retry: Some(retry(None, false, true, false)),
+            ..observed(&s)
+        });
+        assert_eq!(fresh.phase, PluginPhase::Pending);
+        assert!(condition(&fresh, "Reconciling").0);
+        let stalled = decide(&Observed {
+            job: failed_build(),
+            next_attempt_exists: true,
+            latest_retry: Some(retry(Some(PluginPhase::BuildFailed), false, false, true)),
+            ..observed(&s)
+        });
+        assert_eq!(
+            stalled.phase,
+            PluginPhase::BuildFailed,
+            "an alert on BuildFailed fires when no attempt runs"
+        );
+        assert_eq!(condition(&stalled, "Stalled"), (true, "RetryStalled"));
+        assert!(stalled.actions.is_empty());
+    }
+
+    #[test]
+    fn a_retry_reports_itself_not_its_successor() {
+        let s = spec(2, None);
+        let d = decide(&Observed {
+            job: failed_build(),
+            next_attempt_exists: true,
+            latest_retry: Some(retry(Some(PluginPhase::Running), true, false, false)),
+            ..observed(&s)
+        });
+        assert_eq!(d.phase, PluginPhase::BuildFailed);
+        assert_eq!(d.current_attempt, None);
+    }
+
+    #[test]
+    fn a_failed_first_attempt_runs_a_digest_pinned_after_the_failure() {
+        // A retry built the image and plugins.lock pins it: attempt 1 runs it (as on a fresh
+        // cluster) once the registry confirms it, and its retries are superseded.
+        let s = spec(1, Some(DIGEST));
+        let running_retry = Some(retry(Some(PluginPhase::Running), true, false, false));
+        let d = decide(&Observed {
+            job: failed_build(),
+            registry_has_digest: Some(true),
+            next_attempt_exists: true,
+            latest_retry: running_retry.clone(),
+            service_exists: true,
+            ..observed(&s)
+        });
+        assert_eq!(
+            d.actions,
+            vec![Action::ApplyDeployment {
+                image: format!("registry.local:5000/plugins/agent-d62e@{DIGEST}")
+            }]
+        );
+        assert_eq!(d.image_digest.as_deref(), Some(DIGEST));
+        assert_eq!(d.current_attempt, None, "it reports itself again");
+
+        // Not a digest the registry lost (the build was its replacement), nor one it could
+        // not confirm: then it keeps reporting the retry, and deploys nothing.
+        for answer in [Some(false), None] {
+            let d = decide(&Observed {
+                job: failed_build(),
+                registry_has_digest: answer,
+                next_attempt_exists: true,
+                latest_retry: running_retry.clone(),
+                service_exists: true,
+                ..observed(&s)
+            });
+            assert!(d.actions.is_empty(), "{answer:?}: {:?}", d.actions);
+            assert!(d.current_attempt.is_some(), "{answer:?}");
+        }
+    }
+
+    #[test]
+    fn a_retry_superseded_by_its_running_first_attempt_does_nothing_more() {
+        let s = spec(2, None);
+        let mut o = observed(&s);
+        o.superseded = Some(Superseded::FirstAttemptRuns);
+        o.job = failed_build();
+        let d = decide(&o);
+        assert!(d.actions.is_empty(), "no attempt 3: {:?}", d.actions);
+        assert!(d.message.contains("attempt 1 runs"), "{}", d.message);
+        o.job = JobState::Running;
+        assert!(decide(&o).actions.is_empty(), "no Deployment either");
     }
 
     #[test]

@@ -7,10 +7,11 @@ pub mod history;
 pub mod lifecycle;
 pub mod reconcile;
 pub mod registry_check;
+pub(crate) mod set_status;
 
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Service;
@@ -22,14 +23,31 @@ use crate::crd::Plugin;
 pub use reconcile::{Context, RegistryCheck};
 
 /// Runs the plugin loop in `namespace` until `shutdown` resolves: watches Plugins and the
-/// Jobs, Deployments and Services they own, and reconciles each Plugin on every change.
+/// Jobs, Deployments and Services they own, and reconciles each Plugin on every change. With
+/// [`Context::publish_set_status`], it also keeps each PluginSet's status columns current.
 pub async fn run(
     ctx: Arc<Context>,
     namespace: String,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let shutdown = shutdown.shared();
+    let sets = {
+        let (ctx, namespace, shutdown) = (ctx.clone(), namespace.clone(), shutdown.clone());
+        async move {
+            if ctx.publish_set_status {
+                set_status::run(ctx, namespace, shutdown).await;
+            }
+        }
+    };
+    futures::join!(plugin_loop(ctx.clone(), &namespace, shutdown), sets);
+}
+
+async fn plugin_loop(
+    ctx: Arc<Context>,
+    namespace: &str,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let client = ctx.client.clone();
-    let namespace: &str = &namespace;
     let plugins: Api<Plugin> = Api::namespaced(client.clone(), namespace);
     Controller::new(plugins, watcher::Config::default())
         .owns(

@@ -21,7 +21,9 @@ use serde_json::{json, Value};
 use tracing::{debug, info, warn};
 
 use super::history::{self, Attempt, Removal};
-use super::lifecycle::{self, Action, Backoff, Decision, DeploymentState, JobState, Observed};
+use super::lifecycle::{
+    self, Action, Backoff, Decision, DeploymentState, JobState, Observed, RetryView, Superseded,
+};
 use crate::crd::{BuildFailure, Plugin, PluginPhase, PluginStatus};
 use crate::model::{LockedPlugin, PluginSet, PluginSetMetadata, PluginSetResource, API_VERSION};
 use crate::package::Package;
@@ -55,6 +57,11 @@ pub struct Context {
     pub recorder: Recorder,
     /// Counts builds by result, when metrics are served.
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Whether the plugin loop keeps each PluginSet's status columns (plugin count, phases,
+    /// conditions, message) current, as `plugsync controller` does for sets applied with
+    /// `plugsync apply`. Off under `plugsync run`, whose git loop publishes them itself (it
+    /// also knows each commit's fate): one writer per field.
+    pub publish_set_status: bool,
     /// The templates compiled once per change, not once per reconcile.
     compiled: render::EnvironmentCache,
 }
@@ -77,6 +84,7 @@ impl Context {
             registry: None,
             recorder,
             metrics: None,
+            publish_set_status: true,
             compiled: render::EnvironmentCache::default(),
         }
     }
@@ -105,6 +113,11 @@ pub async fn reconcile(
     let name = plugin.name_any();
     let spec = &plugin.spec;
     let client = &ctx.client;
+    if plugin.metadata.deletion_timestamp.is_some() {
+        // Being deleted (its children go with it): nothing is started for it, ever.
+        debug!(plugin = %name, "being deleted: nothing to do");
+        return Ok(RequeueAction::await_change());
+    }
 
     let sets: Api<PluginSetResource> = Api::namespaced(client.clone(), &namespace);
     let Some(set) = sets.get_opt(&spec.plugin_set).await? else {
@@ -179,22 +192,44 @@ pub async fn reconcile(
         )))
         .await?
         .items;
-    let first_inputs = attempts
+    let first = attempts
         .iter()
-        .find(|p| p.spec.attempt <= 1 && p.spec.plugin_set == spec.plugin_set)
-        .map(|p| p.spec.build.inputs_hash.clone());
-    let superseded = spec.attempt >= 2 && first_inputs.as_ref().is_some_and(|f| f != inputs);
+        .find(|p| p.spec.attempt <= 1 && p.spec.plugin_set == spec.plugin_set);
+    let superseded = match first {
+        Some(first) if spec.attempt >= 2 => {
+            if &first.spec.build.inputs_hash != inputs {
+                Some(Superseded::NewInputs)
+            } else if runs_itself(first) {
+                Some(Superseded::FirstAttemptRuns)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    };
     let next_attempt_exists = attempts
         .iter()
         .any(|p| p.spec.attempt > spec.attempt && &p.spec.build.inputs_hash == inputs);
-    let registry_has_digest = match (
-        &ctx.registry,
-        recorded.as_deref().or(spec.image_digest.as_deref()),
-        &job,
-    ) {
-        (Some(check), Some(digest), JobState::Absent) => {
-            check.has_digest(&set, &spec.build.image, digest).await
-        }
+    let latest_retry = if spec.attempt <= 1 {
+        attempts
+            .iter()
+            .filter(|p| {
+                p.spec.attempt >= 2
+                    && p.spec.plugin_set == spec.plugin_set
+                    && &p.spec.build.inputs_hash == inputs
+            })
+            .max_by_key(|p| p.spec.attempt)
+            .map(retry_view)
+    } else {
+        None
+    };
+    // Asked before a build, and after a failed one (a digest pinned since may run instead).
+    // Without a registry check, known digests are trusted.
+    let registry_has_digest = match (recorded.as_deref().or(spec.image_digest.as_deref()), &job) {
+        (Some(digest), JobState::Absent | JobState::Failed { .. }) => match &ctx.registry {
+            Some(check) => check.has_digest(&set, &spec.build.image, digest).await,
+            None => Some(true),
+        },
         _ => None,
     };
 
@@ -207,6 +242,7 @@ pub async fn reconcile(
         deployment,
         service_exists,
         next_attempt_exists,
+        latest_retry,
         superseded,
         max_attempts: set.spec.build.max_attempts,
         backoff: Backoff {
@@ -231,6 +267,15 @@ pub async fn reconcile(
         )?),
         _ => None,
     };
+    let starts_something = decision
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::CreateJob | Action::CreateNextAttempt { .. }));
+    if starts_something && !still_wanted(client, &plugin).await? {
+        // Deleted (or being deleted) since this reconcile began: no attempt starts for it.
+        info!(plugin = %name, "deleted meanwhile: no build and no new attempt");
+        return Ok(RequeueAction::await_change());
+    }
     for action in &decision.actions {
         carry_out(&ctx, &plugin, action, rendered.as_ref()).await?;
     }
@@ -256,7 +301,10 @@ pub async fn reconcile(
             .map(attempt_of)
             .collect();
         if let Some(me) = seen.iter_mut().find(|a| a.name == name) {
-            me.phase = Some(decision.phase);
+            me.phase = Some(own_phase(
+                decision.phase,
+                decision.current_attempt.as_deref(),
+            ));
             me.has_job = job_exists;
         }
         let removals = history::plan(&seen, inputs, set.spec.build.failed_history_limit as usize);
@@ -353,16 +401,84 @@ fn background() -> kube::api::DeleteParams {
     }
 }
 
-/// What the history plan needs to know about one attempt's Plugin.
+/// What the history plan needs to know about one attempt's Plugin: its own phase (a first
+/// attempt reporting a retry's state failed its own build).
 pub fn attempt_of(plugin: &Plugin) -> Attempt {
+    let status = plugin.status.as_ref();
     Attempt {
         name: plugin.name_any(),
         attempt: plugin.spec.attempt.max(1),
         inputs_hash: plugin.spec.build.inputs_hash.clone(),
-        phase: plugin.status.as_ref().and_then(|s| s.phase),
+        phase: status.and_then(|s| {
+            s.phase
+                .map(|phase| own_phase(phase, s.current_attempt.as_deref()))
+        }),
         // Unknown without a GET; deleting an absent Job is a harmless 404.
         has_job: true,
     }
+}
+
+/// An attempt's own phase: a first attempt that reports a retry (`current_attempt`) is there
+/// because its own build failed.
+fn own_phase(published: PluginPhase, current_attempt: Option<&str>) -> PluginPhase {
+    match current_attempt {
+        Some(_) => PluginPhase::BuildFailed,
+        None => published,
+    }
+}
+
+/// Whether a first attempt runs its own Deployment (not a retry's, which it may report).
+fn runs_itself(first: &Plugin) -> bool {
+    first.status.as_ref().is_some_and(|s| {
+        s.phase == Some(PluginPhase::Running)
+            && s.current_attempt.is_none()
+            && s.built_inputs_hash.as_ref() == Some(&first.spec.build.inputs_hash)
+    })
+}
+
+/// What a first attempt reports of a retry, from the retry's status.
+fn retry_view(retry: &Plugin) -> RetryView {
+    let status = retry.status.clone().unwrap_or_default();
+    let is_true = |type_: &str| {
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == type_ && c.status == "True")
+    };
+    RetryView {
+        name: retry.name_any(),
+        attempt: retry.spec.attempt,
+        phase: status.phase,
+        ready: is_true("Ready"),
+        // A retry that has not published yet is about to start.
+        reconciling: status.phase.is_none() || is_true("Reconciling"),
+        stalled: is_true("Stalled"),
+        message: status.message.unwrap_or_default(),
+    }
+}
+
+/// Whether `plugin` still exists as this reconcile saw it, not being deleted, and (for a
+/// retry) so does the first attempt that owns it: a fresh read just before anything starts,
+/// since the reconcile's copy may be older than a deletion.
+async fn still_wanted(client: &Client, plugin: &Plugin) -> Result<bool, kube::Error> {
+    let api: Api<Plugin> = Api::namespaced(client.clone(), &plugin.namespace().unwrap_or_default());
+    let alive = |live: Option<Plugin>, uid: Option<&String>| {
+        live.is_some_and(|p| {
+            p.metadata.deletion_timestamp.is_none() && p.metadata.uid.as_ref() == uid
+        })
+    };
+    if !alive(
+        api.get_opt(&plugin.name_any()).await?,
+        plugin.metadata.uid.as_ref(),
+    ) {
+        return Ok(false);
+    }
+    if plugin.spec.attempt >= 2 {
+        if let Some(owner) = root_owner(plugin) {
+            return Ok(alive(api.get_opt(&owner.name).await?, Some(&owner.uid)));
+        }
+    }
+    Ok(true)
 }
 
 /// Carries out a history plan: deletes retries' Plugins and first attempts' failed Jobs.
@@ -775,6 +891,7 @@ async fn publish_status(
     );
     let new = PluginStatus {
         phase: Some(decision.phase),
+        current_attempt: decision.current_attempt.clone(),
         endpoint: decision.endpoint.clone(),
         image_digest: decision.image_digest.clone().or(old.image_digest.clone()),
         built_inputs_hash: if decision.image_digest.is_some() {
@@ -800,7 +917,9 @@ async fn publish_status(
         &Patch::Merge(&patch),
     )
     .await?;
-    if let Some(metrics) = &ctx.metrics {
+    // Builds are counted by the attempt that ran them, not by a first attempt reporting one.
+    let reports_itself = new.current_attempt.is_none() && old.current_attempt.is_none();
+    if let (Some(metrics), true) = (&ctx.metrics, reports_itself) {
         use crate::metrics::BuildResult;
         if new.phase == Some(PluginPhase::BuildFailed) && old.phase != new.phase {
             metrics.build_finished(BuildResult::Failed);

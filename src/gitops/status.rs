@@ -1,5 +1,10 @@
-//! The PluginSet status the git loop publishes, as a pure function of what the last pass
-//! did and what the Plugins report: no client, no clock, tested with plain data.
+//! The PluginSet status, as a pure function of what the last pass did and what the Plugins
+//! report: no client, no clock, tested with plain data.
+//!
+//! Under `plugsync run` the git loop publishes it (it alone knows a commit's fate); for a set
+//! applied with `plugsync apply`, which no git loop follows, the plugin controller publishes
+//! the same columns from the Plugins alone ([`PassResult::Unfollowed`]). Never both for one
+//! set: each writes its fields by merge patch, and the inventory is the applier's.
 //!
 //! Conditions follow kstatus: `Ready` (every declared plugin runs), `Reconciling` (work in
 //! progress: a fetch, an apply, builds and rollouts) and `Stalled` (nothing moves without a
@@ -47,9 +52,15 @@ pub enum PassResult {
     },
     /// Suspended by flag or annotation: nothing is fetched or applied.
     Suspended,
+    /// No git loop follows the set (it was applied with `plugsync apply`): its state is what
+    /// its Plugins report.
+    Unfollowed {
+        /// Old versions still held until their replacements run.
+        held: usize,
+    },
 }
 
-/// Plugins by phase, each plugin (plugin-id) counted once.
+/// Plugins by phase, each plugin (`author/name`) counted once.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PhaseCounts {
     /// Phase name → number of plugins.
@@ -59,20 +70,31 @@ pub struct PhaseCounts {
 }
 
 impl PhaseCounts {
-    /// Counts `plugins` (every attempt of every plugin of one set): a plugin is Running if
-    /// any attempt runs, else it is where its latest attempt is.
+    /// Counts `plugins` (every attempt of every version of every plugin of one set): a plugin
+    /// is Running if any attempt of any of its versions runs (an old version held during an
+    /// upgrade serves it), else it is where the latest attempt of its newest version is.
     pub fn of(plugins: &[Plugin]) -> PhaseCounts {
-        let mut by_id: BTreeMap<&str, Vec<&Plugin>> = BTreeMap::new();
+        let mut by_name: BTreeMap<&str, Vec<&Plugin>> = BTreeMap::new();
         for p in plugins {
-            by_id.entry(&p.spec.plugin_id).or_default().push(p);
+            by_name.entry(&p.spec.name).or_default().push(p);
         }
         let mut counts = PhaseCounts::default();
-        for attempts in by_id.values() {
+        for attempts in by_name.values() {
             let phase_of = |p: &Plugin| p.status.as_ref().and_then(|s| s.phase);
             let running = attempts
                 .iter()
                 .any(|p| phase_of(p) == Some(PluginPhase::Running));
-            let Some(latest) = attempts.iter().max_by_key(|p| p.spec.attempt) else {
+            // The newest version is the plugin-id whose first attempt was created last.
+            let newest = attempts
+                .iter()
+                .filter(|p| p.spec.attempt <= 1)
+                .max_by_key(|p| &p.metadata.creation_timestamp)
+                .map(|p| p.spec.plugin_id.as_str());
+            let Some(latest) = attempts
+                .iter()
+                .filter(|p| newest.is_none_or(|id| p.spec.plugin_id == id))
+                .max_by_key(|p| p.spec.attempt)
+            else {
                 continue;
             };
             let phase = if running {
@@ -96,6 +118,16 @@ impl PhaseCounts {
     fn get(&self, phase: PluginPhase) -> i64 {
         self.phases.get(phase_name(phase)).copied().unwrap_or(0)
     }
+}
+
+/// `(declared, held)` from the live Plugins of one set: the plugins its last apply declared
+/// (first attempts, one per plugin name) and the old versions held until their upgrades run
+/// (further first attempts of a name: prune removes them once the new version runs).
+pub fn declared_and_held(plugins: &[Plugin]) -> (usize, usize) {
+    let firsts: Vec<&Plugin> = plugins.iter().filter(|p| p.spec.attempt <= 1).collect();
+    let names: std::collections::BTreeSet<&str> =
+        firsts.iter().map(|p| p.spec.name.as_str()).collect();
+    (names.len(), firsts.len() - names.len())
 }
 
 /// The name a phase has in the API (`Running`, `BuildFailed`, …).
@@ -148,7 +180,7 @@ pub fn compose(
         Some(d) => format!("{running} of {d} plugins running"),
         None => format!("{running} plugins running"),
     };
-    let (message, ready, reconciling, stalled) = match result {
+    let (message, ready, reconciling, stalled): Outcome = match result {
         PassResult::Starting => (
             "starting".to_string(),
             (false, "Starting"),
@@ -184,25 +216,13 @@ pub fn compose(
             Some("ApplyFailed"),
             None,
         ),
-        PassResult::Applied { commit, held } => {
-            let mut message = format!("applied {}; {plugins_line}", short(commit));
-            if *held > 0 {
-                message.push_str(&format!(
-                    "; {held} old versions held until their upgrades run"
-                ));
-            }
-            if !counts.stalled.is_empty() {
-                message.push_str(&format!("; stalled: {}", counts.stalled.join(", ")));
-            }
-            let (ready, reconciling, stalled) = if !counts.stalled.is_empty() {
-                ((false, "PluginsStalled"), None, Some("PluginsStalled"))
-            } else if all_run && *held == 0 {
-                ((true, "Running"), None, None)
-            } else {
-                ((false, "Progressing"), Some("Progressing"), None)
-            };
-            (message, ready, reconciling, stalled)
-        }
+        PassResult::Applied { commit, held } => progress(
+            format!("applied {}; {plugins_line}", short(commit)),
+            *held,
+            all_run,
+            counts,
+        ),
+        PassResult::Unfollowed { held } => progress(plugins_line, *held, all_run, counts),
     };
     let conditions = vec![
         cond("Ready", ready.0, ready.1, &message),
@@ -216,6 +236,36 @@ pub fn compose(
         },
     ];
     (message, conditions)
+}
+
+/// What a pass's outcome says of the set besides its message: `Ready`, and the reasons of
+/// `Reconciling` and `Stalled` when true.
+type Outcome = (
+    String,
+    (bool, &'static str),
+    Option<&'static str>,
+    Option<&'static str>,
+);
+
+/// The outcome of an applied set whose Plugins are on their way: `message` says how many run,
+/// and this adds what holds it up.
+fn progress(mut message: String, held: usize, all_run: bool, counts: &PhaseCounts) -> Outcome {
+    if held > 0 {
+        message.push_str(&format!(
+            "; {held} old versions held until their upgrades run"
+        ));
+    }
+    if !counts.stalled.is_empty() {
+        message.push_str(&format!("; stalled: {}", counts.stalled.join(", ")));
+    }
+    let (ready, reconciling, stalled) = if !counts.stalled.is_empty() {
+        ((false, "PluginsStalled"), None, Some("PluginsStalled"))
+    } else if all_run && held == 0 {
+        ((true, "Running"), None, None)
+    } else {
+        ((false, "Progressing"), Some("Progressing"), None)
+    };
+    (message, ready, reconciling, stalled)
 }
 
 #[cfg(test)]
@@ -334,6 +384,64 @@ mod tests {
         let (message, conditions) = compose(&applied, Some(1), &counts);
         assert!(message.contains("stalled: a/a"), "{message}");
         assert_eq!(condition(&conditions, "Stalled"), (true, "PluginsStalled"));
+    }
+
+    #[test]
+    fn a_set_no_git_loop_follows_reads_from_its_plugins() {
+        use PluginPhase::*;
+        let mut old = plugin("old", 1, Running, false);
+        old.spec.name = "a/new".into(); // the version the upgrade replaces
+        let plugins = [
+            plugin("new", 1, BuildFailed, false),
+            plugin("new", 2, Running, false),
+            old,
+            plugin("b", 1, Building, false),
+        ];
+        assert_eq!(declared_and_held(&plugins), (2, 1));
+        let counts = PhaseCounts::of(&plugins);
+        assert_eq!(counts.phases.get("Running"), Some(&1), "{counts:?}");
+        assert_eq!(counts.phases.get("Building"), Some(&1), "{counts:?}");
+        let (message, conditions) = compose(&PassResult::Unfollowed { held: 1 }, Some(2), &counts);
+        assert_eq!(
+            message,
+            "1 of 2 plugins running; 1 old versions held until their upgrades run"
+        );
+        assert_eq!(condition(&conditions, "Reconciling"), (true, "Progressing"));
+
+        let running = [plugin("a", 1, Running, false)];
+        let (message, conditions) = compose(
+            &PassResult::Unfollowed { held: 0 },
+            Some(1),
+            &PhaseCounts::of(&running),
+        );
+        assert_eq!(message, "1 of 1 plugins running");
+        assert_eq!(condition(&conditions, "Ready"), (true, "Running"));
+    }
+
+    #[test]
+    fn an_upgrade_counts_once_where_its_newest_version_is_unless_a_version_runs() {
+        use PluginPhase::*;
+        let created = |mut p: Plugin, second: i64| {
+            p.spec.name = "a/x".into();
+            p.metadata.creation_timestamp = Some(Time(
+                k8s_openapi::jiff::Timestamp::from_second(second).expect("time"),
+            ));
+            p
+        };
+        let failing_upgrade = [
+            created(plugin("old", 1, Failed, false), 1),
+            created(plugin("new", 1, Building, false), 2),
+        ];
+        let counts = PhaseCounts::of(&failing_upgrade);
+        assert_eq!(counts.phases, BTreeMap::from([("Building".into(), 1)]));
+        let served = [
+            created(plugin("old", 1, Running, false), 1),
+            created(plugin("new", 1, BuildFailed, false), 2),
+            created(plugin("new", 2, BuildFailed, true), 3),
+        ];
+        let counts = PhaseCounts::of(&served);
+        assert_eq!(counts.phases, BTreeMap::from([("Running".into(), 1)]));
+        assert!(counts.stalled.is_empty(), "the old version serves it");
     }
 
     #[test]

@@ -19,7 +19,7 @@ mod render;
 mod secret;
 
 pub use normalize::normalize;
-pub use render::render_diff;
+pub use render::{render_diff, render_diff_between};
 
 /// How many changed paths an update's `reason` names before it says "and N more".
 const REASON_PATHS: usize = 5;
@@ -443,6 +443,37 @@ fn index<'a>(
         }
     }
     Ok(map)
+}
+
+/// `live` and `desired` compared as one object even though their keys may differ (the
+/// object of an upgraded plugin against the one it replaces, or an object with plugsync's
+/// bookkeeping taken out): an `Update` of `key` with the differing paths, or `Unchanged`
+/// when there are none.
+pub(crate) fn compare_objects(
+    key: ObjectKey,
+    desired: Value,
+    live: Value,
+    compare: Compare,
+) -> Change {
+    let paths = if desired == live {
+        Vec::new()
+    } else {
+        diff::changed_paths(&desired, &live, compare)
+    };
+    let (action, reason) = if paths.is_empty() {
+        (Action::Unchanged, "in sync".to_string())
+    } else {
+        (Action::Update, update_reason(&paths))
+    };
+    Change {
+        key,
+        action,
+        reason,
+        desired: Some(desired),
+        live: Some(live),
+        changed_paths: paths,
+        compare,
+    }
 }
 
 fn update_reason(paths: &[String]) -> String {

@@ -15,17 +15,35 @@ use super::{normalize, secret, Action, Change, Compare};
 /// (`stringData` is shown folded into `data`). Keys are sorted and nothing depends on
 /// time or environment, so equal input gives byte-identical output.
 pub fn render_diff(change: &Change, context_lines: usize) -> String {
+    let key = change.key.to_string();
+    render_diff_between(
+        change,
+        context_lines,
+        &format!("live/{key}"),
+        &format!("desired/{key}"),
+    )
+}
+
+/// [`render_diff`] with headers of the caller's choosing (`--- old_header` / `+++
+/// new_header`): a pull-request diff names its sides `base/<key>` and `head/<key>`, and an
+/// upgrade shows the old version's object (`change.live`) against the new one's
+/// (`change.desired`), whose keys differ.
+pub fn render_diff_between(
+    change: &Change,
+    context_lines: usize,
+    old_header: &str,
+    new_header: &str,
+) -> String {
     if change.action == Action::Unchanged {
         return String::new();
     }
     let (desired, live) = display_forms(change);
     let old = to_yaml(live.as_ref());
     let new = to_yaml(desired.as_ref());
-    let key = change.key.to_string();
     TextDiff::from_lines(&old, &new)
         .unified_diff()
         .context_radius(context_lines)
-        .header(&format!("live/{key}"), &format!("desired/{key}"))
+        .header(old_header, new_header)
         .to_string()
 }
 
