@@ -463,11 +463,11 @@ fn external_source_client_resolves_its_scheme_through_lock() {
 }
 
 #[test]
-fn plugins_lists_in_tree_and_external_clients() {
+fn sources_lists_in_tree_and_external_clients() {
     let clients = demo_client_dir();
     let out = Command::cargo_bin("plugsync")
         .expect("binary")
-        .args(["plugins", "-o", "json", "--plugin-dir"])
+        .args(["sources", "-o", "json", "--plugin-dir"])
         .arg(clients.path())
         .assert()
         .success();

@@ -333,6 +333,18 @@ fn a_package_asking_for_too_little_memory_is_warned_about_once() {
     );
     let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
     assert!(stdout.contains("memory: 256Mi"), "hello-world's own number");
+    // `package inspect` prints the number the same way, and says it is below the floor.
+    let out = Command::cargo_bin("plugsync")
+        .expect("binary")
+        .args(["package", "inspect"])
+        .arg(dir.path().join("packages/langgenius-agent_0.0.14.difypkg"))
+        .assert()
+        .success();
+    let inspect = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(
+        inspect.contains("memory:            1Mi (below the floor"),
+        "{inspect}"
+    );
 
     let path = dir.path().join("plugins.yaml");
     let yaml = std::fs::read_to_string(&path).expect("read");

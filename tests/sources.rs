@@ -785,5 +785,5 @@ async fn unknown_scheme_lists_known_schemes() {
         ),
         "{message}"
     );
-    assert!(message.contains("`plugsync plugins`"), "{message}");
+    assert!(message.contains("`plugsync sources`"), "{message}");
 }

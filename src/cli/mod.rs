@@ -28,15 +28,20 @@ use crate::resolve::source::{FetchSettings, SourceOrigin, SourceRegistry};
 use crate::resolve::{Resolution, Resolver};
 use crate::source::{discover_repo_root, GitRevision, Snapshot, WorkTree};
 
+/// The help section of the flags every command takes: listed after the command's own.
+const GLOBAL_OPTIONS: &str = "Global options";
+/// The help section of the flags that choose the cluster and namespace (as kubectl's).
+const CLUSTER_OPTIONS: &str = "Cluster options";
+
 /// plugsync: GitOps for Dify plugins on Kubernetes.
 #[derive(Debug, Parser)]
 #[command(name = "plugsync", version, about, long_about = None, args_override_self = true)]
 pub struct Cli {
     /// Log format on stderr.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "PLUGSYNC_LOG_FORMAT")]
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "PLUGSYNC_LOG_FORMAT", help_heading = GLOBAL_OPTIONS)]
     log_format: LogFormat,
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = GLOBAL_OPTIONS)]
     verbose: u8,
     #[command(subcommand)]
     command: Command,
@@ -56,6 +61,8 @@ enum OutputFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Write a minimal plugins.yaml to start from (refuses to overwrite one).
+    Init(InitArgs),
     /// Pin every plugin in plugins.yaml to exact package bytes in plugins.lock.
     Lock(LockArgs),
     /// Check plugins.yaml (and plugins.lock, when present) without fetching anything.
@@ -78,7 +85,7 @@ enum Command {
     /// newer build inputs, keeping --keep failed attempts per plugin.
     Gc(GcArgs),
     /// List the package source clients, in-tree and external (`plugsync-source-<scheme>`).
-    Plugins(PluginsArgs),
+    Sources(SourcesArgs),
     /// Work with single `.difypkg` packages.
     #[command(subcommand)]
     Package(PackageCommand),
@@ -270,13 +277,19 @@ struct DiffArgs {
 struct KubeArgs {
     /// The namespace to work in [default: the kubeconfig context's; in a pod, the pod's].
     /// A plugins.yaml naming another namespace is refused, as by `kubectl apply -n`.
-    #[arg(short = 'n', long, env = crate::cluster::NAMESPACE_ENV, value_name = "NAMESPACE")]
+    #[arg(
+        short = 'n',
+        long,
+        env = crate::cluster::NAMESPACE_ENV,
+        value_name = "NAMESPACE",
+        help_heading = CLUSTER_OPTIONS
+    )]
     namespace: Option<String>,
     /// Path to a kubeconfig file [default: $KUBECONFIG, ~/.kube/config, or in-cluster].
-    #[arg(long)]
+    #[arg(long, help_heading = CLUSTER_OPTIONS)]
     kubeconfig: Option<PathBuf>,
     /// The kubeconfig context to use [default: the current context].
-    #[arg(long)]
+    #[arg(long, help_heading = CLUSTER_OPTIONS)]
     context: Option<String>,
 }
 
@@ -382,7 +395,22 @@ enum ObjectFormat {
 }
 
 #[derive(Debug, Args)]
-struct PluginsArgs {
+struct InitArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    /// Name of the set [default: the folder's name, made a valid name, else `plugins`].
+    #[arg(long)]
+    name: Option<String>,
+    /// Where built images are pushed (`registry.prefix`), e.g. `registry.example.com/dify`.
+    #[arg(long, default_value = "registry.example.com/dify-plugins")]
+    registry_prefix: String,
+    /// Overwrite an existing file.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Args)]
+struct SourcesArgs {
     #[command(flatten)]
     fetch: FetchArgs,
     /// Output format.
@@ -407,8 +435,8 @@ enum PackageCommand {
     Pack {
         /// The plugin directory (with manifest.yaml).
         dir: PathBuf,
-        /// Where to write the package.
-        #[arg(short = 'o', long)]
+        /// Where to write the package (no `-o`: that is always an output format).
+        #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
 }
@@ -456,7 +484,8 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
         Command::Controller(args) => controller_command(args).await,
         Command::Run(args) => run::run_command(*args).await,
         Command::Gc(args) => gc_command(args).await,
-        Command::Plugins(args) => plugins(args).await,
+        Command::Sources(args) => sources(args).await,
+        Command::Init(args) => init(args),
         Command::Package(cmd) => package_command(cmd),
     }
 }
@@ -548,7 +577,7 @@ async fn lock(args: LockArgs) -> Result<ExitCode, Error> {
 
 /// The resolver every command uses. Resolving fetches the exact URLs in the lock (a
 /// marketplace entry's download URL included), so the registry's marketplace URL only matters
-/// for `plugsync plugins`, which builds its own.
+/// for `plugsync sources`, which builds its own.
 fn resolver_for(fetch: &FetchArgs) -> Result<Resolver, Error> {
     let settings = fetch.settings();
     let max_bytes = settings.max_bytes;
@@ -832,7 +861,7 @@ async fn controller_command(args: ControllerArgs) -> Result<ExitCode, Error> {
     ));
     tracing::info!(
         namespace = %cluster.namespace,
-        from = %cluster.source,
+        source = %cluster.source,
         %listen,
         "controller running"
     );
@@ -965,7 +994,100 @@ fn validate(args: RepoArgs) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn plugins(args: PluginsArgs) -> Result<ExitCode, Error> {
+/// The plugins.yaml `plugsync init` writes: what must be set, and commented examples of the
+/// rest, so the next step is in the file itself.
+fn scaffold(name: &str, registry_prefix: &str) -> String {
+    // Plain when plainly safe; else a JSON string (JSON strings are YAML strings), so no
+    // value can break the document.
+    let quoted = |s: &str| {
+        let plain = s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._/:-".contains(c));
+        if plain {
+            s.to_string()
+        } else {
+            serde_json::Value::from(s).to_string()
+        }
+    };
+    format!(
+        "# The Dify plugins to build and run (see README). Pin them with `plugsync lock` and commit
+# both files; `plugsync diff --base main` shows what a change does.
+apiVersion: plugsync.dev/v1alpha1
+kind: PluginSet
+metadata:
+  name: {name}
+  # namespace: dify   # Left out: the namespace of the command (-n, else the kubeconfig context's).
+spec:
+  registry:
+    # Where built images are pushed, and the kubernetes.io/dockerconfigjson Secret with push
+    # credentials (Dify connector: imageRepoPrefix, imageRepoSecret).
+    prefix: {prefix}
+    secretName: image-repo-secret
+  # runtime:          # Defaults of every plugin's pods; each plugin may override them.
+  #   resources:      # Left out: what Dify Enterprise's connector gives plugin pods.
+  #     limits: {{memory: 1Gi}}
+  plugins: []
+  # plugins:
+  #   - marketplace: langgenius/openai   # From the Dify marketplace.
+  #     version: 0.2.7
+  #   - path: plugins/my-plugin          # A plugin folder or .difypkg in this repository.
+  #   - url: https://example.com/my-plugin-1.0.0.difypkg
+",
+        name = quoted(name),
+        prefix = quoted(registry_prefix),
+    )
+}
+
+/// A valid set name from a folder name: lowercase letters, digits and `-`, at most 63.
+fn name_from_folder(folder: &Path) -> String {
+    let folder = std::fs::canonicalize(folder).unwrap_or_else(|_| folder.to_path_buf());
+    let raw = folder
+        .file_name()
+        .map(|f| f.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let mut name = String::new();
+    for c in raw.chars() {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            name.push(c);
+        } else if !name.is_empty() && !name.ends_with('-') {
+            name.push('-');
+        }
+    }
+    let name: String = name.chars().take(63).collect();
+    let name = name.trim_matches('-');
+    if name.is_empty() {
+        "plugins".to_string()
+    } else {
+        name.to_string()
+    }
+}
+
+fn init(args: InitArgs) -> Result<ExitCode, Error> {
+    let path = args.repo.plugins_path();
+    if path.exists() && !args.force {
+        return Err(Error::Usage(format!(
+            "{}: already exists; edit it, or pass --force to replace it",
+            path.display()
+        )));
+    }
+    let root = args.repo.root();
+    let name = args.name.clone().unwrap_or_else(|| name_from_folder(&root));
+    let text = scaffold(&name, &args.registry_prefix);
+    // What init writes must load: a bad --name or --registry-prefix is reported as plugsync
+    // reports it in plugins.yaml, and nothing is written.
+    load::load_plugin_set(&path, &text)?;
+    std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+    write_atomically(&path, text.as_bytes())?;
+    println!("{}: written (set {name})", path.display());
+    println!(
+        "next: add plugins under spec.plugins, then `plugsync lock` and commit {} and {}",
+        args.repo.file_name(),
+        LOCK_FILE
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn sources(args: SourcesArgs) -> Result<ExitCode, Error> {
     let registry = SourceRegistry::discover(args.fetch.settings(), args.marketplace.clone());
     let list = registry.list().await;
     match args.output {
@@ -1057,6 +1179,16 @@ fn package_command(cmd: PackageCommand) -> Result<ExitCode, Error> {
                         "runner:            python {} -m {}",
                         pkg.manifest.runner_version, pkg.manifest.entrypoint
                     );
+                    let memory = pkg.manifest.memory;
+                    let note = if memory < crate::render::MEMORY_FLOOR {
+                        " (below the floor: its pods get the default memory)"
+                    } else {
+                        ""
+                    };
+                    println!(
+                        "memory:            {}{note}",
+                        crate::render::memory_quantity(memory)
+                    );
                 }
             }
         }
@@ -1091,6 +1223,124 @@ mod tests {
     fn command_line_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    /// Every subcommand, with its path (`package inspect`).
+    fn subcommands() -> Vec<(String, clap::Command)> {
+        use clap::CommandFactory;
+        fn walk(prefix: &str, command: &clap::Command, out: &mut Vec<(String, clap::Command)>) {
+            // (clap's own `help` subcommands have no options.)
+            for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+                let path = format!("{prefix} {}", sub.get_name()).trim().to_string();
+                out.push((path.clone(), sub.clone()));
+                walk(&path, sub, out);
+            }
+        }
+        let mut root = Cli::command();
+        root.build();
+        let mut out = Vec::new();
+        walk("", &root, &mut out);
+        out
+    }
+
+    #[test]
+    fn dash_o_is_always_an_output_format() {
+        let mut seen = 0;
+        for (path, command) in subcommands() {
+            for arg in command.get_arguments() {
+                if arg.get_short() == Some('o') {
+                    seen += 1;
+                    assert_eq!(arg.get_long(), Some("output"), "plugsync {path} -o");
+                    assert!(
+                        !arg.get_possible_values().is_empty(),
+                        "plugsync {path} -o takes a format"
+                    );
+                }
+            }
+        }
+        assert!(seen >= 4, "render, diff, sources, package inspect");
+    }
+
+    #[test]
+    fn every_cluster_command_takes_dash_n() {
+        let mut cluster_commands = Vec::new();
+        for (path, command) in subcommands() {
+            let has = |long: &str| command.get_arguments().any(|a| a.get_long() == Some(long));
+            if has("kubeconfig") {
+                cluster_commands.push(path.clone());
+                let namespace = command
+                    .get_arguments()
+                    .find(|a| a.get_long() == Some("namespace"))
+                    .unwrap_or_else(|| panic!("plugsync {path} has no --namespace"));
+                assert_eq!(namespace.get_short(), Some('n'), "plugsync {path}");
+                assert_eq!(
+                    namespace.get_env().and_then(|e| e.to_str()),
+                    Some(crate::cluster::NAMESPACE_ENV),
+                    "plugsync {path}: one variable for the namespace"
+                );
+            }
+        }
+        cluster_commands.sort();
+        assert_eq!(
+            cluster_commands,
+            ["apply", "controller", "diff", "gc", "lock", "run"],
+            "the commands that reach a cluster"
+        );
+    }
+
+    #[test]
+    fn global_options_are_listed_after_a_commands_own() {
+        for (path, mut command) in subcommands() {
+            if command.has_subcommands() {
+                continue;
+            }
+            let help = command.render_help().to_string();
+            let own = help
+                .find("Options:")
+                .unwrap_or_else(|| panic!("{path}: {help}"));
+            let global = help
+                .find("Global options:")
+                .unwrap_or_else(|| panic!("plugsync {path}: no global options section\n{help}"));
+            assert!(own < global, "plugsync {path}:\n{help}");
+            assert!(
+                !help[..global].contains("--log-format") && !help[..global].contains("--verbose"),
+                "plugsync {path}: a global flag among the command's own\n{help}"
+            );
+            if let Some(cluster) = help.find("Cluster options:") {
+                assert!(
+                    own < cluster && cluster < global,
+                    "plugsync {path}:\n{help}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_default_listen_address_is_loopback_outside_a_pod() {
+        assert_eq!(default_listen(false).to_string(), "127.0.0.1:8080");
+        assert_eq!(default_listen(true).to_string(), "0.0.0.0:8080");
+    }
+
+    #[test]
+    fn init_names_the_set_after_its_folder() {
+        assert_eq!(
+            name_from_folder(Path::new("/x/Team_A.Plugins")),
+            "team-a-plugins"
+        );
+        assert_eq!(name_from_folder(Path::new("/x/--dify--")), "dify");
+        assert_eq!(name_from_folder(Path::new("/x/___")), "plugins");
+        assert_eq!(name_from_folder(Path::new(&"a".repeat(80))).len(), 63);
+        let yaml = scaffold("team-a", "registry.example.com:5000/dify");
+        assert!(yaml.contains("  name: team-a\n"), "{yaml}");
+        assert!(
+            yaml.contains("    prefix: registry.example.com:5000/dify\n"),
+            "{yaml}"
+        );
+        let yaml = scaffold("a: b", "x");
+        assert!(
+            yaml.contains("  name: \"a: b\"\n"),
+            "quoted when it must be: {yaml}"
+        );
     }
 
     #[test]

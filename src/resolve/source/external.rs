@@ -15,7 +15,7 @@
 //! directory of `PATH` in order. The first executable regular file (symlinks are
 //! followed) with a given name wins; later ones are ignored. The in-tree schemes `file`,
 //! `http` and `https`, and the name `marketplace`, cannot be taken over: such a program
-//! is never run, and `plugsync plugins` lists it as shadowed by the in-tree client.
+//! is never run, and `plugsync sources` lists it as shadowed by the in-tree client.
 //!
 //! **Environment.** Every invocation inherits plugsync's environment, plus
 //! `PLUGSYNC_SOURCE_PROTOCOL=1`. Stdin is empty. A client should check the protocol
@@ -28,7 +28,7 @@
 //! ```
 //!
 //! `protocol` is required and must be `1`; `description` (one line), `version` and
-//! `attributes` (string values) are optional. It is run by `plugsync plugins` only,
+//! `attributes` (string values) are optional. It is run by `plugsync sources` only,
 //! bounded by the smaller of the fetch timeout and 10 seconds. A client whose `info`
 //! fails is still listed, with an `error` attribute saying why.
 //!
@@ -70,7 +70,7 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// How much of a client's stderr ends up in an error message.
 const STDERR_TAIL: usize = 2 * 1024;
 
-/// Upper bound for `info`, so `plugsync plugins` stays responsive.
+/// Upper bound for `info`, so `plugsync sources` stays responsive.
 const INFO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Upper bound for `info`'s output.

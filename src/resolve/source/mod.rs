@@ -40,7 +40,7 @@ pub enum SourceError {
     #[error(
         "{url}: no source client for scheme `{scheme}` (known schemes: {}); install one: an \
          executable named `{}{scheme}` in a directory on PATH or given with --plugin-dir \
-         (README, \"External source clients\"; `plugsync plugins` lists the clients found)",
+         (README, \"External source clients\"; `plugsync sources` lists the clients found)",
         known.join(", "),
         external::PROGRAM_PREFIX
     )]
@@ -163,7 +163,7 @@ pub enum SourceOrigin {
     },
 }
 
-/// What `plugsync plugins` shows about a source client.
+/// What `plugsync sources` shows about a source client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceInfo {
     /// The URL scheme handled (`https`, `s3`, …; `marketplace` for the Dify marketplace).
@@ -302,7 +302,7 @@ impl SourceRegistry {
         schemes
     }
 
-    /// Every client, for `plugsync plugins`, sorted by scheme (in-tree first on a tie).
+    /// Every client, for `plugsync sources`, sorted by scheme (in-tree first on a tie).
     /// Runs `info` on each external client, concurrently.
     pub async fn list(&self) -> Vec<SourceInfo> {
         let s = &self.settings;
