@@ -3,11 +3,15 @@
 //! Exit codes follow `kubectl diff`: 0 success and nothing to change, 1 something is out of
 //! date (`lock --locked`), 2 an error (invalid input, failed fetch, digest mismatch).
 
+// First, so its `print!`/`println!` (safe on a closed pipe) replace std's in every module
+// below, the commands' own code included.
+#[macro_use]
+mod output;
 mod logging;
 mod progress;
 mod run;
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -455,13 +459,14 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    let code = match runtime.block_on(run(cli.command)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(2)
         }
-    }
+    };
+    output::finish(code)
 }
 
 fn init_logging(format: LogFormat, verbose: u8) {
@@ -644,32 +649,10 @@ async fn render_command(args: RenderArgs) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes `pieces` to stdout in order, many per system call (a rendered set is a thousand
-/// pieces of a few kilobytes, each a `write` of its own through `print!`). A reader that
-/// closed the pipe early (`plugsync render | head`) has all it wanted: not an error.
+/// Writes `pieces` to stdout in order, many per system call; a closed pipe is not an error
+/// (see [`output`]).
 fn write_to_stdout(pieces: &[&str]) -> Result<(), Error> {
-    let mut slices: Vec<std::io::IoSlice<'_>> = pieces
-        .iter()
-        .filter(|piece| !piece.is_empty())
-        .map(|piece| std::io::IoSlice::new(piece.as_bytes()))
-        .collect();
-    let mut stdout = std::io::stdout().lock();
-    let mut rest = &mut slices[..];
-    let result = (|| {
-        while !rest.is_empty() {
-            match stdout.write_vectored(rest) {
-                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(written) => std::io::IoSlice::advance_slices(&mut rest, written),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        stdout.flush()
-    })();
-    match result {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => other.map_err(|e| Error::io("stdout", e)),
-    }
+    output::write_pieces(pieces)
 }
 
 async fn diff_command(args: DiffArgs) -> Result<ExitCode, Error> {
