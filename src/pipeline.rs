@@ -49,6 +49,27 @@ pub enum LockState {
     Stale(Vec<LockChange>),
 }
 
+impl LockState {
+    /// What is wrong with the lock at `lock_path`, and what to run about it (every message
+    /// about a stale lock says); `None` when it is up to date.
+    pub fn problem(&self, lock_path: &str) -> Option<String> {
+        match self {
+            LockState::UpToDate => None,
+            LockState::Missing => Some(format!(
+                "{lock_path} does not exist; run `plugsync lock` and commit it"
+            )),
+            LockState::Stale(changes) => Some(format!(
+                "{lock_path} is out of date: it differs from plugins.yaml:\n{}\nrun `plugsync lock` and commit it",
+                changes
+                    .iter()
+                    .map(|c| format!("  {c}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )),
+        }
+    }
+}
+
 impl DesiredState {
     /// The objects the git loop applies to a cluster: the Plugins. Their Jobs, Deployments and
     /// Services are the controller's (it renders them with the same code, owned by each

@@ -10,6 +10,14 @@ use serde_json::Value;
 mod fs;
 use fs::copy_dir;
 
+#[path = "common/cluster.rs"]
+mod cluster;
+#[path = "common/fault_proxy.rs"]
+mod fault_proxy;
+
+#[path = "common/cli_env.rs"]
+mod cli_env;
+
 struct GitRepo {
     dir: tempfile::TempDir,
     cache: tempfile::TempDir,
@@ -136,7 +144,7 @@ fn no_changes_exits_0() {
     let (code, report) = repo.diff_json(&[]);
     assert_eq!(code, 0);
     assert_eq!(report["changed"], false);
-    assert_eq!(report["lock"], "up-to-date");
+    assert_eq!(report["lock"]["state"], "up-to-date");
     assert_eq!(plugin(&report, "langgenius/agent")["change"], "unchanged");
 }
 
@@ -222,7 +230,7 @@ fn config_only_change_is_an_update_of_the_deployment() {
     let (code, report) = repo.diff_json(&[]);
     assert_eq!(code, 1);
     assert_eq!(
-        report["lock"], "up-to-date",
+        report["lock"]["state"], "up-to-date",
         "runtime settings are not locked"
     );
     for name in ["plugsync/hello-world", "langgenius/agent"] {
@@ -303,9 +311,28 @@ fn added_plugin_in_the_working_tree_without_a_new_lock_warns() {
     let (code, report) = repo.diff_json(&[]);
     assert_eq!(code, 1);
     assert_eq!(plugin(&report, "plugsync/hello-two")["change"], "added");
-    assert!(report["lock"]["stale"][0]
+    // The stale lock, entry by entry, structured (schema version 1).
+    assert_eq!(report["schemaVersion"], 1);
+    assert_eq!(report["lock"]["state"], "stale");
+    let entry = &report["lock"]["changes"][0];
+    assert_eq!(
+        (
+            &entry["change"],
+            &entry["name"],
+            &entry["from"],
+            &entry["to"]["version"]
+        ),
+        (
+            &Value::from("added"),
+            &Value::from("plugsync/hello-two"),
+            &Value::Null,
+            &Value::from("0.1.0")
+        ),
+        "{entry:#}"
+    );
+    assert!(entry["summary"]
         .as_str()
-        .expect("stale")
+        .expect("summary")
         .contains("+ plugsync/hello-two"));
 
     let out = repo.plugsync(&["diff", "--base", "main", "-o", "markdown"]);
@@ -373,4 +400,688 @@ fn the_diff_reads_git_objects_not_the_checkout() {
     assert_eq!(code, 1);
     assert_eq!(plugin(&report, "langgenius/agent")["change"], "removed");
     assert_eq!(plugin(&report, "plugsync/hello-world")["change"], "removed");
+}
+
+/// `plugsync <args>` in `dir` (its `--repo`), with `cache`, stdout to `stdout`.
+fn plugsync_in(dir: &Path, cache: &Path, args: &[&str]) -> std::process::Output {
+    Command::cargo_bin("plugsync")
+        .expect("binary")
+        .args(args)
+        .arg("--repo")
+        .arg(dir)
+        .env("PLUGSYNC_CACHE_DIR", cache)
+        .env_remove("NO_COLOR")
+        .env_remove("CLICOLOR_FORCE")
+        .output()
+        .expect("runs")
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The example with hello-world upgraded (0.1.0 → 0.2.0) in the working tree, relocked.
+fn upgraded_hello() -> GitRepo {
+    let repo = GitRepo::new(true);
+    repo.edit(
+        "plugins/hello-world/manifest.yaml",
+        "version: 0.1.0",
+        "version: 0.2.0",
+    );
+    repo.lock();
+    repo
+}
+
+#[test]
+fn an_upgrade_shows_each_new_object_against_the_old_one_it_replaces() {
+    let repo = upgraded_hello();
+    let (_, report) = repo.diff_json(&[]);
+    let objects = report["objects"].as_array().expect("objects");
+    let new_id = objects
+        .iter()
+        .find(|o| o["action"] == "create" && o["kind"] == "Deployment")
+        .and_then(|o| o["name"].as_str())
+        .expect("the new Deployment")
+        .to_string();
+    assert_ne!(new_id, HELLO_ID);
+    for o in objects {
+        if o["action"] == "create" {
+            // Each new object names the old one it replaces, and its diff is against it:
+            // a handful of lines (the id, the version, digests), not the whole object.
+            let name = o["name"].as_str().expect("name");
+            assert_eq!(o["replaces"]["kind"], o["kind"], "{o:#}");
+            assert_eq!(
+                o["replaces"]["name"].as_str().expect("replaces"),
+                name.replace(&new_id, HELLO_ID)
+            );
+            let diff = o["diff"].as_str().expect("diff");
+            assert!(
+                diff.starts_with(&format!(
+                    "--- base/{} dify/{}\n+++ head/{} dify/{name}\n",
+                    o["kind"].as_str().expect("kind"),
+                    name.replace(&new_id, HELLO_ID),
+                    o["kind"].as_str().expect("kind"),
+                )),
+                "{diff}"
+            );
+            assert!(!diff.contains("\n+kind:"), "{diff}");
+            assert!(diff.contains(&format!("-  name: {}", name.replace(&new_id, HELLO_ID))));
+            assert!(diff.contains(&format!("+  name: {name}")), "{diff}");
+            let (added, removed) = (o["linesAdded"].as_u64(), o["linesRemoved"].as_u64());
+            assert!(
+                added.is_some_and(|n| (1..=16).contains(&n)) && added == removed,
+                "{o:#}"
+            );
+            assert!(o["changedPaths"]
+                .as_array()
+                .expect("paths")
+                .contains(&Value::from("metadata.name")));
+        } else {
+            assert_eq!(o["action"], "delete");
+            // Shown in the diff of the object replacing it.
+            assert_eq!(o["diff"], "", "{o:#}");
+            assert_eq!(o["replacedBy"]["kind"], o["kind"]);
+            assert!(o["replacedBy"]["name"]
+                .as_str()
+                .expect("replacedBy")
+                .contains(&new_id));
+        }
+    }
+
+    let out = repo.plugsync(&["diff", "--base", "main"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!(
+            "~ Deployment dify/{new_id} (replaces Deployment dify/{HELLO_ID}): changed:"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("\n-  version: 0.1.0\n") && text.contains("\n+  version: 0.2.0\n"),
+        "the Plugin's version line: {text}"
+    );
+    // No object appears wholly removed or wholly added.
+    for kind in ["Plugin", "Job", "Deployment", "Service"] {
+        assert!(!text.contains(&format!("\n+kind: {kind}\n")), "{text}");
+        assert!(!text.contains(&format!("\n-kind: {kind}\n")), "{text}");
+    }
+}
+
+#[test]
+fn the_header_names_the_file_in_the_repository_and_the_sides_base_and_head() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = tempfile::tempdir().expect("cache");
+    let repo = GitRepo {
+        dir,
+        cache: tempfile::tempdir().expect("unused"),
+    };
+    repo.git(&["init", "-q", "-b", "main"]);
+    copy_dir(Path::new("examples"), &repo.file("deploy/plugsync"));
+    repo.commit("base");
+    repo.edit(
+        "deploy/plugsync/plugins.yaml",
+        "    replicas: 1\n",
+        "    replicas: 3\n",
+    );
+    let sub = repo.file("deploy/plugsync");
+    let absolute = repo.path().to_str().expect("utf-8").to_string();
+    for format in ["text", "markdown", "json"] {
+        let out = plugsync_in(
+            &sub,
+            cache.path(),
+            &["diff", "--base", "main", "-o", format],
+        );
+        assert_eq!(out.status.code(), Some(1), "{format}");
+        let shown = stdout(&out);
+        assert!(
+            !shown.contains(&absolute),
+            "{format} shows the checkout's absolute path: {shown}"
+        );
+        assert!(
+            !shown.contains("live/") && !shown.contains("desired/"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("--- base/Deployment dify/"),
+            "{format}: {shown}"
+        );
+        assert!(
+            shown.contains("+++ head/Deployment dify/"),
+            "{format}: {shown}"
+        );
+        match format {
+            "text" => {
+                let head: Vec<&str> = shown.lines().take(3).collect();
+                assert_eq!(
+                    head,
+                    [
+                        "plugsync diff of deploy/plugsync/plugins.yaml",
+                        head[1],
+                        "head: working tree"
+                    ]
+                );
+                assert!(head[1].starts_with("base: main ("), "{shown}");
+            }
+            "markdown" => assert!(
+                shown.contains("`deploy/plugsync/plugins.yaml`: base `main ("),
+                "{shown}"
+            ),
+            _ => {
+                let report: Value = serde_json::from_str(&shown).expect("json");
+                assert_eq!(report["file"], "deploy/plugsync/plugins.yaml");
+                assert_eq!(report["head"], "working tree");
+                assert_eq!(report["compare"], "revisions");
+                assert_eq!(report["schemaVersion"], 1);
+            }
+        }
+    }
+}
+
+#[test]
+fn stat_is_the_summary_with_line_counts_and_no_diffs() {
+    let repo = upgraded_hello();
+    repo.edit("plugins.yaml", "    replicas: 1\n", "    replicas: 3\n");
+    let out = repo.plugsync(&["diff", "--base", "main", "--stat"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(
+        !text.contains("@@") && !text.contains("--- base/"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("      ~ Deployment dify/{AGENT_ID}  +1 -1\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("(replaces Deployment dify/{HELLO_ID})  +")),
+        "{text}"
+    );
+    assert!(
+        text.contains("objects: 4 to create, 2 to update, 4 to delete, 2 unchanged; "),
+        "{text}"
+    );
+    let out = repo.plugsync(&["diff", "--base", "main", "--stat", "-o", "markdown"]);
+    let md = stdout(&out);
+    assert!(
+        md.contains("| ~ | `plugsync/hello-world` | Upgraded | 0.1.0 → 0.2.0 |"),
+        "{md}"
+    );
+    assert!(!md.contains("```") && !md.contains("<details>"), "{md}");
+    let (_, report) = repo.diff_json(&["--stat"]);
+    for o in report["objects"].as_array().expect("objects") {
+        assert!(o.get("diff").is_none(), "{o:#}");
+        assert!(o["linesAdded"].is_u64(), "{o:#}");
+    }
+}
+
+#[test]
+fn colour_is_for_terminals_or_when_asked() {
+    let repo = upgraded_hello();
+    let run = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = Command::cargo_bin("plugsync").expect("binary");
+        cmd.args(["diff", "--base", "main"])
+            .args(extra)
+            .arg("--repo")
+            .arg(repo.path())
+            .env("PLUGSYNC_CACHE_DIR", repo.cache.path())
+            .env_remove("NO_COLOR")
+            .env_remove("CLICOLOR_FORCE");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        stdout(&cmd.output().expect("runs"))
+    };
+    const ESC: char = '\u{1b}';
+    // stdout is a pipe here: no colour unless asked for.
+    let plain = run(&[], &[]);
+    assert!(!plain.contains(ESC), "{plain}");
+    let forced = run(&["--color", "always"], &[]);
+    assert!(
+        forced.contains(&format!("{ESC}[32m+  version: 0.2.0{ESC}[0m")),
+        "{forced}"
+    );
+    assert!(
+        forced.contains(&format!("{ESC}[31m-  version: 0.1.0{ESC}[0m")),
+        "{forced}"
+    );
+    assert!(run(&[], &[("CLICOLOR_FORCE", "1")]).contains(ESC));
+    assert!(!run(&["--color", "never"], &[("CLICOLOR_FORCE", "1")]).contains(ESC));
+    // Colour never reaches the machine-readable formats.
+    for format in ["markdown", "json"] {
+        assert!(!run(&["--color", "always", "-o", format], &[]).contains(ESC));
+    }
+}
+
+#[test]
+fn markdown_stays_under_githubs_comment_limit_and_says_where_the_rest_is() {
+    const N: usize = 200;
+    const LIMIT: usize = 65_536;
+    let repo = GitRepo {
+        dir: tempfile::tempdir().expect("tempdir"),
+        cache: tempfile::tempdir().expect("cache"),
+    };
+    let cache = plugsync::resolve::cache::Cache::open(repo.cache.path()).expect("cache");
+    plugsync::synth::generate_repo(repo.path(), N, &cache).expect("synthetic repo");
+    repo.git(&["init", "-q", "-b", "main"]);
+    repo.commit("base");
+    // A template change touches every plugin's Service.
+    std::fs::create_dir(repo.file("templates")).expect("mkdir");
+    let service =
+        include_str!("../templates/service.yaml.j2").replace("type: ClusterIP", "type: NodePort");
+    std::fs::write(repo.file("templates/service.yaml.j2"), service).expect("write");
+
+    let full = repo.plugsync(&[
+        "diff",
+        "--base",
+        "main",
+        "-o",
+        "markdown",
+        "--markdown-limit",
+        "0",
+    ]);
+    assert_eq!(full.status.code(), Some(1));
+    let full = stdout(&full);
+    assert_eq!(full.matches("<details>").count(), N);
+    assert!(
+        full.len() > LIMIT,
+        "the test needs more than fits: {}",
+        full.len()
+    );
+
+    let url = "https://github.example/o/r/actions/runs/7";
+    let out = repo.plugsync(&[
+        "diff",
+        "--base",
+        "main",
+        "-o",
+        "markdown",
+        "--full-diff-at",
+        url,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let md = stdout(&out);
+    assert!(md.len() <= LIMIT, "{} bytes", md.len());
+    assert!(md.chars().count() <= LIMIT);
+    // The summary stays whole.
+    assert!(
+        md.contains(&format!(
+            "**Plugins:** 0 added, 0 upgraded, 0 removed, {N} reconfigured, 0 unchanged"
+        )),
+        "{md}"
+    );
+    assert!(md.contains(&format!(
+        "**Objects:** 0 to create, {N} to update, 0 to delete"
+    )));
+    assert_eq!(
+        md.matches("| * | `synth/").count(),
+        N,
+        "every plugin has its row"
+    );
+    // Whole plugins are left out, and counted: none is cut in the middle.
+    let shown = md.matches("<details>").count();
+    assert!(shown > 0 && shown < N, "{shown}");
+    assert_eq!(md.matches("</details>").count(), shown);
+    assert_eq!(
+        md.matches("```diff\n").count(),
+        md.matches("\n```\n").count()
+    );
+    assert!(
+        md.contains(&format!("the object diffs of {} plugins", N - shown)),
+        "{}",
+        &md[md.len().saturating_sub(3000)..]
+    );
+    assert!(md.contains(&format!("> The full diff: {url}\n")), "{md}");
+    // What is shown is exactly the start of the full report.
+    let cut = md.find("\n> [!NOTE]").expect("note");
+    assert!(full.starts_with(&md[..cut]));
+}
+
+/// A stdout whose reader is already gone, as `plugsync ... | head` ends up once head has
+/// read enough: one end of a connected socket pair whose other end is closed, so the first
+/// write fails with `EPIPE` (a pipe would too; `std::io::pipe` is newer than the MSRV).
+fn closed_stdout() -> std::process::Stdio {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+    drop(ours);
+    std::process::Stdio::from(std::os::fd::OwnedFd::from(theirs))
+}
+
+/// Runs `plugsync <args>` in `dir` with [`closed_stdout`].
+fn with_closed_stdout(dir: &Path, cache: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(assert_cmd::cargo::cargo_bin("plugsync"))
+        .args(args)
+        .env("PLUGSYNC_CACHE_DIR", cache)
+        .current_dir(dir)
+        .stdout(closed_stdout())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("runs")
+}
+
+#[test]
+fn no_command_panics_when_its_reader_goes_away() {
+    let repo = upgraded_hello();
+    let package = std::fs::canonicalize("tests/fixtures/packages/langgenius-agent_0.0.14.difypkg")
+        .expect("fixture");
+    let package = package.to_str().expect("utf-8");
+    for (args, code) in [
+        (&["diff", "--base", "main"][..], 1),
+        (&["diff", "--base", "main", "-o", "json"][..], 1),
+        (
+            &["diff", "--base", "main", "-o", "markdown", "--stat"][..],
+            1,
+        ),
+        (&["validate"][..], 0),
+        (&["render"][..], 0),
+        (&["sources"][..], 0),
+        (&["package", "inspect", package][..], 0),
+    ] {
+        let out = with_closed_stdout(repo.path(), repo.cache.path(), args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        // The exit code is the command's own: `diff` still says that something changes.
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_stdout_that_fails_otherwise_is_an_error_not_a_panic() {
+    let repo = GitRepo::new(true);
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("plugsync"))
+        .args(["validate"])
+        .current_dir(repo.path())
+        .stdout(
+            std::fs::File::options()
+                .write(true)
+                .open("/dev/full")
+                .expect("/dev/full"),
+        )
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("error: writing to stdout: No space left on device"),
+        "{stderr}"
+    );
+}
+
+// `diff --cluster`: the working tree against the real control plane.
+
+/// `plugsync diff --cluster <args> --repo <the synthetic repository>` of `env`.
+async fn cluster_diff(env: &cli_env::Env, args: &[&str]) -> std::process::Output {
+    let mut cmd = env.plugsync(&["diff", "--cluster"]);
+    cmd.args(args).arg("--repo").arg(env.repo.path());
+    cli_env::Env::output(cmd).await
+}
+
+async fn apply(env: &cli_env::Env) {
+    let mut cmd = env.plugsync(&["apply"]);
+    cmd.arg("--repo").arg(env.repo.path());
+    let out = cli_env::Env::output(cmd).await;
+    assert!(out.status.success(), "{}", cli_env::text(&out.stderr));
+}
+
+fn synth_cache(env: &cli_env::Env) -> plugsync::resolve::cache::Cache {
+    plugsync::resolve::cache::Cache::open(env.cache.path()).expect("cache")
+}
+
+/// The live Plugin of `synth/p<i>` (first attempt).
+async fn live_plugin(env: &cli_env::Env, i: usize) -> Value {
+    let name = format!("synth/{}", plugsync::synth::plugin_name(i));
+    env.plugins()
+        .await
+        .into_iter()
+        .find(|p| p["spec"]["name"] == name.as_str())
+        .unwrap_or_else(|| panic!("no Plugin of {name}"))
+}
+
+#[tokio::test]
+async fn diff_cluster_summarizes_per_plugin_and_hides_plugsyncs_bookkeeping() {
+    let env = cli_env::Env::new("diff-cluster-summary", 3).await;
+    apply(&env).await;
+    let out = cluster_diff(&env, &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", cli_env::text(&out.stderr));
+
+    // A runtime change of one plugin: its Plugin changes, and so does the hash plugsync
+    // stamps on what it applies; only the former is the reader's business.
+    plugsync::synth::change_one(
+        env.repo.path(),
+        &synth_cache(&env),
+        plugsync::synth::SynthChange::Reconfigure,
+    )
+    .expect("reconfigure");
+    let out = cluster_diff(&env, &["-o", "json"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", cli_env::text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["schemaVersion"], 1);
+    assert_eq!(report["compare"], "cluster");
+    assert_eq!(report["base"], format!("cluster, namespace {}", env.ns));
+    assert_eq!(report["file"], "plugins.yaml");
+    let objects = report["objects"].as_array().expect("objects");
+    // The Plugin, and the PluginSet (it holds plugins.yaml's spec).
+    assert_eq!(objects.len(), 2, "{report:#}");
+    assert_eq!(objects[1]["kind"], "PluginSet");
+    assert_eq!(objects[1]["plugin"], "(the PluginSet)");
+    assert_eq!(
+        objects[1]["changedPaths"],
+        serde_json::json!(["spec.plugins[0].runtime"])
+    );
+    assert_eq!(objects[0]["kind"], "Plugin");
+    assert_eq!(objects[0]["plugin"], "synth/p0");
+    assert_eq!(
+        objects[0]["changedPaths"],
+        serde_json::json!(["spec.runtime.replicas"])
+    );
+    assert_eq!(report["summary"]["plugins"]["reconfigured"], 1);
+    assert_eq!(report["summary"]["plugins"]["unchanged"], 2);
+    let diff = objects[0]["diff"].as_str().expect("diff");
+    assert!(!diff.contains("applied-hash"), "{diff}");
+    assert!(diff.contains("--- live/Plugin ") && diff.contains("+++ desired/Plugin "));
+    assert_eq!(plugin(&report, "synth/p0")["change"], "reconfigured");
+    assert_eq!(plugin(&report, "synth/p1")["change"], "unchanged");
+
+    let out = cluster_diff(&env, &[]).await;
+    let text = cli_env::text(&out.stdout);
+    let head: Vec<&str> = text.lines().take(4).collect();
+    assert_eq!(
+        head,
+        [
+            "plugsync diff --cluster of plugins.yaml",
+            &format!("live: cluster, namespace {}", env.ns),
+            "desired: working tree",
+            "plugins: 0 added, 0 upgraded, 0 removed, 1 reconfigured, 2 unchanged",
+        ],
+        "{text}"
+    );
+    assert!(!text.contains("applied-hash"), "{text}");
+
+    // An upgrade: the new version's Plugin is shown against the old one, which is kept
+    // until the new one runs (no controller runs here, so it is held).
+    plugsync::synth::change_one(
+        env.repo.path(),
+        &synth_cache(&env),
+        plugsync::synth::SynthChange::Upgrade,
+    )
+    .expect("upgrade");
+    let old = live_plugin(&env, 0).await;
+    let old_name = cli_env::name(&old).to_string();
+    let out = cluster_diff(&env, &["-o", "json"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", cli_env::text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let p0 = plugin(&report, "synth/p0");
+    assert_eq!(p0["change"], "upgraded", "{report:#}");
+    assert_eq!(
+        (p0["from"].as_str(), p0["to"].as_str()),
+        (Some("1.0.0"), Some("2.0.0"))
+    );
+    assert_eq!(report["held"][0]["name"], old_name.as_str(), "{report:#}");
+    let created = report["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .find(|o| o["action"] == "create")
+        .expect("the new Plugin");
+    assert_eq!(
+        created["replaces"]["name"],
+        old_name.as_str(),
+        "{created:#}"
+    );
+    assert_eq!(created["replacesHeld"], true);
+    let diff = created["diff"].as_str().expect("diff");
+    assert!(
+        diff.starts_with(&format!("--- live/Plugin {}/{old_name}\n", env.ns)),
+        "{diff}"
+    );
+    assert!(
+        !diff.contains("\n+kind: Plugin"),
+        "a few changed lines, not a whole new object: {diff}"
+    );
+    assert!(!diff.contains("applied-hash"), "{diff}");
+}
+
+#[tokio::test]
+async fn diff_cluster_lists_what_a_deletion_cascades_to_and_survives_a_closed_pipe() {
+    use kube::api::{DynamicObject, PostParams};
+    let env = cli_env::Env::new("diff-cluster-cascade", 2).await;
+    apply(&env).await;
+    // What the controller makes of a Plugin: a Service and a Deployment it owns (and
+    // Kubernetes a ReplicaSet and a Pod of the Deployment), with the set's labels.
+    let owner = live_plugin(&env, 0).await;
+    let owner_name = cli_env::name(&owner).to_string();
+    let labels = serde_json::json!({
+        "plugsync.dev/pluginset": cli_env::SET,
+        "plugsync.dev/plugin-id": owner["spec"]["pluginId"],
+    });
+    let owned_by = serde_json::json!([{
+        "apiVersion": cli_env::PLUGSYNC, "kind": "Plugin", "name": owner_name,
+        "uid": owner["metadata"]["uid"], "controller": true,
+    }]);
+    let children = [
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": format!("svc-{owner_name}"), "labels": labels, "ownerReferences": owned_by},
+            "spec": {"selector": labels, "ports": [{"port": 5003}]},
+        }),
+        serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": owner_name, "labels": labels, "ownerReferences": owned_by},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [{"name": "plugin", "image": "registry.invalid/p:1"}]},
+                },
+            },
+        }),
+    ];
+    for child in children {
+        let (api_version, kind) = (
+            child["apiVersion"].as_str().expect("apiVersion"),
+            child["kind"].as_str().expect("kind"),
+        );
+        let object: DynamicObject = serde_json::from_value(child.clone()).expect("object");
+        env.api(api_version, kind)
+            .await
+            .create(&PostParams::default(), &object)
+            .await
+            .expect("create");
+    }
+    cluster::eventually(
+        std::time::Duration::from_secs(60),
+        "a Pod of the Deployment",
+        || async {
+            let pods = env.list("v1", "Pod").await;
+            (!pods.is_empty()).then_some(())
+        },
+    )
+    .await;
+    let replica_set = cli_env::name(&env.list("apps/v1", "ReplicaSet").await[0]).to_string();
+    let pod = cli_env::name(&env.list("v1", "Pod").await[0]).to_string();
+
+    // Plugin 0 leaves the set.
+    let plugins_path = env.repo.path().join("plugins.yaml");
+    let text = std::fs::read_to_string(&plugins_path).expect("read");
+    let line = format!("    - url: {}\n", plugsync::synth::package_url(0, 1));
+    std::fs::write(&plugins_path, text.replacen(&line, "", 1)).expect("write");
+    let mut lock = env.plugsync(&["lock"]);
+    lock.arg("--repo").arg(env.repo.path());
+    let out = cli_env::Env::output(lock).await;
+    assert!(out.status.success(), "{}", cli_env::text(&out.stderr));
+
+    let out = cluster_diff(&env, &["-o", "json"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", cli_env::text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        plugin(&report, "synth/p0")["change"],
+        "removed",
+        "{report:#}"
+    );
+    assert_eq!(
+        plugin(&report, "synth/p1")["change"],
+        "unchanged",
+        "{report:#}"
+    );
+    let deleted = report["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .find(|o| o["action"] == "delete" && o["kind"] == "Plugin")
+        .expect("the Plugin is pruned");
+    assert_eq!(deleted["name"], owner_name.as_str());
+    let cascade: Vec<String> = deleted["cascade"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no cascade: {deleted:#}"))
+        .iter()
+        .map(|k| {
+            format!(
+                "{} {}",
+                k["kind"].as_str().unwrap_or(""),
+                k["name"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(
+        cascade,
+        [
+            format!("Service svc-{owner_name}"),
+            format!("Deployment {owner_name}"),
+            format!("Pod {pod}"),
+            format!("ReplicaSet {replica_set}"),
+        ]
+    );
+    let out = cluster_diff(&env, &[]).await;
+    let text = cli_env::text(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "deleting it also deletes (owner references): Service {ns}/svc-{owner_name}, Deployment {ns}/{owner_name}, Pod {ns}/{pod}, ReplicaSet {ns}/{replica_set}",
+            ns = env.ns
+        )),
+        "{text}"
+    );
+    let summary = text
+        .lines()
+        .position(|l| l.starts_with("plugins: "))
+        .expect("summary");
+    let first_diff = text
+        .lines()
+        .position(|l| l.starts_with("--- live/"))
+        .expect("a diff");
+    assert!(summary < first_diff, "the summary comes first: {text}");
+
+    // `plugsync diff --cluster | head`: the reader leaves early; no panic, same exit code.
+    let mut cmd = env.plugsync(&["diff", "--cluster"]);
+    cmd.arg("--repo")
+        .arg(env.repo.path())
+        .stdout(closed_stdout());
+    let out = cli_env::Env::output(cmd).await;
+    let stderr = cli_env::text(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // Nothing was deleted by any of this.
+    assert!(env
+        .get(cli_env::PLUGSYNC, "Plugin", &owner_name)
+        .await
+        .is_some());
 }

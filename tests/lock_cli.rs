@@ -521,3 +521,431 @@ fn package_inspect_prints_the_golden_identity() {
     // Computed independently: python3 -c "import hashlib; print(hashlib.sha256(UID.encode()).hexdigest()[:32])"
     assert_eq!(info["plugin_id"], "d62e5e95afbb7da9993d56f58e120ce5");
 }
+
+/// The lock `plugsync lock` wrote for `repo` (a golden URL plugin from `server`), with
+/// its one entry's lines, for tests that damage it.
+fn locked_repo(server: &PackageServer) -> (Repo, String) {
+    let repo = Repo::new(&set_with(&format!("    - url: {}\n", server.url()), ""));
+    repo.plugsync(&["lock"]).success();
+    let lock = repo.lock_text().expect("lock");
+    (repo, lock)
+}
+
+/// A hand-damaged lock (an unknown field, a stray line that breaks the YAML) made `lock`
+/// fail with the very error it was asked to fix. Now `lock` repairs it: the readable pin
+/// is kept (the package must still hash to it), and the rest is written afresh.
+#[test]
+fn lock_repairs_a_damaged_lock_keeping_every_readable_pin() {
+    let server = PackageServer::start(golden());
+    let (mut repo, good) = locked_repo(&server);
+    let damaged = good
+        .replacen(
+            "kind: PluginLock\n",
+            "kind: PluginLock\nnotes: edited by hand\n",
+            1,
+        )
+        .replacen("  plugin_id:", "  checksum_was: [unclosed\n  plugin_id:", 1);
+    std::fs::write(repo.lock_path(), &damaged).expect("damage");
+
+    // Anything that only reads the lock names the damage and says what to run.
+    let refused = repo.plugsync(&["lock", "--locked"]).code(2);
+    let err = stderr(&refused);
+    assert!(err.contains("plugins.lock:"), "{err}");
+    assert!(
+        err.contains(
+            "run `plugsync lock` to repair plugins.lock: it keeps every pin it can still read"
+        ),
+        "{err}"
+    );
+    assert_eq!(repo.lock_text().as_deref(), Some(damaged.as_str()));
+
+    // The pin is kept: with the package gone from the cache and the server now serving
+    // other bytes, the repair refuses them, as for any pinned plugin.
+    server.serve(tampered());
+    repo.new_cache();
+    let out = repo.plugsync(&["lock"]).code(2);
+    let err = stderr(&out);
+    assert!(err.contains("does not load"), "{err}");
+    assert!(
+        err.contains(&format!("plugins.lock pins sha256:{GOLDEN_SHA256}")),
+        "{err}"
+    );
+    assert_eq!(
+        repo.lock_text().as_deref(),
+        Some(damaged.as_str()),
+        "nothing written"
+    );
+
+    // Served the pinned bytes again, the repaired lock is the lock as it was.
+    server.serve(golden());
+    let out = repo.plugsync(&["lock"]).success();
+    assert!(
+        stdout(&out).contains("repaired and written"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(repo.lock_text().as_deref(), Some(good.as_str()));
+    repo.plugsync(&["lock", "--locked"]).success();
+}
+
+/// An entry whose `sha256` cannot be read has no pin left to keep: `lock` resolves that
+/// plugin afresh, and says so on stderr rather than losing the pin silently.
+#[test]
+fn a_pin_that_cannot_be_read_is_reported_lost() {
+    let server = PackageServer::start(golden());
+    let (repo, good) = locked_repo(&server);
+    std::fs::write(
+        repo.lock_path(),
+        good.replacen(&format!("sha256: {GOLDEN_SHA256}"), "sha256: a5878635", 1),
+    )
+    .expect("damage");
+    let out = repo.plugsync(&["lock"]).success();
+    let err = stderr(&out);
+    assert!(err.contains("plugins.lock:5:1: plugins[0]: langgenius/agent: `sha256` is not 64 lowercase hex characters; dropped: its pin is lost"), "{err}");
+    assert!(
+        err.contains(&format!("pins what {} serves now", server.url())),
+        "{err}"
+    );
+    assert_eq!(repo.lock_text().as_deref(), Some(good.as_str()));
+}
+
+/// Conflict markers in plugins.lock (two branches each adding a plugin) are named as a
+/// merge conflict with their lines; `lock` resolves it by taking the entries of both
+/// sides, keeping the remote pin it found there.
+#[test]
+fn a_merge_conflict_in_the_lock_is_named_and_resolved_by_lock() {
+    let server = PackageServer::start(golden());
+    let (mut repo, url_only) = locked_repo(&server);
+    // The other branch: only the in-repo plugin.
+    copy_dir(
+        Path::new("examples/plugins/hello-world"),
+        &repo.path().join("hello"),
+    );
+    let both = set_with(
+        &format!("    - url: {}\n    - path: hello\n", server.url()),
+        "",
+    );
+    std::fs::write(repo.path().join("plugins.yaml"), &both).expect("write");
+    repo.plugsync(&["lock"]).success();
+    let merged = repo.lock_text().expect("lock");
+    let hello_entry = merged
+        .split("\n- ")
+        .find(|e| e.starts_with("name: plugsync/hello-world"))
+        .expect("hello entry");
+    let agent_entry = url_only.split("\n- ").nth(1).expect("agent entry");
+    let conflicted = format!(
+        "{}<<<<<<< HEAD\n- {agent_entry}=======\n- {hello_entry}>>>>>>> add-hello\n",
+        url_only.split("- name:").next().expect("head")
+    );
+    std::fs::write(repo.lock_path(), &conflicted).expect("conflict");
+    let first = conflicted
+        .lines()
+        .position(|l| l.starts_with("<<<<<<<"))
+        .expect("marker")
+        + 1;
+    let middle = conflicted
+        .lines()
+        .position(|l| l == "=======")
+        .expect("marker")
+        + 1;
+    let end = conflicted
+        .lines()
+        .position(|l| l.starts_with(">>>>>>>"))
+        .expect("marker")
+        + 1;
+    let named = format!(
+        "merge conflict: git conflict markers at lines {first} (<<<<<<<), {middle} (=======) and {end} (>>>>>>>)"
+    );
+
+    // Reading it names the conflict and what resolves it.
+    let refused = repo.plugsync(&["validate"]).code(2);
+    let err = stderr(&refused);
+    assert!(
+        err.contains(&format!("plugins.lock:{first}:1: {named}")),
+        "{err}"
+    );
+    assert!(
+        err.contains("run `plugsync lock` to resolve the merge conflict"),
+        "{err}"
+    );
+    let refused = repo.plugsync(&["render"]).code(2);
+    assert!(stderr(&refused).contains(&named), "{}", stderr(&refused));
+
+    // `lock` takes both sides; the remote pin holds (other bytes are refused) ...
+    server.serve(tampered());
+    repo.new_cache();
+    let out = repo.plugsync(&["lock"]).code(2);
+    assert!(
+        stderr(&out).contains(&format!("plugins.lock pins sha256:{GOLDEN_SHA256}")),
+        "{}",
+        stderr(&out)
+    );
+    // ... and with the pinned bytes served, the lock is the one both branches meant.
+    server.serve(golden());
+    let out = repo.plugsync(&["lock"]).success();
+    assert!(stderr(&out).contains(&named), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("has a merge conflict"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(repo.lock_text().as_deref(), Some(merged.as_str()));
+    assert!(
+        !stdout(&out).lines().any(|l| l.starts_with(['+', '-', '~'])),
+        "nothing changes: {}",
+        stdout(&out)
+    );
+}
+
+/// Both sides of a conflict pin the same URL to different packages (one branch ran
+/// `lock --update` after the server changed): `lock` fetches it and keeps the side whose
+/// package the source serves; serving neither is a digest mismatch naming both.
+#[test]
+fn a_plugin_pinned_differently_by_the_two_sides_keeps_what_its_source_serves() {
+    let server = PackageServer::start(golden());
+    let (mut repo, ours) = locked_repo(&server);
+    server.serve(tampered());
+    repo.plugsync(&["lock", "--update", "langgenius/agent"])
+        .success();
+    let theirs = repo.lock_text().expect("lock");
+    let entry = |lock: &str| lock.split("\n- ").nth(1).expect("entry").to_string();
+    let conflicted = format!(
+        "{}<<<<<<< HEAD\n- {}=======\n- {}>>>>>>> update-agent\n",
+        ours.split("- name:").next().expect("head"),
+        entry(&ours),
+        entry(&theirs)
+    );
+    let tampered_sha = plugsync::package::sha256_hex(&tampered());
+
+    std::fs::write(repo.lock_path(), &conflicted).expect("conflict");
+    repo.new_cache();
+    let requests = server.requests();
+    let out = repo.plugsync(&["lock"]).success();
+    assert_eq!(
+        server.requests(),
+        requests + 1,
+        "re-checked against the source"
+    );
+    assert!(
+        stderr(&out).contains("langgenius/agent is pinned to different packages"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains(&format!(
+            "langgenius/agent: kept sha256:{}",
+            &tampered_sha[..12]
+        )),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(repo.lock_text().as_deref(), Some(theirs.as_str()));
+
+    // The same conflict while the server serves a third package: refused, naming both.
+    std::fs::write(repo.lock_path(), &conflicted).expect("conflict");
+    server.serve(golden_with_manifest_version("0.0.14-rc1"));
+    repo.new_cache();
+    let out = repo.plugsync(&["lock"]).code(2);
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "plugins.lock pins sha256:{GOLDEN_SHA256} or sha256:{tampered_sha}"
+        )),
+        "{err}"
+    );
+    assert_eq!(repo.lock_text().as_deref(), Some(conflicted.as_str()));
+}
+
+/// `validate` checks the lock against plugins.yaml offline: a new plugin, a changed
+/// in-repo plugin, a missing or corrupt `path:` package and a hand-edited digest are all
+/// found, and not one request reaches the package server.
+#[test]
+fn validate_finds_stale_locks_bad_packages_and_edited_digests_without_fetching() {
+    let server = PackageServer::start(golden());
+    let (repo, good) = locked_repo(&server);
+    let requests = server.requests();
+    let out = repo.plugsync(&["validate"]).success();
+    assert!(
+        stdout(&out).contains("plugins.lock: valid, up to date (1 plugins)"),
+        "{}",
+        stdout(&out)
+    );
+
+    // A plugin declared and not pinned: out of date (exit 1), saying what to run.
+    let hello = repo.path().join("hello");
+    copy_dir(Path::new("examples/plugins/hello-world"), &hello);
+    let with_hello = set_with(
+        &format!("    - url: {}\n    - path: hello\n", server.url()),
+        "",
+    );
+    std::fs::write(repo.path().join("plugins.yaml"), &with_hello).expect("write");
+    let stale = repo.plugsync(&["validate"]).code(1);
+    let err = stderr(&stale);
+    assert!(err.contains("+ plugsync/hello-world 0.1.0"), "{err}");
+    assert!(err.contains("run `plugsync lock` and commit it"), "{err}");
+    repo.plugsync(&["lock"]).success();
+    repo.plugsync(&["validate"]).success();
+
+    // The in-repo plugin changed: out of date.
+    std::fs::write(hello.join("README.md"), "changed\n").expect("write");
+    let stale = repo.plugsync(&["validate"]).code(1);
+    assert!(
+        stderr(&stale).contains("~ plugsync/hello-world 0.1.0 sha256:"),
+        "{}",
+        stderr(&stale)
+    );
+    repo.plugsync(&["lock"]).success();
+
+    // Its manifest broken: an error at the plugins.yaml line and field that declares it.
+    let manifest = std::fs::read_to_string(hello.join("manifest.yaml")).expect("manifest");
+    std::fs::write(
+        hello.join("manifest.yaml"),
+        manifest.replacen("version:", "verzion:", 1),
+    )
+    .expect("write");
+    let bad = repo.plugsync(&["validate"]).code(2);
+    let err = stderr(&bad);
+    assert!(
+        err.contains("plugins.yaml:10:13: spec.plugins[1].path: path:hello: "),
+        "{err}"
+    );
+    assert!(err.contains("manifest.yaml"), "{err}");
+    std::fs::write(hello.join("manifest.yaml"), &manifest).expect("write");
+
+    // Gone: the same place.
+    std::fs::rename(&hello, repo.path().join("moved")).expect("move");
+    let gone = repo.plugsync(&["validate"]).code(2);
+    let err = stderr(&gone);
+    assert!(
+        err.contains(
+            "plugins.yaml:10:13: spec.plugins[1].path: path:hello: `hello` does not exist"
+        ),
+        "{err}"
+    );
+    std::fs::rename(repo.path().join("moved"), &hello).expect("move back");
+    repo.plugsync(&["validate"]).success();
+
+    // A remote pin edited by hand to another package's digest (in the cache here) is
+    // found at its plugins.lock line.
+    let locked = repo.lock_text().expect("lock");
+    let tampered_sha = plugsync::package::sha256_hex(&tampered());
+    let cache = plugsync::resolve::cache::Cache::open(repo.cache.path()).expect("cache");
+    cache.put(&tampered()).expect("put");
+    let edited = locked.replacen(GOLDEN_SHA256, &tampered_sha, 1);
+    std::fs::write(repo.lock_path(), &edited).expect("edit");
+    let line = edited
+        .lines()
+        .position(|l| l.contains(&tampered_sha))
+        .expect("line")
+        + 1;
+    let bad = repo.plugsync(&["validate"]).code(2);
+    let err = stderr(&bad);
+    assert!(
+        err.contains(&format!("plugins.lock:{line}:11: plugins[0].sha256: this digest is the package langgenius/agent:0.0.14@")),
+        "{err}"
+    );
+    assert!(err.contains("the entry was edited by hand"), "{err}");
+    // Not cached, it cannot be checked offline: validate says so, and passes.
+    let mut fresh = repo;
+    fresh.new_cache();
+    let out = fresh.plugsync(&["validate"]).success();
+    assert!(
+        stderr(&out).contains("not checked against their packages, which are not in the cache"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("langgenius/agent"),
+        "{}",
+        stderr(&out)
+    );
+
+    assert_eq!(server.requests(), requests, "validate fetched something");
+    drop(good);
+}
+
+/// A package that cannot be read names the plugins.yaml line and field of the plugin it
+/// was declared for, as a configuration error would.
+#[test]
+fn package_errors_name_the_declaring_line_and_field() {
+    let server = PackageServer::start(b"not a package".to_vec());
+    let repo = Repo::new(&set_with(&format!("    - url: {}\n", server.url()), ""));
+    let out = repo.plugsync(&["lock"]).code(2);
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "plugins.yaml:9:12: spec.plugins[0].url: {}: not a valid zip archive",
+            server.url()
+        )),
+        "{err}"
+    );
+
+    let missing = Repo::new(&set_with(
+        &format!("    - url: {}\n    - path: plugins/nothing\n", server.url()),
+        "",
+    ));
+    server.serve(golden());
+    let out = missing.plugsync(&["lock"]).code(2);
+    assert!(
+        stderr(&out).contains("plugins.yaml:10:13: spec.plugins[1].path: path:plugins/nothing: `plugins/nothing` does not exist"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// `render` on a stale lock fails (exit 1) saying what to run, rather than rendering
+/// packages nobody pinned; without a lock it renders with a warning, or with `--locked`
+/// fails as `lock --locked` does.
+#[test]
+fn render_refuses_a_stale_lock() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    copy_dir(Path::new("examples"), tmp.path());
+    let cache = tempfile::tempdir().expect("cache");
+    let render = |args: &[&str]| {
+        Command::cargo_bin("plugsync")
+            .expect("binary")
+            .arg("render")
+            .args(args)
+            .arg("--repo")
+            .arg(tmp.path())
+            .env("PLUGSYNC_CACHE_DIR", cache.path())
+            .assert()
+    };
+    let ok = render(&[]).success();
+    assert!(stdout(&ok).contains("kind: Plugin"), "{}", stdout(&ok));
+
+    std::fs::write(
+        tmp.path().join("plugins/hello-world/README.md"),
+        "changed\n",
+    )
+    .expect("write");
+    let stale = render(&[]).code(1);
+    let err = stderr(&stale);
+    assert!(err.contains("plugins.lock is out of date"), "{err}");
+    assert!(
+        err.contains("~ plugsync/hello-world 0.1.0 sha256:"),
+        "{err}"
+    );
+    assert!(err.contains("run `plugsync lock` and commit it"), "{err}");
+    assert!(
+        stdout(&stale).is_empty(),
+        "nothing rendered: {}",
+        stdout(&stale)
+    );
+
+    std::fs::remove_file(tmp.path().join("plugins.lock")).expect("rm");
+    let missing = render(&[]).success();
+    assert!(
+        stderr(&missing).contains("does not exist; run `plugsync lock`"),
+        "{}",
+        stderr(&missing)
+    );
+    assert!(stdout(&missing).contains("kind: Plugin"));
+    let locked = render(&["--locked"]).code(1);
+    assert!(
+        stderr(&locked).contains("does not exist; run `plugsync lock`"),
+        "{}",
+        stderr(&locked)
+    );
+    assert!(stdout(&locked).is_empty());
+}

@@ -7,6 +7,7 @@
 // below, the commands' own code included.
 #[macro_use]
 mod output;
+mod diff;
 mod logging;
 mod progress;
 mod run;
@@ -270,6 +271,23 @@ struct DiffArgs {
     /// Lines of context around each object change.
     #[arg(long, default_value_t = 3)]
     context_lines: usize,
+    /// Only the summary: per plugin, its objects with the lines added and removed, no diffs
+    /// (as `git diff --stat`).
+    #[arg(long)]
+    stat: bool,
+    /// Colour the text output: auto (when stdout is a terminal and NO_COLOR is unset),
+    /// always or never.
+    #[arg(long, value_enum, default_value_t = ColorWhen::Auto, value_name = "WHEN")]
+    color: ColorWhen,
+    /// Largest markdown output, in characters (GitHub's limit on a comment by default): the
+    /// diffs of plugins that do not fit are left out, and named, the summary stays; 0: no
+    /// limit.
+    #[arg(long, default_value_t = crate::report::GITHUB_COMMENT_LIMIT, value_name = "CHARS")]
+    markdown_limit: usize,
+    /// Where the full diff can be read (a URL, or words), named in markdown output that had
+    /// to leave diffs out [default: a hint to run `plugsync diff` locally].
+    #[arg(long, value_name = "TEXT")]
+    full_diff_at: Option<String>,
     #[command(flatten)]
     fetch: FetchArgs,
     #[command(flatten)]
@@ -390,6 +408,15 @@ enum DiffFormat {
     Text,
     Json,
     Markdown,
+}
+
+/// When the text diff is coloured.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum ColorWhen {
+    /// On a terminal, unless NO_COLOR is set (CLICOLOR_FORCE forces it).
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -698,23 +725,17 @@ async fn diff_command(args: DiffArgs) -> Result<ExitCode, Error> {
         args.context_lines,
     )
     .await?;
-    match args.output {
-        DiffFormat::Text => print!("{}", report.to_text()),
-        DiffFormat::Markdown => print!("{}", report.to_markdown()),
-        DiffFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&report.to_json()).unwrap_or_default()
-        ),
+    let mut report = report;
+    // Repository-relative, as a reviewer knows the files: never the runner's checkout path.
+    report.file = Some(diff::file_label(&args.repo, &args.file));
+    if args.head.is_none() {
+        report.head = "working tree".into();
     }
-    let changed = report.has_changes();
+    let code = diff::print_report(&report, &args);
     // The process exits right after this: the operating system reclaims the report's memory
     // at once, faster than freeing it object by object.
     std::mem::forget(report);
-    Ok(if changed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(code)
 }
 
 /// Renders the working tree for a cluster operation on `cluster`, refusing a missing or stale
@@ -900,43 +921,31 @@ async fn cluster_diff_command(args: DiffArgs) -> Result<ExitCode, Error> {
         dry_run: true,
         prune: true,
     };
-    let report = applier
+    let applied = applier
         .apply_set(&state.set.spec().clone(), &state.cluster_objects(), options)
         .await?;
-    for (key, why) in &report.failed {
+    for (key, why) in &applied.failed {
         eprintln!("error: {key}: {why}");
     }
-    match args.output {
-        DiffFormat::Json => {
-            let objects: Vec<serde_json::Value> = report
-                .changes
-                .iter()
-                .map(|c| crate::report::change_json(c, args.context_lines))
-                .collect();
-            println!(
-                "{}",
-                serde_json::to_string_pretty(
-                    &serde_json::json!({"changed": !report.changes.is_empty(), "objects": objects})
-                )
-                .unwrap_or_default()
-            );
-        }
-        DiffFormat::Text | DiffFormat::Markdown => {
-            for c in &report.changes {
-                println!("{} {}: {}", c.action, c.key, c.reason);
-                print!("{}", crate::plan::render_diff(c, args.context_lines));
-            }
-            println!("cluster: {} object changes", report.changes.len());
-        }
-    }
-    if !report.failed.is_empty() {
-        return Ok(ExitCode::from(2));
-    }
-    Ok(if report.changes.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    let failed = !applied.failed.is_empty();
+    let namespace = state
+        .set
+        .spec()
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| cluster.namespace.clone());
+    let report = diff::cluster_report(
+        &cluster.client,
+        &namespace,
+        &state,
+        applied,
+        diff::file_label(&args.repo, &args.file),
+        args.context_lines,
+    )
+    .await;
+    let code = diff::print_report(&report, &args);
+    Ok(if failed { ExitCode::from(2) } else { code })
 }
 
 fn out_of_date(lock_path: &Path, why: &str) -> Result<ExitCode, Error> {

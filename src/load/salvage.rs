@@ -114,8 +114,14 @@ pub fn salvage_lock(file: &Path, text: &str) -> SalvagedLock {
                 }
                 continue;
             }
+            let unread: Vec<String> = item
+                .bad_lines
+                .iter()
+                .map(|&l| format!("line {} does not read", side.original_line(l)))
+                .collect();
             match read_plugin(&value) {
                 Ok((plugin, problems)) => {
+                    let problems: Vec<String> = unread.into_iter().chain(problems).collect();
                     let clean = problems.is_empty();
                     if !clean {
                         let keeps = if plugin.source.starts_with("path:") {
@@ -229,6 +235,9 @@ struct Item {
     path: String,
     /// The entry, or why it could not be read as YAML at all.
     value: Result<serde_yaml::Value, String>,
+    /// Lines (in the text it was read from) left out because they did not read, when the
+    /// entry was read line by line.
+    bad_lines: Vec<usize>,
 }
 
 /// The entries of `text`: through the whole document when it is still YAML, else item by
@@ -249,6 +258,7 @@ fn items(text: &str) -> Vec<Item> {
                     line: index.value(&path).map(|p| p.line).unwrap_or(0),
                     path,
                     value: Ok(value.clone()),
+                    bad_lines: Vec::new(),
                 });
             }
         }
@@ -274,10 +284,17 @@ fn items(text: &str) -> Vec<Item> {
             *slot
         );
         *slot += 1;
+        let mut bad_lines = Vec::new();
         let value = match serde_yaml::from_str::<serde_yaml::Value>(&text) {
             Ok(serde_yaml::Value::Sequence(mut one)) if one.len() == 1 => Ok(one.remove(0)),
             Ok(_) => Err("not a single entry".to_string()),
-            Err(e) => Err(e.to_string()),
+            Err(e) => match line_by_line(&text) {
+                Some((fields, bad)) => {
+                    bad_lines = bad.into_iter().map(|i| line + i).collect();
+                    Ok(fields)
+                }
+                None => Err(e.to_string()),
+            },
         };
         // An entry that reads as the other kind was filed under the wrong heading (the
         // merge lost it): go by its fields, which the two kinds do not share.
@@ -291,6 +308,7 @@ fn items(text: &str) -> Vec<Item> {
             line,
             path,
             value,
+            bad_lines,
         });
     };
     for (i, line) in text.lines().enumerate() {
@@ -313,6 +331,28 @@ fn items(text: &str) -> Vec<Item> {
     }
     flush(&mut chunk, section, &mut out);
     out
+}
+
+/// An entry whose YAML does not read as a whole (a stray or broken line), read one
+/// `key: value` line at a time, as `plugsync lock` writes them: the fields that read, and
+/// the offsets (from the entry's first line) of the lines that do not. `None` when no line
+/// reads.
+fn line_by_line(text: &str) -> Option<(serde_yaml::Value, Vec<usize>)> {
+    let mut fields = serde_yaml::Mapping::new();
+    let mut bad = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let field = line.strip_prefix("- ").unwrap_or(line).trim();
+        if field.is_empty() {
+            continue;
+        }
+        match serde_yaml::from_str::<serde_yaml::Mapping>(field) {
+            Ok(one) if one.len() == 1 && !one.keys().any(|k| fields.contains_key(k)) => {
+                fields.extend(one)
+            }
+            _ => bad.push(i),
+        }
+    }
+    (!fields.is_empty()).then_some((serde_yaml::Value::Mapping(fields), bad))
 }
 
 /// A scalar field of an entry, as text.
@@ -466,18 +506,31 @@ mod tests {
 
     #[test]
     fn broken_yaml_keeps_every_entry_that_reads() {
+        let sha = |c: char| c.to_string().repeat(64);
         let text = format!(
-            "{HEAD}{}{}  sha256: [unclosed\n{}",
+            "{HEAD}{}{}{}",
             entry("a/one", "https://h/one", 'a'),
-            entry("a/two", "https://h/two", 'b'),
-            entry("a/three", "https://h/three", 'd'),
+            entry("a/two", "https://h/two", 'b')
+                .replace(&format!("sha256: {}", sha('b')), "sha256: [unclosed"),
+            entry("a/three", "https://h/three", 'd')
+                .replace("  checksum:", "  stray: {\n  checksum:"),
         );
         let s = salvage_lock(Path::new("plugins.lock"), &text);
         let names: Vec<&str> = s.lock.plugins.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, vec!["a/one", "a/three"], "{:#?}", s.notes);
-        assert_eq!(s.notes.len(), 1, "{:#?}", s.notes);
-        assert_eq!(s.notes[0].line, 11);
-        assert!(s.notes[0].message.contains("unreadable"), "{}", s.notes[0]);
+        assert_eq!(s.lock.plugins[1].sha256, sha('d'));
+        let notes: Vec<(usize, &str)> = s
+            .notes
+            .iter()
+            .map(|n| (n.line, n.message.as_str()))
+            .collect();
+        assert_eq!(
+            notes,
+            vec![
+                (11, "a/two: `sha256` is not 64 lowercase hex characters; dropped: its pin is lost, and `plugsync lock` pins what https://h/two serves now"),
+                (18, "a/three: line 22 does not read; kept its pin (sha256:dddddddddddd), the rest is written afresh from the package"),
+            ]
+        );
         assert!(!s.conflict);
     }
 

@@ -78,6 +78,16 @@ impl DeclaredSource {
         }
     }
 
+    /// The plugins.yaml field this source was declared in (`marketplace`, `url`, `path`),
+    /// so a failure to fetch or read its package can point at that line.
+    pub fn field(&self) -> &'static str {
+        match self {
+            DeclaredSource::Marketplace { .. } => "marketplace",
+            DeclaredSource::Url(_) => "url",
+            DeclaredSource::Path(_) => "path",
+        }
+    }
+
     /// How to name this entry in messages before its package is known (secrets redacted).
     pub fn describe(&self) -> String {
         match self {
@@ -121,6 +131,17 @@ impl LoadedPluginSet {
     /// The declared set.
     pub fn spec(&self) -> &PluginSet {
         &self.doc.value
+    }
+
+    /// A diagnostic at the source field of `plugin` (`spec.plugins[2].path`), so a problem
+    /// with its package names the plugins.yaml line it was declared at.
+    pub fn error_at_source(
+        &self,
+        plugin: &DeclaredPlugin,
+        message: impl Into<String>,
+    ) -> Diagnostic {
+        self.doc
+            .error_at(&join_key(&plugin.path, plugin.source.field()), message)
     }
 }
 

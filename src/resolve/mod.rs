@@ -12,19 +12,21 @@
 //!   by `lock --locked`.
 
 pub mod cache;
+mod check;
 pub mod source;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::error::{Diagnostics, Error};
-use crate::load::{DeclaredPlugin, DeclaredSource, LoadedPluginSet};
+use crate::load::{DeclaredPlugin, DeclaredSource, LoadedPluginSet, SalvagedLock};
 use crate::model::{LockedPlugin, PluginLock};
 use crate::package::{self, Package};
 use crate::source::{EntryKind, Snapshot};
 use cache::Cache;
+pub use check::OfflineCheck;
 use source::{NoProgress, Progress, SourceRegistry};
 
 /// How many packages are fetched at once.
@@ -207,6 +209,40 @@ impl Resolver {
         old: Option<&PluginLock>,
         update: &[String],
     ) -> Result<Resolution, Error> {
+        self.resolve_contested(snapshot, set, old, &BTreeMap::new(), update)
+            .await
+    }
+
+    /// [`Resolver::resolve`] against what `plugsync lock` could read of a damaged lock
+    /// ([`crate::load::salvage_lock`]): its pins hold as any lock's do, and a source it
+    /// pins to several packages (the two sides of a merge conflict) is fetched and must
+    /// serve one of them, which is kept; serving neither is a digest mismatch, as for any
+    /// pin. `--update` still takes what the source serves.
+    pub async fn resolve_salvaged(
+        &self,
+        snapshot: &dyn Snapshot,
+        set: &LoadedPluginSet,
+        salvaged: &SalvagedLock,
+        update: &[String],
+    ) -> Result<Resolution, Error> {
+        self.resolve_contested(
+            snapshot,
+            set,
+            Some(&salvaged.lock),
+            &salvaged.contested,
+            update,
+        )
+        .await
+    }
+
+    async fn resolve_contested(
+        &self,
+        snapshot: &dyn Snapshot,
+        set: &LoadedPluginSet,
+        old: Option<&PluginLock>,
+        contested: &BTreeMap<String, Vec<LockedPlugin>>,
+        update: &[String],
+    ) -> Result<Resolution, Error> {
         let empty = PluginLock::default();
         let old = old.unwrap_or(&empty);
         check_update_names(set, old, update)?;
@@ -215,6 +251,9 @@ impl Resolver {
         self.read_packages()
             .retain(|_, (bytes, _)| bytes.strong_count() > 0);
 
+        // A contested source is resolved unpinned (fetched, never taken from the cache)
+        // and then checked against every candidate pin.
+        let mut candidates: Vec<Option<&[LockedPlugin]>> = Vec::with_capacity(set.plugins.len());
         let entries: Vec<(String, Option<LockedPlugin>)> = set
             .plugins
             .iter()
@@ -224,6 +263,13 @@ impl Resolver {
                     .get(source.as_str())
                     .filter(|p| !update.contains(p.name.as_str()))
                     .map(|p| (*p).clone());
+                let contest = contested
+                    .get(&source)
+                    .filter(|_| pinned.is_some())
+                    .filter(|_| !matches!(declared.source, DeclaredSource::Path(_)))
+                    .map(Vec::as_slice);
+                candidates.push(contest);
+                let pinned = if contest.is_some() { None } else { pinned };
                 (source, pinned)
             })
             .collect();
@@ -231,14 +277,39 @@ impl Resolver {
         // takes each one's result in declaration order, exactly where it would have read it.
         let prefetched = self.read_cached(&set.plugins, &entries);
 
-        let results: Vec<Resolved> = stream::iter(set.plugins.iter().zip(entries).zip(prefetched))
-            .map(|((declared, (source, pinned)), prefetched)| async move {
-                self.resolve_one(snapshot, declared, source, pinned.as_ref(), prefetched)
+        let results: Vec<Resolved> = stream::iter(
+            set.plugins
+                .iter()
+                .zip(entries)
+                .zip(prefetched)
+                .zip(candidates),
+        )
+        .map(
+            |(((declared, (source, pinned)), prefetched), contest)| async move {
+                let resolved = self
+                    .resolve_one(snapshot, declared, source, pinned.as_ref(), prefetched)
                     .await
-            })
-            .buffered(CONCURRENT_FETCHES)
-            .try_collect()
-            .await?;
+                    .map_err(|e| at_declaration(set, declared, e))?;
+                match contest {
+                    Some(pins) if !pins.iter().any(|p| p.sha256 == resolved.0.sha256) => {
+                        Err(Error::DigestMismatch {
+                            plugin: resolved.0.name.clone(),
+                            expected: pins
+                                .iter()
+                                .map(|p| p.sha256.as_str())
+                                .collect::<Vec<_>>()
+                                .join(" or sha256:"),
+                            actual: resolved.0.sha256.clone(),
+                            source_url: declared.source.describe(),
+                        })
+                    }
+                    _ => Ok(resolved),
+                }
+            },
+        )
+        .buffered(CONCURRENT_FETCHES)
+        .try_collect()
+        .await?;
 
         // Two entries may turn out to be the same plugin only once their packages are known.
         let mut diagnostics = Vec::new();
@@ -541,6 +612,39 @@ impl Resolver {
     }
 }
 
+/// `error`, a failure to get or read the package of `declared`, with the plugins.yaml line
+/// and field it was declared at in place of the bare label (`plugins.yaml:14:13:
+/// spec.plugins[2].path: path:plugins/hello: …`). Digest mismatches keep naming the plugin,
+/// which `--update` takes.
+fn at_declaration(set: &LoadedPluginSet, declared: &DeclaredPlugin, error: Error) -> Error {
+    let label = declared.source.describe();
+    let located = || set.error_at_source(declared, label.clone()).to_string();
+    match error {
+        Error::Package { plugin, source } if plugin == label => Error::Package {
+            plugin: located(),
+            source,
+        },
+        Error::Source { plugin, source } if plugin == label => Error::Source {
+            plugin: located(),
+            source,
+        },
+        Error::WrongPackage {
+            plugin,
+            expected,
+            actual,
+        } if plugin == label => Error::WrongPackage {
+            plugin: located(),
+            expected,
+            actual,
+        },
+        Error::Usage(message) => match message.strip_prefix(&format!("{label}: ")) {
+            Some(rest) => Error::Usage(format!("{}: {rest}", located())),
+            None => Error::Usage(message),
+        },
+        other => other,
+    }
+}
+
 /// A package read ahead from the cache for one plugin, or why reading it failed.
 type Prefetched = Result<Resolved, Error>;
 
@@ -721,8 +825,21 @@ pub(crate) mod tests {
             .resolve(&f.snapshot, &f.set, Some(&f.lock), &[])
             .await
             .expect_err("unreadable packages");
+        // Named by its plugins.yaml line and field, and its URL.
+        let url = f.set.plugins[7].source.describe();
+        let text = std::fs::read_to_string(&f.set.doc.file).expect("plugins.yaml");
+        let line = 1 + text
+            .lines()
+            .position(|l| l.ends_with(&format!("url: {url}")))
+            .expect("declared");
         match err {
-            Error::Package { plugin, .. } => assert_eq!(plugin, f.set.plugins[7].source.describe()),
+            Error::Package { plugin, .. } => assert_eq!(
+                plugin,
+                format!(
+                    "{}:{line}:12: spec.plugins[7].url: {url}",
+                    f.set.doc.file.display()
+                )
+            ),
             other => panic!("unexpected error: {other}"),
         }
 
