@@ -309,7 +309,7 @@ pub(super) async fn run_command(args: RunArgs) -> Result<ExitCode, Error> {
     // The loop runs on this task (not spawned): the applier's futures are not `Send`
     // across every lifetime the spawn bound asks for, and this task is where it ends anyway.
     let git_loop = gitops.run(trigger, stop_rx.clone(), readiness.clone());
-    info!(%namespace, from = %cluster.source, "running");
+    info!(%namespace, source = %cluster.source, "running");
 
     // Until told to stop, or until leadership is lost: then stop writing at once.
     let watchdog = async {
