@@ -895,7 +895,7 @@ async fn gc_command(args: GcArgs) -> Result<ExitCode, Error> {
     for removal in &removals {
         match removal {
             crate::controller::history::Removal::Plugin(name) => {
-                println!("removed plugin/{name} with its build Job{suffix}")
+                println!("removed plugin/{name} with its build Job and Deployment{suffix}")
             }
             crate::controller::history::Removal::Job(name) => {
                 println!("removed job/{name} (the Plugin keeps its failure){suffix}")
