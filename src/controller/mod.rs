@@ -69,8 +69,16 @@ async fn plugin_loop(
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|result| async move {
+            use kube::runtime::controller::Error;
             match result {
                 Ok((object, _)) => debug!(plugin = %object.name, "reconciled"),
+                // A deleted Plugin left the local store while a reconcile of it was queued
+                // (its children's deletions queue one): nothing to do, and no error.
+                Err(Error::ObjectNotFound(object)) => {
+                    debug!(plugin = %object.name, "deleted before its queued reconcile")
+                }
+                // error_policy has logged it, naming the Plugin.
+                Err(Error::ReconcilerFailed(..)) => {}
                 Err(e) => warn!(error = %e, "reconcile error"),
             }
         })

@@ -495,7 +495,14 @@ pub async fn remove_attempts(
             Removal::Job(name) => jobs.delete(name, &background()).await.map(|_| ()),
         };
         match result {
-            Ok(()) => info!(?removal, "failed or superseded attempt removed"),
+            Ok(()) => info!(
+                kind = match removal {
+                    Removal::Plugin(_) => "Plugin",
+                    Removal::Job(_) => "Job",
+                },
+                name = removal.name(),
+                "failed or superseded attempt removed"
+            ),
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e),
         }
@@ -919,6 +926,18 @@ async fn publish_status(
     .await?;
     // Builds are counted by the attempt that ran them, not by a first attempt reporting one.
     let reports_itself = new.current_attempt.is_none() && old.current_attempt.is_none();
+    if reports_itself && new.phase == Some(PluginPhase::BuildFailed) && old.phase != new.phase {
+        // One line per failed build, with its reason: what a user tails the logs for.
+        let failure = new.last_failure.as_ref();
+        warn!(
+            plugin = %format!("{}@{}", plugin.spec.name, plugin.spec.version),
+            attempt = plugin.spec.attempt,
+            id = %plugin.name_any(),
+            reason = failure.map_or("unknown", |f| f.reason.as_str()),
+            detail = failure.map_or(decision.message.as_str(), |f| f.message.trim()),
+            "build failed"
+        );
+    }
     if let (Some(metrics), true) = (&ctx.metrics, reports_itself) {
         use crate::metrics::BuildResult;
         if new.phase == Some(PluginPhase::BuildFailed) && old.phase != new.phase {

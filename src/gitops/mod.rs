@@ -659,7 +659,10 @@ impl GitOps {
         let old = live.status.clone().unwrap_or_default();
         let requested = request.is_some() && request != old.last_handled_reconcile_at;
         if requested {
-            info!(request = ?request, "reconcile requested by annotation");
+            info!(
+                request = request.as_deref().unwrap_or_default(),
+                "reconcile requested by annotation"
+            );
         }
 
         let plugins: Api<Plugin> = Api::namespaced(self.client.clone(), &self.config.namespace);
