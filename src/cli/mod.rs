@@ -24,7 +24,6 @@ use tracing::debug;
 use crate::apply::{Applier, ApplyOptions, Outcome};
 use crate::error::Error;
 use crate::load::{self, LOCK_FILE, PLUGINS_FILE};
-use crate::model::PluginLock;
 use crate::package::{self, Package};
 use crate::pipeline::{self, LockState};
 use crate::render::{self, RenderSettings};
@@ -70,8 +69,9 @@ enum Command {
     Init(InitArgs),
     /// Pin every plugin in plugins.yaml to exact package bytes in plugins.lock.
     Lock(LockArgs),
-    /// Check plugins.yaml (and plugins.lock, when present) without fetching anything.
-    Validate(RepoArgs),
+    /// Check plugins.yaml, and plugins.lock against it, without fetching anything: exit 1
+    /// when the lock is out of date, 2 on an error.
+    Validate(ValidateArgs),
     /// Render the Dockerfiles, build contexts and Kubernetes objects of every plugin.
     Render(RenderArgs),
     /// Show what a change does, per plugin and per object, straight from git (no cluster),
@@ -169,6 +169,24 @@ impl FetchArgs {
     }
 }
 
+/// `plugsync validate`: the set, and what it may read on this machine (it fetches nothing).
+#[derive(Debug, Args)]
+struct ValidateArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    /// Package cache in which pinned remote packages are checked [default:
+    /// $PLUGSYNC_CACHE_DIR, else the user cache dir].
+    #[arg(long, env = "PLUGSYNC_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Folders searched for `plugsync-source-<scheme>` clients before PATH.
+    #[arg(
+        long = "plugin-dir",
+        env = "PLUGSYNC_PLUGIN_DIRS",
+        value_delimiter = ':'
+    )]
+    plugin_dirs: Vec<PathBuf>,
+}
+
 #[derive(Debug, Args)]
 struct LockArgs {
     #[command(flatten)]
@@ -219,6 +237,10 @@ struct RenderArgs {
     /// Also write `<plugin-id>/{Dockerfile,context.tar,objects.yaml}` per plugin into DIR.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Also fail (exit 1) when plugins.lock does not exist. A lock that is out of date
+    /// always fails: what is rendered is what is pinned.
+    #[arg(long)]
+    locked: bool,
 }
 
 /// Settings of the plugsync installation that show up in rendered objects.
@@ -508,7 +530,7 @@ fn init_logging(format: LogFormat, verbose: u8) {
 async fn run(command: Command) -> Result<ExitCode, Error> {
     match command {
         Command::Lock(args) => lock(args).await,
-        Command::Validate(args) => validate(args),
+        Command::Validate(args) => validate(args).await,
         Command::Render(args) => render_command(args).await,
         Command::Diff(args) if args.cluster => cluster_diff_command(args).await,
         Command::Diff(args) => diff_command(args).await,
@@ -522,11 +544,42 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
     }
 }
 
-fn read_existing_lock(path: &Path) -> Result<Option<PluginLock>, Error> {
+/// The text of plugins.lock, `None` when there is none.
+fn read_lock_text(path: &Path) -> Result<Option<String>, Error> {
     match std::fs::read_to_string(path) {
-        Ok(text) => Ok(Some(load::load_lock(path, &text)?.value)),
+        Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Tells the user what `lock` is about to do with a lock that does not load: the notes of
+/// [`load::salvage_lock`] (or, when it read everything, why the file did not load).
+fn report_salvage(lock_path: &Path, salvaged: &load::SalvagedLock, refused: &Error) {
+    let what = if salvaged.conflict {
+        "has a merge conflict"
+    } else {
+        "does not load (a hand edit or a bad merge)"
+    };
+    eprintln!(
+        "warning: {} {what}; repairing it: {} pins kept, every other plugin resolved afresh",
+        lock_path.display(),
+        salvaged.lock.plugins.len()
+    );
+    if salvaged.notes.is_empty() {
+        if let Error::Invalid(found) = refused {
+            let advice = [load::LOCK_REPAIR_ADVICE, load::LOCK_CONFLICT_ADVICE];
+            for d in found
+                .0
+                .iter()
+                .filter(|d| !advice.contains(&d.message.as_str()))
+            {
+                eprintln!("warning: {d}");
+            }
+        }
+    }
+    for note in &salvaged.notes {
+        eprintln!("warning: {note}");
     }
 }
 
@@ -534,7 +587,20 @@ async fn lock(args: LockArgs) -> Result<ExitCode, Error> {
     let plugins_path = args.repo.plugins_path();
     let lock_path = args.repo.lock_path();
     let set = load::load_plugin_set(&plugins_path, &load::read_file(&plugins_path)?)?;
-    let old = read_existing_lock(&lock_path)?;
+    // A lock that does not load is repaired from what can still be read of it (with
+    // --locked, which changes nothing, it is the error, saying what to run).
+    let (old, salvaged) = match read_lock_text(&lock_path)? {
+        None => (None, None),
+        Some(text) => match load::load_lock(&lock_path, &text) {
+            Ok(doc) => (Some(doc.value), None),
+            Err(refused @ Error::Invalid(_)) if !args.locked => {
+                let salvaged = load::salvage_lock(&lock_path, &text);
+                report_salvage(&lock_path, &salvaged, &refused);
+                (Some(salvaged.lock.clone()), Some(salvaged))
+            }
+            Err(e) => return Err(e),
+        },
+    };
     if args.locked && old.is_none() {
         return out_of_date(
             &lock_path,
@@ -544,9 +610,18 @@ async fn lock(args: LockArgs) -> Result<ExitCode, Error> {
 
     let resolver = resolver_for(&args.fetch)?;
     let snapshot = WorkTree::new(&args.repo.root()).map_err(|e| Error::Usage(e.to_string()))?;
-    let mut resolution: Resolution = resolver
-        .resolve(&snapshot, &set, old.as_ref(), &args.update)
-        .await?;
+    let mut resolution: Resolution = match &salvaged {
+        Some(salvaged) => {
+            resolver
+                .resolve_salvaged(&snapshot, &set, salvaged, &args.update)
+                .await?
+        }
+        None => {
+            resolver
+                .resolve(&snapshot, &set, old.as_ref(), &args.update)
+                .await?
+        }
+    };
     debug!(plugins = resolution.plugins.len(), "resolved");
     if args.from_cluster {
         let cluster = args.kube.connect().await?;
@@ -584,7 +659,10 @@ async fn lock(args: LockArgs) -> Result<ExitCode, Error> {
             .collect();
         return out_of_date(
             &lock_path,
-            &format!("it differs from plugins.yaml:\n{}", changes.join("\n")),
+            &format!(
+                "it differs from plugins.yaml:\n{}\nrun `plugsync lock` and commit it",
+                changes.join("\n")
+            ),
         );
     }
     let on_disk = std::fs::read_to_string(&lock_path).unwrap_or_default();
@@ -594,10 +672,24 @@ async fn lock(args: LockArgs) -> Result<ExitCode, Error> {
     for change in &resolution.changes {
         println!("{change}");
     }
+    if let Some(salvaged) = &salvaged {
+        // Which of the packages the two sides pinned each contested plugin kept.
+        for source in salvaged.contested.keys() {
+            if let Some(kept) = resolution.lock.find_by_source(source) {
+                println!(
+                    "{}: kept sha256:{} (the package its source serves)",
+                    kept.name,
+                    &kept.sha256[..12]
+                );
+            }
+        }
+    }
     println!(
         "{}: {} ({} plugins)",
         lock_path.display(),
-        if unchanged && on_disk == text {
+        if salvaged.is_some() {
+            "repaired and written; commit it"
+        } else if unchanged && on_disk == text {
             "up to date"
         } else {
             "written"
@@ -638,6 +730,25 @@ async fn render_command(args: RenderArgs) -> Result<ExitCode, Error> {
             plugins_path.display()
         )));
     };
+    // What is rendered is what is pinned: a stale lock is refused, as `lock --locked` and
+    // `apply` refuse it, rather than rendering packages nobody reviewed.
+    let lock_path = args.repo.lock_path().display().to_string();
+    match (&state.lock, state.lock.problem(&lock_path)) {
+        (LockState::Stale(_), Some(problem)) => {
+            eprintln!("error: {problem}, then render again");
+            return Ok(ExitCode::from(1));
+        }
+        (LockState::Missing, Some(problem)) if args.locked => {
+            eprintln!("error: {problem}");
+            return Ok(ExitCode::from(1));
+        }
+        (LockState::Missing, Some(problem)) => {
+            tracing::warn!(
+                "{problem}; rendering the packages plugins.yaml resolves to now, unpinned"
+            )
+        }
+        _ => {}
+    }
     let format = match args.output {
         ObjectFormat::Yaml => render::TextFormat::Yaml,
         ObjectFormat::Json => render::TextFormat::Json,
@@ -646,13 +757,6 @@ async fn render_command(args: RenderArgs) -> Result<ExitCode, Error> {
     // write) on the thread that rendered them, so the set's objects are never all held at
     // once. Nothing is printed or written unless every plugin renders.
     let rendered = state.render_text(&args.render.settings(), format, args.out.is_some())?;
-    if let LockState::Stale(changes) = &state.lock {
-        let lines: Vec<String> = changes.iter().map(|c| format!("  {c}")).collect();
-        tracing::warn!(
-            "plugins.lock is out of date; rendering what plugins.yaml declares:\n{}",
-            lines.join("\n")
-        );
-    }
     let mut pieces = Vec::with_capacity(rendered.len() + 8);
     pipeline::emit_text(&rendered, format, |text| pieces.push(text));
     write_to_stdout(&pieces)?;
@@ -763,13 +867,14 @@ async fn pinned_state(
             "{} does not exist; run `plugsync lock` and commit it",
             repo.lock_path().display()
         ))),
-        LockState::Stale(changes) => Err(Error::LockOutOfDate(
+        LockState::Stale(changes) => Err(Error::LockOutOfDate(format!(
+            "{}\nrun `plugsync lock` and commit it",
             changes
                 .iter()
                 .map(|c| format!("  {c}"))
                 .collect::<Vec<_>>()
-                .join("\n"),
-        )),
+                .join("\n")
+        ))),
     }
 }
 
@@ -967,20 +1072,77 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     Ok(())
 }
 
-fn validate(args: RepoArgs) -> Result<ExitCode, Error> {
-    let plugins_path = args.plugins_path();
+/// `plugsync validate`: plugins.yaml, plugins.lock, and the lock against the set as far as
+/// it can be checked offline ([`Resolver::check_offline`]): packs `path:` plugins and reads
+/// the cache, so it runs off the async runtime.
+async fn validate(args: ValidateArgs) -> Result<ExitCode, Error> {
+    tokio::task::spawn_blocking(move || validate_offline(&args))
+        .await
+        .map_err(|e| Error::Usage(format!("validate: {e}")))?
+}
+
+fn validate_offline(args: &ValidateArgs) -> Result<ExitCode, Error> {
+    let plugins_path = args.repo.plugins_path();
     let set = load::load_plugin_set(&plugins_path, &load::read_file(&plugins_path)?)?;
     println!(
         "{}: valid ({} plugins)",
         plugins_path.display(),
         set.plugins.len()
     );
-    let lock_path = args.lock_path();
-    if let Some(lock) = read_existing_lock(&lock_path)? {
-        println!(
-            "{}: valid ({} plugins)",
-            lock_path.display(),
-            lock.plugins.len()
+    let lock_path = args.repo.lock_path();
+    let Some(text) = read_lock_text(&lock_path)? else {
+        eprintln!(
+            "note: {} does not exist; run `plugsync lock` and commit it",
+            lock_path.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    };
+    let lock = load::load_lock(&lock_path, &text)?;
+
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(Cache::default_dir);
+    let cache = Cache::open(&cache_dir).map_err(|e| Error::io(&cache_dir, e))?;
+    let settings = FetchSettings {
+        plugin_dirs: args.plugin_dirs.clone(),
+        ..FetchSettings::default()
+    };
+    let max_bytes = settings.max_bytes;
+    let resolver = Resolver::new(
+        SourceRegistry::discover(settings, crate::model::default_marketplace_url()),
+        cache,
+        max_bytes,
+    );
+    let snapshot = WorkTree::new(&args.repo.root()).map_err(|e| Error::Usage(e.to_string()))?;
+    let check = resolver.check_offline(&snapshot, &set, &lock);
+    for warning in &check.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let changes = check
+        .changes
+        .iter()
+        .map(|c| format!("  {c}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let stale =
+        format!("it differs from plugins.yaml:\n{changes}\nrun `plugsync lock` and commit it");
+    if !check.problems.is_empty() {
+        if !check.up_to_date() {
+            eprintln!("{} is out of date: {stale}", lock_path.display());
+        }
+        return Err(Error::Invalid(crate::error::Diagnostics(check.problems)));
+    }
+    if !check.up_to_date() {
+        return out_of_date(&lock_path, &stale);
+    }
+    println!(
+        "{}: valid, up to date ({} plugins)",
+        lock_path.display(),
+        lock.value.plugins.len()
+    );
+    if !check.unverified.is_empty() {
+        eprintln!(
+            "note: not checked against their packages, which are not in the cache (validate \
+             fetches nothing; `plugsync lock --locked` does): {}",
+            check.unverified.join(", ")
         );
     }
     Ok(ExitCode::SUCCESS)
