@@ -162,6 +162,20 @@ async fn a_failed_build_is_one_warn_line_with_its_reason_and_a_deletion_none() {
         line.contains(" detail=\"error building image: failed on purpose"),
         "the builder's last words: {line}"
     );
+    // Every line about a plugin names it as people know it, with its id beside.
+    let retry_created = log
+        .lines()
+        .find(|l| l.contains("next build attempt created"))
+        .unwrap_or_else(|| panic!("the retry is logged:\n{log}"));
+    assert!(
+        retry_created.contains(&who) && retry_created.contains(&format!("next={retry}")),
+        "{retry_created}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" applied ") && l.contains(&who) && l.contains("kind=Deployment")),
+        "the Deployment applied, by plugin name:\n{log}"
+    );
     for false_alarm in ["not found in local store", "reconcile error"] {
         assert!(
             !log.contains(false_alarm),

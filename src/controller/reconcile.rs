@@ -273,7 +273,11 @@ pub async fn reconcile(
         .any(|a| matches!(a, Action::CreateJob | Action::CreateNextAttempt { .. }));
     if starts_something && !still_wanted(client, &plugin).await? {
         // Deleted (or being deleted) since this reconcile began: no attempt starts for it.
-        info!(plugin = %name, "deleted meanwhile: no build and no new attempt");
+        info!(
+            plugin = %format!("{}@{}", plugin.spec.name, plugin.spec.version),
+            id = %name,
+            "deleted meanwhile: no build and no new attempt"
+        );
         return Ok(RequeueAction::await_change());
     }
     for action in &decision.actions {
@@ -322,7 +326,12 @@ pub fn error_policy(
     error: &ReconcileError,
     _ctx: Arc<Context>,
 ) -> RequeueAction {
-    warn!(plugin = %plugin.name_any(), %error, "reconcile failed");
+    warn!(
+        plugin = %format!("{}@{}", plugin.spec.name, plugin.spec.version),
+        id = %plugin.name_any(),
+        %error,
+        "reconcile failed"
+    );
     RequeueAction::requeue(Duration::from_secs(match error {
         ReconcileError::Waiting(_) => 5,
         _ => 10,
@@ -705,7 +714,11 @@ async fn carry_out(
             let name = plugin.name_any();
             let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
             match jobs.delete(&name, &background()).await {
-                Ok(_) => info!(plugin = %name, "build Job of stale inputs deleted"),
+                Ok(_) => info!(
+                    plugin = %format!("{}@{}", plugin.spec.name, plugin.spec.version),
+                    id = %name,
+                    "build Job of stale inputs deleted"
+                ),
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => return Err(e.into()),
             }
@@ -730,7 +743,12 @@ async fn carry_out(
             });
             let api: Api<Plugin> = Api::namespaced(ctx.client.clone(), &namespace);
             api.patch(&name, &params, &Patch::Apply(&object)).await?;
-            info!(plugin = %plugin.name_any(), next = %name, "next build attempt created");
+            info!(
+                plugin = %format!("{}@{}", plugin.spec.name, plugin.spec.version),
+                id = %plugin.name_any(),
+                next = %name,
+                "next build attempt created"
+            );
         }
         Action::CreateJob | Action::ApplyDeployment { .. } | Action::CreateService => {
             let Some(rendered) = rendered else {
@@ -785,7 +803,13 @@ async fn carry_out(
                 ),
             };
             api.patch(&name, &params, &Patch::Apply(&object)).await?;
-            info!(plugin = %plugin.name_any(), %kind, %name, "applied");
+            info!(
+                plugin = %format!("{}@{}", plugin.spec.name, plugin.spec.version),
+                id = %plugin.name_any(),
+                %kind,
+                %name,
+                "applied"
+            );
         }
     }
     Ok(())
