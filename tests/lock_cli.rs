@@ -949,3 +949,28 @@ fn render_refuses_a_stale_lock() {
     );
     assert!(stdout(&locked).is_empty());
 }
+
+/// A lock emptied by an editor or a bad checkout holds no pin: `lock` says why it does not
+/// load and writes it afresh.
+#[test]
+fn an_emptied_lock_is_written_afresh_saying_why() {
+    let server = PackageServer::start(golden());
+    let (repo, good) = locked_repo(&server);
+    std::fs::write(repo.lock_path(), "\n").expect("empty");
+    let refused = repo.plugsync(&["lock", "--locked"]).code(2);
+    assert!(
+        stderr(&refused).contains("the file is empty"),
+        "{}",
+        stderr(&refused)
+    );
+    let out = repo.plugsync(&["lock"]).success();
+    let err = stderr(&out);
+    assert!(err.contains("plugins.lock: the file is empty"), "{err}");
+    assert!(err.contains("0 pins kept"), "{err}");
+    assert!(
+        stdout(&out).contains("+ langgenius/agent 0.0.14"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(repo.lock_text().as_deref(), Some(good.as_str()));
+}

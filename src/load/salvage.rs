@@ -548,4 +548,44 @@ mod tests {
             s.notes[0]
         );
     }
+
+    /// Recorded images of a conflict: both sides' are kept where they agree, and an image
+    /// recorded with different digests for the same build inputs is dropped (built again).
+    #[test]
+    fn images_of_both_sides_are_kept_where_they_agree() {
+        let image = |hash: char, digest: char| {
+            format!(
+                "- inputsHash: {}\n  image: r.local/one-{}:1.0.0\n  digest: sha256:{}\n",
+                hash.to_string().repeat(64),
+                crate::package::plugin_id(&format!("a/one:1.0.0@{}", "c".repeat(64))),
+                digest.to_string().repeat(64)
+            )
+        };
+        let text = format!(
+            "{HEAD}{}images:\n{}<<<<<<< HEAD\n{}=======\n{}{}>>>>>>> other\n",
+            entry("a/one", "https://h/one", 'a'),
+            image('a', '2'),
+            image('b', '4'),
+            image('b', '5'),
+            image('e', '7'),
+        );
+        let s = salvage_lock(Path::new("plugins.lock"), &text);
+        assert!(s.conflict);
+        let hashes: Vec<char> = s
+            .lock
+            .images
+            .iter()
+            .map(|i| i.inputs_hash.chars().next().unwrap_or(' '))
+            .collect();
+        assert_eq!(hashes, vec!['a', 'e'], "{:#?}", s.notes);
+        assert!(
+            s.notes.iter().any(|n| n.message.starts_with(
+                "the build inputs bbbbbbbbbbbb are recorded with different image digests"
+            )),
+            "{:#?}",
+            s.notes
+        );
+        assert_eq!(s.lock.plugins.len(), 1);
+        assert!(s.contested.is_empty());
+    }
 }
