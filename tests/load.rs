@@ -425,9 +425,7 @@ spec:
 /// type is not then reported missing, nor does it stop the search for the errors after it.
 #[test]
 fn errors_are_not_reported_twice_through_the_rules_across_fields() {
-    let text = format!(
-        "{}",
-        "\
+    let text = "\
 apiVersion: plugsync.dev/v1alpha1
 kind: PluginSet
 metadata:
@@ -439,9 +437,8 @@ spec:
     ecrRegion: eu-west-1
   build:
     maxAttempts: 0
-"
-    );
-    let d = diagnostics(&text);
+";
+    let d = diagnostics(text);
     let found: Vec<(usize, &str)> = d.iter().map(|d| (d.line, d.path.as_str())).collect();
     assert_eq!(
         found,
