@@ -64,7 +64,7 @@ impl Resolver {
                         format!(
                             "no source client for scheme `{scheme}` on this machine: install an \
                              executable named `plugsync-source-{scheme}` on PATH or in a \
-                             --plugin-dir (`plugsync plugins` lists the clients found)"
+                             --plugin-dir (`plugsync sources` lists the clients found)"
                         ),
                     ));
                 }
