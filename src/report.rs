@@ -84,8 +84,8 @@ pub struct Replacement {
     /// The old version's object.
     pub base: ObjectKey,
     /// The comparison: `key` and `desired` are the new object's, `live` the old object;
-    /// `action` is `Update` (or `Unchanged` when only the name differs… which cannot happen,
-    /// since names carry the plugin id), `changed_paths` and `reason` say what differs.
+    /// `action` is `Update` (their names differ, at least), `changed_paths` and `reason` say
+    /// what differs.
     pub change: Change,
     /// The old object is kept for now rather than deleted (a cluster diff, while the new
     /// version is not Running yet).
@@ -1200,10 +1200,15 @@ fn html_escape(text: &str) -> String {
 
 /// The note closing a truncated markdown report: what was left out, and where it is.
 fn truncation_note(options: &MarkdownOptions, rows: usize, diffs: &[&str]) -> String {
-    let mut note = format!(
-        "\n> [!NOTE]\n> Shortened to stay under {} characters (GitHub's limit on a comment is {}):",
-        options.limit, GITHUB_COMMENT_LIMIT
-    );
+    let mut note = if options.limit == GITHUB_COMMENT_LIMIT {
+        "\n> [!NOTE]\n> Shortened to fit GitHub's limit on a comment (65,536 characters):"
+            .to_string()
+    } else {
+        format!(
+            "\n> [!NOTE]\n> Shortened to stay under {} characters:",
+            options.limit
+        )
+    };
     if rows > 0 {
         let _ = write!(note, " {rows} rows of the table");
         if !diffs.is_empty() {
