@@ -63,7 +63,11 @@ fn shipped_args() -> Vec<String> {
         .as_array()
         .expect("args")
         .iter()
-        .map(|a| a.as_str().expect("string").replace("$(PLUGSYNC_NAMESPACE)", NS))
+        .map(|a| {
+            a.as_str()
+                .expect("string")
+                .replace("$(PLUGSYNC_NAMESPACE)", NS)
+        })
         .collect()
 }
 
