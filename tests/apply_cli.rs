@@ -60,12 +60,57 @@ async fn until_at_least(api: Api<DynamicObject>, n: usize, timeout: Duration) {
 #[tokio::test]
 async fn apply_then_diff_cluster_then_change() {
     let env = Env::new("cli-apply-diff", 2).await;
+    // A dry run says what it would do, naming each plugin as people know it, and does it not.
+    let out = env.run(&["apply", "--dry-run"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lock: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(env.repo.path().join("plugins.lock")).expect("lock"),
+    )
+    .expect("lock yaml");
+    let plugins: Vec<(String, String)> = lock["plugins"]
+        .as_array()
+        .expect("plugins")
+        .iter()
+        .map(|p| {
+            let field = |k: &str| p[k].as_str().expect(k).to_string();
+            (field("name"), field("version"))
+        })
+        .collect();
+    assert_eq!(plugins.len(), 2, "{plugins:?}");
+    for (name, version) in &plugins {
+        assert!(
+            stdout.lines().any(
+                |l| l.starts_with(&format!("would create Plugin {}/", env.ns))
+                    && l.ends_with(&format!("({name}@{version})"))
+            ),
+            "{name}@{version}: {stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("dry run, nothing changed: 3 to create, 0 to update, 0 unchanged, 0 to remove, 0 held, 0 failed"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("created"), "{stdout}");
+    assert!(
+        env.plugsync_objects().await.is_empty(),
+        "the dry run wrote nothing"
+    );
+
     let out = env.run(&["apply"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
     assert!(
-        text(&out.stdout).contains("3 created, 0 updated, 0 unchanged, 0 pruned, 0 held, 0 failed"),
-        "{}",
-        text(&out.stdout)
+        stdout.contains("3 created, 0 updated, 0 unchanged, 0 pruned, 0 held, 0 failed"),
+        "{stdout}"
+    );
+    let (name, version) = &plugins[0];
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with(&format!("created Plugin {}/", env.ns))
+                && l.ends_with(&format!("({name}@{version})"))),
+        "{stdout}"
     );
     // The PluginSet and one Plugin per plugin; Jobs, Deployments and Services are the
     // controller's.

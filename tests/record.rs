@@ -309,9 +309,23 @@ async fn gc_removes_failed_attempts_but_keeps_the_latest() {
 
     let (ok, out) = env.run(&["gc", "--namespace", &env.ns, "--dry-run"]).await;
     assert!(ok, "{out}");
-    assert!(out.contains(&format!("removed plugin/{id}--2")), "{out}");
-    assert!(out.contains(&format!("removed job/{id} ")), "{out}");
-    assert!(out.contains("(dry run)"), "{out}");
+    let ns = &env.ns;
+    assert!(
+        out.contains(&format!("would remove Plugin {ns}/{id}--2 ")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("would remove Job {ns}/{id} ")),
+        "{out}"
+    );
+    assert!(
+        out.contains("dry run, nothing changed: 2 failed or superseded attempts to remove"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("removed"),
+        "a dry run says what it would do: {out}"
+    );
     assert_eq!(
         env.names(PLUGSYNC, "Plugin", &id).await.len(),
         3,
@@ -387,7 +401,8 @@ async fn gc_removes_retries_a_running_first_attempt_superseded() {
     assert!(ok, "{out}");
     assert!(
         out.contains(&format!(
-            "removed plugin/{id}--2 with its build Job and Deployment"
+            "removed Plugin {}/{id}--2 with its build Job and Deployment",
+            env.ns
         )),
         "{out}"
     );

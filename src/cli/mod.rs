@@ -898,31 +898,80 @@ async fn apply_command(args: ApplyArgs) -> Result<ExitCode, Error> {
     let report = applier
         .apply_set(&state.set.spec().clone(), &state.cluster_objects(), options)
         .await?;
-    let suffix = if args.dry_run {
-        " (server dry run)"
-    } else {
-        ""
+    // Plugins are named as people know them (`author/name@version`) beside their hex id:
+    // desired ones from what is applied, removed ones from what the cluster had.
+    let objects = state.cluster_objects();
+    let plugin_names: std::collections::BTreeMap<crate::plan::ObjectKey, String> = objects
+        .iter()
+        .chain(report.changes.iter().filter_map(|c| c.live.as_ref()))
+        .filter(|o| o["kind"] == "Plugin")
+        .filter_map(|o| {
+            let key = crate::plan::ObjectKey::of(o).ok()?;
+            let spec = &o["spec"];
+            Some((
+                key,
+                format!("{}@{}", spec["name"].as_str()?, spec["version"].as_str()?),
+            ))
+        })
+        .collect();
+    let named = |key: &crate::plan::ObjectKey| match plugin_names.get(key) {
+        Some(plugin) => format!("{key} ({plugin})"),
+        None => key.to_string(),
     };
     for (key, outcome) in &report.objects {
         if *outcome != Outcome::Unchanged {
-            println!("{} {key}{suffix}", format!("{outcome:?}").to_lowercase());
+            println!("{} {}", outcome_verb(*outcome, args.dry_run), named(key));
         }
     }
     for (key, editors) in &report.drift {
+        let verb = if args.dry_run {
+            "would take back"
+        } else {
+            "took back"
+        };
         println!(
-            "took back {key}: fields changed by hand with {} (drift){suffix}",
+            "{verb} {}: fields changed by hand with {} (drift)",
+            named(key),
             editors.join(", ")
         );
     }
     for (key, why) in &report.failed {
-        eprintln!("error: {key}: {why}");
+        eprintln!("error: {}: {why}", named(key));
     }
-    println!("{}{suffix}", report.summary());
+    if args.dry_run {
+        println!(
+            "dry run, nothing changed: {} to create, {} to update, {} unchanged, {} to remove, {} held, {} failed",
+            report.count(Outcome::Created),
+            report.count(Outcome::Updated),
+            report.count(Outcome::Unchanged),
+            report.count(Outcome::Pruned),
+            report.count(Outcome::Held),
+            report.failed.len()
+        );
+    } else {
+        println!("{}", report.summary());
+    }
     Ok(if report.failed.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)
     })
+}
+
+/// What happened to an object, or in a dry run what would: `created`, `would create`, …
+fn outcome_verb(outcome: Outcome, dry_run: bool) -> &'static str {
+    match (outcome, dry_run) {
+        (Outcome::Created, false) => "created",
+        (Outcome::Created, true) => "would create",
+        (Outcome::Updated, false) => "updated",
+        (Outcome::Updated, true) => "would update",
+        (Outcome::Unchanged, false) => "unchanged",
+        (Outcome::Unchanged, true) => "would leave unchanged",
+        (Outcome::Pruned, false) => "removed",
+        (Outcome::Pruned, true) => "would remove",
+        (Outcome::Held, false) => "kept until the new version runs",
+        (Outcome::Held, true) => "would keep until the new version runs",
+    }
 }
 
 /// The plugin controller's context as `controller` and `run` start it: the cache the build
@@ -996,21 +1045,25 @@ async fn gc_command(args: GcArgs) -> Result<ExitCode, Error> {
     )
     .await
     .map_err(|e| Error::Cluster(format!("gc in namespace {namespace}: {e}")))?;
-    let suffix = if args.dry_run { " (dry run)" } else { "" };
+    let verb = outcome_verb(Outcome::Pruned, args.dry_run);
     for removal in &removals {
         match removal {
             crate::controller::history::Removal::Plugin(name) => {
-                println!("removed plugin/{name} with its build Job and Deployment{suffix}")
+                println!("{verb} Plugin {namespace}/{name} with its build Job and Deployment")
             }
             crate::controller::history::Removal::Job(name) => {
-                println!("removed job/{name} (the Plugin keeps its failure){suffix}")
+                println!("{verb} Job {namespace}/{name} (the Plugin keeps its failure)")
             }
         }
     }
-    println!(
-        "{} failed or superseded attempts removed{suffix}",
-        removals.len()
-    );
+    if args.dry_run {
+        println!(
+            "dry run, nothing changed: {} failed or superseded attempts to remove",
+            removals.len()
+        );
+    } else {
+        println!("{} failed or superseded attempts removed", removals.len());
+    }
     Ok(ExitCode::SUCCESS)
 }
 
