@@ -533,10 +533,10 @@ async fn a_second_set_declaring_the_same_package_is_refused_with_exit_2() {
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(
-            stderr.contains(&format!(
-                "error: Plugin {}/{plugin}: owned by PluginSet \"{SET}\"",
-                env.ns
-            )) && stderr.contains("PluginSet \"other\" declares the same package")
+            // `apply` names the plugin after its id: `Plugin ns/<id> (author/name@version)`.
+            stderr.contains(&format!("error: Plugin {}/{plugin}", env.ns))
+                && stderr.contains(&format!(": owned by PluginSet \"{SET}\""))
+                && stderr.contains("PluginSet \"other\" declares the same package")
                 && stderr.contains("declare it in one of them, or give each set its own namespace"),
             "{args:?}: {stderr}"
         );
@@ -548,4 +548,66 @@ async fn a_second_set_declaring_the_same_package_is_refused_with_exit_2() {
     // The first set's own apply still has nothing to change: nothing was taken over.
     let out = env.run(&["diff", "--cluster"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+/// `apply --dry-run` before anything is installed, on a cluster without plugsync's CRDs (a
+/// second control plane, started bare for this test): it says what it would create, CRDs
+/// included, and creates nothing.
+#[tokio::test]
+async fn a_dry_run_on_a_cluster_without_the_crds_says_what_it_would_create() {
+    let env = Env::new("cli-dry-run-bare", 2).await;
+    let bare = tempfile::tempdir().expect("dir");
+    let up = std::process::Command::new(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster/up"),
+    )
+    .arg(bare.path())
+    .args(["--owner-pid", &std::process::id().to_string()])
+    .output()
+    .expect("up");
+    assert!(up.status.success(), "{}", text(&up.stderr));
+    let kubeconfig = bare.path().join("kubeconfig");
+    let kubectl = |args: &[&str]| {
+        let out = std::process::Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", &kubeconfig)
+            .output()
+            .expect("kubectl");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    kubectl(&["create", "namespace", &env.ns]);
+
+    let mut cmd = env.plugsync(&["apply", "--dry-run"]);
+    cmd.arg("--repo")
+        .arg(env.repo.path())
+        .env("KUBECONFIG", &kubeconfig);
+    let out = Env::output(cmd).await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    for crd in ["plugins.plugsync.dev", "pluginsets.plugsync.dev"] {
+        assert!(
+            stdout.contains(&format!("would create CustomResourceDefinition {crd}")),
+            "{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains(&format!("would create PluginSet {}/{SET}", env.ns)),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("dry run, nothing changed: 3 to create"),
+        "{stdout}"
+    );
+    assert_eq!(
+        kubectl(&["get", "crd", "-o", "name"]),
+        "",
+        "the dry run installed nothing"
+    );
+    let down = std::process::Command::new(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster/down"),
+    )
+    .arg(bare.path())
+    .output()
+    .expect("down");
+    assert!(down.status.success());
 }

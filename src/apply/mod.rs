@@ -313,7 +313,16 @@ impl Applier {
 
         // The PluginSet holds the inventory.
         let set_object = plugin_set_object(set);
-        let set_resource = self.resource(API_VERSION, "PluginSet").await?;
+        let set_resource = match self.resource(API_VERSION, "PluginSet").await {
+            Ok(r) => r,
+            // A dry run on a cluster without the CRDs yet (`apply --dry-run` before the first
+            // apply): no server can dry-run objects of kinds it does not serve, and there is
+            // nothing live to compare with, so everything would be created.
+            Err(Error::ClusterApi { code: 404, .. }) if options.dry_run => {
+                return Ok(all_new(&set_object, objects));
+            }
+            Err(e) => return Err(e),
+        };
         let set_api = self.api(&set_resource, Some(namespace));
         let live_set = self.get(&set_api, name).await?;
         let old_inventory: BTreeSet<InventoryEntry> = live_set
@@ -665,6 +674,23 @@ fn ownership_conflict(object: &Value, set: &str, owner: &str) -> String {
          PluginSets of one namespace cannot run the same package: declare it in one of them, \
          or give each set its own namespace"
     )
+}
+
+/// The report of a dry run where nothing exists yet: every object would be created.
+fn all_new(set_object: &Value, objects: &[Value]) -> ApplyReport {
+    let all: Vec<Value> = std::iter::once(set_object.clone())
+        .chain(objects.iter().cloned())
+        .collect();
+    let mut report = ApplyReport::default();
+    for object in &all {
+        if let Ok(key) = ObjectKey::of(object) {
+            report.objects.push((key, Outcome::Created));
+        }
+    }
+    if let Ok(plan) = plan::plan(&all, &[], Compare::Exact) {
+        report.changes = plan.changes;
+    }
+    report
 }
 
 /// The field managers a server-side apply conflicted with, read from the API server's 409

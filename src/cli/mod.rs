@@ -892,8 +892,15 @@ async fn apply_command(args: ApplyArgs) -> Result<ExitCode, Error> {
         dry_run: args.dry_run,
         prune: !args.no_prune,
     };
-    if !args.skip_crds {
-        applier.ensure_crds(&plugsync_crds(), options).await?;
+    let crd_report = if args.skip_crds {
+        crate::apply::ApplyReport::default()
+    } else {
+        applier.ensure_crds(&plugsync_crds(), options).await?
+    };
+    for (key, outcome) in &crd_report.objects {
+        if *outcome != Outcome::Unchanged {
+            println!("{} {key}", outcome_verb(*outcome, args.dry_run));
+        }
     }
     let report = applier
         .apply_set(&state.set.spec().clone(), &state.cluster_objects(), options)
