@@ -1478,7 +1478,7 @@ mod tests {
             text.contains("--- base/ConfigMap dify/cm-old1\n+++ head/ConfigMap dify/cm-new2\n"),
             "{text}"
         );
-        assert!(text.contains("-  v: '1'\n+  v: '2'\n"), "{text}");
+        assert!(text.contains("-  v: \"1\"\n+  v: \"2\"\n"), "{text}");
         // In apply order (ConfigMaps before Services). Two entries, not four: no object is shown wholly removed or wholly added.
         assert!(!text.contains("+kind: ConfigMap"), "{text}");
         assert!(!text.contains("-kind: ConfigMap"), "{text}");
@@ -1632,11 +1632,11 @@ mod tests {
             stat: false,
         });
         assert!(
-            coloured.contains("\u{1b}[32m+  v: '2'\u{1b}[0m"),
+            coloured.contains("\u{1b}[32m+  v: \"2\"\u{1b}[0m"),
             "{coloured}"
         );
         assert!(
-            coloured.contains("\u{1b}[31m-  v: '1'\u{1b}[0m"),
+            coloured.contains("\u{1b}[31m-  v: \"1\"\u{1b}[0m"),
             "{coloured}"
         );
         // Without the escapes, the same text.

@@ -64,7 +64,7 @@ async fn apply_then_diff_cluster_then_change() {
     let out = env.run(&["apply", "--dry-run"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    let lock: Value = serde_yaml::from_str(
+    let lock: Value = serde_saphyr::from_str(
         &std::fs::read_to_string(env.repo.path().join("plugins.lock")).expect("lock"),
     )
     .expect("lock yaml");
@@ -349,12 +349,12 @@ async fn context_selects_the_cluster_like_kubectl() {
     let env = Env::new("cli-context", 1).await;
     // The admin kubeconfig with a second context, the current one, pointing nowhere; and
     // the real one named `real`, in this test's namespace.
-    let admin: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(env.c.kubeconfig()).expect("kubeconfig"))
+    let admin: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(env.c.kubeconfig()).expect("kubeconfig"))
             .expect("yaml");
     let real_cluster = admin["clusters"][0].clone();
     let user = admin["users"][0].clone();
-    let config = serde_yaml::to_string(&json!({
+    let config = serde_saphyr::to_string(&json!({
         "apiVersion": "v1",
         "kind": "Config",
         "current-context": "broken",

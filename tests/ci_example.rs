@@ -3,15 +3,15 @@
 //! it must not compile plugsync on every pull request.
 
 use clap::Parser;
-use serde_yaml::Value;
+use serde_json::Value;
 
 const WORKFLOW: &str = "examples/ci/github-actions-plugsync-diff.yml";
 
 fn steps() -> Vec<Value> {
     let text = std::fs::read_to_string(WORKFLOW).expect("workflow");
-    let workflow: Value = serde_yaml::from_str(&text).expect("valid YAML");
+    let workflow: Value = serde_saphyr::from_str(&text).expect("valid YAML");
     workflow["jobs"]["diff"]["steps"]
-        .as_sequence()
+        .as_array()
         .expect("steps")
         .clone()
 }

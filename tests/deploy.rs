@@ -13,7 +13,6 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::de::DeserializeOwned;
-use serde::Deserialize as _;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -49,8 +48,9 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 /// The documents of a YAML file (empty documents, e.g. comment-only, skipped).
 fn documents(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).expect("read");
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+    serde_saphyr::from_multiple::<Value>(&text)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .into_iter()
         .filter(|v| !v.is_null())
         .collect()
 }

@@ -498,7 +498,7 @@ fn an_upgrade_shows_each_new_object_against_the_old_one_it_replaces() {
         "{text}"
     );
     assert!(
-        text.contains("\n-  version: 0.1.0\n") && text.contains("\n+  version: 0.2.0\n"),
+        text.contains("\n-  version: \"0.1.0\"\n") && text.contains("\n+  version: \"0.2.0\"\n"),
         "the Plugin's version line: {text}"
     );
     // No object appears wholly removed or wholly added.
@@ -638,11 +638,11 @@ fn colour_is_for_terminals_or_when_asked() {
     assert!(!plain.contains(ESC), "{plain}");
     let forced = run(&["--color", "always"], &[]);
     assert!(
-        forced.contains(&format!("{ESC}[32m+  version: 0.2.0{ESC}[0m")),
+        forced.contains(&format!("{ESC}[32m+  version: \"0.2.0\"{ESC}[0m")),
         "{forced}"
     );
     assert!(
-        forced.contains(&format!("{ESC}[31m-  version: 0.1.0{ESC}[0m")),
+        forced.contains(&format!("{ESC}[31m-  version: \"0.1.0\"{ESC}[0m")),
         "{forced}"
     );
     assert!(run(&[], &[("CLICOLOR_FORCE", "1")]).contains(ESC));

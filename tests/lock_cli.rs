@@ -419,6 +419,45 @@ fn the_bundled_example_locks_offline_and_matches_the_committed_lock() {
     assert!(regenerated.contains(GOLDEN_UID));
 }
 
+/// A plugins.lock written before plugsync printed YAML with serde-saphyr (same pins, the
+/// old formatting: `version: 0.0.14` unquoted) is up to date for `lock --locked`, which
+/// compares what the lock says, not its bytes; `plugsync lock` then rewrites it once in
+/// the new format, with the same content.
+#[test]
+fn a_lock_in_the_old_format_is_up_to_date_and_rewritten_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    copy_dir(Path::new("examples"), tmp.path());
+    let old = std::fs::read_to_string("tests/fixtures/lock-before-serde-saphyr/plugins.lock")
+        .expect("old lock");
+    std::fs::write(tmp.path().join("plugins.lock"), &old).expect("write old lock");
+    let cache = tempfile::tempdir().expect("cache");
+    let lock = |args: &[&str]| {
+        Command::cargo_bin("plugsync")
+            .expect("binary")
+            .arg("lock")
+            .args(args)
+            .arg("--repo")
+            .arg(tmp.path())
+            .env("PLUGSYNC_CACHE_DIR", cache.path())
+            .assert()
+    };
+    let checked = lock(&["--locked"]).success();
+    assert!(
+        stdout(&checked).contains("up to date"),
+        "{}",
+        stdout(&checked)
+    );
+    let still = std::fs::read_to_string(tmp.path().join("plugins.lock")).expect("lock");
+    assert_eq!(still, old, "--locked writes nothing");
+
+    lock(&[]).success();
+    let rewritten = std::fs::read_to_string(tmp.path().join("plugins.lock")).expect("lock");
+    let committed = std::fs::read_to_string("examples/plugins.lock").expect("example lock");
+    assert_eq!(rewritten, committed, "rewritten in the current format");
+    assert_ne!(rewritten, old, "the fixture holds the old bytes");
+    lock(&["--locked"]).success();
+}
+
 #[test]
 fn update_of_an_unknown_plugin_is_an_error() {
     let server = PackageServer::start(golden());

@@ -201,7 +201,7 @@ data:
 "#;
 
 fn yaml(text: &str) -> Value {
-    serde_yaml::from_str(text).expect("test YAML parses")
+    serde_saphyr::from_str(text).expect("test YAML parses")
 }
 
 /// Applies `edit` to a parsed copy of `text`.
@@ -415,9 +415,9 @@ fn a_changed_secret_is_reported_by_key_name_only() {
         assert_no_secret("changed paths", &c.changed_paths.join(" "));
         let diff = render_diff(c, 3);
         assert_no_secret("render_diff", &diff);
-        assert!(diff.contains("-  password: '***'\n"), "{diff}");
-        assert!(diff.contains("+  password: '*** (changed)'\n"), "{diff}");
-        assert!(diff.contains("   username: '***'\n"), "{diff}");
+        assert!(diff.contains("-  password: \"***\"\n"), "{diff}");
+        assert!(diff.contains("+  password: \"*** (changed)\"\n"), "{diff}");
+        assert!(diff.contains("   username: \"***\"\n"), "{diff}");
         // The objects themselves keep their values: applying needs them.
         assert_eq!(c.desired.as_ref(), Some(&yaml(SECRET)));
     }
@@ -450,7 +450,7 @@ fn created_and_deleted_secrets_are_masked_too() {
     for c in &p.changes {
         let diff = render_diff(c, 3);
         assert_no_secret("render_diff", &diff);
-        assert!(diff.contains("password: '***'"), "{diff}");
+        assert!(diff.contains("password: \"***\""), "{diff}");
     }
 }
 

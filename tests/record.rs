@@ -199,7 +199,7 @@ async fn lock_from_cluster_pins_built_digests_and_the_next_render_builds_nothing
         .run(&["lock", "--repo", env.repo(), "--from-cluster"])
         .await;
     assert!(ok, "{out}");
-    let lock: Value = serde_yaml::from_str(
+    let lock: Value = serde_saphyr::from_str(
         &std::fs::read_to_string(env.repo.path().join("plugins.lock")).expect("lock"),
     )
     .expect("yaml");

@@ -562,10 +562,8 @@ fn streamed_render_output_equals_the_whole_set_on_a_synthetic_repo() {
     check_streaming_matches_whole_set(&repo, &cache);
 }
 
-/// Objects outside the fast paths print as serde_yaml prints them, in `plugsync render`'s
-/// output as in the whole set's: a user template whose output the fast parser refuses (a
-/// float, a tab escape), and one whose output it reads but the fast emitter does not
-/// print (non-ASCII text, which serde_yaml double-quotes or not by its own rules).
+/// Objects from user templates print alike in `plugsync render`'s output and in the whole
+/// set's: one with a float and a tab escape, one with non-ASCII text.
 #[test]
 fn streamed_render_output_equals_the_whole_set_outside_the_fast_paths() {
     let (_dirs, repo, cache) = synthetic_repo(40);

@@ -1127,7 +1127,7 @@ async fn built_digests_are_committed_back_to_the_branch_and_reused() {
         log,
         format!("Plugin Bot <bot@example.invalid>|chore: pin built images|{first}")
     );
-    let lock: Value = serde_yaml::from_str(&git_server::git(
+    let lock: Value = serde_saphyr::from_str(&git_server::git(
         &env.source.path,
         &["show", &format!("{head}:plugins.lock")],
     ))

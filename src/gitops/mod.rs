@@ -574,7 +574,7 @@ impl GitOps {
             .read(file)
             .ok()
             .flatten()
-            .and_then(|bytes| serde_yaml::from_slice::<serde_yaml::Value>(&bytes).ok())
+            .and_then(|bytes| crate::yaml::from_slice::<serde_json::Value>(&bytes).ok())
             .and_then(|doc| doc["metadata"]["name"].as_str().map(str::to_string));
         self.set_name = name;
     }

@@ -20,10 +20,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::conflict::{self, Side};
-use super::locate::LocationIndex;
 use super::validate::{locked_image_problems, locked_plugin_problems};
 use crate::error::Diagnostic;
 use crate::model::{LockedImage, LockedPlugin, PluginLock};
+use crate::yaml::{Kind, Node, Tree};
 
 /// What `plugsync lock` could read of a plugins.lock that does not load.
 #[derive(Debug, Clone, Default)]
@@ -234,7 +234,7 @@ struct Item {
     /// `plugins[3]`, for messages.
     path: String,
     /// The entry, or why it could not be read as YAML at all.
-    value: Result<serde_yaml::Value, String>,
+    value: Result<Node, String>,
     /// Lines (in the text it was read from) left out because they did not read, when the
     /// entry was read line by line.
     bad_lines: Vec<usize>,
@@ -244,18 +244,17 @@ struct Item {
 /// item in the layout `plugsync lock` writes (`- ` at the start of a line begins an entry,
 /// indented lines continue it, anything else ends it).
 fn items(text: &str) -> Vec<Item> {
-    if let Ok(serde_yaml::Value::Mapping(doc)) = serde_yaml::from_str::<serde_yaml::Value>(text) {
-        let index = LocationIndex::build(text);
+    if let Some(doc) = Tree::parse(text).filter(|doc| doc.entries().is_some()) {
         let mut out = Vec::new();
         for (key, section) in [("plugins", Section::Plugins), ("images", Section::Images)] {
-            let Some(serde_yaml::Value::Sequence(list)) = doc.get(key) else {
+            let Some(list) = doc.get(key).and_then(Node::items) else {
                 continue;
             };
             for (i, value) in list.iter().enumerate() {
                 let path = format!("{key}[{i}]");
                 out.push(Item {
                     section,
-                    line: index.value(&path).map(|p| p.line).unwrap_or(0),
+                    line: value.at.line,
                     path,
                     value: Ok(value.clone()),
                     bad_lines: Vec::new(),
@@ -285,15 +284,15 @@ fn items(text: &str) -> Vec<Item> {
         );
         *slot += 1;
         let mut bad_lines = Vec::new();
-        let value = match serde_yaml::from_str::<serde_yaml::Value>(&text) {
-            Ok(serde_yaml::Value::Sequence(mut one)) if one.len() == 1 => Ok(one.remove(0)),
-            Ok(_) => Err("not a single entry".to_string()),
-            Err(e) => match line_by_line(&text) {
+        let value = match Tree::parse(&text).map(|node| node.kind) {
+            Some(Kind::Sequence(mut one)) if one.len() == 1 => Ok(one.remove(0)),
+            Some(_) => Err("not a single entry".to_string()),
+            None => match line_by_line(&text) {
                 Some((fields, bad)) => {
                     bad_lines = bad.into_iter().map(|i| line + i).collect();
                     Ok(fields)
                 }
-                None => Err(e.to_string()),
+                None => Err(not_yaml(&text)),
             },
         };
         // An entry that reads as the other kind was filed under the wrong heading (the
@@ -337,43 +336,56 @@ fn items(text: &str) -> Vec<Item> {
 /// `key: value` line at a time, as `plugsync lock` writes them: the fields that read, and
 /// the offsets (from the entry's first line) of the lines that do not. `None` when no line
 /// reads.
-fn line_by_line(text: &str) -> Option<(serde_yaml::Value, Vec<usize>)> {
-    let mut fields = serde_yaml::Mapping::new();
+fn line_by_line(text: &str) -> Option<(Node, Vec<usize>)> {
+    let mut fields: Vec<crate::yaml::Entry> = Vec::new();
     let mut bad = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let field = line.strip_prefix("- ").unwrap_or(line).trim();
         if field.is_empty() {
             continue;
         }
-        match serde_yaml::from_str::<serde_yaml::Mapping>(field) {
-            Ok(one) if one.len() == 1 && !one.keys().any(|k| fields.contains_key(k)) => {
-                fields.extend(one)
+        match Tree::parse(field).map(|node| node.kind) {
+            Some(Kind::Mapping(mut one))
+                if one.len() == 1 && !fields.iter().any(|f| f.key == one[0].key) =>
+            {
+                fields.append(&mut one)
             }
             _ => bad.push(i),
         }
     }
-    (!fields.is_empty()).then_some((serde_yaml::Value::Mapping(fields), bad))
+    (!fields.is_empty()).then_some((
+        Node {
+            at: crate::yaml::Position::default(),
+            kind: Kind::Mapping(fields),
+        },
+        bad,
+    ))
 }
 
-/// A scalar field of an entry, as text.
-fn text_field(value: &serde_yaml::Value, key: &str) -> Option<String> {
-    match value.get(key)? {
-        serde_yaml::Value::String(s) => Some(s.clone()),
-        serde_yaml::Value::Number(n) => Some(n.to_string()),
-        serde_yaml::Value::Bool(b) => Some(b.to_string()),
-        _ => None,
+/// Why `text` is not YAML, with the line and a caret.
+fn not_yaml(text: &str) -> String {
+    match crate::yaml::from_str::<serde::de::IgnoredAny>(text) {
+        Ok(_) => "not a single entry".to_string(),
+        Err(e) => e.to_string(),
     }
 }
 
+/// A scalar field of an entry, as text (as written: `1.10` stays `1.10`).
+fn text_field(value: &Node, key: &str) -> Option<String> {
+    value
+        .get(key)
+        .filter(|v| !v.is_null())?
+        .as_str()
+        .map(str::to_string)
+}
+
 /// Unknown and missing fields of an entry.
-fn shape_problems(value: &serde_yaml::Value, fields: &[&str]) -> Vec<String> {
+fn shape_problems(value: &Node, fields: &[&str]) -> Vec<String> {
     let mut problems = Vec::new();
-    if let serde_yaml::Value::Mapping(m) = value {
-        for key in m.keys() {
-            let name = key.as_str().unwrap_or("?");
-            if !fields.contains(&name) {
-                problems.push(format!("unknown field `{name}`"));
-            }
+    for entry in value.entries().unwrap_or_default() {
+        let name = entry.key.as_str();
+        if !fields.contains(&name) {
+            problems.push(format!("unknown field `{name}`"));
         }
     }
     for field in fields {
@@ -396,8 +408,8 @@ const PLUGIN_FIELDS: [&str; 7] = [
 
 /// An entry with a readable pin (its `source` and `sha256`), with what else is wrong with
 /// it; or why it has no pin to keep.
-fn read_plugin(value: &serde_yaml::Value) -> Result<(LockedPlugin, Vec<String>), String> {
-    if !value.is_mapping() {
+fn read_plugin(value: &Node) -> Result<(LockedPlugin, Vec<String>), String> {
+    if value.entries().is_none() {
         return Err("not an entry (a mapping of fields)".into());
     }
     let field = |key| text_field(value, key).unwrap_or_default();
@@ -431,7 +443,7 @@ fn read_plugin(value: &serde_yaml::Value) -> Result<(LockedPlugin, Vec<String>),
 }
 
 /// A recorded image, when every field reads and checks.
-fn read_image(value: &serde_yaml::Value) -> Result<LockedImage, String> {
+fn read_image(value: &Node) -> Result<LockedImage, String> {
     let mut problems = shape_problems(value, &["inputsHash", "image", "digest"]);
     let field = |key| text_field(value, key).unwrap_or_default();
     let image = LockedImage {
@@ -465,7 +477,7 @@ fn describe_entry(p: &LockedPlugin) -> String {
 }
 
 /// What dropping an entry without a readable pin costs.
-fn lost(value: &serde_yaml::Value) -> String {
+fn lost(value: &Node) -> String {
     match text_field(value, "source") {
         Some(source) if source.starts_with("path:") => {
             format!("{source} is packed again from the repository")

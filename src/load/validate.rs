@@ -6,13 +6,13 @@ use std::sync::{Arc, LazyLock};
 use regex::Regex;
 use url::Url;
 
-use super::locate::{join_index, join_key};
 use super::Document;
 use crate::error::{Diagnostic, Diagnostics};
 use crate::model::{
     LockedImage, LockedPlugin, PluginLock, PluginSet, RegistryType, RuntimeSpec, API_VERSION,
 };
 use crate::redact::redact_url;
+use crate::yaml::{join_index, join_key};
 
 static DNS_LABEL: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$").expect("static regex"));

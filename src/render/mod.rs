@@ -389,13 +389,8 @@ impl ObjectForm for AsValue {
     type Object = Value;
 
     fn read(text: &str, expected: &Expected<'_>) -> Result<Value, RenderError> {
-        // The subset the built-in templates produce parses without serde_yaml, to the same
-        // value; anything else (user templates included) takes serde_yaml.
-        let value: Value = match crate::yaml::parse(text) {
-            Some(value) => value,
-            None => serde_yaml::from_str(text)
-                .map_err(|e| expected.invalid(format!("not YAML: {e}")))?,
-        };
+        let value: Value =
+            crate::yaml::from_str(text).map_err(|e| expected.invalid(format!("not YAML: {e}")))?;
         expected.check(|path| {
             path.iter()
                 .try_fold(&value, |node, key| node.get(key))
@@ -406,9 +401,7 @@ impl ObjectForm for AsValue {
 }
 
 /// Objects as YAML documents, the bytes [`objects_to_yaml`] prints for the [`AsValue`]
-/// form of the same object (without the `---` line): what `plugsync render` prints. Text
-/// in the fast parser's subset goes to YAML through a tree that borrows it, without
-/// building a `Value` only to print it and free it.
+/// form of the same object (without the `---` line): what `plugsync render` prints.
 #[derive(Debug, Clone, Copy)]
 pub struct AsYaml;
 
@@ -416,22 +409,8 @@ impl ObjectForm for AsYaml {
     type Object = String;
 
     fn read(text: &str, expected: &Expected<'_>) -> Result<String, RenderError> {
-        // Outside the fast parser's subset: the value, as the other form reads it.
-        let Some(tree) = crate::yaml::parse_tree(text) else {
-            let value = AsValue::read(text, expected)?;
-            return crate::yaml::to_string(&value).map_err(|e| expected.unprintable(e));
-        };
-        expected.check(|path| {
-            path.iter()
-                .try_fold(&tree, |node, key| node.get(key))
-                .and_then(crate::yaml::Node::as_str)
-        })?;
-        // Block style indents what `tojson` wrote on one line: the text grows a little.
-        match crate::yaml::emit::to_string_sized(&tree, text.len() + text.len() / 2) {
-            Some(yaml) => Ok(yaml),
-            // Outside the fast emitter's subset: the same document printed by serde_yaml.
-            None => serde_yaml::to_string(&tree.to_value()).map_err(|e| expected.unprintable(e)),
-        }
+        let value = AsValue::read(text, expected)?;
+        crate::yaml::to_string(&value).map_err(|e| expected.unprintable(e))
     }
 }
 
@@ -444,7 +423,7 @@ impl Expected<'_> {
         }
     }
 
-    fn unprintable(&self, error: serde_yaml::Error) -> RenderError {
+    fn unprintable(&self, error: serde_saphyr::SerializeError) -> RenderError {
         self.invalid(format!("not printable as YAML: {error}"))
     }
 

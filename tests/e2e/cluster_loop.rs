@@ -58,7 +58,7 @@ impl Drop for Running {
 /// `$(PLUGSYNC_NAMESPACE)` expanded as the kubelet does.
 fn shipped_args() -> Vec<String> {
     let text = std::fs::read_to_string(root().join("deploy/deployment.yaml")).expect("deployment");
-    let yaml: Value = serde_yaml::from_str(&text).expect("yaml");
+    let yaml: Value = serde_saphyr::from_str(&text).expect("yaml");
     yaml["spec"]["template"]["spec"]["containers"][0]["args"]
         .as_array()
         .expect("args")
@@ -310,7 +310,7 @@ async fn the_gitops_loop_on_the_real_control_plane() {
     //    pass that finds new ones, so wait for the commit that holds them all).
     let locked_digests = |commit: &str| -> Vec<String> {
         let text = git_server::git(&source.path, &["show", &format!("{commit}:plugins.lock")]);
-        let lock: Value = serde_yaml::from_str(&text).expect("lock");
+        let lock: Value = serde_saphyr::from_str(&text).expect("lock");
         let mut digests: Vec<String> = lock["images"]
             .as_array()
             .map(|images| {
