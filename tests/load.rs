@@ -116,6 +116,57 @@ fn wrong_type_names_field_and_position() {
     assert!(d.message.contains("invalid type"), "{d}");
 }
 
+/// Text that is not YAML is refused at its place, and the message shows the line with a
+/// caret under the column, as a compiler does.
+#[test]
+fn a_syntax_error_shows_the_line_and_a_caret() {
+    let d = only(&format!("{HEADER}  plugins:\n    - path: a: b\n"));
+    assert_eq!(d.file, Path::new("plugins.yaml"));
+    assert_eq!(d.line, 10, "{d}");
+    let lines: Vec<&str> = d.message.lines().collect();
+    assert!(lines[0].starts_with("not valid YAML"), "{d}");
+    assert_eq!(lines[1], " 10 |     - path: a: b", "{d}");
+    let caret = lines[2].find('^').expect("a caret") - lines[2].find('|').unwrap() - 1;
+    assert_eq!(caret, d.column, "{d}");
+}
+
+/// A tab used to indent (YAML allows only spaces there) is named as a tab.
+#[test]
+fn a_tab_used_for_indentation_is_named() {
+    let d = only(&format!("{HEADER}  plugins:\n\t- path: a\n"));
+    assert_eq!(d.line, 10, "{d}");
+    assert!(d.message.contains("a tab"), "{d}");
+    assert!(d.message.contains("spaces"), "{d}");
+}
+
+/// Wrong shapes are told in YAML's words, never with a Rust type name.
+#[test]
+fn a_wrong_shape_names_no_rust_type() {
+    for (body, path) in [
+        ("  plugins:\n    - just a string\n", "spec.plugins[0]"),
+        ("  plugins: {a: b}\n", "spec.plugins"),
+        ("  build: [1]\n", "spec.build"),
+        ("  runtime:\n    replicas: many\n", "spec.runtime.replicas"),
+    ] {
+        let d = only(&format!("{HEADER}{body}"));
+        assert_eq!(d.path, path, "{d}");
+        assert!(d.line >= 9, "{d}");
+        for rust in [
+            "PluginSpec",
+            "Spec",
+            "struct",
+            "enum",
+            "u32",
+            "i32",
+            "Option",
+            "Vec",
+        ] {
+            assert!(!d.message.contains(rust), "{body}: {d}");
+        }
+        assert!(d.message.starts_with("invalid type"), "{d}");
+    }
+}
+
 #[test]
 fn missing_required_field_is_reported() {
     let d =

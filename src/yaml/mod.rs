@@ -148,6 +148,12 @@ fn read_error(
     let raw =
         serde_saphyr::MessageFormatter::format_message(&serde_saphyr::UserMessageFormatter, error);
     let mut message = user_words(&raw).into_owned();
+    // A value of the wrong kind: say what was written.
+    if message.starts_with("invalid type: expected") {
+        if let Some(found) = error.location().and_then(|l| written_at(text, l.span())) {
+            message.push_str(&format!(", found `{found}`"));
+        }
+    }
     if syntax {
         if let Some(at) = at {
             message = format!("not valid YAML: {message}{}", caret(text, at));
@@ -162,6 +168,15 @@ fn read_error(
         message,
         syntax,
     }
+}
+
+/// The text of a one-line scalar at `span`, when short enough to quote in a message.
+fn written_at(text: &str, span: serde_saphyr::Span) -> Option<&str> {
+    let start = usize::try_from(span.byte_offset()?).ok()?;
+    let len = usize::try_from(span.byte_len()?).ok()?;
+    let found = text.get(start..start + len)?;
+    (!found.is_empty() && len <= 60 && !found.contains('\n') && !found.starts_with(['[', '{']))
+        .then_some(found)
 }
 
 /// The source line at `at`, and a caret under its column (tabs kept, so the caret lines
