@@ -19,11 +19,18 @@ pub(crate) use tree::{join_index, join_key, parent_path, Entry, Index, Kind, Nod
 
 /// The reading options used everywhere: YAML 1.2 booleans only (`yes` is text, as for
 /// kubectl), duplicate keys refused, no snippets from the library (we print our own).
+/// The budget against hostile input keeps the library's defaults except its node and
+/// event counts, sized for config files: a plugins.lock of 10,000 plugins with their
+/// images is about 250,000 nodes, the default limit.
 fn options() -> serde_saphyr::Options {
     serde_saphyr::options! {
         strict_booleans: true,
         with_snippet: false,
         emit_comments: false,
+        budget: serde_saphyr::budget! {
+            max_nodes: 20_000_000,
+            max_events: 80_000_000,
+        },
     }
 }
 
@@ -339,6 +346,15 @@ mod tests {
         let e = from_str::<Top>("plugins:\n- just a string\n").unwrap_err();
         assert_eq!(e.path, "plugins[0]");
         assert!(e.message.contains("mapping"), "{}", e.message);
+    }
+
+    /// Large sets are not hostile input: a document beyond the library's default node
+    /// budget (250,000) reads.
+    #[test]
+    fn a_document_of_many_nodes_reads() {
+        let text = format!("[{}0]", "0,".repeat(260_000));
+        let list: Vec<u8> = from_str(&text).unwrap();
+        assert_eq!(list.len(), 260_001);
     }
 
     #[test]
