@@ -76,6 +76,16 @@ impl std::fmt::Display for ReadError {
 /// Reads `text` into `T`: duplicate keys, wrong types and (for types that deny them)
 /// unknown fields are errors, with the path of the field in error.
 pub(crate) fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, ReadError> {
+    // Most texts read: tracking the path of every field costs a fifth of reading, so it is
+    // only done again for a text that failed, to name the field in error.
+    match serde_saphyr::from_str_with_options(text, options()) {
+        Ok(value) => Ok(value),
+        Err(_) => from_str_tracked(text),
+    }
+}
+
+/// [`from_str`] tracking the path of the field being read, for its error.
+fn from_str_tracked<T: DeserializeOwned>(text: &str) -> Result<T, ReadError> {
     let mut segments = Vec::new();
     let result = serde_saphyr::with_deserializer_from_str_with_options(text, options(), |de| {
         serde_path_to_error::deserialize(de).map_err(|e| {
