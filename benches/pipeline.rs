@@ -1,5 +1,5 @@
 //! Wall time and peak memory of `render` and of the pull-request `diff` on synthetic
-//! repositories of N plugins (see `plugsync::synth`).
+//! repositories of N plugins (see `plugsync_testkit::synth`).
 //!
 //! Run with `cargo bench --bench pipeline`; `PLUGSYNC_BENCH_N=10,100` picks the sizes
 //! (default 10, 100, 1000, 10000).
@@ -34,14 +34,14 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::resource::{getrusage, UsageWho};
-use plugsync::pipeline::{self, DesiredState};
-use plugsync::render::{self, RenderSettings, TextFormat};
-use plugsync::report::{DiffReport, PluginChangeKind};
-use plugsync::resolve::cache::Cache;
-use plugsync::resolve::source::{FetchSettings, SourceRegistry};
-use plugsync::resolve::Resolver;
-use plugsync::source::{GitRevision, Snapshot, WorkTree};
-use plugsync::synth::{self, SynthChange};
+use plugsync_core::pipeline::{self, DesiredState};
+use plugsync_core::render::{self, RenderSettings, TextFormat};
+use plugsync_core::report::{DiffReport, PluginChangeKind};
+use plugsync_core::resolve::cache::Cache;
+use plugsync_core::resolve::source::{FetchSettings, SourceRegistry};
+use plugsync_core::resolve::Resolver;
+use plugsync_core::source::{GitRevision, Snapshot, WorkTree};
+use plugsync_testkit::synth::{self, SynthChange};
 
 /// Sizes measured when `PLUGSYNC_BENCH_N` is not set.
 const DEFAULT_SIZES: [usize; 4] = [10, 100, 1000, 10_000];
@@ -635,7 +635,7 @@ fn resolver(cache: &Path) -> BenchResult<Resolver> {
     Ok(Resolver::new(
         SourceRegistry::discover(
             FetchSettings::default(),
-            url::Url::parse(plugsync::model::DEFAULT_MARKETPLACE)?,
+            url::Url::parse(plugsync_core::model::DEFAULT_MARKETPLACE)?,
         ),
         Cache::open(cache)?,
         64 << 20,
@@ -670,7 +670,7 @@ struct DiffRun {
 /// `cli::diff_command` does it, without printing; with `lean`, through
 /// `pipeline::diff_report` instead of two desired states and `DiffReport::build`.
 async fn diff(repo: &Path, cache: &Path, lean: bool) -> BenchResult<DiffRun> {
-    let (root, subdir) = plugsync::source::discover_repo_root(repo)?;
+    let (root, subdir) = plugsync_core::source::discover_repo_root(repo)?;
     let base_rev = GitRevision::merge_base(&root, "main", "HEAD")?;
     let base = GitRevision::open(&root, &base_rev, subdir.as_deref())?;
     let head = WorkTree::new(repo)?;

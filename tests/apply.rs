@@ -14,13 +14,13 @@ use std::time::Duration;
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
 };
-use plugsync::apply::{Applier, ApplyOptions, ApplyReport, Outcome, RetryPolicy};
-use plugsync::pipeline::{desired_state, DesiredState};
-use plugsync::render::RenderSettings;
-use plugsync::resolve::cache::Cache;
-use plugsync::resolve::source::{FetchSettings, SourceRegistry};
-use plugsync::resolve::Resolver;
-use plugsync::source::WorkTree;
+use plugsync_core::pipeline::{desired_state, DesiredState};
+use plugsync_core::render::RenderSettings;
+use plugsync_core::resolve::cache::Cache;
+use plugsync_core::resolve::source::{FetchSettings, SourceRegistry};
+use plugsync_core::resolve::Resolver;
+use plugsync_core::source::WorkTree;
+use plugsync_kube::apply::{Applier, ApplyOptions, ApplyReport, Outcome, RetryPolicy};
 use serde_json::{json, Value};
 
 #[path = "common/cluster.rs"]
@@ -60,7 +60,7 @@ static CRDS: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
 async fn install_crds(c: &TestCluster) {
     CRDS.get_or_init(|| async {
         Applier::new(c.client().await)
-            .ensure_crds(&plugsync::crd::definitions(), ApplyOptions::default())
+            .ensure_crds(&plugsync_core::crd::definitions(), ApplyOptions::default())
             .await
             .expect("CRDs installed");
     })
@@ -88,7 +88,7 @@ impl Env {
         let dir = tempfile::tempdir().expect("dir");
         let cache_dir = tempfile::tempdir().expect("cache");
         let cache = Cache::open(cache_dir.path()).expect("cache");
-        plugsync::synth::generate_repo(dir.path(), n, &cache).expect("generate");
+        plugsync_testkit::synth::generate_repo(dir.path(), n, &cache).expect("generate");
         // Only the namespace moves; registry and nodeSelector stay (see the module docs).
         let path = dir.path().join("plugins.yaml");
         let yaml = std::fs::read_to_string(&path).expect("read plugins.yaml");
@@ -349,10 +349,10 @@ async fn a_changed_plugin_updates_only_its_deployment_and_the_set() {
     env.apply(&state, &state.objects(), ApplyOptions::default())
         .await;
 
-    plugsync::synth::change_one(
+    plugsync_testkit::synth::change_one(
         env.dir.path(),
         &env.cache,
-        plugsync::synth::SynthChange::Reconfigure,
+        plugsync_testkit::synth::SynthChange::Reconfigure,
     )
     .expect("change");
     let state = env.render().await;
@@ -590,10 +590,10 @@ async fn an_upgraded_plugin_keeps_its_old_version_until_the_new_one_runs() {
         .await;
     let old_id = before.rendered[0].plugin_id.clone();
 
-    plugsync::synth::change_one(
+    plugsync_testkit::synth::change_one(
         env.dir.path(),
         &env.cache,
-        plugsync::synth::SynthChange::Upgrade,
+        plugsync_testkit::synth::SynthChange::Upgrade,
     )
     .expect("upgrade plugin 0");
     let after = env.render().await;
@@ -770,7 +770,7 @@ async fn an_object_another_set_took_over_is_never_pruned() {
         .patch(
             &taken,
             &PatchParams::apply("plugsync").force(),
-            &Patch::Apply(&plugsync::apply::with_applied_hash(&their_plugin)),
+            &Patch::Apply(&plugsync_kube::apply::with_applied_hash(&their_plugin)),
         )
         .await
         .expect("taken over");

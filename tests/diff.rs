@@ -661,8 +661,8 @@ fn markdown_stays_under_githubs_comment_limit_and_says_where_the_rest_is() {
         dir: tempfile::tempdir().expect("tempdir"),
         cache: tempfile::tempdir().expect("cache"),
     };
-    let cache = plugsync::resolve::cache::Cache::open(repo.cache.path()).expect("cache");
-    plugsync::synth::generate_repo(repo.path(), N, &cache).expect("synthetic repo");
+    let cache = plugsync_core::resolve::cache::Cache::open(repo.cache.path()).expect("cache");
+    plugsync_testkit::synth::generate_repo(repo.path(), N, &cache).expect("synthetic repo");
     repo.git(&["init", "-q", "-b", "main"]);
     repo.commit("base");
     // A template change touches every plugin's Service.
@@ -822,13 +822,13 @@ async fn apply(env: &cli_env::Env) {
     assert!(out.status.success(), "{}", cli_env::text(&out.stderr));
 }
 
-fn synth_cache(env: &cli_env::Env) -> plugsync::resolve::cache::Cache {
-    plugsync::resolve::cache::Cache::open(env.cache.path()).expect("cache")
+fn synth_cache(env: &cli_env::Env) -> plugsync_core::resolve::cache::Cache {
+    plugsync_core::resolve::cache::Cache::open(env.cache.path()).expect("cache")
 }
 
 /// The live Plugin of `synth/p<i>` (first attempt).
 async fn live_plugin(env: &cli_env::Env, i: usize) -> Value {
-    let name = format!("synth/{}", plugsync::synth::plugin_name(i));
+    let name = format!("synth/{}", plugsync_testkit::synth::plugin_name(i));
     env.plugins()
         .await
         .into_iter()
@@ -845,10 +845,10 @@ async fn diff_cluster_summarizes_per_plugin_and_hides_plugsyncs_bookkeeping() {
 
     // A runtime change of one plugin: its Plugin changes, and so does the hash plugsync
     // stamps on what it applies; only the former is the reader's business.
-    plugsync::synth::change_one(
+    plugsync_testkit::synth::change_one(
         env.repo.path(),
         &synth_cache(&env),
-        plugsync::synth::SynthChange::Reconfigure,
+        plugsync_testkit::synth::SynthChange::Reconfigure,
     )
     .expect("reconfigure");
     let out = cluster_diff(&env, &["-o", "json"]).await;
@@ -898,10 +898,10 @@ async fn diff_cluster_summarizes_per_plugin_and_hides_plugsyncs_bookkeeping() {
 
     // An upgrade: the new version's Plugin is shown against the old one, which is kept
     // until the new one runs (no controller runs here, so it is held).
-    plugsync::synth::change_one(
+    plugsync_testkit::synth::change_one(
         env.repo.path(),
         &synth_cache(&env),
-        plugsync::synth::SynthChange::Upgrade,
+        plugsync_testkit::synth::SynthChange::Upgrade,
     )
     .expect("upgrade");
     let old = live_plugin(&env, 0).await;
@@ -1003,7 +1003,10 @@ async fn diff_cluster_lists_what_a_deletion_cascades_to_and_survives_a_closed_pi
     // Plugin 0 leaves the set.
     let plugins_path = env.repo.path().join("plugins.yaml");
     let text = std::fs::read_to_string(&plugins_path).expect("read");
-    let line = format!("    - url: {}\n", plugsync::synth::package_url(0, 1));
+    let line = format!(
+        "    - url: {}\n",
+        plugsync_testkit::synth::package_url(0, 1)
+    );
     std::fs::write(&plugins_path, text.replacen(&line, "", 1)).expect("write");
     let mut lock = env.plugsync(&["lock"]);
     lock.arg("--repo").arg(env.repo.path());

@@ -1,4 +1,4 @@
-//! `plugsync::source::remote`: following a branch of a remote repository, and committing
+//! `plugsync_core::source::remote`: following a branch of a remote repository, and committing
 //! back to it, over git:// (`git daemon`), smart http with Basic auth (`git http-backend`
 //! behind a counting CGI bridge) and ssh (OpenSSH's `sshd`), all real servers on loopback.
 //!
@@ -14,8 +14,8 @@ use git2::{Oid, Repository};
 use git_server::{
     ssh_keygen, tools_or_skip, GitDaemon, HttpGitServer, Need, SourceRepo, SshServer,
 };
-use plugsync::source::remote::{CommitAuthor, GitAuth, RemoteError, RemoteRepo, SyncOutcome};
-use plugsync::source::{GitRevision, Snapshot};
+use plugsync_core::source::remote::{CommitAuthor, GitAuth, RemoteError, RemoteRepo, SyncOutcome};
+use plugsync_core::source::{GitRevision, Snapshot};
 
 fn oid(s: &str) -> Oid {
     Oid::from_str(s).expect("commit id")

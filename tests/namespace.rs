@@ -283,9 +283,13 @@ async fn run_gives_a_set_without_a_namespace_its_own() {
         .stderr(Stdio::null());
     let mut child = cmd.spawn().expect("plugsync run");
     // The PluginSet is applied before its Plugins, so wait for both rather than the first.
-    cluster::eventually(Duration::from_secs(60), "the set and its Plugin applied", || async {
-        (env.set_in(&env.ns).await && env.plugins_in(&env.ns).await.len() == 1).then_some(())
-    })
+    cluster::eventually(
+        Duration::from_secs(60),
+        "the set and its Plugin applied",
+        || async {
+            (env.set_in(&env.ns).await && env.plugins_in(&env.ns).await.len() == 1).then_some(())
+        },
+    )
     .await;
     let _ = child.kill().await;
     assert_eq!(env.plugins_in(&env.ns).await.len(), 1);

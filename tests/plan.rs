@@ -1,6 +1,6 @@
 //! The plan stage: desired against live objects, classified, ordered, diffed, secrets masked.
 
-use plugsync::plan::{
+use plugsync_core::plan::{
     normalize, plan, render_diff, render_diff_between, Action, Change, Compare, ObjectKey, Plan,
     PlanError, Side,
 };

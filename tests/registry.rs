@@ -1,4 +1,4 @@
-//! `plugsync::registry`: image references, dockerconfigjson credentials, and manifest checks
+//! `plugsync_kube::registry`: image references, dockerconfigjson credentials, and manifest checks
 //! against a real registry on loopback (plus axum fakes for bearer tokens, retries and
 //! timeouts).
 
@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 use base64::Engine as _;
-use plugsync::registry::{
+use plugsync_kube::registry::{
     Credentials, DockerConfig, ImageRef, Reference, RegistryClient, RegistryError,
 };
 use registry_fixture::{

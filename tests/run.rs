@@ -40,10 +40,10 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
-use plugsync::apply::{Applier, ApplyOptions};
-use plugsync::crd::Plugin;
-use plugsync::model::PluginSetResource;
-use plugsync::resolve::cache::Cache;
+use plugsync_core::crd::Plugin;
+use plugsync_core::model::PluginSetResource;
+use plugsync_core::resolve::cache::Cache;
+use plugsync_kube::apply::{Applier, ApplyOptions};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
@@ -85,7 +85,7 @@ impl Env {
         // The shipped CRDs (a fresh test cluster has them from the start; this keeps a shared
         // one started before that in step).
         Applier::new(client.clone())
-            .ensure_crds(&plugsync::crd::definitions(), ApplyOptions::default())
+            .ensure_crds(&plugsync_core::crd::definitions(), ApplyOptions::default())
             .await
             .expect("crds");
         // The registry is plain HTTP without auth: an empty dockerconfigjson.

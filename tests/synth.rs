@@ -4,14 +4,14 @@
 
 use std::path::Path;
 
-use plugsync::pipeline::{desired_state, DesiredState, LockState};
-use plugsync::render::RenderSettings;
-use plugsync::report::{DiffReport, PluginChangeKind};
-use plugsync::resolve::cache::Cache;
-use plugsync::resolve::source::{FetchSettings, SourceRegistry};
-use plugsync::resolve::Resolver;
-use plugsync::source::{Snapshot, WorkTree};
-use plugsync::synth::{self, SynthChange};
+use plugsync_core::pipeline::{desired_state, DesiredState, LockState};
+use plugsync_core::render::RenderSettings;
+use plugsync_core::report::{DiffReport, PluginChangeKind};
+use plugsync_core::resolve::cache::Cache;
+use plugsync_core::resolve::source::{FetchSettings, SourceRegistry};
+use plugsync_core::resolve::Resolver;
+use plugsync_core::source::{Snapshot, WorkTree};
+use plugsync_testkit::synth::{self, SynthChange};
 
 const N: usize = 5;
 
@@ -182,7 +182,7 @@ fn both_reports(base_dir: &Path, head_dir: &Path, cache: &Cache) -> (DiffReport,
     let head_state = state_of(&head, cache);
     let classic = DiffReport::build("base", base_state.as_ref(), &head_state, 3).expect("report");
     let lean = rt
-        .block_on(plugsync::pipeline::diff_report(
+        .block_on(plugsync_core::pipeline::diff_report(
             &base,
             &head,
             "plugins.yaml",
@@ -239,7 +239,7 @@ fn lean_diff_sees_a_changed_template_in_every_plugin() {
     // fingerprint changes, so nothing may be taken as shared.
     let (tmp, cache) = two_repos(N, N);
     let head = tmp.path().join("head");
-    let service = plugsync::render::Templates::builtin()
+    let service = plugsync_core::render::Templates::builtin()
         .source("service.yaml.j2")
         .expect("built-in")
         .replace("spec:\n", "spec:\n  publishNotReadyAddresses: true\n");

@@ -6,7 +6,7 @@ fn main() -> ExitCode {
     let check = std::env::args().any(|a| a == "--check");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut drifted = Vec::new();
-    for (rel, contents) in plugsync::codegen::artifacts() {
+    for (rel, contents) in plugsync_core::codegen::artifacts() {
         let path = root.join(rel);
         let current = std::fs::read_to_string(&path).unwrap_or_default();
         if current == contents {

@@ -1,0 +1,859 @@
+//! Load: parse and validate `plugins.yaml` and `plugins.lock`.
+//!
+//! Nothing downstream ever sees an invalid document: every problem found is reported at
+//! once, each with file, line, column and field path, before anything is resolved or written.
+
+mod conflict;
+pub mod locate;
+mod salvage;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_path_to_error::Segment;
+
+use crate::error::{Diagnostic, Diagnostics, Error};
+use crate::model::{PluginLock, PluginSet};
+pub use locate::{LocationIndex, Position};
+pub use validate::{DeclaredPlugin, DeclaredSource, LoadedPluginSet};
+
+/// Default name of the declared set, relative to the repository folder.
+pub const PLUGINS_FILE: &str = "plugins.yaml";
+/// Default name of the lockfile, next to the declared set.
+pub const LOCK_FILE: &str = "plugins.lock";
+
+/// A parsed document that still knows where each of its fields was written.
+#[derive(Debug, Clone)]
+pub struct Document<T> {
+    /// The typed value.
+    pub value: T,
+    /// The file it came from (for messages).
+    pub file: PathBuf,
+    /// The source text, kept so positions can be computed when (and only when) a message
+    /// needs one: most documents are valid, and indexing a large one costs more than parsing.
+    text: std::sync::Arc<str>,
+    index: std::sync::OnceLock<LocationIndex>,
+}
+
+impl<T> Document<T> {
+    fn index(&self) -> &LocationIndex {
+        self.index.get_or_init(|| LocationIndex::build(&self.text))
+    }
+
+    /// A diagnostic at the value of `path` (or its nearest ancestor).
+    pub fn error_at(&self, path: &str, message: impl Into<String>) -> Diagnostic {
+        let pos = self.index().nearest(path);
+        Diagnostic {
+            file: self.file.clone(),
+            line: pos.line,
+            column: pos.column,
+            path: path.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// Where the value at `path` was written.
+    pub fn position(&self, path: &str) -> Position {
+        self.index().nearest(path)
+    }
+}
+
+/// Parses `text` strictly into `T`: unknown fields, wrong types and duplicate keys are errors,
+/// including inside embedded Kubernetes types (which serde alone would accept silently).
+/// Every such error is reported, not only the first.
+pub fn parse_document<T>(file: &Path, text: &str) -> Result<Document<T>, Diagnostics>
+where
+    T: DeserializeOwned + Serialize,
+{
+    let parsed = parse_checked(file, text, RoundTrip::Check);
+    match parsed.doc {
+        Some(doc) if parsed.errors.is_empty() => Ok(doc),
+        _ => Err(Diagnostics(parsed.errors)),
+    }
+}
+
+/// Whether loading checks that every key written survives deserialize + serialize.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RoundTrip {
+    /// For types with lenient parts (the embedded Kubernetes types ignore unknown keys).
+    Check,
+    /// For types that refuse unknown fields at every level themselves (every struct
+    /// `deny_unknown_fields`, no lenient type inside): the check could find nothing.
+    /// plugins.lock is one, and the largest document loaded.
+    Skip,
+}
+
+/// A text read as far as it goes.
+struct Parsed<T> {
+    /// The document: exactly what was written when `errors` is empty; else, when it could
+    /// be had, what remains once every field with an error is left out (so the semantic
+    /// checks can still run on the rest, and report their findings in the same pass).
+    doc: Option<Document<T>>,
+    /// Every problem found, in the order found.
+    errors: Vec<Diagnostic>,
+    /// The paths (as written) of the fields left out of `doc`.
+    removed: Vec<String>,
+    /// Which sequence items were left out, to map `doc`'s paths back to the text's.
+    shifts: Shifts,
+}
+
+fn parse_checked<T>(file: &Path, text: &str, round_trip: RoundTrip) -> Parsed<T>
+where
+    T: DeserializeOwned + Serialize,
+{
+    let index = std::sync::OnceLock::new();
+    let index_of = || index.get_or_init(|| LocationIndex::build(text));
+    let located = |path: String, pos: Option<Position>, message: String| Diagnostic {
+        file: file.to_path_buf(),
+        line: pos.map(|p| p.line).unwrap_or(0),
+        column: pos.map(|p| p.column).unwrap_or(0),
+        path,
+        message,
+    };
+    let failed = |errors| Parsed {
+        doc: None,
+        errors,
+        removed: Vec::new(),
+        shifts: Shifts::default(),
+    };
+    if text.trim().is_empty() {
+        return failed(vec![located(
+            String::new(),
+            None,
+            "the file is empty".into(),
+        )]);
+    }
+    // The fast path first: most documents are valid and within its subset. Anything else,
+    // including every document that does not deserialize, takes the serde_yaml path below
+    // unchanged, so its diagnostics (with line and column) are exactly what they were.
+    let (value, written_unknown, mut errors, removed, shifts) =
+        match crate::yaml::from_str::<T>(text) {
+            Some((value, written)) => {
+                let unknown = dropped_keys(&written, &value, round_trip);
+                (value, unknown, Vec::new(), Vec::new(), Shifts::default())
+            }
+            None => match parse_slow(text, &located, &index_of) {
+                Ok((value, written)) => {
+                    let unknown = dropped_keys(&written, &value, round_trip);
+                    (value, unknown, Vec::new(), Vec::new(), Shifts::default())
+                }
+                Err(found) => {
+                    let Some((value, written)) = found.rest else {
+                        return failed(found.errors);
+                    };
+                    // Keys the lenient types dropped, in the document without the
+                    // fields already reported, mapped back to where they were written.
+                    let unknown = dropped_keys(&written, &value, round_trip)
+                        .into_iter()
+                        .map(|path| found.shifts.original(&path))
+                        .collect();
+                    (value, unknown, found.errors, found.removed, found.shifts)
+                }
+            },
+        };
+    errors.extend(written_unknown.into_iter().map(|path| {
+        let pos = index_of().key(&path).or_else(|| index_of().value(&path));
+        let field = path.rsplit(['.', '[']).next().unwrap_or(&path).to_string();
+        located(path, pos, format!("unknown field `{field}`"))
+    }));
+
+    Parsed {
+        doc: Some(Document {
+            value,
+            file: file.to_path_buf(),
+            text: std::sync::Arc::from(text),
+            index,
+        }),
+        errors,
+        removed,
+        shifts,
+    }
+}
+
+/// What the serde_yaml path found in a document that does not deserialize.
+struct SlowErrors<T> {
+    /// Every error: serde's first, then each one found once the fields already reported
+    /// are left out.
+    errors: Vec<Diagnostic>,
+    /// The document without those fields, with its JSON form, when it then deserializes.
+    rest: Option<(T, serde_json::Value)>,
+    /// The paths (as written) of the fields left out.
+    removed: Vec<String>,
+    /// Sequence items left out.
+    shifts: Shifts,
+}
+
+/// At most this many errors are collected from one document: each costs a deserialization.
+const MAX_ERRORS: usize = 100;
+
+/// The reference path: `serde_yaml` reads `text` into `T` (with the path and position of
+/// any error) and, separately, into a JSON value for the round-trip check.
+///
+/// serde stops at the first error. So that a user fixes every one in one go, the document
+/// is then read into a `serde_yaml::Value`, the field in error is left out, and `T` is read
+/// again, until it reads or an error repeats; an error that only leaving a field out causes
+/// (`missing field`) ends the search unreported.
+fn parse_slow<'t, T: DeserializeOwned>(
+    text: &str,
+    located: &impl Fn(String, Option<Position>, String) -> Diagnostic,
+    index_of: &impl Fn() -> &'t LocationIndex,
+) -> Result<(T, serde_json::Value), SlowErrors<T>> {
+    let deserializer = serde_yaml::Deserializer::from_str(text);
+    let first = match serde_path_to_error::deserialize::<_, T>(deserializer) {
+        Ok(value) => {
+            let written: serde_json::Value =
+                serde_yaml::from_str(text).unwrap_or(serde_json::Value::Null);
+            return Ok((value, written));
+        }
+        Err(e) => e,
+    };
+    let segments: Vec<Segment> = first.path().iter().cloned().collect();
+    let path = first.path().to_string();
+    let path = if path == "." { String::new() } else { path };
+    let inner = first.into_inner();
+    let message = clean_serde_message(&inner.to_string(), &path);
+    // serde reports a duplicate key where the mapping started; the second occurrence
+    // (the one to delete) is more useful, and the index remembers the last one.
+    let duplicate = message
+        .strip_prefix("duplicate field `")
+        .and_then(|rest| rest.split('`').next())
+        .and_then(|field| index_of().key(&locate::join_key(&path, field)));
+    let pos = duplicate
+        .or_else(|| {
+            inner.location().map(|l| Position {
+                line: l.line(),
+                column: l.column(),
+            })
+        })
+        .or_else(|| Some(index_of().nearest(&path)));
+    let mut found = SlowErrors {
+        errors: vec![located(path.clone(), pos, message.clone())],
+        rest: None,
+        removed: Vec::new(),
+        shifts: Shifts::default(),
+    };
+    // Anything serde_yaml cannot even read as YAML (a syntax error, a duplicate key) has
+    // no further field errors to find.
+    let Ok(mut value) = serde_yaml::from_str::<serde_yaml::Value>(text) else {
+        return Err(found);
+    };
+    let mut seen = vec![(path.clone(), message)];
+    let (mut segments, mut path) = (segments, path);
+    let mut attempts = 0;
+    while found.errors.len() < MAX_ERRORS && attempts < 4 * MAX_ERRORS {
+        attempts += 1;
+        if !remove_at(&mut value, &segments) {
+            break;
+        }
+        found.removed.push(path.clone());
+        if let Some((container, index)) = removed_item(&path, &segments) {
+            found.shifts.remove(container, index);
+        }
+        let mut next = serde_path_to_error::deserialize::<_, T>(&value);
+        // A required field left out: a neutral value in its place (the first of a few
+        // that reads), so the search goes on past it. Its findings are not reported.
+        if let Some((at, field)) = next
+            .as_ref()
+            .err()
+            .and_then(|e| missing_removed(e, &found.shifts, &found.removed))
+        {
+            let placeholders = [
+                serde_yaml::Value::String(String::new()),
+                serde_yaml::Value::Number(0.into()),
+                serde_yaml::Value::Bool(false),
+                serde_yaml::Value::Mapping(serde_yaml::Mapping::new()),
+                serde_yaml::Value::Sequence(Vec::new()),
+            ];
+            let mut unstuck = false;
+            for placeholder in placeholders {
+                if !insert_at(&mut value, &at, &field, placeholder) {
+                    break;
+                }
+                next = serde_path_to_error::deserialize::<_, T>(&value);
+                let still = next.as_ref().err().is_some_and(|e| {
+                    let error_path = found.shifts.original(&e.path().to_string());
+                    let field_path = found.shifts.original(&format!("{}", PathOf(&at, &field)));
+                    error_path == field_path
+                        || error_path.starts_with(&format!("{field_path}."))
+                        || error_path.starts_with(&format!("{field_path}["))
+                        || missing_removed(e, &found.shifts, &found.removed).is_some()
+                });
+                if !still {
+                    unstuck = true;
+                    break;
+                }
+            }
+            if !unstuck {
+                break;
+            }
+        }
+        let next = match next {
+            Ok(rest) => {
+                let written =
+                    serde_yaml::from_value(value.clone()).unwrap_or(serde_json::Value::Null);
+                found.rest = Some((rest, written));
+                break;
+            }
+            Err(e) => e,
+        };
+        let shown = next.path().to_string();
+        let shown = if shown == "." { String::new() } else { shown };
+        let original = found.shifts.original(&shown);
+        let message = clean_serde_message(&next.inner().to_string(), &shown);
+        if seen.contains(&(original.clone(), message.clone())) {
+            break;
+        }
+        let pos = index_of()
+            .key(&original)
+            .filter(|_| message.starts_with("unknown field"))
+            .or_else(|| index_of().value(&original))
+            .unwrap_or_else(|| index_of().nearest(&original));
+        found
+            .errors
+            .push(located(original.clone(), Some(pos), message.clone()));
+        seen.push((original.clone(), message));
+        segments = next.path().iter().cloned().collect();
+        path = original;
+    }
+    Err(found)
+}
+
+/// When `error` is serde's `missing field` for a field that was left out: the segments of
+/// its mapping and the field's name.
+fn missing_removed(
+    error: &serde_path_to_error::Error<serde_yaml::Error>,
+    shifts: &Shifts,
+    removed: &[String],
+) -> Option<(Vec<Segment>, String)> {
+    let message = error.inner().to_string();
+    let field = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())?;
+    let shown = error.path().to_string();
+    let at = shifts.original(if shown == "." { "" } else { &shown });
+    removed
+        .contains(&locate::join_key(&at, field))
+        .then(|| (error.path().iter().cloned().collect(), field.to_string()))
+}
+
+/// The path of field `field` of the mapping at `segments`, displayed as serde does.
+struct PathOf<'a>(&'a [Segment], &'a str);
+
+impl std::fmt::Display for PathOf<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut first = true;
+        for segment in self.0.iter().chain([&Segment::Map {
+            key: self.1.to_string(),
+        }]) {
+            match segment {
+                Segment::Seq { index } => write!(f, "[{index}]")?,
+                Segment::Map { key } if first => write!(f, "{key}")?,
+                Segment::Map { key } => write!(f, ".{key}")?,
+                Segment::Enum { variant } if first => write!(f, "{variant}")?,
+                Segment::Enum { variant } => write!(f, ".{variant}")?,
+                Segment::Unknown => write!(f, "{}?", if first { "" } else { "." })?,
+            }
+            first = false;
+        }
+        Ok(())
+    }
+}
+
+/// Sets field `field` of the mapping at `segments` to `placeholder`; false when there is
+/// no mapping there.
+fn insert_at(
+    value: &mut serde_yaml::Value,
+    segments: &[Segment],
+    field: &str,
+    placeholder: serde_yaml::Value,
+) -> bool {
+    match node_at(value, segments) {
+        Some(serde_yaml::Value::Mapping(m)) => {
+            m.insert(serde_yaml::Value::String(field.to_string()), placeholder);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The node at `segments`, through any `!tag`.
+fn node_at<'v>(
+    mut node: &'v mut serde_yaml::Value,
+    segments: &[Segment],
+) -> Option<&'v mut serde_yaml::Value> {
+    for segment in segments {
+        node = untagged(node);
+        node = match (node, segment) {
+            (serde_yaml::Value::Mapping(m), Segment::Map { key }) => {
+                m.iter_mut().find(|(k, _)| key_is(k, key)).map(|(_, v)| v)?
+            }
+            (serde_yaml::Value::Sequence(s), Segment::Seq { index }) => s.get_mut(*index)?,
+            _ => return None,
+        };
+    }
+    Some(untagged(node))
+}
+
+/// When `segments` end at a sequence item: the path of its sequence and its index, both
+/// as written (taken from `path`, the same node's path as written).
+fn removed_item(path: &str, segments: &[Segment]) -> Option<(String, usize)> {
+    let Some(Segment::Seq { .. }) = segments.last() else {
+        return None;
+    };
+    let open = path.rfind('[')?;
+    let index = path[open + 1..].strip_suffix(']')?.parse().ok()?;
+    Some((path[..open].to_string(), index))
+}
+
+/// Leaves out the node at `segments` (a mapping entry or a sequence item); false when
+/// there is no such node (the error is about the document or a whole mapping).
+fn remove_at(value: &mut serde_yaml::Value, segments: &[Segment]) -> bool {
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    match (node_at(value, parents), last) {
+        (Some(serde_yaml::Value::Mapping(m)), Segment::Map { key }) => {
+            let before = m.len();
+            m.retain(|k, _| !key_is(k, key));
+            m.len() < before
+        }
+        (Some(serde_yaml::Value::Sequence(s)), Segment::Seq { index }) if *index < s.len() => {
+            s.remove(*index);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The value inside any `!tag`.
+fn untagged(mut value: &mut serde_yaml::Value) -> &mut serde_yaml::Value {
+    while let serde_yaml::Value::Tagged(tagged) = value {
+        value = &mut tagged.value;
+    }
+    value
+}
+
+/// Whether a YAML mapping key is the one serde named `key` (a plain scalar key such as
+/// `3.12` is a number to YAML and a string to serde).
+fn key_is(k: &serde_yaml::Value, key: &str) -> bool {
+    match k {
+        serde_yaml::Value::String(s) => s == key,
+        serde_yaml::Value::Number(n) => n.to_string() == key,
+        serde_yaml::Value::Bool(b) => b.to_string() == key,
+        _ => false,
+    }
+}
+
+/// Sequence items left out of a document, so paths into what remains (`a[1]`) map back
+/// to the paths as written (`a[2]` when `a[0]` was left out).
+#[derive(Debug, Default, Clone)]
+struct Shifts(Vec<(String, usize)>);
+
+impl Shifts {
+    /// Records that item `index` (as written) of the sequence at `container` (as written)
+    /// was left out.
+    fn remove(&mut self, container: String, index: usize) {
+        self.0.push((container, index));
+    }
+
+    /// The path as written of `path` in the remaining document.
+    fn original(&self, path: &str) -> String {
+        if self.0.is_empty() {
+            return path.to_string();
+        }
+        let mut out = String::with_capacity(path.len());
+        let mut rest = path;
+        while let Some(open) = rest.find('[') {
+            let Some(close) = rest[open..].find(']').map(|c| open + c) else {
+                break;
+            };
+            let Ok(index) = rest[open + 1..close].parse::<usize>() else {
+                out.push_str(&rest[..=close]);
+                rest = &rest[close + 1..];
+                continue;
+            };
+            out.push_str(&rest[..open]);
+            let mut gone: Vec<usize> = self
+                .0
+                .iter()
+                .filter(|(container, _)| *container == out)
+                .map(|(_, i)| *i)
+                .collect();
+            gone.sort_unstable();
+            let mut original = index;
+            for i in gone {
+                if i <= original {
+                    original += 1;
+                }
+            }
+            out.push_str(&format!("[{original}]"));
+            rest = &rest[close + 1..];
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+/// Whether a finding at `path` may be an artifact of leaving the fields at `removed` out:
+/// it is about one of them, inside one, one of their ancestors, or a field of the same
+/// mapping (rules across fields, such as `ecrRegion` with `type`).
+fn touches_removed(path: &str, removed: &[String]) -> bool {
+    let under = |inner: &str, outer: &str| {
+        outer.is_empty()
+            || (inner.starts_with(outer)
+                && matches!(inner.as_bytes().get(outer.len()), Some(b'.' | b'[')))
+    };
+    removed.iter().any(|r| {
+        path == r
+            || under(path, r)
+            || under(r, path)
+            || (!r.ends_with(']') && locate::parent_path(r) == locate::parent_path(path))
+    })
+}
+
+/// Round-trip check: the paths of keys the user wrote (in `written`) that do not survive
+/// deserialize + serialize of `value`: a lenient type (the embedded Kubernetes types)
+/// ignored them, so they are unknown. None when `round_trip` says the check is skipped.
+fn dropped_keys<W: Written, T: Serialize>(
+    written: &W,
+    value: &T,
+    round_trip: RoundTrip,
+) -> Vec<String> {
+    if round_trip == RoundTrip::Skip {
+        return Vec::new();
+    }
+    let understood = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
+    let mut unknown = Vec::new();
+    find_dropped_keys(written, &understood, "", &mut unknown);
+    unknown
+}
+
+/// A document as written, in either form it is parsed into: the fast path's tree or
+/// serde_yaml's value.
+trait Written: Sized {
+    fn is_null(&self) -> bool;
+    /// The entries, when this is a mapping.
+    fn entries(&self) -> Option<impl Iterator<Item = (&str, &Self)>>;
+    /// The items, when this is a sequence.
+    fn items(&self) -> Option<&[Self]>;
+}
+
+impl Written for serde_json::Value {
+    fn is_null(&self) -> bool {
+        self.is_null()
+    }
+
+    fn entries(&self) -> Option<impl Iterator<Item = (&str, &Self)>> {
+        Some(self.as_object()?.iter().map(|(k, v)| (k.as_str(), v)))
+    }
+
+    fn items(&self) -> Option<&[Self]> {
+        self.as_array().map(Vec::as_slice)
+    }
+}
+
+impl Written for crate::yaml::Node<'_> {
+    fn is_null(&self) -> bool {
+        matches!(self, crate::yaml::Node::Null)
+    }
+
+    fn entries(&self) -> Option<impl Iterator<Item = (&str, &Self)>> {
+        match self {
+            crate::yaml::Node::Mapping(entries) => {
+                Some(entries.iter().map(|(k, v)| (k.as_ref(), v)))
+            }
+            _ => None,
+        }
+    }
+
+    fn items(&self) -> Option<&[Self]> {
+        match self {
+            crate::yaml::Node::Sequence(items) => Some(items),
+            _ => None,
+        }
+    }
+}
+
+fn find_dropped_keys<W: Written>(
+    written: &W,
+    understood: &serde_json::Value,
+    path: &str,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    match understood {
+        Value::Object(u) => {
+            let Some(w) = written.entries() else { return };
+            for (k, wv) in w {
+                let child = locate::join_key(path, k);
+                match u.get(k) {
+                    Some(uv) => find_dropped_keys(wv, uv, &child, out),
+                    None if !wv.is_null() => out.push(child),
+                    None => {}
+                }
+            }
+        }
+        Value::Array(u) => {
+            let Some(w) = written.items() else { return };
+            for (i, (wv, uv)) in w.iter().zip(u.iter()).enumerate() {
+                find_dropped_keys(wv, uv, &locate::join_index(path, i), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// serde_yaml appends " at line L column C" and sometimes prefixes the path; we print both
+/// ourselves, in a fixed format.
+fn clean_serde_message(message: &str, path: &str) -> String {
+    let mut m = message.trim();
+    if let Some(i) = m.rfind(" at line ") {
+        if m[i..].contains(" column ") {
+            m = &m[..i];
+        }
+    }
+    // serde_yaml prefixes the path of the mapping it was in, which is ours or an ancestor.
+    if let Some((prefix, rest)) = m.split_once(": ") {
+        if !prefix.contains(' ') && path.starts_with(prefix) {
+            m = rest;
+        }
+    }
+    m.to_string()
+}
+
+/// Reads a file, naming it in the error.
+pub fn read_file(path: &Path) -> Result<String, Error> {
+    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+}
+
+/// What to do about a merge conflict in plugins.yaml: only its author can choose between
+/// two declarations.
+const PLUGINS_CONFLICT_ADVICE: &str = "resolve the merge conflict by hand: keep the declarations \
+     you want and delete the marker lines, then run `plugsync lock`";
+
+/// What to do about a merge conflict in plugins.lock.
+pub const LOCK_CONFLICT_ADVICE: &str = "run `plugsync lock` to resolve the merge conflict: it \
+     reads both sides, keeps the pins plugins.yaml still declares (re-checking a plugin the two \
+     sides pin differently against its source), and writes plugins.lock; then commit it";
+
+/// What to do about a plugins.lock that does not read (a hand edit, a bad merge).
+pub const LOCK_REPAIR_ADVICE: &str = "run `plugsync lock` to repair plugins.lock: it keeps \
+     every pin it can still read, resolves the rest afresh and says which; then commit it";
+
+/// A diagnostic about a whole file (no line): what to do about the ones before it.
+fn advice(file: &Path, message: &str) -> Diagnostic {
+    Diagnostic {
+        file: file.to_path_buf(),
+        line: 0,
+        column: 0,
+        path: String::new(),
+        message: message.to_string(),
+    }
+}
+
+/// Parses and validates a `plugins.yaml` text. `file` is only used in messages.
+///
+/// Every problem is reported in one pass, in the order of the file: those serde finds
+/// (unknown fields, wrong types), and those the rules beyond the schema find in what
+/// remains, except where a field already in error could be the cause.
+pub fn load_plugin_set(file: &Path, text: &str) -> Result<LoadedPluginSet, Error> {
+    if let Some(mut found) = conflict::diagnostics(file, text) {
+        found.push(advice(file, PLUGINS_CONFLICT_ADVICE));
+        return Err(Error::Invalid(Diagnostics(found)));
+    }
+    let parsed = parse_checked::<PluginSet>(file, text, RoundTrip::Check);
+    let Some(doc) = parsed.doc else {
+        return Err(Error::Invalid(Diagnostics(parsed.errors)));
+    };
+    if parsed.errors.is_empty() {
+        return validate::validate_plugin_set(doc).map_err(Error::Invalid);
+    }
+    let mut found = parsed.errors;
+    let more = match validate::validate_plugin_set(doc) {
+        Ok(_) => Vec::new(),
+        Err(d) => d.0,
+    };
+    found.extend(rest_findings(text, more, &parsed.removed, &parsed.shifts));
+    found.sort_by_key(|d| (d.line == 0, d.line, d.column));
+    Err(Error::Invalid(Diagnostics(found)))
+}
+
+/// The findings of the semantic checks on a document with fields left out: mapped back to
+/// the paths and positions as written, without those the missing fields may have caused.
+fn rest_findings(
+    text: &str,
+    findings: Vec<Diagnostic>,
+    removed: &[String],
+    shifts: &Shifts,
+) -> Vec<Diagnostic> {
+    let index = std::sync::OnceLock::new();
+    findings
+        .into_iter()
+        .filter_map(|mut d| {
+            let original = shifts.original(&d.path);
+            if original != d.path {
+                let pos = index
+                    .get_or_init(|| LocationIndex::build(text))
+                    .nearest(&original);
+                (d.line, d.column, d.path) = (pos.line, pos.column, original);
+            }
+            (!touches_removed(&d.path, removed)).then_some(d)
+        })
+        .collect()
+}
+
+/// Parses and checks a `plugins.lock` text: format, digests, and that each entry's
+/// identifier and plugin id agree with its name, version and checksum. Every problem is
+/// reported, followed by what to run: `plugsync lock` repairs a damaged lock and resolves
+/// a merge conflict in it (see [`salvage_lock`]).
+pub fn load_lock(file: &Path, text: &str) -> Result<Document<PluginLock>, Error> {
+    if let Some(mut found) = conflict::diagnostics(file, text) {
+        found.push(advice(file, LOCK_CONFLICT_ADVICE));
+        return Err(Error::Invalid(Diagnostics(found)));
+    }
+    let parsed = parse_checked::<PluginLock>(file, text, RoundTrip::Skip);
+    let mut found = parsed.errors;
+    if let Some(doc) = parsed.doc {
+        match validate::validate_lock(&doc) {
+            Ok(()) if found.is_empty() => return Ok(doc),
+            Ok(()) => {}
+            Err(more) if found.is_empty() => found = more.0,
+            Err(more) => {
+                found.extend(rest_findings(text, more.0, &parsed.removed, &parsed.shifts));
+                found.sort_by_key(|d| (d.line == 0, d.line, d.column));
+            }
+        }
+    }
+    found.push(advice(file, LOCK_REPAIR_ADVICE));
+    Err(Error::Invalid(Diagnostics(found)))
+}
+
+pub use salvage::{salvage_lock, SalvagedLock};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::LockedPlugin;
+
+    /// A document and its JSON value, as a path loads it.
+    type Loaded<T> = (T, serde_json::Value);
+
+    /// Both paths on one text: the fast one (if it answers) and the serde_yaml one.
+    fn both<T: DeserializeOwned>(
+        text: &str,
+    ) -> (Option<Loaded<T>>, Result<Loaded<T>, Diagnostics>) {
+        let index = std::sync::OnceLock::new();
+        let index_of = || index.get_or_init(|| LocationIndex::build(text));
+        let located = |path: String, pos: Option<Position>, message: String| Diagnostic {
+            file: PathBuf::from("f"),
+            line: pos.map(|p| p.line).unwrap_or(0),
+            column: pos.map(|p| p.column).unwrap_or(0),
+            path,
+            message,
+        };
+        (
+            crate::yaml::from_str(text).map(|(value, written)| (value, written.to_value())),
+            parse_slow(text, &located, &index_of).map_err(|e| Diagnostics(e.errors)),
+        )
+    }
+
+    /// Wherever the fast path answers, it answers what the serde_yaml path does; returns
+    /// whether it answered.
+    fn agree<T: DeserializeOwned + Serialize>(text: &str) -> bool {
+        let (fast, slow) = both::<T>(text);
+        let Some((value, written)) = fast else {
+            return false;
+        };
+        let (slow_value, slow_written) = slow
+            .unwrap_or_else(|e| panic!("fast path loaded what serde_yaml refuses ({e:?}): {text}"));
+        assert_eq!(written, slow_written, "{text}");
+        assert_eq!(
+            serde_json::to_value(&value).unwrap(),
+            serde_json::to_value(&slow_value).unwrap(),
+            "{text}"
+        );
+        true
+    }
+
+    fn lock_entry(name: &str, version: &str, plugin_id: &str) -> LockedPlugin {
+        LockedPlugin {
+            name: name.into(),
+            version: version.into(),
+            source: format!("https://h.example:8443/{name}/{version}.difypkg"),
+            sha256: "0b1b57fd4a506fba6c7bd97303771c29c51ecbf0dfd6e1432df01b242913b39b".into(),
+            checksum: "2e18973c".into(),
+            unique_identifier: format!("{name}:{version}@2e18973c"),
+            plugin_id: plugin_id.into(),
+        }
+    }
+
+    #[test]
+    fn both_paths_load_the_same_documents() {
+        let mut lock = PluginLock::new(vec![
+            lock_entry("a/b", "2.0.0", "2e189731c2b8dbcecb2baf24747cd80e"),
+            lock_entry("a/c", "1.0", "12345678901234567890123456789012"),
+            lock_entry("a/d", "true", "null"),
+            lock_entry("a/e", "it's # x", "0b101"),
+        ]);
+        lock.record_images([crate::model::LockedImage {
+            inputs_hash: "5f30c23042195a597c676f807ab7c992".into(),
+            image: "registry.example/p-12345678901234567890123456789012:1.0".into(),
+            digest: "sha256:04ac00e1fe406a1483f762e49f06aac8".into(),
+        }]);
+        let written = lock.to_yaml();
+        assert!(agree::<PluginLock>(&written), "{written}");
+        assert_eq!(
+            crate::yaml::from_str::<PluginLock>(&written).unwrap().0,
+            lock
+        );
+        assert!(agree::<PluginLock>(include_str!(
+            "../../../../examples/plugins.lock"
+        )));
+        assert!(agree::<PluginSet>(include_str!(
+            "../../../../examples/plugins.yaml"
+        )));
+        // Hand-written flow style (`runtime: {replicas: 2, labels: {tier: t0}}`).
+        let synthetic = crate::synth::plugins_yaml(30);
+        assert!(agree::<PluginSet>(&synthetic), "{synthetic}");
+        for file in ["/tmp/b/repo/plugins.lock", "/tmp/b/repo/plugins.yaml"] {
+            if let Ok(text) = std::fs::read_to_string(file) {
+                if file.ends_with(".lock") {
+                    assert!(agree::<PluginLock>(&text));
+                } else {
+                    assert!(agree::<PluginSet>(&text));
+                }
+            }
+        }
+    }
+
+    /// Documents the fast parser reads but whose type serde_yaml reads differently (or
+    /// refuses) go the serde_yaml way.
+    #[test]
+    fn what_serde_yaml_reads_differently_goes_the_slow_way() {
+        let head = "apiVersion: plugsync.dev/v1alpha1\nkind: PluginLock\n";
+        let entry = "name: a\n  version: 1\n  source: s\n  sha256: h\n  checksum: c\n  \
+                     unique_identifier: u\n  plugin_id: p\n";
+        for (body, slow_ok) in [
+            // A plain `1` is a string to serde_yaml, a number to the fast parser.
+            (format!("plugins:\n- {entry}"), true),
+            ("plugins: null\n".to_string(), false),
+            (
+                "plugins:\n- [\"a\",\"1\",\"s\",\"h\",\"c\",\"u\",\"p\"]\n".into(),
+                false,
+            ),
+            ("plugins: {}\n".into(), false),
+            (
+                "images: [{\"inputsHash\":\"h\",\"image\":\"i\",\"digest\":1}]\n".into(),
+                true,
+            ),
+        ] {
+            let text = format!("{head}{body}");
+            assert!(crate::yaml::parse(&text).is_some(), "{text}");
+            let (fast, slow) = both::<PluginLock>(&text);
+            assert!(fast.is_none(), "{text}");
+            assert_eq!(slow.is_ok(), slow_ok, "{text}");
+        }
+    }
+}

@@ -1,0 +1,760 @@
+//! The git loop of `plugsync run`: follow a branch (or watch a folder), and apply each good
+//! commit's PluginSet and Plugins to the cluster; the plugin controller does the rest.
+//!
+//! One pass: fetch (an unchanged branch costs one round trip and ends the pass) → load,
+//! resolve and render with the same [`pipeline`](plugsync_core::pipeline) as `plugsync diff` → apply
+//! by server-side apply and prune → publish the PluginSet status. A bad commit (invalid
+//! plugins.yaml, stale lock, template error) changes nothing in the cluster: the status says
+//! which commit, file, line and why, and the next good commit proceeds.
+//!
+//! Between passes the loop refreshes the status from the Plugins every few seconds, re-applies
+//! while old versions are held for upgrades, and wakes at once on a webhook, a folder change
+//! (local mode) or the `plugsync.dev/reconcile-requested-at` annotation. A pass is never
+//! interrupted: on shutdown the apply in flight finishes first.
+
+pub mod status;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use rand::SeedableRng;
+use serde_json::{json, Value};
+use tokio::sync::{watch, Notify};
+use tracing::{debug, info, warn};
+
+use crate::apply::{Applier, ApplyOptions, Outcome};
+use crate::controller::reconcile::{kube_conditions, status_merge_patch};
+use crate::metrics::{FetchOutcome, Metrics, ReconcileResult};
+use crate::server::Readiness;
+use plugsync_core::crd::{Plugin, PluginSetStatus};
+use plugsync_core::error::Error;
+use plugsync_core::model::{PluginSet, PluginSetResource};
+use plugsync_core::pipeline::{self, join, parent_dir, LockState};
+use plugsync_core::render::{RenderSettings, Templates, LABEL_PLUGINSET};
+use plugsync_core::resolve::cache::Cache;
+use plugsync_core::resolve::Resolver;
+use plugsync_core::source::remote::{
+    poll_delay, CommitAuthor, GitAuth, RemoteError, RemoteRepo, SyncOutcome,
+};
+use plugsync_core::source::{GitRevision, Snapshot, WorkTree};
+use status::{compose, status_errors, PassResult, PhaseCounts};
+
+/// Set to `"true"` on the PluginSet to pause the loop (nothing fetched or applied).
+pub const ANNOTATION_SUSPEND: &str = "plugsync.dev/suspend";
+/// Set to any new value on the PluginSet to request a reconcile now (as Flux's
+/// `reconcile.fluxcd.io/requestedAt`).
+pub const ANNOTATION_RECONCILE_REQUESTED: &str = "plugsync.dev/reconcile-requested-at";
+
+/// Where the declared set comes from.
+#[derive(Debug, Clone)]
+pub enum RepoSource {
+    /// A folder on disk, watched for changes (development).
+    Local {
+        /// The repository folder.
+        root: PathBuf,
+    },
+    /// A branch of a remote git repository.
+    Git {
+        /// `https://`, `ssh://`, `git@host:path` or `git://` URL (no credentials in it).
+        url: String,
+        /// The branch to follow.
+        branch: String,
+        /// A Secret in the loop's namespace with the credentials (Flux's key names).
+        secret: Option<String>,
+        /// Where the bare clone is kept.
+        work_dir: PathBuf,
+    },
+}
+
+/// How the loop runs.
+#[derive(Debug, Clone)]
+pub struct LoopConfig {
+    /// The repository.
+    pub source: RepoSource,
+    /// The folder of the repository holding plugins.yaml (`""` for the top).
+    pub path: String,
+    /// The declared set's file name.
+    pub file: String,
+    /// The namespace plugsync manages; the set must declare it.
+    pub namespace: String,
+    /// Time between polls of the remote.
+    pub interval: Duration,
+    /// Random spread of the poll interval (0.1: ±10 %), so replicas of many installs do not
+    /// poll a git server in lockstep.
+    pub jitter: f64,
+    /// Time between full passes even when nothing changed (drift correction).
+    pub resync: Duration,
+    /// Time between status refreshes from the Plugins.
+    pub status_interval: Duration,
+    /// Suspended by flag: nothing is fetched or applied.
+    pub suspend: bool,
+    /// Install or update the CRDs before the first apply (needs cluster-wide RBAC).
+    pub install_crds: bool,
+    /// Commit built image digests back to the branch's plugins.lock (git mode only).
+    pub commit_lock: Option<LockCommit>,
+}
+
+/// How the loop commits recorded image digests back to the branch.
+#[derive(Debug, Clone)]
+pub struct LockCommit {
+    /// Author and committer of the commit.
+    pub author: CommitAuthor,
+    /// The commit message.
+    pub message: String,
+}
+
+impl LoopConfig {
+    /// The declared set's path inside the repository.
+    pub fn file_path(&self) -> String {
+        let dir = self.path.trim_matches('/');
+        if dir.is_empty() || dir == "." {
+            self.file.clone()
+        } else {
+            format!("{dir}/{}", self.file)
+        }
+    }
+}
+
+/// What was last applied, kept to re-apply while upgrades are held.
+struct Applied {
+    set: PluginSet,
+    objects: Vec<Value>,
+    commit: String,
+    /// The commit's lock (with the images it pins), and its path in the repository.
+    lock: plugsync_core::model::PluginLock,
+    lock_path: String,
+}
+
+/// The loop and its state between passes.
+pub struct GitOps {
+    client: Client,
+    config: LoopConfig,
+    resolver: Resolver,
+    settings: RenderSettings,
+    cache: Cache,
+    templates: Arc<RwLock<Templates>>,
+    metrics: Arc<Metrics>,
+    remote: Option<Arc<Mutex<RemoteRepo>>>,
+    applier: Applier,
+    crds_installed: bool,
+    /// The commit whose pass completed (applied, or found bad): an unchanged branch skips.
+    done_commit: Option<String>,
+    last_fetched: Option<String>,
+    last_full_pass: Option<Instant>,
+    result: PassResult,
+    applied: Option<Applied>,
+    /// The set's name, from the last good commit (or read from a bad one when possible).
+    set_name: Option<String>,
+    suspended_by_annotation: bool,
+    /// The commit whose recorded digests were pushed (its successor comes with a fetch).
+    lock_pushed_for: Option<String>,
+}
+
+impl GitOps {
+    /// A loop over `config`; `templates` is shared with the plugin controller, which renders
+    /// children with the templates of the commit the loop applied.
+    pub fn new(
+        client: Client,
+        config: LoopConfig,
+        resolver: Resolver,
+        settings: RenderSettings,
+        cache: Cache,
+        templates: Arc<RwLock<Templates>>,
+        metrics: Arc<Metrics>,
+    ) -> Result<GitOps, Error> {
+        let remote = match &config.source {
+            RepoSource::Git {
+                url,
+                branch,
+                work_dir,
+                ..
+            } => {
+                std::fs::create_dir_all(work_dir).map_err(|e| Error::io(work_dir, e))?;
+                let repo = RemoteRepo::open(work_dir, url, branch)
+                    .map_err(|e| Error::Usage(format!("git repository: {e}")))?;
+                Some(Arc::new(Mutex::new(repo)))
+            }
+            RepoSource::Local { .. } => None,
+        };
+        Ok(GitOps {
+            applier: Applier::new(client.clone()),
+            client,
+            config,
+            resolver,
+            settings,
+            cache,
+            templates,
+            metrics,
+            remote,
+            crds_installed: false,
+            done_commit: None,
+            last_fetched: None,
+            last_full_pass: None,
+            result: PassResult::Starting,
+            applied: None,
+            set_name: None,
+            suspended_by_annotation: false,
+            lock_pushed_for: None,
+        })
+    }
+
+    /// What the last pass did.
+    pub fn last_result(&self) -> &PassResult {
+        &self.result
+    }
+
+    /// Runs passes until `shutdown` turns true: on the poll interval, at once on `trigger`
+    /// (webhook, folder change) or a reconcile request, and refreshes the status in between.
+    /// A pass in progress always finishes.
+    pub async fn run(
+        mut self,
+        trigger: Arc<Notify>,
+        mut shutdown: watch::Receiver<bool>,
+        readiness: Readiness,
+    ) {
+        let _watcher = match &self.config.source {
+            RepoSource::Local { root } => watch_folder(root, trigger.clone()),
+            RepoSource::Git { .. } => None,
+        };
+        let mut rng = rand::rngs::StdRng::from_os_rng();
+        let mut force = true;
+        let mut next_poll = Instant::now();
+        loop {
+            let requested = self.refresh_status().await;
+            force |= requested;
+            if force || Instant::now() >= next_poll {
+                let resync_due = self
+                    .last_full_pass
+                    .is_none_or(|t| t.elapsed() >= self.config.resync);
+                let started = Instant::now();
+                let outcome = self.pass(force || resync_due).await;
+                self.metrics.observe_reconcile(started.elapsed(), outcome);
+                force = false;
+                next_poll =
+                    Instant::now() + poll_delay(self.config.interval, self.config.jitter, &mut rng);
+                readiness.set_ready();
+                self.refresh_status().await;
+                if self.record_digests().await {
+                    // Our own commit: fetch and apply it at the next turn.
+                    force = true;
+                }
+            } else if matches!(self.result, PassResult::Applied { held, .. } if held > 0) {
+                // Upgrades wait for their replacements: apply again to release them.
+                self.reapply().await;
+            }
+            if *shutdown.borrow() {
+                break;
+            }
+            let wake = next_poll.min(Instant::now() + self.config.status_interval);
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = trigger.notified() => {
+                    // Coalesce a burst (an editor's save, several webhooks) into one pass.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    force = true;
+                }
+                _ = shutdown.changed() => {}
+            }
+            if *shutdown.borrow() {
+                break;
+            }
+        }
+        info!("git loop stopped");
+    }
+
+    /// One pass; `force` re-renders and re-applies even when the commit is unchanged.
+    pub async fn pass(&mut self, force: bool) -> ReconcileResult {
+        if self.config.suspend || self.suspended_by_annotation {
+            self.result = PassResult::Suspended;
+            return ReconcileResult::Suspended;
+        }
+        let file = self.config.file_path();
+        let (snapshot, commit): (Box<dyn Snapshot>, String) = match &self.config.source {
+            RepoSource::Local { root } => match WorkTree::new(root) {
+                Ok(tree) => (Box::new(tree), "working tree".to_string()),
+                Err(e) => {
+                    self.result = PassResult::FetchFailed {
+                        message: e.to_string(),
+                    };
+                    return ReconcileResult::Failed;
+                }
+            },
+            RepoSource::Git { .. } => match self.fetch().await {
+                Ok((outcome, path)) => {
+                    let commit = outcome.commit().to_string();
+                    self.last_fetched = Some(commit.clone());
+                    if !force && self.done_commit.as_deref() == Some(commit.as_str()) {
+                        debug!(%commit, "branch unchanged");
+                        return ReconcileResult::Unchanged;
+                    }
+                    match GitRevision::open(&path, &commit, None) {
+                        Ok(revision) => (Box::new(revision), commit),
+                        Err(e) => {
+                            self.result = PassResult::FetchFailed {
+                                message: e.to_string(),
+                            };
+                            return ReconcileResult::Failed;
+                        }
+                    }
+                }
+                Err(message) => {
+                    warn!(%message, "fetch failed");
+                    self.result = PassResult::FetchFailed { message };
+                    return ReconcileResult::Failed;
+                }
+            },
+        };
+        self.last_full_pass = Some(Instant::now());
+
+        let state = match pipeline::desired_state_in(
+            snapshot.as_ref(),
+            &file,
+            &self.resolver,
+            &self.settings,
+            &self.config.namespace,
+        )
+        .await
+        {
+            Ok(Some(state)) => state,
+            Ok(None) => {
+                let message = format!("{} not found", snapshot.display_path(&file).display());
+                return self.bad_commit(commit, message, Vec::new());
+            }
+            Err(e @ (Error::Source { .. } | Error::Io { .. })) => {
+                // Not the commit's fault: a package server or the disk. Retry.
+                self.result = PassResult::ApplyFailed {
+                    commit,
+                    message: e.to_string(),
+                };
+                return ReconcileResult::Failed;
+            }
+            Err(e) => {
+                self.remember_set_name(snapshot.as_ref(), &file);
+                let errors = status_errors(&e);
+                return self.bad_commit(commit, e.to_string(), errors);
+            }
+        };
+        let lock_file = join(&parent_dir(&file), plugsync_core::load::LOCK_FILE);
+        let lock_path = snapshot.display_path(&lock_file).display().to_string();
+        let set = state.set.spec().clone();
+        self.set_name = Some(set.metadata.name.clone());
+        match &state.lock {
+            LockState::UpToDate => {}
+            LockState::Missing => {
+                let message =
+                    format!("{lock_path} does not exist; run `plugsync lock` and commit it");
+                return self.bad_commit(commit, message, Vec::new());
+            }
+            LockState::Stale(changes) => {
+                let list: Vec<String> = changes.iter().map(|c| c.to_string()).collect();
+                let message = format!(
+                    "{lock_path} is out of date (run `plugsync lock` and commit it): {}",
+                    list.join("; ")
+                );
+                return self.bad_commit(commit, message, Vec::new());
+            }
+        }
+        if set.namespace() != self.config.namespace {
+            let message = format!(
+                "{}: metadata.namespace is `{}`, but this plugsync manages namespace `{}`",
+                snapshot.display_path(&file).display(),
+                set.namespace(),
+                self.config.namespace
+            );
+            return self.bad_commit(commit, message, Vec::new());
+        }
+
+        // The controller renders children with this commit's templates, and build Jobs
+        // fetch their contexts from this replica's cache.
+        if let Ok(mut templates) = self.templates.write() {
+            *templates = state.templates.clone();
+        }
+        for rendered in &state.rendered {
+            // Already cached from an earlier pass: no rewrite (each put fsyncs).
+            let needed = rendered.objects.iter().any(|o| o["kind"] == "Job")
+                && !self.cache.contains(&rendered.context.sha256);
+            if needed {
+                if let Err(e) = self.cache.put(&rendered.context.bytes) {
+                    warn!(error = %e, plugin = %rendered.name, "cannot cache the build context");
+                }
+            }
+        }
+
+        let objects = state.cluster_objects();
+        info!(%commit, plugins = objects.len(), "applying");
+        self.applied = Some(Applied {
+            set,
+            objects,
+            commit: commit.clone(),
+            lock: state.resolution.lock.clone(),
+            lock_path: lock_file,
+        });
+        self.apply().await
+    }
+
+    async fn apply(&mut self) -> ReconcileResult {
+        let Some(applied) = &self.applied else {
+            return ReconcileResult::Unchanged;
+        };
+        let options = ApplyOptions {
+            dry_run: false,
+            prune: true,
+        };
+        if self.config.install_crds && !self.crds_installed {
+            let crds = plugsync_core::crd::definitions();
+            if let Err(e) = self.applier.ensure_crds(&crds, options).await {
+                warn!(error = %e, "cannot install the CRDs");
+                self.result = PassResult::ApplyFailed {
+                    commit: applied.commit.clone(),
+                    message: e.to_string(),
+                };
+                return ReconcileResult::Failed;
+            }
+            self.crds_installed = true;
+        }
+        let commit = applied.commit.clone();
+        match self
+            .applier
+            .apply_set(&applied.set, &applied.objects, options)
+            .await
+        {
+            Ok(report) if report.failed.is_empty() => {
+                info!(%commit, summary = %report.summary(), "applied");
+                let changed = report
+                    .objects
+                    .iter()
+                    .any(|(_, o)| *o != Outcome::Unchanged && *o != Outcome::Held);
+                self.done_commit = Some(commit.clone());
+                self.result = PassResult::Applied {
+                    commit,
+                    held: report.count(Outcome::Held),
+                };
+                if changed {
+                    ReconcileResult::Applied
+                } else {
+                    ReconcileResult::Unchanged
+                }
+            }
+            Ok(report) => {
+                let message = report
+                    .failed
+                    .iter()
+                    .take(3)
+                    .map(|(key, why)| format!("{key}: {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                warn!(%commit, %message, "apply failed");
+                self.result = PassResult::ApplyFailed { commit, message };
+                ReconcileResult::Failed
+            }
+            Err(e) => {
+                warn!(%commit, error = %e, "apply failed");
+                self.result = PassResult::ApplyFailed {
+                    commit,
+                    message: e.to_string(),
+                };
+                ReconcileResult::Failed
+            }
+        }
+    }
+
+    /// With `--commit-lock`: commits the image digests the controller recorded, and the
+    /// applied commit's plugins.lock does not pin yet, back to the branch (a fast-forward on
+    /// top of that commit). Returns whether a commit was pushed.
+    async fn record_digests(&mut self) -> bool {
+        let (Some(settings), Some(remote), Some(applied)) = (
+            self.config.commit_lock.clone(),
+            self.remote.clone(),
+            self.applied.as_ref(),
+        ) else {
+            return false;
+        };
+        if self.done_commit.as_deref() != Some(applied.commit.as_str())
+            || self.lock_pushed_for.as_deref() == Some(applied.commit.as_str())
+        {
+            return false;
+        }
+        let images = match crate::controller::reconcile::recorded_images(
+            &self.client,
+            &self.config.namespace,
+            &applied.set.metadata.name,
+        )
+        .await
+        {
+            Ok(images) => images,
+            Err(e) => {
+                debug!(error = %e, "cannot read recorded digests");
+                return false;
+            }
+        };
+        let mut lock = applied.lock.clone();
+        if !lock.record_images(images) {
+            return false;
+        }
+        let Ok(parent) = git2::Oid::from_str(&applied.commit) else {
+            return false;
+        };
+        let commit = applied.commit.clone();
+        let path = applied.lock_path.clone();
+        let pinned = lock.images.len();
+        let auth = match self.git_auth().await {
+            Ok(auth) => auth,
+            Err(message) => {
+                warn!(%message, "cannot commit plugins.lock");
+                return false;
+            }
+        };
+        let text = lock.to_yaml();
+        let pushed = tokio::task::spawn_blocking(move || {
+            let mut repo = remote
+                .lock()
+                .map_err(|_| "git repository lock poisoned".to_string())?;
+            repo.commit_and_push(
+                &auth,
+                parent,
+                &[(path.as_str(), text.as_bytes())],
+                &settings.author,
+                &settings.message,
+            )
+            .map_err(|e| match e {
+                RemoteError::PushRejected { .. } => format!("{e} (retried after the next fetch)"),
+                other => other.to_string(),
+            })
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        match pushed {
+            Ok(oid) if oid.to_string() != commit => {
+                info!(commit = %oid, images = pinned, "recorded built image digests in plugins.lock");
+                self.lock_pushed_for = Some(commit);
+                true
+            }
+            Ok(_) => false,
+            Err(message) => {
+                warn!(%message, "could not commit plugins.lock");
+                false
+            }
+        }
+    }
+
+    /// Applies the last good commit again (no fetch, no render): releases held upgrades.
+    async fn reapply(&mut self) {
+        let started = Instant::now();
+        let outcome = self.apply().await;
+        self.metrics.observe_reconcile(started.elapsed(), outcome);
+    }
+
+    fn bad_commit(
+        &mut self,
+        commit: String,
+        message: String,
+        errors: Vec<plugsync_core::crd::StatusError>,
+    ) -> ReconcileResult {
+        warn!(%commit, %message, "bad commit: nothing applied");
+        self.done_commit = Some(commit.clone());
+        self.result = PassResult::Invalid {
+            commit,
+            message,
+            errors,
+        };
+        ReconcileResult::Invalid
+    }
+
+    /// A bad commit may still name its set (`metadata.name`), so its status can say why.
+    fn remember_set_name(&mut self, snapshot: &dyn Snapshot, file: &str) {
+        if self.set_name.is_some() {
+            return;
+        }
+        let name = snapshot
+            .read(file)
+            .ok()
+            .flatten()
+            .and_then(|bytes| serde_yaml::from_slice::<serde_yaml::Value>(&bytes).ok())
+            .and_then(|doc| doc["metadata"]["name"].as_str().map(str::to_string));
+        self.set_name = name;
+    }
+
+    async fn fetch(&mut self) -> Result<(SyncOutcome, PathBuf), String> {
+        let Some(remote) = self.remote.clone() else {
+            return Err("no remote repository".into());
+        };
+        let auth = self.git_auth().await?;
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut repo = remote
+                .lock()
+                .map_err(|_| "git repository lock poisoned".to_string())?;
+            let outcome = repo.sync(&auth).map_err(|e| e.to_string())?;
+            Ok::<_, String>((outcome, repo.path().to_path_buf()))
+        })
+        .await
+        .map_err(|e| format!("git fetch task: {e}"))
+        .and_then(|r| r);
+        let outcome = match &result {
+            Ok((SyncOutcome::Unchanged(_), _)) => FetchOutcome::Unchanged,
+            Ok((SyncOutcome::Fetched { .. }, _)) => FetchOutcome::Fetched,
+            Err(_) => FetchOutcome::Failed,
+        };
+        self.metrics.observe_git_fetch(started.elapsed(), outcome);
+        result
+    }
+
+    /// The credentials, read from the Secret at every fetch so a rotation needs no restart.
+    async fn git_auth(&self) -> Result<GitAuth, String> {
+        let RepoSource::Git {
+            secret: Some(name), ..
+        } = &self.config.source
+        else {
+            return Ok(GitAuth::None);
+        };
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.config.namespace);
+        let secret = secrets
+            .get(name)
+            .await
+            .map_err(|e| format!("reading Secret {}/{name}: {e}", self.config.namespace))?;
+        let data = secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        GitAuth::from_secret_data(&data)
+            .map_err(|e| format!("Secret {}/{name}: {e}", self.config.namespace))
+    }
+
+    /// Reads the PluginSet (annotations) and its Plugins, publishes the status when it
+    /// changed, and says whether a reconcile was requested by annotation.
+    pub async fn refresh_status(&mut self) -> bool {
+        let sets: Api<PluginSetResource> =
+            Api::namespaced(self.client.clone(), &self.config.namespace);
+        if self.set_name.is_none() {
+            // A first commit too broken to name its set: the one set already here, if any.
+            if let Ok(list) = sets.list(&kube::api::ListParams::default()).await {
+                if let [only] = list.items.as_slice() {
+                    self.set_name = Some(only.name_any());
+                }
+            }
+        }
+        let Some(name) = self.set_name.clone() else {
+            return false;
+        };
+        let live = match sets.get_opt(&name).await {
+            Ok(Some(live)) => live,
+            Ok(None) => return false,
+            Err(e) => {
+                debug!(error = %e, "cannot read the PluginSet");
+                return false;
+            }
+        };
+        let annotations = live.annotations();
+        self.suspended_by_annotation = annotations
+            .get(ANNOTATION_SUSPEND)
+            .is_some_and(|v| v == "true");
+        let request = annotations.get(ANNOTATION_RECONCILE_REQUESTED).cloned();
+        let old = live.status.clone().unwrap_or_default();
+        let requested = request.is_some() && request != old.last_handled_reconcile_at;
+        if requested {
+            info!(
+                request = request.as_deref().unwrap_or_default(),
+                "reconcile requested by annotation"
+            );
+        }
+
+        let plugins: Api<Plugin> = Api::namespaced(self.client.clone(), &self.config.namespace);
+        let list = match plugins
+            .list(&kube::api::ListParams::default().labels(&format!("{LABEL_PLUGINSET}={name}")))
+            .await
+        {
+            Ok(list) => list.items,
+            Err(e) => {
+                debug!(error = %e, "cannot list Plugins");
+                return requested;
+            }
+        };
+        let counts = PhaseCounts::of(&list);
+        let phases: Vec<(&str, i64)> = counts
+            .phases
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v))
+            .collect();
+        self.metrics.set_plugins_by_phase(&phases);
+
+        let declared = self.applied.as_ref().map(|a| a.objects.len());
+        let (message, conditions) = compose(&self.result, declared, &counts);
+        let conditions = kube_conditions(&conditions, &old.conditions, live.metadata.generation);
+        let errors = match &self.result {
+            PassResult::Invalid { errors, .. } => errors.clone(),
+            _ => Vec::new(),
+        };
+        let new = PluginSetStatus {
+            observed_generation: live.metadata.generation,
+            last_fetched_commit: self
+                .last_fetched
+                .clone()
+                .or(old.last_fetched_commit.clone()),
+            last_applied_commit: match &self.applied {
+                Some(a) if self.done_commit.as_deref() == Some(a.commit.as_str()) => {
+                    Some(a.commit.clone())
+                }
+                _ => old.last_applied_commit.clone(),
+            },
+            plugin_count: declared.map(|d| d as i64).or(old.plugin_count),
+            phases: counts.phases.clone(),
+            message: Some(message),
+            errors,
+            last_handled_reconcile_at: if requested {
+                request
+            } else {
+                old.last_handled_reconcile_at.clone()
+            },
+            conditions,
+            inventory: old.inventory.clone(),
+        };
+        if new != old {
+            // The inventory is the applier's: never written here.
+            let body = status_merge_patch(&new, &old, &["inventory"]);
+            let patch = json!({ "status": body });
+            if let Err(e) = sets
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                warn!(error = %e, "cannot write the PluginSet status");
+            }
+        }
+        requested
+    }
+}
+
+/// Watches `root` and notifies on every change outside `.git`, for `run --repo`.
+fn watch_folder(root: &Path, trigger: Arc<Notify>) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let mut watcher =
+        match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if let Ok(event) = event {
+                let relevant = event
+                    .paths
+                    .iter()
+                    .any(|p| !p.components().any(|c| c.as_os_str() == ".git"));
+                if relevant && !matches!(event.kind, notify::EventKind::Access(_)) {
+                    trigger.notify_one();
+                }
+            }
+        }) {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "cannot watch the folder; polling only");
+                return None;
+            }
+        };
+    if let Err(e) = watcher.watch(root, RecursiveMode::Recursive) {
+        warn!(error = %e, folder = %root.display(), "cannot watch the folder; polling only");
+        return None;
+    }
+    info!(folder = %root.display(), "watching for changes");
+    Some(watcher)
+}
