@@ -14,7 +14,7 @@ pub const MAX_THREADS: usize = 8;
 /// How many threads `items` pieces of work are worth when each thread should get at least
 /// `min_per_thread` of them (below that, starting a thread costs about what it saves):
 /// at least 1, at most the available cores and [`MAX_THREADS`].
-pub fn threads_for(items: usize, min_per_thread: usize) -> usize {
+pub(crate) fn threads_for(items: usize, min_per_thread: usize) -> usize {
     std::thread::available_parallelism()
         .map_or(1, usize::from)
         .min(MAX_THREADS)
@@ -63,7 +63,7 @@ fn wait<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
 /// returns every result with its job number, in job order. Once a job `fails`, jobs after
 /// it are left undone: the jobs before it have all been handed out and finish, so the first
 /// failure in job order is always among the results, as if the jobs ran one by one.
-pub fn in_order<T: Send>(
+pub(crate) fn in_order<T: Send>(
     threads: usize,
     jobs: usize,
     job: impl Fn(usize) -> T + Sync,

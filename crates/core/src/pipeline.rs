@@ -17,7 +17,7 @@ use crate::resolve::{LockChange, Resolution, Resolver};
 use crate::source::Snapshot;
 
 /// Folder of a repository whose files override the built-in templates by name.
-pub const TEMPLATES_DIR: &str = "templates";
+pub(crate) const TEMPLATES_DIR: &str = "templates";
 
 /// What one revision declares, resolved and rendered.
 #[derive(Debug, Clone)]
@@ -204,7 +204,7 @@ impl ResolvedState {
     }
 
     /// [`ResolvedState::render_map`], with the objects in form `F`.
-    pub fn render_map_as<F: render::ObjectForm, T: Send>(
+    pub(crate) fn render_map_as<F: render::ObjectForm, T: Send>(
         &self,
         settings: &RenderSettings,
         map: impl Fn(usize, RenderedPlugin<F::Object>) -> T + Sync,
@@ -519,7 +519,7 @@ pub fn plugin_inputs<'a>(
 
 /// Renders a resolved set: the first attempt of every plugin, running the digest recorded
 /// in `built_images` (plugins.lock `images`, by build-inputs hash) where the inputs match.
-pub fn render_resolution(
+pub(crate) fn render_resolution(
     set: &LoadedPluginSet,
     resolution: &Resolution,
     templates: &Templates,

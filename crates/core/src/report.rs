@@ -22,7 +22,7 @@ use crate::resolve::LockChange;
 /// The version of the JSON report's layout (`schemaVersion`), raised on any change a tool
 /// reading it would notice. 1: the first versioned layout (structured lock entries,
 /// `summary`, `replaces`/`replacedBy`, `cascade`).
-pub const JSON_SCHEMA_VERSION: u32 = 1;
+pub(crate) const JSON_SCHEMA_VERSION: u32 = 1;
 
 /// GitHub's limit on the body of a pull-request comment, in characters; the markdown report
 /// stays under it by default (measured in bytes, which are never fewer than characters).
@@ -250,7 +250,7 @@ impl DiffReport {
     /// The report of a plan already made between two revisions, each given by its source
     /// (as its snapshot describes it) and its plugins (`None`: a base without
     /// plugins.yaml). Objects are assigned to plugins by their plugin-id label.
-    pub fn from_plan(
+    pub(crate) fn from_plan(
         base_label: &str,
         base: Option<(&str, Vec<PluginIdentity>)>,
         head: (&str, Vec<PluginIdentity>),
@@ -753,17 +753,6 @@ impl DiffReport {
             "notes": self.notes,
         })
     }
-}
-
-/// One object change as JSON (live/desired headers), for tools reading a single change.
-/// The diff text masks Secret values, as [`plan::render_diff`] does.
-pub fn change_json(c: &Change, context_lines: usize) -> Value {
-    let mut v = key_json(&c.key);
-    v["action"] = json!(c.action.to_string());
-    v["reason"] = json!(c.reason);
-    v["changedPaths"] = json!(c.changed_paths);
-    v["diff"] = json!(plan::render_diff(c, context_lines));
-    v
 }
 
 fn key_json(key: &ObjectKey) -> Value {

@@ -28,7 +28,8 @@ const DURATION_BUCKETS: [f64; 14] = [
 
 /// The plugin phases always exported by `plugsync_plugins`, so a phase that empties drops to
 /// 0 instead of keeping its last value (or vanishing, which breaks `sum` over time).
-pub const PLUGIN_PHASES: [&str; 5] = ["Pending", "Building", "Running", "BuildFailed", "Failed"];
+pub(crate) const PLUGIN_PHASES: [&str; 5] =
+    ["Pending", "Building", "Running", "BuildFailed", "Failed"];
 
 /// How one reconcile of the declared state ended: the `result` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -269,7 +270,7 @@ impl Metrics {
 
     /// Records one finished git fetch; a failed one also counts in
     /// `plugsync_git_fetch_failures_total`, the series to alert on.
-    pub fn observe_git_fetch(&self, duration: Duration, outcome: FetchOutcome) {
+    pub(crate) fn observe_git_fetch(&self, duration: Duration, outcome: FetchOutcome) {
         let label = OutcomeLabel { outcome };
         self.git_fetch_duration
             .get_or_create(&label)

@@ -38,16 +38,16 @@ use url::Url;
 use plugsync_core::redact::redact_url;
 
 /// The name Docker Hub images carry in references (`docker.io/library/nginx:latest`).
-pub const DOCKER_HUB: &str = "docker.io";
+pub(crate) const DOCKER_HUB: &str = "docker.io";
 
 /// The host Docker Hub's registry API actually answers on.
-pub const DOCKER_HUB_API: &str = "registry-1.docker.io";
+pub(crate) const DOCKER_HUB_API: &str = "registry-1.docker.io";
 
 /// The Secret type whose `.dockerconfigjson` key holds registry credentials.
-pub const DOCKERCONFIGJSON_TYPE: &str = "kubernetes.io/dockerconfigjson";
+pub(crate) const DOCKERCONFIGJSON_TYPE: &str = "kubernetes.io/dockerconfigjson";
 
 /// The data key of a [`DOCKERCONFIGJSON_TYPE`] Secret.
-pub const DOCKERCONFIGJSON_KEY: &str = ".dockerconfigjson";
+pub(crate) const DOCKERCONFIGJSON_KEY: &str = ".dockerconfigjson";
 
 /// Every manifest type a reused image can have: single-platform OCI and Docker manifests and
 /// their multi-platform indexes. Without an `Accept` the registry may answer with a converted

@@ -32,7 +32,7 @@ use plugsync_core::resolve::cache::Cache;
 
 /// Largest webhook body accepted; GitHub caps its payloads at 25 MB but push events of a
 /// config repository are a few KiB, and nothing bigger is worth buffering. Larger gets 413.
-pub const WEBHOOK_BODY_LIMIT: usize = 10 * 1024 * 1024;
+pub(crate) const WEBHOOK_BODY_LIMIT: usize = 10 * 1024 * 1024;
 
 /// The GitHub signature header: `sha256=<hex of HMAC-SHA256(secret, raw body)>`.
 const SIGNATURE_HEADER: &str = "x-hub-signature-256";
@@ -337,16 +337,6 @@ pub fn router_with(state: ServerState) -> Router {
                 .layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT))
                 .with_state(webhook.map(Arc::new)),
         )
-}
-
-/// Serves [`router_with`] on `addr` until `shutdown` resolves.
-pub async fn serve_with(
-    addr: SocketAddr,
-    state: ServerState,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    serve_on(listener, state, shutdown).await
 }
 
 /// Serves [`router_with`] on a bound listener until `shutdown` resolves: binding first lets

@@ -48,7 +48,7 @@ impl LocationIndex {
     }
 
     /// The best position for `path`: its value, else the nearest ancestor's.
-    pub fn nearest(&self, path: &str) -> Position {
+    pub(crate) fn nearest(&self, path: &str) -> Position {
         let mut p = path.to_string();
         loop {
             if let Some(pos) = self.values.get(&p) {
@@ -63,7 +63,7 @@ impl LocationIndex {
 }
 
 /// The parent of a field path (`a.b[2]` → `a.b`, `a.b` → `a`, `a` → ``), `None` at the root.
-pub fn parent_path(path: &str) -> Option<String> {
+pub(crate) fn parent_path(path: &str) -> Option<String> {
     if path.is_empty() {
         return None;
     }
@@ -72,7 +72,7 @@ pub fn parent_path(path: &str) -> Option<String> {
 }
 
 /// Appends a mapping key to a path.
-pub fn join_key(parent: &str, key: &str) -> String {
+pub(crate) fn join_key(parent: &str, key: &str) -> String {
     if parent.is_empty() {
         key.to_string()
     } else {
@@ -81,7 +81,7 @@ pub fn join_key(parent: &str, key: &str) -> String {
 }
 
 /// Appends a sequence index to a path.
-pub fn join_index(parent: &str, index: usize) -> String {
+pub(crate) fn join_index(parent: &str, index: usize) -> String {
     format!("{parent}[{index}]")
 }
 

@@ -60,20 +60,6 @@ impl<T> Document<T> {
     }
 }
 
-/// Parses `text` strictly into `T`: unknown fields, wrong types and duplicate keys are errors,
-/// including inside embedded Kubernetes types (which serde alone would accept silently).
-/// Every such error is reported, not only the first.
-pub fn parse_document<T>(file: &Path, text: &str) -> Result<Document<T>, Diagnostics>
-where
-    T: DeserializeOwned + Serialize,
-{
-    let parsed = parse_checked(file, text, RoundTrip::Check);
-    match parsed.doc {
-        Some(doc) if parsed.errors.is_empty() => Ok(doc),
-        _ => Err(Diagnostics(parsed.errors)),
-    }
-}
-
 /// Whether loading checks that every key written survives deserialize + serialize.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum RoundTrip {

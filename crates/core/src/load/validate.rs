@@ -63,7 +63,7 @@ pub enum DeclaredSource {
 impl DeclaredSource {
     /// The exact source string recorded in the lock (`source:`), which is also how a lock
     /// entry is matched to its declaration.
-    pub fn lock_source(&self, marketplace: &Url) -> String {
+    pub(crate) fn lock_source(&self, marketplace: &Url) -> String {
         match self {
             DeclaredSource::Marketplace {
                 author,
@@ -135,7 +135,7 @@ impl LoadedPluginSet {
 
     /// A diagnostic at the source field of `plugin` (`spec.plugins[2].path`), so a problem
     /// with its package names the plugins.yaml line it was declared at.
-    pub fn error_at_source(
+    pub(crate) fn error_at_source(
         &self,
         plugin: &DeclaredPlugin,
         message: impl Into<String>,

@@ -46,7 +46,7 @@ pub struct PluginSetMetadata {
 
 /// The namespace of a set that names none, for commands that reach no cluster (`render`,
 /// `diff --base`), as kubectl's own fallback.
-pub const DEFAULT_NAMESPACE: &str = "default";
+pub(crate) const DEFAULT_NAMESPACE: &str = "default";
 
 impl PluginSet {
     /// `metadata.namespace`, else [`DEFAULT_NAMESPACE`]. Cluster commands fill
@@ -305,7 +305,7 @@ pub struct RuntimeSpec {
 
 impl RuntimeSpec {
     /// These settings with `overrides` applied on top (see the type's doc for the rules).
-    pub fn merged_with(&self, overrides: &RuntimeSpec) -> RuntimeSpec {
+    pub(crate) fn merged_with(&self, overrides: &RuntimeSpec) -> RuntimeSpec {
         fn merge_map(
             base: &Option<BTreeMap<String, String>>,
             over: &Option<BTreeMap<String, String>>,

@@ -266,15 +266,6 @@ pub struct Manifest {
     pub permission: serde_json::Value,
 }
 
-impl Manifest {
-    /// Parses and validates `manifest.yaml` content with Dify's rules.
-    ///
-    /// Public so a plugin source directory's manifest can be checked before packing.
-    pub fn from_yaml(bytes: &[u8]) -> Result<Manifest, PackageError> {
-        manifest::parse(bytes)
-    }
-}
-
 /// A read and validated package.
 #[derive(Debug, Clone)]
 pub struct Package {
@@ -300,7 +291,7 @@ impl Package {
     /// [`Package::read`] for bytes whose sha256 (lowercase hex) the caller has just
     /// computed or verified, such as the cache's verified reads: a large package is then
     /// hashed once instead of twice. Only correct with the bytes' true digest.
-    pub fn read_hashed(bytes: &[u8], sha256: String) -> Result<Package, PackageError> {
+    pub(crate) fn read_hashed(bytes: &[u8], sha256: String) -> Result<Package, PackageError> {
         reader::read(bytes, Some(sha256))
     }
 

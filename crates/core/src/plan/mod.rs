@@ -344,7 +344,7 @@ pub fn plan(desired: &[Value], live: &[Value], compare: Compare) -> Result<Plan,
 
 /// [`plan`] over borrowed objects, so callers whose objects are spread over several
 /// owners (each rendered plugin holds its own) need not copy them all into one list.
-pub fn plan_refs<'a>(
+pub(crate) fn plan_refs<'a>(
     desired: impl IntoIterator<Item = &'a Value>,
     live: impl IntoIterator<Item = &'a Value>,
     compare: Compare,
@@ -356,7 +356,7 @@ pub fn plan_refs<'a>(
 /// are `None`): for reports, which count unchanged objects but never show them. In a pull
 /// request almost every object is unchanged, and copying them all cost as much time and
 /// memory as rendering them.
-pub fn plan_refs_sparse<'a>(
+pub(crate) fn plan_refs_sparse<'a>(
     desired: impl IntoIterator<Item = &'a Value>,
     live: impl IntoIterator<Item = &'a Value>,
     compare: Compare,

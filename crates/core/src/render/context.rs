@@ -6,9 +6,9 @@
 use sha2::{Digest, Sha256};
 
 /// File name of the package inside the context (the Dockerfile `COPY`s it).
-pub const PACKAGE_ENTRY: &str = "plugin.difypkg";
+pub(crate) const PACKAGE_ENTRY: &str = "plugin.difypkg";
 /// File name of the Dockerfile inside the context.
-pub const DOCKERFILE_ENTRY: &str = "Dockerfile";
+pub(crate) const DOCKERFILE_ENTRY: &str = "Dockerfile";
 
 /// A build context, ready to be served to a build Job.
 #[derive(Clone, PartialEq, Eq)]

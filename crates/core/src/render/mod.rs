@@ -33,7 +33,7 @@ use crate::model::{LockedPlugin, PluginSet, RegistryType, RuntimeSpec};
 use crate::package::Manifest;
 
 /// The templates plugsync renders, by file name, with the kind of object each must produce.
-pub const TEMPLATES: [(&str, Option<&str>); 5] = [
+pub(crate) const TEMPLATES: [(&str, Option<&str>); 5] = [
     ("Dockerfile.j2", None),
     ("plugin.yaml.j2", Some("Plugin")),
     ("job.yaml.j2", Some("Job")),
@@ -73,7 +73,7 @@ pub const ANNOTATION_APPLIED_HASH: &str = "plugsync.dev/applied-hash";
 /// Label with the plugin id, stable across retries (the Service selects on it).
 pub const LABEL_PLUGIN_ID: &str = "plugsync.dev/plugin-id";
 /// Annotation with Dify's unique identifier.
-pub const ANNOTATION_UNIQUE_IDENTIFIER: &str = "plugsync.dev/unique-identifier";
+pub(crate) const ANNOTATION_UNIQUE_IDENTIFIER: &str = "plugsync.dev/unique-identifier";
 /// Annotation with the hash of the build inputs.
 pub const ANNOTATION_BUILD_INPUTS: &str = "plugsync.dev/build-inputs";
 
@@ -520,7 +520,7 @@ pub fn render_set(
 /// [`render_set`], handing each rendered plugin (with its index in `plugins`) to `map` on
 /// the thread that rendered it, so what the caller keeps of it is extracted, and the rest
 /// freed, in parallel too. Results are in the order of `plugins`.
-pub fn render_set_map<T: Send>(
+pub(crate) fn render_set_map<T: Send>(
     set: &PluginSet,
     plugins: &[PluginInput<'_>],
     templates: &Templates,
@@ -531,7 +531,7 @@ pub fn render_set_map<T: Send>(
 }
 
 /// [`render_set_map`], with the objects in form `F`.
-pub fn render_set_map_as<F: ObjectForm, T: Send>(
+pub(crate) fn render_set_map_as<F: ObjectForm, T: Send>(
     set: &PluginSet,
     plugins: &[PluginInput<'_>],
     templates: &Templates,
@@ -605,7 +605,7 @@ pub fn render_plugin(
 }
 
 /// [`render_plugin`], with the objects in form `F`.
-pub fn render_plugin_as<F: ObjectForm>(
+pub(crate) fn render_plugin_as<F: ObjectForm>(
     set: &PluginSet,
     input: &PluginInput<'_>,
     env: &Environment<'_>,
@@ -925,7 +925,7 @@ pub fn objects_to_yaml(objects: &[Value]) -> String {
 
 /// Multi-document YAML from objects in the [`AsYaml`] form: the same bytes as
 /// [`objects_to_yaml`] on the same objects as values.
-pub fn documents_to_yaml(documents: &[String]) -> String {
+pub(crate) fn documents_to_yaml(documents: &[String]) -> String {
     let mut out = String::with_capacity(documents.iter().map(|d| d.len() + 4).sum());
     for document in documents {
         out.push_str("---\n");
@@ -1037,13 +1037,13 @@ const MI: i64 = 1024 * 1024;
 
 /// The CPU request of a plugin container unless `runtime.resources` sets its CPU: what Dify
 /// Enterprise's plugin connector gives plugin runner pods.
-pub const DEFAULT_CPU_REQUEST: &str = "100m";
+pub(crate) const DEFAULT_CPU_REQUEST: &str = "100m";
 /// The CPU limit, likewise (Dify's `1000m`, as Kubernetes writes it back).
-pub const DEFAULT_CPU_LIMIT: &str = "1";
+pub(crate) const DEFAULT_CPU_LIMIT: &str = "1";
 /// The memory request, in bytes, likewise (Dify's `50Mi`), unless the package asks for more.
-pub const DEFAULT_MEMORY_REQUEST: i64 = 50 * MI;
+pub(crate) const DEFAULT_MEMORY_REQUEST: i64 = 50 * MI;
 /// The memory limit, in bytes, likewise (Dify's `3000Mi`), unless the package asks for more.
-pub const DEFAULT_MEMORY_LIMIT: i64 = 3000 * MI;
+pub(crate) const DEFAULT_MEMORY_LIMIT: i64 = 3000 * MI;
 /// A package's `resource.memory` below this is no plugin's real need (published packages
 /// declare 1 MiB, `langgenius/agent` among them): it is ignored, with a warning, and the pod
 /// gets the defaults. At or above it, it raises the request (and the limit, when above it).
@@ -1117,7 +1117,7 @@ fn plugin_resources(runtime: &RuntimeSpec, memory: i64) -> ResourceRequirements 
 
 /// The warning for a package whose `resource.memory` is below [`MEMORY_FLOOR`] when the
 /// plugin's runtime leaves the memory to plugsync; `None` otherwise.
-pub fn memory_warning(runtime: &RuntimeSpec, memory: i64) -> Option<String> {
+pub(crate) fn memory_warning(runtime: &RuntimeSpec, memory: i64) -> Option<String> {
     let user_sets_memory = runtime.resources.as_ref().is_some_and(|r| {
         [&r.requests, &r.limits]
             .iter()

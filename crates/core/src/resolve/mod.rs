@@ -125,7 +125,7 @@ impl std::fmt::Display for LockChange {
 }
 
 /// The differences between two locks, by plugin name, in name order.
-pub fn lock_changes(old: &PluginLock, new: &PluginLock) -> Vec<LockChange> {
+pub(crate) fn lock_changes(old: &PluginLock, new: &PluginLock) -> Vec<LockChange> {
     // Indexed by name (first entry of a name wins, as a linear search would find it), so
     // comparing locks of thousands of plugins stays linear.
     let old_by_name = first_by(&old.plugins, |p| p.name.as_str());

@@ -49,7 +49,7 @@ use plugsync_core::render::LABEL_PLUGINSET;
 pub use retry::RetryPolicy;
 
 /// The field manager plugsync applies with.
-pub const FIELD_MANAGER: &str = "plugsync";
+pub(crate) const FIELD_MANAGER: &str = "plugsync";
 pub use plugsync_core::render::ANNOTATION_APPLIED_HASH;
 
 /// What an apply run may do.
@@ -127,7 +127,7 @@ pub struct Applier {
 }
 
 /// The desired `PluginSet` object for a declared set: the inventory holder, applied first.
-pub fn plugin_set_object(set: &PluginSet) -> Value {
+pub(crate) fn plugin_set_object(set: &PluginSet) -> Value {
     json!({
         "apiVersion": API_VERSION,
         "kind": "PluginSet",
@@ -144,7 +144,7 @@ pub fn plugin_set_object(set: &PluginSet) -> Value {
 }
 
 /// `sha256` of the canonical JSON of an object (annotation excluded), as stamped on it.
-pub fn applied_hash(object: &Value) -> String {
+pub(crate) fn applied_hash(object: &Value) -> String {
     let mut copy = object.clone();
     if let Some(annotations) = copy
         .pointer_mut("/metadata/annotations")

@@ -143,7 +143,7 @@ pub struct Backoff {
 
 impl Backoff {
     /// Delay before attempt `next` (2, 3, …): `base * 2^(next-2)`, capped.
-    pub fn before_attempt(&self, next: u32) -> Duration {
+    pub(crate) fn before_attempt(&self, next: u32) -> Duration {
         let doublings = next.saturating_sub(2).min(30);
         self.base
             .checked_mul(1u32 << doublings)
@@ -252,7 +252,7 @@ impl Decision {
 }
 
 /// Decides what to do about one Plugin.
-pub fn decide(o: &Observed<'_>) -> Decision {
+pub(crate) fn decide(o: &Observed<'_>) -> Decision {
     let endpoint = format!("http://svc-{}.{}:8080", o.spec.plugin_id, o.namespace);
     if let Some(why) = o.superseded {
         let running = o.deployment == DeploymentState::Available;

@@ -33,7 +33,7 @@ use plugsync_core::render::{self, PluginInput, RenderSettings, Templates};
 use plugsync_core::resolve::cache::Cache;
 
 /// Field manager of everything the controller writes.
-pub const CONTROLLER_MANAGER: &str = "plugsync-controller";
+pub(crate) const CONTROLLER_MANAGER: &str = "plugsync-controller";
 
 /// Answers "does the registry still have this digest?" for image reuse.
 #[async_trait::async_trait]
@@ -323,7 +323,7 @@ pub async fn reconcile(
 }
 
 /// How the controller runtime retries a failed reconcile.
-pub fn error_policy(
+pub(crate) fn error_policy(
     plugin: Arc<Plugin>,
     error: &ReconcileError,
     _ctx: Arc<Context>,
@@ -342,7 +342,7 @@ pub fn error_policy(
 
 /// Kubernetes conditions for `specs`, keeping each one's `lastTransitionTime` from `old`
 /// unless its status flipped (as kstatus readers expect).
-pub fn kube_conditions(
+pub(crate) fn kube_conditions(
     specs: &[lifecycle::ConditionSpec],
     old: &[Condition],
     generation: Option<i64>,
@@ -373,7 +373,7 @@ pub fn kube_conditions(
 /// is set to null, inside nested objects too (a map of counts that loses a key must lose it
 /// on the server). Lists are replaced whole, as merge patches do. Top-level fields in `others`
 /// belong to another writer and are left out entirely.
-pub fn status_merge_patch(
+pub(crate) fn status_merge_patch(
     new: &impl serde::Serialize,
     old: &impl serde::Serialize,
     others: &[&str],
@@ -414,7 +414,7 @@ fn background() -> kube::api::DeleteParams {
 
 /// What the history plan needs to know about one attempt's Plugin: its own phase (a first
 /// attempt reporting a retry's state failed its own build).
-pub fn attempt_of(plugin: &Plugin) -> Attempt {
+pub(crate) fn attempt_of(plugin: &Plugin) -> Attempt {
     let status = plugin.status.as_ref();
     Attempt {
         name: plugin.name_any(),
@@ -493,7 +493,7 @@ async fn still_wanted(client: &Client, plugin: &Plugin) -> Result<bool, kube::Er
 }
 
 /// Carries out a history plan: deletes retries' Plugins and first attempts' failed Jobs.
-pub async fn remove_attempts(
+pub(crate) async fn remove_attempts(
     client: &Client,
     namespace: &str,
     removals: &[Removal],
@@ -532,7 +532,7 @@ fn waiting(message: &str) -> Decision {
 }
 
 /// The `sha256:<64 hex>` a builder wrote to its termination message, if that is what it is.
-pub fn digest_from_termination_message(message: &str) -> Option<String> {
+pub(crate) fn digest_from_termination_message(message: &str) -> Option<String> {
     let m = message.trim();
     let hex = m.strip_prefix("sha256:")?;
     plugsync_core::package::is_sha256_hex(hex).then(|| m.to_string())

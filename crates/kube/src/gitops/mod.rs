@@ -44,10 +44,10 @@ use plugsync_core::source::{GitRevision, Snapshot, WorkTree};
 use status::{compose, status_errors, PassResult, PhaseCounts};
 
 /// Set to `"true"` on the PluginSet to pause the loop (nothing fetched or applied).
-pub const ANNOTATION_SUSPEND: &str = "plugsync.dev/suspend";
+pub(crate) const ANNOTATION_SUSPEND: &str = "plugsync.dev/suspend";
 /// Set to any new value on the PluginSet to request a reconcile now (as Flux's
 /// `reconcile.fluxcd.io/requestedAt`).
-pub const ANNOTATION_RECONCILE_REQUESTED: &str = "plugsync.dev/reconcile-requested-at";
+pub(crate) const ANNOTATION_RECONCILE_REQUESTED: &str = "plugsync.dev/reconcile-requested-at";
 
 /// Where the declared set comes from.
 #[derive(Debug, Clone)]
@@ -109,7 +109,7 @@ pub struct LockCommit {
 
 impl LoopConfig {
     /// The declared set's path inside the repository.
-    pub fn file_path(&self) -> String {
+    pub(crate) fn file_path(&self) -> String {
         let dir = self.path.trim_matches('/');
         if dir.is_empty() || dir == "." {
             self.file.clone()
@@ -200,11 +200,6 @@ impl GitOps {
             suspended_by_annotation: false,
             lock_pushed_for: None,
         })
-    }
-
-    /// What the last pass did.
-    pub fn last_result(&self) -> &PassResult {
-        &self.result
     }
 
     /// Runs passes until `shutdown` turns true: on the poll interval, at once on `trigger`
@@ -629,7 +624,7 @@ impl GitOps {
 
     /// Reads the PluginSet (annotations) and its Plugins, publishes the status when it
     /// changed, and says whether a reconcile was requested by annotation.
-    pub async fn refresh_status(&mut self) -> bool {
+    pub(crate) async fn refresh_status(&mut self) -> bool {
         let sets: Api<PluginSetResource> =
             Api::namespaced(self.client.clone(), &self.config.namespace);
         if self.set_name.is_none() {

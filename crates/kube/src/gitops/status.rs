@@ -123,7 +123,7 @@ impl PhaseCounts {
 /// `(declared, held)` from the live Plugins of one set: the plugins its last apply declared
 /// (first attempts, one per plugin name) and the old versions held until their upgrades run
 /// (further first attempts of a name: prune removes them once the new version runs).
-pub fn declared_and_held(plugins: &[Plugin]) -> (usize, usize) {
+pub(crate) fn declared_and_held(plugins: &[Plugin]) -> (usize, usize) {
     let firsts: Vec<&Plugin> = plugins.iter().filter(|p| p.spec.attempt <= 1).collect();
     let names: std::collections::BTreeSet<&str> =
         firsts.iter().map(|p| p.spec.name.as_str()).collect();
@@ -131,7 +131,7 @@ pub fn declared_and_held(plugins: &[Plugin]) -> (usize, usize) {
 }
 
 /// The name a phase has in the API (`Running`, `BuildFailed`, …).
-pub fn phase_name(phase: PluginPhase) -> &'static str {
+pub(crate) fn phase_name(phase: PluginPhase) -> &'static str {
     match phase {
         PluginPhase::Pending => "Pending",
         PluginPhase::Building => "Building",
@@ -142,7 +142,7 @@ pub fn phase_name(phase: PluginPhase) -> &'static str {
 }
 
 /// The problems of a bad commit, located where the error knows the position.
-pub fn status_errors(error: &Error) -> Vec<StatusError> {
+pub(crate) fn status_errors(error: &Error) -> Vec<StatusError> {
     match error {
         Error::Invalid(diagnostics) => diagnostics
             .0
@@ -161,7 +161,7 @@ pub fn status_errors(error: &Error) -> Vec<StatusError> {
 
 /// The status message and conditions for a pass result and the Plugins' phases.
 /// `declared` is the number of plugins the applied commit declares.
-pub fn compose(
+pub(crate) fn compose(
     result: &PassResult,
     declared: Option<usize>,
     counts: &PhaseCounts,

@@ -59,13 +59,13 @@ use super::{IN_TREE_SCHEMES, MARKETPLACE};
 use crate::redact::{redact_text, redact_url};
 
 /// File name prefix of external clients.
-pub const PROGRAM_PREFIX: &str = "plugsync-source-";
+pub(crate) const PROGRAM_PREFIX: &str = "plugsync-source-";
 
 /// Environment variable telling a client which protocol version plugsync speaks.
-pub const PROTOCOL_ENV: &str = "PLUGSYNC_SOURCE_PROTOCOL";
+pub(crate) const PROTOCOL_ENV: &str = "PLUGSYNC_SOURCE_PROTOCOL";
 
 /// The protocol version described in this module.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub(crate) const PROTOCOL_VERSION: u32 = 1;
 
 /// How much of a client's stderr ends up in an error message.
 const STDERR_TAIL: usize = 2 * 1024;

@@ -222,10 +222,10 @@ impl Default for FetchSettings {
 }
 
 /// Schemes served in-tree; external clients cannot take them over.
-pub const IN_TREE_SCHEMES: [&str; 3] = ["file", "http", "https"];
+pub(crate) const IN_TREE_SCHEMES: [&str; 3] = ["file", "http", "https"];
 
 /// The name the marketplace is listed under; reserved like the in-tree schemes.
-pub const MARKETPLACE: &str = "marketplace";
+pub(crate) const MARKETPLACE: &str = "marketplace";
 
 /// All source clients known to this process.
 pub struct SourceRegistry {
