@@ -24,8 +24,8 @@
 //! within a retry period instead of a whole lease duration.
 //!
 //! ```no_run
-//! # async fn demo(client: kube::Client) -> Result<(), plugsync::leader::LeaderError> {
-//! use plugsync::leader::{LeaderElector, LeaseConfig};
+//! # async fn demo(client: kube::Client) -> Result<(), plugsync_kube::leader::LeaderError> {
+//! use plugsync_kube::leader::{LeaderElector, LeaseConfig};
 //! let config = LeaseConfig::new("plugsync", "dify", "plugsync-0_1a2b3c");
 //! let leader = LeaderElector::new(client, config).spawn();
 //! let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
