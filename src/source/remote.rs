@@ -26,11 +26,11 @@
 //! (the credentials would go to the other host). Certificate verification is libgit2's
 //! default (on, system roots).
 //!
-//! **ssh.** The server's host key must be in the Secret's `known_hosts` (plain entries as
-//! `ssh-keyscan` prints them: `host[,host2] keytype base64key`, `[host]:port` for other ports,
-//! `*`/`?` wildcards, `!` negation, `@revoked`). Hashed entries (`|1|…`, `ssh-keyscan -H`) are
-//! not supported: they are skipped, and the error says so when nothing else matched. An
-//! unknown host or a different key refuses the connection. `~/.ssh/known_hosts` is never
+//! **ssh.** The server's host key must be in the Secret's `known_hosts`, parsed by the
+//! `ssh-key` crate: entries as `ssh-keyscan` prints them (`host[,host2] keytype base64key`,
+//! `[host]:port` for other ports, `*`/`?` wildcards, `!` negation, `@revoked`) and hashed
+//! ones (`|1|salt|hash`, `ssh-keyscan -H`, `ssh-keygen -H`). An unknown host or a different
+//! key refuses the connection. `~/.ssh/known_hosts` is never
 //! consulted. The ssh user is the URL's, else the Secret's `username`, else `git`.
 //!
 //! **Timeouts.** libgit2 has no per-operation timeout (only process-wide socket timeouts,
@@ -51,8 +51,11 @@ use git2::{
     FetchOptions, FileMode, ObjectType, Oid, PushOptions, RemoteCallbacks, RemoteRedirect,
     RemoteUpdateFlags, Repository, Signature,
 };
+use hmac::{Hmac, Mac as _};
 use rand::Rng;
+use sha1::Sha1;
 use sha2::{Digest as _, Sha256};
+use ssh_key::known_hosts::{Entry, HostPatterns, Marker};
 
 use crate::redact::{redact_text, redact_url};
 
@@ -275,7 +278,7 @@ impl GitAuth {
                 ));
             }
             let parsed = parse_known_hosts(&known_hosts)?;
-            if parsed.entries.is_empty() && parsed.hashed == 0 {
+            if parsed.is_empty() {
                 return Err(RemoteError::Secret(
                     "key \"known_hosts\" holds no host key".into(),
                 ));
@@ -1110,91 +1113,117 @@ pub fn poll_delay<R: Rng + ?Sized>(interval: Duration, jitter: f64, rng: &mut R)
 // ---------------------------------------------------------------------------------------------
 // known_hosts
 
-/// One usable known_hosts line.
+/// One usable known_hosts line, as `ssh-key` parsed it.
 #[derive(Debug)]
 struct KnownHost {
     revoked: bool,
-    /// Comma-separated host patterns, lowercased.
-    patterns: Vec<String>,
+    /// Plain patterns (lowercased) or one hashed name.
+    hosts: HostPatterns,
     key_type: String,
-    /// The decoded key blob, as the server sends it.
+    /// The key blob, as the server sends it.
     key: Vec<u8>,
 }
 
-#[derive(Debug, Default)]
-struct KnownHosts {
-    entries: Vec<KnownHost>,
-    /// Hashed (`|1|`) lines, skipped.
-    hashed: usize,
-}
-
-fn parse_known_hosts(text: &str) -> Result<KnownHosts, RemoteError> {
-    let mut out = KnownHosts::default();
+/// Parses the Secret's `known_hosts` with `ssh-key`; errors name the line. `@cert-authority`
+/// lines are skipped: a CA signs host certificates, which plain key comparison cannot use.
+fn parse_known_hosts(text: &str) -> Result<Vec<KnownHost>, RemoteError> {
+    let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
-        let bad = |reason: &str| RemoteError::KnownHosts {
+        let bad = |reason: String| RemoteError::KnownHosts {
             line: i + 1,
-            reason: reason.into(),
+            reason,
         };
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
+        // As OpenSSH and ssh-key: `#` starts a comment, blank lines are skipped.
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
             continue;
         }
-        let mut fields = line.split_whitespace();
-        let mut first = fields.next().unwrap_or_default();
-        let mut revoked = false;
-        if let Some(marker) = first.strip_prefix('@') {
-            match marker {
-                "revoked" => revoked = true,
-                // A CA signs host certificates; plain key comparison cannot use it.
-                "cert-authority" => continue,
-                _ => return Err(bad("unknown marker (expected @revoked or @cert-authority)")),
+        let entry: Entry = line
+            .parse()
+            .map_err(|e| bad(parse_error_reason(line, &e)))?;
+        let revoked = match entry.marker() {
+            Some(Marker::CertAuthority) => continue,
+            Some(Marker::Revoked) => true,
+            None => false,
+        };
+        let hosts = match entry.host_patterns() {
+            HostPatterns::Patterns(patterns) => {
+                HostPatterns::Patterns(patterns.iter().map(|p| p.to_ascii_lowercase()).collect())
             }
-            first = fields.next().unwrap_or_default();
-        }
-        let (Some(key_type), Some(key)) = (fields.next(), fields.next()) else {
-            return Err(bad("expected `host[,host…] keytype base64key`"));
+            hashed => hashed.clone(),
         };
-        if first.starts_with("|1|") {
-            out.hashed += 1;
-            continue;
-        }
-        let key = base64::engine::general_purpose::STANDARD
-            .decode(key)
-            .map_err(|_| bad("the key is not valid base64"))?;
-        // The blob starts with its own type name; a mismatch means a corrupted line.
-        if key_blob_type(&key) != Some(key_type) {
-            return Err(bad("the key does not match its key type"));
-        }
-        out.entries.push(KnownHost {
+        let key = entry
+            .public_key()
+            .to_bytes()
+            .map_err(|e| bad(format!("the key cannot be encoded: {e}")))?;
+        out.push(KnownHost {
             revoked,
-            patterns: first.split(',').map(str::to_ascii_lowercase).collect(),
-            key_type: key_type.to_string(),
+            hosts,
+            key_type: entry.public_key().algorithm().as_str().to_string(),
             key,
         });
     }
     Ok(out)
 }
 
-/// The type name at the start of an ssh public key blob (a uint32 length and a string).
-fn key_blob_type(blob: &[u8]) -> Option<&str> {
-    let len = u32::from_be_bytes(blob.get(..4)?.try_into().ok()?) as usize;
-    std::str::from_utf8(blob.get(4..4 + len)?).ok()
+/// What is wrong with a line `ssh-key` refused, in known_hosts terms (its errors alone say
+/// "invalid format").
+fn parse_error_reason(line: &str, e: &ssh_key::Error) -> String {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let fields = match fields.split_first() {
+        Some((marker, rest)) if marker.starts_with('@') => {
+            if !matches!(*marker, "@revoked" | "@cert-authority") {
+                return "unknown marker (expected @revoked or @cert-authority)".into();
+            }
+            rest
+        }
+        _ => &fields[..],
+    };
+    if fields.len() < 3 {
+        return "expected `host[,host…] keytype base64key`".into();
+    }
+    match e {
+        ssh_key::Error::Encoding(_) if fields[0].starts_with("|1|") => {
+            "the hashed host name is not `|1|base64salt|base64hash`".into()
+        }
+        ssh_key::Error::Encoding(_) => "the key is not valid base64 of an ssh public key".into(),
+        // ssh-key's word for "the blob's type differs from the line's".
+        ssh_key::Error::AlgorithmUnknown => {
+            format!("the key does not match its key type `{}`", fields[1])
+        }
+        ssh_key::Error::AlgorithmUnsupported { .. } => {
+            format!("unsupported key type `{}`", fields[1])
+        }
+        other => format!("the key of type `{}` cannot be read: {other}", fields[1]),
+    }
 }
 
-/// `true` when `name` matches the comma-separated patterns: at least one positive match
-/// and no negated (`!`) match, as OpenSSH does.
-fn host_matches(patterns: &[String], name: &str) -> bool {
-    let mut matched = false;
-    for pattern in patterns {
-        if let Some(negated) = pattern.strip_prefix('!') {
-            if glob(negated.as_bytes(), name.as_bytes()) {
-                return false;
+/// `true` when `name` (known_hosts form, lowercase) is one of `hosts`: for patterns, at least
+/// one positive match and no negated (`!`) match, as OpenSSH does; for a hashed name (`|1|`,
+/// `ssh-keygen -H`), HMAC-SHA1 of the name keyed with the salt equals the hash.
+fn host_matches(hosts: &HostPatterns, name: &str) -> bool {
+    match hosts {
+        HostPatterns::Patterns(patterns) => {
+            let mut matched = false;
+            for pattern in patterns {
+                if let Some(negated) = pattern.strip_prefix('!') {
+                    if glob(negated.as_bytes(), name.as_bytes()) {
+                        return false;
+                    }
+                } else if glob(pattern.as_bytes(), name.as_bytes()) {
+                    matched = true;
+                }
             }
-        } else if glob(pattern.as_bytes(), name.as_bytes()) {
-            matched = true;
+            matched
+        }
+        HostPatterns::HashedName { salt, hash } => {
+            let Ok(mut mac) = Hmac::<Sha1>::new_from_slice(salt) else {
+                return false;
+            };
+            mac.update(name.as_bytes());
+            mac.verify_slice(hash).is_ok()
         }
     }
-    matched
 }
 
 /// OpenSSH's wildcard match: `*` any run, `?` one character.
@@ -1215,21 +1244,20 @@ enum OfferedKey {
 }
 
 impl OfferedKey {
-    fn sha256(&self) -> [u8; 32] {
-        match self {
-            OfferedKey::Raw(blob) => Sha256::digest(blob).into(),
-            OfferedKey::Sha256(sha) => *sha,
-        }
-    }
-
     /// `ssh-ed25519 SHA256:…`, as `ssh-keygen -lf` prints it.
     fn describe(&self) -> String {
-        let fingerprint = base64::engine::general_purpose::STANDARD_NO_PAD.encode(self.sha256());
+        let sha256: [u8; 32] = match self {
+            OfferedKey::Raw(blob) => Sha256::digest(blob).into(),
+            OfferedKey::Sha256(sha) => *sha,
+        };
+        let fingerprint = base64::engine::general_purpose::STANDARD_NO_PAD.encode(sha256);
         match self {
-            OfferedKey::Raw(blob) => format!(
-                "{} SHA256:{fingerprint}",
-                key_blob_type(blob).unwrap_or("unknown")
-            ),
+            OfferedKey::Raw(blob) => {
+                let key_type = ssh_key::PublicKey::from_bytes(blob)
+                    .map(|k| k.algorithm().as_str().to_string())
+                    .unwrap_or_else(|_| "unknown".into());
+                format!("{key_type} SHA256:{fingerprint}")
+            }
             OfferedKey::Sha256(_) => format!("SHA256:{fingerprint}"),
         }
     }
@@ -1247,36 +1275,22 @@ impl OfferedKey {
 fn verify_host_key(known_hosts: &str, host: &str, offered: &OfferedKey) -> Result<(), String> {
     let parsed = parse_known_hosts(known_hosts).map_err(|e| e.to_string())?;
     let host = host.to_ascii_lowercase();
-    if parsed
-        .entries
-        .iter()
-        .any(|e| e.revoked && offered.is(&e.key))
-    {
+    if parsed.iter().any(|e| e.revoked && offered.is(&e.key)) {
         return Err(format!(
             "the server's key {} is marked @revoked in known_hosts",
             offered.describe()
         ));
     }
     let for_host: Vec<&KnownHost> = parsed
-        .entries
         .iter()
-        .filter(|e| !e.revoked && host_matches(&e.patterns, &host))
+        .filter(|e| !e.revoked && host_matches(&e.hosts, &host))
         .collect();
     if for_host.iter().any(|e| offered.is(&e.key)) {
         return Ok(());
     }
     if for_host.is_empty() {
-        let hashed = if parsed.hashed > 0 {
-            format!(
-                " ({} hashed `|1|` entries were skipped: hashed known_hosts are not supported, \
-                 use `ssh-keyscan` without -H)",
-                parsed.hashed
-            )
-        } else {
-            String::new()
-        };
         return Err(format!(
-            "{host} is not in known_hosts{hashed}; the server offered {}",
+            "{host} is not in known_hosts; the server offered {}",
             offered.describe()
         ));
     }
@@ -1537,9 +1551,65 @@ mod tests {
             .unwrap_err();
         assert!(err.contains("@revoked"), "{err}");
 
-        let hashed = format!("|1|c2FsdA==|aGFzaA== ssh-ed25519 {key64}\n");
-        let err = verify_host_key(&hashed, "git.example.com", &OfferedKey::Raw(key)).unwrap_err();
-        assert!(err.contains("hashed"), "{err}");
+        // Hashed names (`ssh-keygen -H`): HMAC-SHA1 of the known_hosts name, keyed by the salt.
+        let hashed_line = |name: &str, salt: &[u8]| {
+            let mut mac = Hmac::<Sha1>::new_from_slice(salt).unwrap();
+            mac.update(name.as_bytes());
+            let b64 = &base64::engine::general_purpose::STANDARD;
+            format!(
+                "|1|{}|{} ssh-ed25519 {key64}\n",
+                b64.encode(salt),
+                b64.encode(mac.finalize().into_bytes())
+            )
+        };
+        let hashed = hashed_line("[git.example.com]:2222", b"twenty-byte-salt-abc");
+        assert_eq!(
+            verify_host_key(
+                &hashed,
+                "[git.example.com]:2222",
+                &OfferedKey::Raw(key.clone())
+            ),
+            Ok(())
+        );
+        // The same host on another port, or another host, is not that entry.
+        for other in ["git.example.com", "[git.example.org]:2222"] {
+            let err = verify_host_key(&hashed, other, &OfferedKey::Raw(key.clone())).unwrap_err();
+            assert!(err.contains("not in known_hosts"), "{other}: {err}");
+        }
+        // A hashed entry with another key refuses the known host.
+        let (other_key, _) = ed25519_blob(9);
+        let err = verify_host_key(
+            &hashed,
+            "[git.example.com]:2222",
+            &OfferedKey::Raw(other_key),
+        )
+        .unwrap_err();
+        assert!(err.contains("not the key"), "{err}");
+        // A hashed entry can be revoked like any other.
+        let revoked = format!("@revoked {hashed}");
+        let err =
+            verify_host_key(&revoked, "[git.example.com]:2222", &OfferedKey::Raw(key)).unwrap_err();
+        assert!(err.contains("@revoked"), "{err}");
+    }
+
+    #[test]
+    fn known_hosts_reads_rsa_and_ecdsa_keys() {
+        // As `ssh-keyscan` prints them (keys made with ssh-keygen for this test).
+        let rsa = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDBA1JaxUqVd94n7HkSoEYSoGAJIIhP9qjVUTabgeoG4xskrA9VDNBKL1N7DKZVJ4zEpWGWWKNJpW66/zZ8paSOEtY0B/XZDW62gyNBOXjjInHUKcz5koGb71yplQDttSv6bTIZDOBX3VIcvxKzMt7rhTKlurYKqQjlBpTkwD6wEQ==";
+        let ecdsa = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBEgFcZo6/gDXAbWAGFWPkf3VebofRkxEfmwvtPzbJbchoOYmB3XC1hMlJZAQ2V6xW5Y76k1SobMV4aBlsNCeKEk=";
+        let kh = format!("git.example.com {rsa}\ngit.example.com {ecdsa}\n");
+        for line in [rsa, ecdsa] {
+            let blob = base64::engine::general_purpose::STANDARD
+                .decode(line.split(' ').nth(1).unwrap())
+                .unwrap();
+            assert_eq!(
+                verify_host_key(&kh, "git.example.com", &OfferedKey::Raw(blob)),
+                Ok(())
+            );
+        }
+        let parsed = parse_known_hosts(&kh).unwrap();
+        let types: Vec<&str> = parsed.iter().map(|e| e.key_type.as_str()).collect();
+        assert_eq!(types, ["ssh-rsa", "ecdsa-sha2-nistp256"]);
     }
 
     #[test]
