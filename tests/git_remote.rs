@@ -179,6 +179,32 @@ fn daemon_missing_branch_is_a_clear_error() {
     ));
 }
 
+#[test]
+fn daemon_fetch_past_its_deadline_is_a_timeout_naming_the_remote() {
+    if !tools_or_skip("daemon_fetch_past_its_deadline", Need::Daemon) {
+        return;
+    }
+    let source = SourceRepo::new();
+    let first = oid(&source.commit(&[("plugins.yaml", "v: 1\n")], "first"));
+    let daemon = GitDaemon::start(&source.root);
+    let cache = tempfile::tempdir().unwrap();
+    let url = source.url_on(&daemon.base_url);
+    let mut repo = RemoteRepo::open(cache.path(), &url, "main").unwrap();
+    // A deadline already passed: the transfer is cut off at libgit2's first progress
+    // callback (a hung server is bounded by the caller, see tests/git_timeout.rs).
+    repo.set_timeout(std::time::Duration::ZERO);
+    let err = repo.fetch(&GitAuth::None, None).unwrap_err();
+    assert!(matches!(err, RemoteError::Timeout { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!("fetching {url}: no answer within 0s")
+    );
+    assert_eq!(repo.last_commit(), None);
+    // With time enough, the same repository fetches.
+    repo.set_timeout(std::time::Duration::from_secs(30));
+    assert_eq!(repo.fetch(&GitAuth::None, None).unwrap(), first);
+}
+
 // ---------------------------------------------------------------------------------------------
 // smart http with Basic auth (git http-backend)
 

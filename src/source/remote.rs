@@ -33,16 +33,19 @@
 //! key refuses the connection. `~/.ssh/known_hosts` is never
 //! consulted. The ssh user is the URL's, else the Secret's `username`, else `git`.
 //!
-//! **Timeouts.** libgit2 has no per-operation timeout (only process-wide socket timeouts,
-//! which git2 exposes as `unsafe`). A stalled server is bounded by the operating system's TCP
-//! timeouts; the caller should treat a sync that outlives its poll interval as stuck and say
-//! so, rather than expect this module to return early.
+//! **Timeouts.** [`RemoteRepo::set_timeout`] gives each network operation a deadline, checked
+//! in every libgit2 callback (credentials, host key, transfer and sideband progress): a
+//! server that answers too slowly is cut off with [`RemoteError::Timeout`]. A server that
+//! stops answering altogether calls no callback, and libgit2's socket timeouts are
+//! process-wide options git2 only exposes as `unsafe`; so the caller also runs each operation
+//! off the async runtime on its own thread and stops waiting for it at the same deadline
+//! (see `gitops`).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use git2::build::TreeUpdateBuilder;
@@ -141,6 +144,16 @@ pub enum RemoteError {
     /// message, an author git refuses). Found before any network traffic.
     #[error("cannot commit: {0}")]
     InvalidCommit(String),
+    /// The operation did not finish within the timeout given to [`RemoteRepo::set_timeout`].
+    #[error("{what} {url}: no answer within {}", humantime::format_duration(*after))]
+    Timeout {
+        /// What plugsync was doing.
+        what: &'static str,
+        /// The URL, redacted.
+        url: String,
+        /// The timeout.
+        after: Duration,
+    },
     /// libgit2 failed (network, protocol, local repository).
     #[error("{what} {url}: {message}")]
     Git {
@@ -475,6 +488,8 @@ pub struct RemoteRepo {
     branch: String,
     /// The last commit fetched, or found in the local ref on open.
     last: Option<Oid>,
+    /// The deadline of each network operation, from its start.
+    timeout: Option<Duration>,
 }
 
 impl fmt::Debug for RemoteRepo {
@@ -500,6 +515,20 @@ struct CallbackState {
     push_rejected: Option<String>,
     /// The server confirmed the branch update.
     push_accepted: bool,
+    /// When the operation must have finished.
+    deadline: Option<Instant>,
+    /// A callback found the deadline passed and cancelled the operation.
+    timed_out: bool,
+}
+
+impl CallbackState {
+    /// `false` (cancel) once the deadline has passed, remembering why.
+    fn in_time(&mut self) -> bool {
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            self.timed_out = true;
+        }
+        !self.timed_out
+    }
 }
 
 /// Which network operation a connection is for.
@@ -544,9 +573,25 @@ impl RemoteRepo {
             parsed,
             branch: branch.to_string(),
             last: None,
+            timeout: None,
         };
         this.last = this.local_commit();
         Ok(this)
+    }
+
+    /// Bounds each later network operation (listing, fetch, push) to `timeout` from its
+    /// start; past it the operation stops at libgit2's next callback with
+    /// [`RemoteError::Timeout`].
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = Some(timeout);
+    }
+
+    /// The state of one network operation, with its deadline.
+    fn callback_state(&self) -> RefCell<CallbackState> {
+        RefCell::new(CallbackState {
+            deadline: self.timeout.map(|t| Instant::now() + t),
+            ..CallbackState::default()
+        })
     }
 
     /// The bare repository's directory, for [`crate::source::GitRevision::open`].
@@ -724,7 +769,7 @@ impl RemoteRepo {
     /// Pushes `commit` to the branch, only if the server's branch is at `parent`.
     fn push(&self, auth: &GitAuth, parent: Oid, commit: Oid) -> Result<(), RemoteError> {
         let what = "pushing to";
-        let state = RefCell::new(CallbackState::default());
+        let state = self.callback_state();
         let branch_ref = format!("refs/heads/{}", self.branch);
         // An in-memory remote, not `origin`: libgit2 moves the remote-tracking refs that
         // match a remote's fetch refspecs after a push, and `refs/remotes/origin/<branch>`
@@ -829,7 +874,7 @@ impl RemoteRepo {
 
     fn transfer(&self, auth: &GitAuth, transfer: Transfer) -> Result<Oid, RemoteError> {
         self.check_auth_fits(auth)?;
-        let state = RefCell::new(CallbackState::default());
+        let state = self.callback_state();
         let branch_ref = format!("refs/heads/{}", self.branch);
         let (what, spec, depth) = match transfer {
             Transfer::List => ("listing refs of", LIST_ONLY_REFSPEC.to_string(), None),
@@ -936,8 +981,13 @@ impl RemoteRepo {
     ) -> RemoteCallbacks<'a> {
         let mut callbacks = RemoteCallbacks::new();
         let url_user = self.parsed.user.clone();
+        callbacks.transfer_progress(move |_| state.borrow_mut().in_time());
+        callbacks.sideband_progress(move |_| state.borrow_mut().in_time());
         callbacks.credentials(move |_url, username_from_url, allowed| {
             let mut st = state.borrow_mut();
+            if !st.in_time() {
+                return Err(git2::Error::from_str("timed out"));
+            }
             st.credential_calls += 1;
             let fail = |st: &mut CallbackState, reason: String| {
                 st.auth_failure = Some(reason);
@@ -995,6 +1045,9 @@ impl RemoteRepo {
         });
         let parsed = &self.parsed;
         callbacks.certificate_check(move |cert, _hostname| {
+            if !state.borrow_mut().in_time() {
+                return Err(git2::Error::from_str("timed out"));
+            }
             let Some(hostkey) = cert.as_hostkey() else {
                 // TLS: libgit2's own verification decides.
                 return Ok(CertificateCheckStatus::CertificatePassthrough);
@@ -1020,6 +1073,13 @@ impl RemoteRepo {
     }
 
     fn classify(&self, what: &'static str, e: &git2::Error, state: &CallbackState) -> RemoteError {
+        if state.timed_out {
+            return RemoteError::Timeout {
+                what,
+                url: self.parsed.redacted.clone(),
+                after: self.timeout.unwrap_or_default(),
+            };
+        }
         if let Some(reason) = &state.host_key_failure {
             return RemoteError::HostKey {
                 host: self.parsed.known_hosts_name(),
