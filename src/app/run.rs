@@ -68,6 +68,8 @@ pub(crate) struct LoopSettings {
     /// The declared set's file name.
     pub(crate) file: String,
     pub(crate) interval: Duration,
+    /// The bound on each git fetch or push.
+    pub(crate) git_timeout: Duration,
     pub(crate) jitter: f64,
     pub(crate) resync: Duration,
     pub(crate) status_interval: Duration,
@@ -145,6 +147,7 @@ pub(crate) async fn run(options: RunOptions) -> Result<RunEnd, Error> {
         file: settings.file,
         namespace: namespace.clone(),
         interval: settings.interval,
+        git_timeout: settings.git_timeout,
         jitter: settings.jitter,
         resync: settings.resync,
         status_interval: settings.status_interval,

@@ -41,6 +41,11 @@ pub(super) struct RunArgs {
     /// Time between polls of the remote branch.
     #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
     interval: Duration,
+    /// Bound on each git network operation (listing the branch, fetching, pushing): a server
+    /// that stops answering fails the poll with an error naming the remote, and does not
+    /// hold up shutdown.
+    #[arg(long, env = "PLUGSYNC_GIT_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    git_timeout: Duration,
     /// Random spread of the poll interval, as a fraction (0.1: ±10 %).
     #[arg(long, default_value_t = 0.1)]
     jitter: f64,
@@ -159,6 +164,7 @@ pub(super) async fn run_command(args: RunArgs) -> Result<ExitCode, Error> {
             path: args.path,
             file: args.file,
             interval: args.interval,
+            git_timeout: args.git_timeout,
             jitter: args.jitter,
             resync: args.resync,
             status_interval: args.status_interval,

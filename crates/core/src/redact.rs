@@ -52,7 +52,7 @@ pub fn redact_url(url: &Url) -> String {
 ///
 /// Something that looks like a URL but does not parse, and contains `@`, `?` or `#`, is
 /// replaced by `<scheme>://***` rather than risk leaking part of it.
-pub(crate) fn redact_text(text: &str) -> String {
+pub fn redact_text(text: &str) -> String {
     static URL_LIKE: LazyLock<Regex> = LazyLock::new(|| {
         Regex::new(r#"\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s"'<>`]+"#).expect("static regex is valid")
         // exercised by the unit tests

@@ -26,23 +26,26 @@
 //! (the credentials would go to the other host). Certificate verification is libgit2's
 //! default (on, system roots).
 //!
-//! **ssh.** The server's host key must be in the Secret's `known_hosts` (plain entries as
-//! `ssh-keyscan` prints them: `host[,host2] keytype base64key`, `[host]:port` for other ports,
-//! `*`/`?` wildcards, `!` negation, `@revoked`). Hashed entries (`|1|…`, `ssh-keyscan -H`) are
-//! not supported: they are skipped, and the error says so when nothing else matched. An
-//! unknown host or a different key refuses the connection. `~/.ssh/known_hosts` is never
+//! **ssh.** The server's host key must be in the Secret's `known_hosts`, parsed by the
+//! `ssh-key` crate: entries as `ssh-keyscan` prints them (`host[,host2] keytype base64key`,
+//! `[host]:port` for other ports, `*`/`?` wildcards, `!` negation, `@revoked`) and hashed
+//! ones (`|1|salt|hash`, `ssh-keyscan -H`, `ssh-keygen -H`). An unknown host or a different
+//! key refuses the connection. `~/.ssh/known_hosts` is never
 //! consulted. The ssh user is the URL's, else the Secret's `username`, else `git`.
 //!
-//! **Timeouts.** libgit2 has no per-operation timeout (only process-wide socket timeouts,
-//! which git2 exposes as `unsafe`). A stalled server is bounded by the operating system's TCP
-//! timeouts; the caller should treat a sync that outlives its poll interval as stuck and say
-//! so, rather than expect this module to return early.
+//! **Timeouts.** [`RemoteRepo::set_timeout`] gives each network operation a deadline, checked
+//! in every libgit2 callback (credentials, host key, transfer and sideband progress): a
+//! server that answers too slowly is cut off with [`RemoteError::Timeout`]. A server that
+//! stops answering altogether calls no callback, and libgit2's socket timeouts are
+//! process-wide options git2 only exposes as `unsafe`; so the caller also runs each operation
+//! off the async runtime on its own thread and stops waiting for it at the same deadline
+//! (see `gitops`).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use git2::build::TreeUpdateBuilder;
@@ -51,8 +54,11 @@ use git2::{
     FetchOptions, FileMode, ObjectType, Oid, PushOptions, RemoteCallbacks, RemoteRedirect,
     RemoteUpdateFlags, Repository, Signature,
 };
+use hmac::{Hmac, Mac as _};
 use rand::Rng;
+use sha1::Sha1;
 use sha2::{Digest as _, Sha256};
+use ssh_key::known_hosts::{Entry, HostPatterns, Marker};
 
 use crate::redact::{redact_text, redact_url};
 
@@ -138,6 +144,16 @@ pub enum RemoteError {
     /// message, an author git refuses). Found before any network traffic.
     #[error("cannot commit: {0}")]
     InvalidCommit(String),
+    /// The operation did not finish within the timeout given to [`RemoteRepo::set_timeout`].
+    #[error("{what} {url}: no answer within {}", humantime::format_duration(*after))]
+    Timeout {
+        /// What plugsync was doing.
+        what: &'static str,
+        /// The URL, redacted.
+        url: String,
+        /// The timeout.
+        after: Duration,
+    },
     /// libgit2 failed (network, protocol, local repository).
     #[error("{what} {url}: {message}")]
     Git {
@@ -275,7 +291,7 @@ impl GitAuth {
                 ));
             }
             let parsed = parse_known_hosts(&known_hosts)?;
-            if parsed.entries.is_empty() && parsed.hashed == 0 {
+            if parsed.is_empty() {
                 return Err(RemoteError::Secret(
                     "key \"known_hosts\" holds no host key".into(),
                 ));
@@ -472,6 +488,8 @@ pub struct RemoteRepo {
     branch: String,
     /// The last commit fetched, or found in the local ref on open.
     last: Option<Oid>,
+    /// The deadline of each network operation, from its start.
+    timeout: Option<Duration>,
 }
 
 impl fmt::Debug for RemoteRepo {
@@ -497,6 +515,20 @@ struct CallbackState {
     push_rejected: Option<String>,
     /// The server confirmed the branch update.
     push_accepted: bool,
+    /// When the operation must have finished.
+    deadline: Option<Instant>,
+    /// A callback found the deadline passed and cancelled the operation.
+    timed_out: bool,
+}
+
+impl CallbackState {
+    /// `false` (cancel) once the deadline has passed, remembering why.
+    fn in_time(&mut self) -> bool {
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            self.timed_out = true;
+        }
+        !self.timed_out
+    }
 }
 
 /// Which network operation a connection is for.
@@ -541,9 +573,25 @@ impl RemoteRepo {
             parsed,
             branch: branch.to_string(),
             last: None,
+            timeout: None,
         };
         this.last = this.local_commit();
         Ok(this)
+    }
+
+    /// Bounds each later network operation (listing, fetch, push) to `timeout` from its
+    /// start; past it the operation stops at libgit2's next callback with
+    /// [`RemoteError::Timeout`].
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = Some(timeout);
+    }
+
+    /// The state of one network operation, with its deadline.
+    fn callback_state(&self) -> RefCell<CallbackState> {
+        RefCell::new(CallbackState {
+            deadline: self.timeout.map(|t| Instant::now() + t),
+            ..CallbackState::default()
+        })
     }
 
     /// The bare repository's directory, for [`crate::source::GitRevision::open`].
@@ -721,7 +769,7 @@ impl RemoteRepo {
     /// Pushes `commit` to the branch, only if the server's branch is at `parent`.
     fn push(&self, auth: &GitAuth, parent: Oid, commit: Oid) -> Result<(), RemoteError> {
         let what = "pushing to";
-        let state = RefCell::new(CallbackState::default());
+        let state = self.callback_state();
         let branch_ref = format!("refs/heads/{}", self.branch);
         // An in-memory remote, not `origin`: libgit2 moves the remote-tracking refs that
         // match a remote's fetch refspecs after a push, and `refs/remotes/origin/<branch>`
@@ -826,7 +874,7 @@ impl RemoteRepo {
 
     fn transfer(&self, auth: &GitAuth, transfer: Transfer) -> Result<Oid, RemoteError> {
         self.check_auth_fits(auth)?;
-        let state = RefCell::new(CallbackState::default());
+        let state = self.callback_state();
         let branch_ref = format!("refs/heads/{}", self.branch);
         let (what, spec, depth) = match transfer {
             Transfer::List => ("listing refs of", LIST_ONLY_REFSPEC.to_string(), None),
@@ -933,8 +981,13 @@ impl RemoteRepo {
     ) -> RemoteCallbacks<'a> {
         let mut callbacks = RemoteCallbacks::new();
         let url_user = self.parsed.user.clone();
+        callbacks.transfer_progress(move |_| state.borrow_mut().in_time());
+        callbacks.sideband_progress(move |_| state.borrow_mut().in_time());
         callbacks.credentials(move |_url, username_from_url, allowed| {
             let mut st = state.borrow_mut();
+            if !st.in_time() {
+                return Err(git2::Error::from_str("timed out"));
+            }
             st.credential_calls += 1;
             let fail = |st: &mut CallbackState, reason: String| {
                 st.auth_failure = Some(reason);
@@ -992,6 +1045,9 @@ impl RemoteRepo {
         });
         let parsed = &self.parsed;
         callbacks.certificate_check(move |cert, _hostname| {
+            if !state.borrow_mut().in_time() {
+                return Err(git2::Error::from_str("timed out"));
+            }
             let Some(hostkey) = cert.as_hostkey() else {
                 // TLS: libgit2's own verification decides.
                 return Ok(CertificateCheckStatus::CertificatePassthrough);
@@ -1017,6 +1073,13 @@ impl RemoteRepo {
     }
 
     fn classify(&self, what: &'static str, e: &git2::Error, state: &CallbackState) -> RemoteError {
+        if state.timed_out {
+            return RemoteError::Timeout {
+                what,
+                url: self.parsed.redacted.clone(),
+                after: self.timeout.unwrap_or_default(),
+            };
+        }
         if let Some(reason) = &state.host_key_failure {
             return RemoteError::HostKey {
                 host: self.parsed.known_hosts_name(),
@@ -1110,91 +1173,117 @@ pub fn poll_delay<R: Rng + ?Sized>(interval: Duration, jitter: f64, rng: &mut R)
 // ---------------------------------------------------------------------------------------------
 // known_hosts
 
-/// One usable known_hosts line.
+/// One usable known_hosts line, as `ssh-key` parsed it.
 #[derive(Debug)]
 struct KnownHost {
     revoked: bool,
-    /// Comma-separated host patterns, lowercased.
-    patterns: Vec<String>,
+    /// Plain patterns (lowercased) or one hashed name.
+    hosts: HostPatterns,
     key_type: String,
-    /// The decoded key blob, as the server sends it.
+    /// The key blob, as the server sends it.
     key: Vec<u8>,
 }
 
-#[derive(Debug, Default)]
-struct KnownHosts {
-    entries: Vec<KnownHost>,
-    /// Hashed (`|1|`) lines, skipped.
-    hashed: usize,
-}
-
-fn parse_known_hosts(text: &str) -> Result<KnownHosts, RemoteError> {
-    let mut out = KnownHosts::default();
+/// Parses the Secret's `known_hosts` with `ssh-key`; errors name the line. `@cert-authority`
+/// lines are skipped: a CA signs host certificates, which plain key comparison cannot use.
+fn parse_known_hosts(text: &str) -> Result<Vec<KnownHost>, RemoteError> {
+    let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
-        let bad = |reason: &str| RemoteError::KnownHosts {
+        let bad = |reason: String| RemoteError::KnownHosts {
             line: i + 1,
-            reason: reason.into(),
+            reason,
         };
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
+        // As OpenSSH and ssh-key: `#` starts a comment, blank lines are skipped.
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
             continue;
         }
-        let mut fields = line.split_whitespace();
-        let mut first = fields.next().unwrap_or_default();
-        let mut revoked = false;
-        if let Some(marker) = first.strip_prefix('@') {
-            match marker {
-                "revoked" => revoked = true,
-                // A CA signs host certificates; plain key comparison cannot use it.
-                "cert-authority" => continue,
-                _ => return Err(bad("unknown marker (expected @revoked or @cert-authority)")),
+        let entry: Entry = line
+            .parse()
+            .map_err(|e| bad(parse_error_reason(line, &e)))?;
+        let revoked = match entry.marker() {
+            Some(Marker::CertAuthority) => continue,
+            Some(Marker::Revoked) => true,
+            None => false,
+        };
+        let hosts = match entry.host_patterns() {
+            HostPatterns::Patterns(patterns) => {
+                HostPatterns::Patterns(patterns.iter().map(|p| p.to_ascii_lowercase()).collect())
             }
-            first = fields.next().unwrap_or_default();
-        }
-        let (Some(key_type), Some(key)) = (fields.next(), fields.next()) else {
-            return Err(bad("expected `host[,host…] keytype base64key`"));
+            hashed => hashed.clone(),
         };
-        if first.starts_with("|1|") {
-            out.hashed += 1;
-            continue;
-        }
-        let key = base64::engine::general_purpose::STANDARD
-            .decode(key)
-            .map_err(|_| bad("the key is not valid base64"))?;
-        // The blob starts with its own type name; a mismatch means a corrupted line.
-        if key_blob_type(&key) != Some(key_type) {
-            return Err(bad("the key does not match its key type"));
-        }
-        out.entries.push(KnownHost {
+        let key = entry
+            .public_key()
+            .to_bytes()
+            .map_err(|e| bad(format!("the key cannot be encoded: {e}")))?;
+        out.push(KnownHost {
             revoked,
-            patterns: first.split(',').map(str::to_ascii_lowercase).collect(),
-            key_type: key_type.to_string(),
+            hosts,
+            key_type: entry.public_key().algorithm().as_str().to_string(),
             key,
         });
     }
     Ok(out)
 }
 
-/// The type name at the start of an ssh public key blob (a uint32 length and a string).
-fn key_blob_type(blob: &[u8]) -> Option<&str> {
-    let len = u32::from_be_bytes(blob.get(..4)?.try_into().ok()?) as usize;
-    std::str::from_utf8(blob.get(4..4 + len)?).ok()
+/// What is wrong with a line `ssh-key` refused, in known_hosts terms (its errors alone say
+/// "invalid format").
+fn parse_error_reason(line: &str, e: &ssh_key::Error) -> String {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let fields = match fields.split_first() {
+        Some((marker, rest)) if marker.starts_with('@') => {
+            if !matches!(*marker, "@revoked" | "@cert-authority") {
+                return "unknown marker (expected @revoked or @cert-authority)".into();
+            }
+            rest
+        }
+        _ => &fields[..],
+    };
+    if fields.len() < 3 {
+        return "expected `host[,host…] keytype base64key`".into();
+    }
+    match e {
+        ssh_key::Error::Encoding(_) if fields[0].starts_with("|1|") => {
+            "the hashed host name is not `|1|base64salt|base64hash`".into()
+        }
+        ssh_key::Error::Encoding(_) => "the key is not valid base64 of an ssh public key".into(),
+        // ssh-key's word for "the blob's type differs from the line's".
+        ssh_key::Error::AlgorithmUnknown => {
+            format!("the key does not match its key type `{}`", fields[1])
+        }
+        ssh_key::Error::AlgorithmUnsupported { .. } => {
+            format!("unsupported key type `{}`", fields[1])
+        }
+        other => format!("the key of type `{}` cannot be read: {other}", fields[1]),
+    }
 }
 
-/// `true` when `name` matches the comma-separated patterns: at least one positive match
-/// and no negated (`!`) match, as OpenSSH does.
-fn host_matches(patterns: &[String], name: &str) -> bool {
-    let mut matched = false;
-    for pattern in patterns {
-        if let Some(negated) = pattern.strip_prefix('!') {
-            if glob(negated.as_bytes(), name.as_bytes()) {
-                return false;
+/// `true` when `name` (known_hosts form, lowercase) is one of `hosts`: for patterns, at least
+/// one positive match and no negated (`!`) match, as OpenSSH does; for a hashed name (`|1|`,
+/// `ssh-keygen -H`), HMAC-SHA1 of the name keyed with the salt equals the hash.
+fn host_matches(hosts: &HostPatterns, name: &str) -> bool {
+    match hosts {
+        HostPatterns::Patterns(patterns) => {
+            let mut matched = false;
+            for pattern in patterns {
+                if let Some(negated) = pattern.strip_prefix('!') {
+                    if glob(negated.as_bytes(), name.as_bytes()) {
+                        return false;
+                    }
+                } else if glob(pattern.as_bytes(), name.as_bytes()) {
+                    matched = true;
+                }
             }
-        } else if glob(pattern.as_bytes(), name.as_bytes()) {
-            matched = true;
+            matched
+        }
+        HostPatterns::HashedName { salt, hash } => {
+            let Ok(mut mac) = Hmac::<Sha1>::new_from_slice(salt) else {
+                return false;
+            };
+            mac.update(name.as_bytes());
+            mac.verify_slice(hash).is_ok()
         }
     }
-    matched
 }
 
 /// OpenSSH's wildcard match: `*` any run, `?` one character.
@@ -1215,21 +1304,20 @@ enum OfferedKey {
 }
 
 impl OfferedKey {
-    fn sha256(&self) -> [u8; 32] {
-        match self {
-            OfferedKey::Raw(blob) => Sha256::digest(blob).into(),
-            OfferedKey::Sha256(sha) => *sha,
-        }
-    }
-
     /// `ssh-ed25519 SHA256:…`, as `ssh-keygen -lf` prints it.
     fn describe(&self) -> String {
-        let fingerprint = base64::engine::general_purpose::STANDARD_NO_PAD.encode(self.sha256());
+        let sha256: [u8; 32] = match self {
+            OfferedKey::Raw(blob) => Sha256::digest(blob).into(),
+            OfferedKey::Sha256(sha) => *sha,
+        };
+        let fingerprint = base64::engine::general_purpose::STANDARD_NO_PAD.encode(sha256);
         match self {
-            OfferedKey::Raw(blob) => format!(
-                "{} SHA256:{fingerprint}",
-                key_blob_type(blob).unwrap_or("unknown")
-            ),
+            OfferedKey::Raw(blob) => {
+                let key_type = ssh_key::PublicKey::from_bytes(blob)
+                    .map(|k| k.algorithm().as_str().to_string())
+                    .unwrap_or_else(|_| "unknown".into());
+                format!("{key_type} SHA256:{fingerprint}")
+            }
             OfferedKey::Sha256(_) => format!("SHA256:{fingerprint}"),
         }
     }
@@ -1247,36 +1335,22 @@ impl OfferedKey {
 fn verify_host_key(known_hosts: &str, host: &str, offered: &OfferedKey) -> Result<(), String> {
     let parsed = parse_known_hosts(known_hosts).map_err(|e| e.to_string())?;
     let host = host.to_ascii_lowercase();
-    if parsed
-        .entries
-        .iter()
-        .any(|e| e.revoked && offered.is(&e.key))
-    {
+    if parsed.iter().any(|e| e.revoked && offered.is(&e.key)) {
         return Err(format!(
             "the server's key {} is marked @revoked in known_hosts",
             offered.describe()
         ));
     }
     let for_host: Vec<&KnownHost> = parsed
-        .entries
         .iter()
-        .filter(|e| !e.revoked && host_matches(&e.patterns, &host))
+        .filter(|e| !e.revoked && host_matches(&e.hosts, &host))
         .collect();
     if for_host.iter().any(|e| offered.is(&e.key)) {
         return Ok(());
     }
     if for_host.is_empty() {
-        let hashed = if parsed.hashed > 0 {
-            format!(
-                " ({} hashed `|1|` entries were skipped: hashed known_hosts are not supported, \
-                 use `ssh-keyscan` without -H)",
-                parsed.hashed
-            )
-        } else {
-            String::new()
-        };
         return Err(format!(
-            "{host} is not in known_hosts{hashed}; the server offered {}",
+            "{host} is not in known_hosts; the server offered {}",
             offered.describe()
         ));
     }
@@ -1537,9 +1611,65 @@ mod tests {
             .unwrap_err();
         assert!(err.contains("@revoked"), "{err}");
 
-        let hashed = format!("|1|c2FsdA==|aGFzaA== ssh-ed25519 {key64}\n");
-        let err = verify_host_key(&hashed, "git.example.com", &OfferedKey::Raw(key)).unwrap_err();
-        assert!(err.contains("hashed"), "{err}");
+        // Hashed names (`ssh-keygen -H`): HMAC-SHA1 of the known_hosts name, keyed by the salt.
+        let hashed_line = |name: &str, salt: &[u8]| {
+            let mut mac = Hmac::<Sha1>::new_from_slice(salt).unwrap();
+            mac.update(name.as_bytes());
+            let b64 = &base64::engine::general_purpose::STANDARD;
+            format!(
+                "|1|{}|{} ssh-ed25519 {key64}\n",
+                b64.encode(salt),
+                b64.encode(mac.finalize().into_bytes())
+            )
+        };
+        let hashed = hashed_line("[git.example.com]:2222", b"twenty-byte-salt-abc");
+        assert_eq!(
+            verify_host_key(
+                &hashed,
+                "[git.example.com]:2222",
+                &OfferedKey::Raw(key.clone())
+            ),
+            Ok(())
+        );
+        // The same host on another port, or another host, is not that entry.
+        for other in ["git.example.com", "[git.example.org]:2222"] {
+            let err = verify_host_key(&hashed, other, &OfferedKey::Raw(key.clone())).unwrap_err();
+            assert!(err.contains("not in known_hosts"), "{other}: {err}");
+        }
+        // A hashed entry with another key refuses the known host.
+        let (other_key, _) = ed25519_blob(9);
+        let err = verify_host_key(
+            &hashed,
+            "[git.example.com]:2222",
+            &OfferedKey::Raw(other_key),
+        )
+        .unwrap_err();
+        assert!(err.contains("not the key"), "{err}");
+        // A hashed entry can be revoked like any other.
+        let revoked = format!("@revoked {hashed}");
+        let err =
+            verify_host_key(&revoked, "[git.example.com]:2222", &OfferedKey::Raw(key)).unwrap_err();
+        assert!(err.contains("@revoked"), "{err}");
+    }
+
+    #[test]
+    fn known_hosts_reads_rsa_and_ecdsa_keys() {
+        // As `ssh-keyscan` prints them (keys made with ssh-keygen for this test).
+        let rsa = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDBA1JaxUqVd94n7HkSoEYSoGAJIIhP9qjVUTabgeoG4xskrA9VDNBKL1N7DKZVJ4zEpWGWWKNJpW66/zZ8paSOEtY0B/XZDW62gyNBOXjjInHUKcz5koGb71yplQDttSv6bTIZDOBX3VIcvxKzMt7rhTKlurYKqQjlBpTkwD6wEQ==";
+        let ecdsa = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBEgFcZo6/gDXAbWAGFWPkf3VebofRkxEfmwvtPzbJbchoOYmB3XC1hMlJZAQ2V6xW5Y76k1SobMV4aBlsNCeKEk=";
+        let kh = format!("git.example.com {rsa}\ngit.example.com {ecdsa}\n");
+        for line in [rsa, ecdsa] {
+            let blob = base64::engine::general_purpose::STANDARD
+                .decode(line.split(' ').nth(1).unwrap())
+                .unwrap();
+            assert_eq!(
+                verify_host_key(&kh, "git.example.com", &OfferedKey::Raw(blob)),
+                Ok(())
+            );
+        }
+        let parsed = parse_known_hosts(&kh).unwrap();
+        let types: Vec<&str> = parsed.iter().map(|e| e.key_type.as_str()).collect();
+        assert_eq!(types, ["ssh-rsa", "ecdsa-sha2-nistp256"]);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Image reuse: asks the registry (OCI distribution API, HTTP HEAD) whether a known digest is
+//! Image reuse: asks the registry (OCI distribution API, through `oci-client`) whether a known digest is
 //! still there, with credentials from the PluginSet's dockerconfigjson Secret only.
 
 use std::time::Duration;
@@ -8,7 +8,7 @@ use kube::{Api, Client, ResourceExt};
 use tracing::warn;
 
 use super::reconcile::RegistryCheck;
-use crate::registry::{DockerConfig, ImageRef, RegistryClient};
+use crate::registry::{parse_image, DockerConfig, RegistryClient};
 use plugsync_core::model::PluginSetResource;
 
 /// Checks digests against the registry of each PluginSet.
@@ -27,7 +27,7 @@ impl SecretRegistryCheck {
 #[async_trait::async_trait]
 impl RegistryCheck for SecretRegistryCheck {
     async fn has_digest(&self, set: &PluginSetResource, image: &str, digest: &str) -> Option<bool> {
-        let image = match ImageRef::parse(image) {
+        let image = match parse_image(image) {
             Ok(i) => i,
             Err(e) => {
                 warn!(%image, error = %e, "cannot check the registry");
@@ -40,7 +40,7 @@ impl RegistryCheck for SecretRegistryCheck {
             Ok(Some(secret)) => DockerConfig::from_secret(&secret)
                 .map_err(|e| warn!(secret = %set.spec.registry.secret_name, error = %e, "unusable registry Secret"))
                 .ok()
-                .and_then(|c| c.credentials_for(&image.registry)),
+                .and_then(|c| c.credentials_for(image.registry())),
             Ok(None) => None,
             Err(e) => {
                 warn!(error = %e, "cannot read the registry Secret");

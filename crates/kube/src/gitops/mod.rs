@@ -83,6 +83,8 @@ pub struct LoopConfig {
     pub namespace: String,
     /// Time between polls of the remote.
     pub interval: Duration,
+    /// Bound on each git network operation (listing the branch, fetching, pushing).
+    pub git_timeout: Duration,
     /// Random spread of the poll interval (0.1: ±10 %), so replicas of many installs do not
     /// poll a git server in lockstep.
     pub jitter: f64,
@@ -152,6 +154,8 @@ pub struct GitOps {
     suspended_by_annotation: bool,
     /// The commit whose recorded digests were pushed (its successor comes with a fetch).
     lock_pushed_for: Option<String>,
+    /// Turns true on shutdown: git work in flight is then abandoned, not waited for.
+    shutdown: Option<watch::Receiver<bool>>,
 }
 
 impl GitOps {
@@ -174,8 +178,9 @@ impl GitOps {
                 ..
             } => {
                 std::fs::create_dir_all(work_dir).map_err(|e| Error::io(work_dir, e))?;
-                let repo = RemoteRepo::open(work_dir, url, branch)
+                let mut repo = RemoteRepo::open(work_dir, url, branch)
                     .map_err(|e| Error::Usage(format!("git repository: {e}")))?;
+                repo.set_timeout(config.git_timeout);
                 Some(Arc::new(Mutex::new(repo)))
             }
             RepoSource::Local { .. } => None,
@@ -199,6 +204,7 @@ impl GitOps {
             set_name: None,
             suspended_by_annotation: false,
             lock_pushed_for: None,
+            shutdown: None,
         })
     }
 
@@ -215,6 +221,7 @@ impl GitOps {
             RepoSource::Local { root } => watch_folder(root, trigger.clone()),
             RepoSource::Git { .. } => None,
         };
+        self.shutdown = Some(shutdown.clone());
         let mut rng = rand::rngs::StdRng::from_os_rng();
         let mut force = true;
         let mut next_poll = Instant::now();
@@ -504,25 +511,23 @@ impl GitOps {
             }
         };
         let text = lock.to_yaml();
-        let pushed = tokio::task::spawn_blocking(move || {
-            let mut repo = remote
-                .lock()
-                .map_err(|_| "git repository lock poisoned".to_string())?;
-            repo.commit_and_push(
-                &auth,
-                parent,
-                &[(path.as_str(), text.as_bytes())],
-                &settings.author,
-                &settings.message,
-            )
-            .map_err(|e| match e {
-                RemoteError::PushRejected { .. } => format!("{e} (retried after the next fetch)"),
-                other => other.to_string(),
+        let pushed = self
+            .git_work("pushing to", remote, move |repo| {
+                repo.commit_and_push(
+                    &auth,
+                    parent,
+                    &[(path.as_str(), text.as_bytes())],
+                    &settings.author,
+                    &settings.message,
+                )
+                .map_err(|e| match e {
+                    RemoteError::PushRejected { .. } => {
+                        format!("{e} (retried after the next fetch)")
+                    }
+                    other => other.to_string(),
+                })
             })
-        })
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r);
+            .await;
         match pushed {
             Ok(oid) if oid.to_string() != commit => {
                 info!(commit = %oid, images = pinned, "recorded built image digests in plugins.lock");
@@ -580,16 +585,12 @@ impl GitOps {
         };
         let auth = self.git_auth().await?;
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || {
-            let mut repo = remote
-                .lock()
-                .map_err(|_| "git repository lock poisoned".to_string())?;
-            let outcome = repo.sync(&auth).map_err(|e| e.to_string())?;
-            Ok::<_, String>((outcome, repo.path().to_path_buf()))
-        })
-        .await
-        .map_err(|e| format!("git fetch task: {e}"))
-        .and_then(|r| r);
+        let result = self
+            .git_work("fetching", remote, move |repo| {
+                let outcome = repo.sync(&auth).map_err(|e| e.to_string())?;
+                Ok((outcome, repo.path().to_path_buf()))
+            })
+            .await;
         let outcome = match &result {
             Ok((SyncOutcome::Unchanged(_), _)) => FetchOutcome::Unchanged,
             Ok((SyncOutcome::Fetched { .. }, _)) => FetchOutcome::Fetched,
@@ -597,6 +598,70 @@ impl GitOps {
         };
         self.metrics.observe_git_fetch(started.elapsed(), outcome);
         result
+    }
+
+    /// Runs blocking git work on a thread of its own and waits at most the git timeout for
+    /// it, or until shutdown.
+    ///
+    /// libgit2 cannot be interrupted while a server that accepted the connection stays
+    /// silent (no callback runs), so the loop stops waiting instead: the pass fails with an
+    /// error naming the remote, and shutdown does not wait. The thread is not the runtime's
+    /// (a `spawn_blocking` task would hold the runtime's shutdown); it ends when the
+    /// connection does. Until then the repository stays locked, and later operations fail at
+    /// once saying so, rather than piling up threads.
+    async fn git_work<T, F>(
+        &self,
+        what: &str,
+        remote: Arc<Mutex<RemoteRepo>>,
+        work: F,
+    ) -> Result<T, String>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut RemoteRepo) -> Result<T, String> + Send + 'static,
+    {
+        let url = match &self.config.source {
+            RepoSource::Git { url, .. } => plugsync_core::redact::redact_text(url),
+            RepoSource::Local { .. } => String::new(),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let busy = format!(
+            "{what} {url}: the previous git operation has not returned yet (its server \
+             accepted the connection and stopped answering); retrying at the next poll"
+        );
+        std::thread::Builder::new()
+            .name("plugsync-git".into())
+            .spawn(move || {
+                let result = match remote.try_lock() {
+                    Ok(mut repo) => work(&mut repo),
+                    Err(std::sync::TryLockError::WouldBlock) => Err(busy),
+                    Err(std::sync::TryLockError::Poisoned(_)) => {
+                        Err("git repository lock poisoned".to_string())
+                    }
+                };
+                let _ = tx.send(result);
+            })
+            .map_err(|e| format!("{what} {url}: cannot start a thread: {e}"))?;
+        let timeout = self.config.git_timeout;
+        let mut shutdown = self.shutdown.clone();
+        let stopping = async {
+            match shutdown.as_mut() {
+                Some(s) => {
+                    let _ = s.wait_for(|stop| *stop).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            answer = tokio::time::timeout(timeout, rx) => match answer {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(format!("{what} {url}: the git thread ended without an answer")),
+                Err(_) => Err(format!(
+                    "{what} {url}: no answer within {} (--git-timeout)",
+                    humantime::format_duration(timeout)
+                )),
+            },
+            () = stopping => Err(format!("{what} {url}: abandoned at shutdown")),
+        }
     }
 
     /// The credentials, read from the Secret at every fetch so a rotation needs no restart.
