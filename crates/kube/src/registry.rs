@@ -560,10 +560,6 @@ impl RegistryClient {
     /// made; the scheme that worked is remembered per registry. Without `insecure` only
     /// verified HTTPS is used.
     pub fn new(insecure: bool, timeout: Duration) -> RegistryClient {
-        // oci-client's reqwest is built without a crypto provider of its own (it would bring
-        // aws-lc-rs beside kube's ring): it uses the process default, which is ring. Another
-        // provider installed first is kept, hence the ignored result.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         RegistryClient {
             insecure,
             timeout,
