@@ -38,7 +38,7 @@ use plugsync_core::pipeline::{self, DesiredState};
 use plugsync_core::render::{self, RenderSettings, TextFormat};
 use plugsync_core::report::{DiffReport, PluginChangeKind};
 use plugsync_core::resolve::cache::Cache;
-use plugsync_core::resolve::source::{FetchSettings, SourceRegistry};
+use plugsync_core::resolve::fetch::{FetchSettings, Fetchers};
 use plugsync_core::resolve::Resolver;
 use plugsync_core::source::{GitRevision, Snapshot, WorkTree};
 use plugsync_testkit::synth::{self, SynthChange};
@@ -633,7 +633,7 @@ fn child(args: &[String]) -> BenchResult<()> {
 /// A resolver like the CLI's: every in-tree source, the given cache, 64 MiB cap.
 fn resolver(cache: &Path) -> BenchResult<Resolver> {
     Ok(Resolver::new(
-        SourceRegistry::discover(
+        Fetchers::discover(
             FetchSettings::default(),
             url::Url::parse(plugsync_core::model::DEFAULT_MARKETPLACE)?,
         ),

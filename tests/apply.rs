@@ -17,7 +17,7 @@ use kube::api::{
 use plugsync_core::pipeline::{desired_state, DesiredState};
 use plugsync_core::render::RenderSettings;
 use plugsync_core::resolve::cache::Cache;
-use plugsync_core::resolve::source::{FetchSettings, SourceRegistry};
+use plugsync_core::resolve::fetch::{FetchSettings, Fetchers};
 use plugsync_core::resolve::Resolver;
 use plugsync_core::source::WorkTree;
 use plugsync_kube::apply::{Applier, ApplyOptions, ApplyReport, Outcome, RetryPolicy};
@@ -229,7 +229,7 @@ fn rv(o: &Value) -> String {
 
 async fn render(dir: &Path, cache: &Cache) -> DesiredState {
     let resolver = Resolver::new(
-        SourceRegistry::discover(
+        Fetchers::discover(
             FetchSettings::default(),
             url::Url::parse("https://marketplace.dify.ai").expect("url"),
         ),

@@ -31,7 +31,7 @@ use plugsync_core::model::{PluginSet, PluginSetResource};
 use plugsync_core::pipeline::{desired_state, DesiredState};
 use plugsync_core::render::RenderSettings;
 use plugsync_core::resolve::cache::Cache;
-use plugsync_core::resolve::source::{FetchSettings, SourceRegistry};
+use plugsync_core::resolve::fetch::{FetchSettings, Fetchers};
 use plugsync_core::resolve::Resolver;
 use plugsync_core::source::WorkTree;
 use plugsync_kube::apply::{Applier, ApplyOptions};
@@ -96,7 +96,7 @@ static CRDS: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
 /// Reads, resolves and renders the repository in `repo` as the git loop does.
 async fn render(repo: &Path, cache: &Cache, settings: &RenderSettings) -> DesiredState {
     let resolver = Resolver::new(
-        SourceRegistry::discover(
+        Fetchers::discover(
             FetchSettings::default(),
             url::Url::parse("https://marketplace.dify.ai").expect("url"),
         ),

@@ -13,7 +13,7 @@ use plugsync_core::pipeline::{
 };
 use plugsync_core::render::{objects_to_yaml, RenderSettings, TextFormat};
 use plugsync_core::resolve::cache::Cache;
-use plugsync_core::resolve::source::{FetchSettings, SourceRegistry};
+use plugsync_core::resolve::fetch::{FetchSettings, Fetchers};
 use plugsync_core::resolve::Resolver;
 use plugsync_core::source::WorkTree;
 use serde_json::Value;
@@ -25,7 +25,7 @@ use fs::copy_dir;
 fn render_dir(dir: &Path) -> DesiredState {
     let cache = tempfile::tempdir().expect("cache");
     let resolver = Resolver::new(
-        SourceRegistry::discover(
+        Fetchers::discover(
             FetchSettings::default(),
             url::Url::parse("https://marketplace.dify.ai").expect("url"),
         ),
@@ -458,7 +458,7 @@ fn equal_fingerprints_render_equal_and_inputs_change_them() {
 /// The plugins.yaml in `dir` read and resolved against the package cache at `cache`.
 fn resolve_dir(dir: &Path, cache: &Path) -> ResolvedState {
     let resolver = Resolver::new(
-        SourceRegistry::discover(
+        Fetchers::discover(
             FetchSettings::default(),
             url::Url::parse("https://marketplace.dify.ai").expect("url"),
         ),

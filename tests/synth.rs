@@ -8,7 +8,7 @@ use plugsync_core::pipeline::{desired_state, DesiredState, LockState};
 use plugsync_core::render::RenderSettings;
 use plugsync_core::report::{DiffReport, PluginChangeKind};
 use plugsync_core::resolve::cache::Cache;
-use plugsync_core::resolve::source::{FetchSettings, SourceRegistry};
+use plugsync_core::resolve::fetch::{FetchSettings, Fetchers};
 use plugsync_core::resolve::Resolver;
 use plugsync_core::source::{Snapshot, WorkTree};
 use plugsync_testkit::synth::{self, SynthChange};
@@ -17,7 +17,7 @@ const N: usize = 5;
 
 fn resolver(cache: &Cache) -> Resolver {
     Resolver::new(
-        SourceRegistry::discover(
+        Fetchers::discover(
             FetchSettings::default(),
             url::Url::parse("https://marketplace.dify.ai").expect("url"),
         ),

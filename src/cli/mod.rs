@@ -27,7 +27,7 @@ use plugsync_core::package::{self, Package};
 use plugsync_core::pipeline::{self, LockState};
 use plugsync_core::render::{self, RenderSettings};
 use plugsync_core::resolve::cache::Cache;
-use plugsync_core::resolve::source::{FetchSettings, SourceOrigin, SourceRegistry};
+use plugsync_core::resolve::fetch::{FetchSettings, FetcherOrigin, Fetchers};
 use plugsync_core::resolve::{Resolution, Resolver};
 use plugsync_core::source::{discover_repo_root, GitRevision, Snapshot, WorkTree};
 use plugsync_kube::apply::{Applier, ApplyOptions, Outcome};
@@ -712,7 +712,7 @@ fn resolver_for(fetch: &FetchArgs) -> Result<Resolver, Error> {
     let cache_dir = fetch.cache_dir.clone().unwrap_or_else(Cache::default_dir);
     let cache = Cache::open(&cache_dir).map_err(|e| Error::io(&cache_dir, e))?;
     let mut resolver = Resolver::new(
-        SourceRegistry::discover(settings, plugsync_core::model::default_marketplace_url()),
+        Fetchers::discover(settings, plugsync_core::model::default_marketplace_url()),
         cache,
         max_bytes,
     );
@@ -1127,7 +1127,7 @@ fn validate_offline(args: &ValidateArgs) -> Result<ExitCode, Error> {
     };
     let max_bytes = settings.max_bytes;
     let resolver = Resolver::new(
-        SourceRegistry::discover(settings, plugsync_core::model::default_marketplace_url()),
+        Fetchers::discover(settings, plugsync_core::model::default_marketplace_url()),
         cache,
         max_bytes,
     );
@@ -1264,7 +1264,7 @@ fn init(args: InitArgs) -> Result<ExitCode, Error> {
 }
 
 async fn sources(args: SourcesArgs) -> Result<ExitCode, Error> {
-    let registry = SourceRegistry::discover(args.fetch.settings(), args.marketplace.clone());
+    let registry = Fetchers::discover(args.fetch.settings(), args.marketplace.clone());
     let list = registry.list().await;
     match args.output {
         OutputFormat::Json => {
@@ -1273,8 +1273,8 @@ async fn sources(args: SourcesArgs) -> Result<ExitCode, Error> {
                 .map(|s| {
                     serde_json::json!({
                         "scheme": s.scheme,
-                        "origin": match &s.origin { SourceOrigin::InTree => "in-tree".to_string(), SourceOrigin::External { .. } => "external".to_string() },
-                        "path": match &s.origin { SourceOrigin::InTree => None, SourceOrigin::External { path } => Some(path.display().to_string()) },
+                        "origin": match &s.origin { FetcherOrigin::InTree => "in-tree".to_string(), FetcherOrigin::External { .. } => "external".to_string() },
+                        "path": match &s.origin { FetcherOrigin::InTree => None, FetcherOrigin::External { path } => Some(path.display().to_string()) },
                         "description": s.description,
                         "attributes": s.attributes,
                     })
@@ -1292,8 +1292,8 @@ async fn sources(args: SourcesArgs) -> Result<ExitCode, Error> {
             );
             for s in &list {
                 let origin = match &s.origin {
-                    SourceOrigin::InTree => "in-tree".to_string(),
-                    SourceOrigin::External { path } => format!("external ({})", path.display()),
+                    FetcherOrigin::InTree => "in-tree".to_string(),
+                    FetcherOrigin::External { path } => format!("external ({})", path.display()),
                 };
                 let attrs: Vec<String> = s
                     .attributes

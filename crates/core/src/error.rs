@@ -8,7 +8,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use crate::package::PackageError;
-use crate::resolve::source::SourceError;
+use crate::resolve::fetch::FetchError;
 
 /// Result alias used throughout the library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -84,7 +84,7 @@ pub enum Error {
         plugin: String,
         /// Why the fetch failed.
         #[source]
-        source: SourceError,
+        source: FetchError,
     },
 
     /// A package's bytes differ from what the lockfile pinned: refuse, never re-pin silently.

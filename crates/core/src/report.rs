@@ -404,7 +404,7 @@ impl DiffReport {
                     marker: action_marker(c.action),
                     title: key.clone(),
                     reason: c.reason.clone(),
-                    diff: plan::render_diff_between(
+                    diff: plan::display_diff_between(
                         c,
                         self.context_lines,
                         &format!("{old}/{key}"),
@@ -423,7 +423,7 @@ impl DiffReport {
                     marker: "~",
                     title: format!("{} (replaces {}{kept})", r.change.key, r.base),
                     reason: r.change.reason.clone(),
-                    diff: plan::render_diff_between(
+                    diff: plan::display_diff_between(
                         &r.change,
                         self.context_lines,
                         &format!("{old}/{}", r.base),
@@ -668,7 +668,7 @@ impl DiffReport {
                 let (shown, diff) = match replacing.get(&c.key) {
                     Some(r) => (
                         &r.change,
-                        plan::render_diff_between(
+                        plan::display_diff_between(
                             &r.change,
                             self.context_lines,
                             &format!("{old}/{}", r.base),
@@ -679,7 +679,7 @@ impl DiffReport {
                     None if replaced_by.contains_key(&c.key) => (c, String::new()),
                     None => (
                         c,
-                        plan::render_diff_between(
+                        plan::display_diff_between(
                             c,
                             self.context_lines,
                             &format!("{old}/{key}"),
@@ -1521,7 +1521,7 @@ mod tests {
         let both = plan::compare_objects(key, with("b", 2), with("a", 1), Compare::Exact);
         let shown = without_bookkeeping(both);
         assert_eq!(shown.changed_paths, ["spec.replicas"]);
-        let diff = plan::render_diff(&shown, 3);
+        let diff = plan::display_diff(&shown, 3);
         assert!(!diff.contains(hash), "{diff}");
     }
 

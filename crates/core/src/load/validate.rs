@@ -70,7 +70,7 @@ impl DeclaredSource {
                 name,
                 version,
             } => {
-                crate::resolve::source::marketplace_download_url(marketplace, author, name, version)
+                crate::resolve::fetch::marketplace_download_url(marketplace, author, name, version)
                     .to_string()
             }
             DeclaredSource::Url(u) => u.to_string(),

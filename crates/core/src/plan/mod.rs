@@ -5,7 +5,7 @@
 //! Both sides are [`normalize`]d first, so fields the API server writes (`managedFields`,
 //! `resourceVersion`, `status`, …) never show up as changes. Secret values never leave
 //! this module in readable form: [`Change`]'s `Debug`, its `reason` and `changed_paths`,
-//! and [`render_diff`] show `***` and key names only.
+//! and [`display_diff`] show `***` and key names only.
 
 use std::cmp::Ordering;
 use std::collections::btree_map::{BTreeMap, Entry};
@@ -14,12 +14,12 @@ use std::fmt;
 use serde_json::Value;
 
 mod diff;
+mod display;
 mod normalize;
-mod render;
 mod secret;
 
+pub use display::{display_diff, display_diff_between};
 pub use normalize::normalize;
-pub use render::{render_diff, render_diff_between};
 
 /// How many changed paths an update's `reason` names before it says "and N more".
 const REASON_PATHS: usize = 5;
@@ -215,7 +215,7 @@ pub enum Compare {
 /// One object's verdict: what to do, why, and both sides to act on or show.
 ///
 /// `desired` and `live` hold the objects as given (Secret values included, since applying
-/// needs them); `Debug` and [`render_diff`] mask Secret values. Print the objects yourself
+/// needs them); `Debug` and [`display_diff`] mask Secret values. Print the objects yourself
 /// only through [`normalize`], which masks them too.
 #[derive(Clone, PartialEq)]
 pub struct Change {
@@ -233,7 +233,7 @@ pub struct Change {
     /// The differing field paths (`spec.template.spec.containers[0].image`), sorted;
     /// Secret values appear as `data.<key>` only. Empty unless `action` is `Update`.
     pub changed_paths: Vec<String>,
-    /// How the two sides were compared; [`render_diff`] hides live-only fields under
+    /// How the two sides were compared; [`display_diff`] hides live-only fields under
     /// [`Compare::DesiredSubset`].
     pub compare: Compare,
 }

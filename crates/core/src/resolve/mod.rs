@@ -13,7 +13,7 @@
 
 pub mod cache;
 mod check;
-pub mod source;
+pub mod fetch;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -27,7 +27,7 @@ use crate::package::{self, Package};
 use crate::source::{EntryKind, Snapshot};
 use cache::Cache;
 pub use check::OfflineCheck;
-use source::{NoProgress, Progress, SourceRegistry};
+use fetch::{Fetchers, NoProgress, Progress};
 
 /// How many packages are fetched at once.
 const CONCURRENT_FETCHES: usize = 4;
@@ -172,7 +172,7 @@ type ReadPackages = HashMap<String, (Weak<Vec<u8>>, Arc<Package>)>;
 
 /// Fetches, verifies and caches packages.
 pub struct Resolver {
-    sources: SourceRegistry,
+    sources: Fetchers,
     cache: Cache,
     max_bytes: u64,
     progress: Arc<dyn ProgressReporter>,
@@ -183,7 +183,7 @@ pub struct Resolver {
 impl Resolver {
     /// A resolver fetching through `sources`, caching in `cache`, refusing packages over
     /// `max_bytes`.
-    pub fn new(sources: SourceRegistry, cache: Cache, max_bytes: u64) -> Resolver {
+    pub fn new(sources: Fetchers, cache: Cache, max_bytes: u64) -> Resolver {
         Resolver {
             sources,
             cache,
@@ -725,7 +725,7 @@ fn check_update_names(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::resolve::source::FetchSettings;
+    use crate::resolve::fetch::FetchSettings;
     use crate::source::WorkTree;
     use crate::synth;
 
@@ -760,7 +760,7 @@ pub(crate) mod tests {
     pub(crate) fn resolver(cache: &Cache) -> Resolver {
         let marketplace = url::Url::parse(crate::model::DEFAULT_MARKETPLACE).expect("url");
         Resolver::new(
-            SourceRegistry::discover(FetchSettings::default(), marketplace),
+            Fetchers::discover(FetchSettings::default(), marketplace),
             cache.clone(),
             64 << 20,
         )

@@ -7,7 +7,7 @@
 use tokio::io::AsyncReadExt;
 use url::Url;
 
-use super::{Progress, SourceError};
+use super::{FetchError, Progress};
 use crate::redact::redact_url;
 
 /// Reads the file at a `file:` URL, at most `max_bytes`.
@@ -15,33 +15,33 @@ pub(crate) async fn fetch(
     url: &Url,
     max_bytes: u64,
     progress: &dyn Progress,
-) -> Result<Vec<u8>, SourceError> {
+) -> Result<Vec<u8>, FetchError> {
     let shown = redact_url(url);
     let has_host = url.host_str().is_some_and(|h| !h.is_empty());
     let path = match url.to_file_path() {
         Ok(path) if !has_host && path.is_absolute() => path,
         _ => {
-            return Err(SourceError::InvalidUrl {
+            return Err(FetchError::InvalidUrl {
                 url: shown,
                 reason: "a file URL must be local and absolute, like file:///abs/path/pkg.difypkg"
                     .to_owned(),
             })
         }
     };
-    let io_error = |source| SourceError::Io {
+    let io_error = |source| FetchError::Io {
         what: format!("reading {}", redact_url(url)),
         source,
     };
     let file = tokio::fs::File::open(&path).await.map_err(io_error)?;
     let meta = file.metadata().await.map_err(io_error)?;
     if !meta.is_file() {
-        return Err(SourceError::InvalidUrl {
+        return Err(FetchError::InvalidUrl {
             url: shown,
             reason: "not a regular file".to_owned(),
         });
     }
     if meta.len() > max_bytes {
-        return Err(SourceError::TooLarge {
+        return Err(FetchError::TooLarge {
             url: shown,
             limit: max_bytes,
             seen: meta.len(),
@@ -62,7 +62,7 @@ pub(crate) async fn fetch(
         progress.advance(n as u64);
     }
     if body.len() as u64 > max_bytes {
-        return Err(SourceError::TooLarge {
+        return Err(FetchError::TooLarge {
             url: shown,
             limit: max_bytes,
             seen: body.len() as u64,

@@ -54,7 +54,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use url::Url;
 
-use super::{FetchSettings, NoProgress, Progress, SourceError, SourceInfo, SourceOrigin};
+use super::{FetchError, FetchSettings, FetcherInfo, FetcherOrigin, NoProgress, Progress};
 use super::{IN_TREE_SCHEMES, MARKETPLACE};
 use crate::redact::{redact_text, redact_url};
 
@@ -131,8 +131,8 @@ fn is_executable(path: &Path) -> bool {
     fs::metadata(path).is_ok_and(|m| m.is_file())
 }
 
-/// `SourceInfo` for every discovered client, running `info` concurrently.
-pub(crate) async fn list(found: &Discovered, timeout: Duration) -> Vec<SourceInfo> {
+/// `FetcherInfo` for every discovered client, running `info` concurrently.
+pub(crate) async fn list(found: &Discovered, timeout: Duration) -> Vec<FetcherInfo> {
     let timeout = timeout.min(INFO_TIMEOUT);
     let mut infos =
         futures::future::join_all(found.clients.iter().map(|(scheme, path)| async move {
@@ -143,17 +143,17 @@ pub(crate) async fn list(found: &Discovered, timeout: Duration) -> Vec<SourceInf
                     BTreeMap::from([("error".to_owned(), error)]),
                 ),
             };
-            SourceInfo {
+            FetcherInfo {
                 scheme: scheme.clone(),
-                origin: SourceOrigin::External { path: path.clone() },
+                origin: FetcherOrigin::External { path: path.clone() },
                 description,
                 attributes,
             }
         }))
         .await;
-    infos.extend(found.shadowed.iter().map(|(scheme, path)| SourceInfo {
+    infos.extend(found.shadowed.iter().map(|(scheme, path)| FetcherInfo {
         scheme: scheme.clone(),
-        origin: SourceOrigin::External { path: path.clone() },
+        origin: FetcherOrigin::External { path: path.clone() },
         description: "shadowed by the in-tree client; never run".to_owned(),
         attributes: BTreeMap::from([("shadowed".to_owned(), "in-tree".to_owned())]),
     }));
@@ -224,7 +224,7 @@ pub(crate) async fn fetch(
     url: &Url,
     settings: &FetchSettings,
     progress: &dyn Progress,
-) -> Result<Vec<u8>, SourceError> {
+) -> Result<Vec<u8>, FetchError> {
     let shown = redact_url(url);
     let done = run(
         path,
@@ -235,17 +235,17 @@ pub(crate) async fn fetch(
     )
     .await
     .map_err(|failure| match failure {
-        Failure::Timeout => SourceError::Timeout {
+        Failure::Timeout => FetchError::Timeout {
             what: format!("{} fetch {shown}", path.display()),
             after: settings.timeout,
         },
-        Failure::TooLarge(seen) => SourceError::TooLarge {
+        Failure::TooLarge(seen) => FetchError::TooLarge {
             url: shown.clone(),
             limit: settings.max_bytes,
             seen,
             declared: false,
         },
-        Failure::Io(source) => SourceError::Io {
+        Failure::Io(source) => FetchError::Io {
             what: format!("running {} fetch {shown}", path.display()),
             source,
         },
@@ -260,7 +260,7 @@ pub(crate) async fn fetch(
         }
         return Ok(done.stdout);
     };
-    Err(SourceError::External {
+    Err(FetchError::External {
         program: path.to_path_buf(),
         url: shown,
         reason,

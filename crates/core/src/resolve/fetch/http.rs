@@ -2,7 +2,7 @@
 //!
 //! One `reqwest::Client` per registry (connection pooling, one TLS setup), with a connect
 //! timeout and a per-attempt timeout that covers the whole exchange, body included, so a
-//! server that stalls mid-body ends in [`SourceError::Timeout`] instead of hanging.
+//! server that stalls mid-body ends in [`FetchError::Timeout`] instead of hanging.
 //! The body is streamed into memory and capped by `max_bytes`, checked against
 //! `Content-Length` before reading and against the running count while reading (the
 //! header may be absent or lie). Connect failures, timeouts, 429 and 5xx are retried
@@ -14,7 +14,7 @@ use std::time::Duration;
 use reqwest::header::RETRY_AFTER;
 use url::Url;
 
-use super::{FetchSettings, Progress, SourceError};
+use super::{FetchError, FetchSettings, Progress};
 use crate::redact::{redact_text, redact_url};
 
 /// Sent with every request, so server operators can tell plugsync traffic apart.
@@ -88,7 +88,7 @@ impl HttpClient {
         &self,
         url: &Url,
         progress: &dyn Progress,
-    ) -> Result<Vec<u8>, SourceError> {
+    ) -> Result<Vec<u8>, FetchError> {
         let client = self.client.get_or_init(|| {
             reqwest::Client::builder()
                 .user_agent(USER_AGENT)
@@ -97,7 +97,7 @@ impl HttpClient {
                 .build()
                 .map_err(|e| error_chain(&e))
         });
-        let client = client.as_ref().map_err(|message| SourceError::Io {
+        let client = client.as_ref().map_err(|message| FetchError::Io {
             what: "setting up the HTTP client".to_owned(),
             source: std::io::Error::other(message.clone()),
         })?;
@@ -106,7 +106,7 @@ impl HttpClient {
             match self.attempt(client, url, progress).await {
                 Err(e) if e.is_retryable() && attempt < self.retries => {
                     let retry_after = match &e {
-                        SourceError::Status { retry_after, .. } => *retry_after,
+                        FetchError::Status { retry_after, .. } => *retry_after,
                         _ => None,
                     };
                     let delay = self.backoff.delay(attempt, retry_after);
@@ -124,7 +124,7 @@ impl HttpClient {
         client: &reqwest::Client,
         url: &Url,
         progress: &dyn Progress,
-    ) -> Result<Vec<u8>, SourceError> {
+    ) -> Result<Vec<u8>, FetchError> {
         let shown = redact_url(url);
         let mut response = client
             .get(url.clone())
@@ -139,7 +139,7 @@ impl HttpClient {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse().ok())
                 .map(Duration::from_secs);
-            return Err(SourceError::Status {
+            return Err(FetchError::Status {
                 url: shown,
                 status: status.as_u16(),
                 retry_after,
@@ -166,8 +166,8 @@ impl HttpClient {
         Ok(body)
     }
 
-    fn too_large(&self, url: String, seen: u64, declared: bool) -> SourceError {
-        SourceError::TooLarge {
+    fn too_large(&self, url: String, seen: u64, declared: bool) -> FetchError {
+        FetchError::TooLarge {
             url,
             limit: self.max_bytes,
             seen,
@@ -177,14 +177,14 @@ impl HttpClient {
 
     /// Maps a reqwest error to a variant; the URL is left out of reqwest's own text
     /// (it would be unredacted) and given, redacted, by the variant.
-    fn classify(&self, shown: &str, e: reqwest::Error) -> SourceError {
+    fn classify(&self, shown: &str, e: reqwest::Error) -> FetchError {
         if e.is_timeout() {
             let after = if e.is_connect() {
                 self.connect_timeout
             } else {
                 self.timeout
             };
-            return SourceError::Timeout {
+            return FetchError::Timeout {
                 what: format!("GET {shown}"),
                 after,
             };
@@ -192,12 +192,12 @@ impl HttpClient {
         let is_builder = e.is_builder();
         let message = error_chain(&e.without_url());
         if is_builder {
-            return SourceError::InvalidUrl {
+            return FetchError::InvalidUrl {
                 url: shown.to_owned(),
                 reason: message,
             };
         }
-        SourceError::Network {
+        FetchError::Network {
             url: shown.to_owned(),
             message,
         }

@@ -14,9 +14,9 @@ use super::{normalize, secret, Action, Change, Compare};
 /// values show as `***`, or `*** (changed)` on the desired side when they differ
 /// (`stringData` is shown folded into `data`). Keys are sorted and nothing depends on
 /// time or environment, so equal input gives byte-identical output.
-pub fn render_diff(change: &Change, context_lines: usize) -> String {
+pub fn display_diff(change: &Change, context_lines: usize) -> String {
     let key = change.key.to_string();
-    render_diff_between(
+    display_diff_between(
         change,
         context_lines,
         &format!("live/{key}"),
@@ -24,11 +24,11 @@ pub fn render_diff(change: &Change, context_lines: usize) -> String {
     )
 }
 
-/// [`render_diff`] with headers of the caller's choosing (`--- old_header` / `+++
+/// [`display_diff`] with headers of the caller's choosing (`--- old_header` / `+++
 /// new_header`): a pull-request diff names its sides `base/<key>` and `head/<key>`, and an
 /// upgrade shows the old version's object (`change.live`) against the new one's
 /// (`change.desired`), whose keys differ.
-pub fn render_diff_between(
+pub fn display_diff_between(
     change: &Change,
     context_lines: usize,
     old_header: &str,

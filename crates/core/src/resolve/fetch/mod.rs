@@ -12,7 +12,7 @@
 //!
 //! The in-tree schemes `file`, `http` and `https` (and the name `marketplace`) cannot be
 //! overridden by an external client: a `plugsync-source-https` found on disk is never
-//! run; [`SourceRegistry::list`] shows it as shadowed so the user sees why.
+//! run; [`Fetchers::list`] shows it as shadowed so the user sees why.
 //!
 //! Every URL in every message is passed through [`crate::redact`], so presigned URLs and
 //! credentials do not leak into logs.
@@ -32,9 +32,9 @@ use crate::redact::redact_url;
 
 pub use http::Backoff;
 
-/// Why a fetch failed. Retry decisions use [`SourceError::is_retryable`], never the text.
+/// Why a fetch failed. Retry decisions use [`FetchError::is_retryable`], never the text.
 #[derive(Debug, thiserror::Error)]
-pub enum SourceError {
+pub enum FetchError {
     /// No client handles this URL's scheme: says how to get one, since a new user meets
     /// this the first time they declare an `s3://` (or any other) package.
     #[error(
@@ -124,13 +124,13 @@ pub enum SourceError {
     },
 }
 
-impl SourceError {
+impl FetchError {
     /// Whether another attempt may succeed: network failures, timeouts, 429 and 5xx.
     /// A 404, a size cap or a bad URL will fail the same way again.
     pub fn is_retryable(&self) -> bool {
         match self {
-            SourceError::Network { .. } | SourceError::Timeout { .. } => true,
-            SourceError::Status { status, .. } => *status == 429 || *status >= 500,
+            FetchError::Network { .. } | FetchError::Timeout { .. } => true,
+            FetchError::Status { status, .. } => *status == 429 || *status >= 500,
             _ => false,
         }
     }
@@ -153,7 +153,7 @@ fn stderr_suffix(stderr: &str) -> String {
 
 /// Where a source client comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SourceOrigin {
+pub enum FetcherOrigin {
     /// Compiled into plugsync.
     InTree,
     /// An executable `plugsync-source-<scheme>`.
@@ -165,11 +165,11 @@ pub enum SourceOrigin {
 
 /// What `plugsync sources` shows about a source client.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceInfo {
+pub struct FetcherInfo {
     /// The URL scheme handled (`https`, `s3`, …; `marketplace` for the Dify marketplace).
     pub scheme: String,
     /// In-tree or external.
-    pub origin: SourceOrigin,
+    pub origin: FetcherOrigin,
     /// One line about it.
     pub description: String,
     /// Extra attributes (timeouts, size cap, version of an external client, …).
@@ -228,7 +228,7 @@ pub(crate) const IN_TREE_SCHEMES: [&str; 3] = ["file", "http", "https"];
 pub(crate) const MARKETPLACE: &str = "marketplace";
 
 /// All source clients known to this process.
-pub struct SourceRegistry {
+pub struct Fetchers {
     settings: FetchSettings,
     marketplace: Url,
     http: http::HttpClient,
@@ -240,14 +240,14 @@ pub struct SourceRegistry {
     external: std::sync::OnceLock<external::Discovered>,
 }
 
-impl SourceRegistry {
+impl Fetchers {
     /// In-tree clients plus every external client in the plugin dirs and on `PATH` (looked
     /// for when one is first needed).
     pub fn discover(settings: FetchSettings, marketplace: Url) -> Self {
         Self::discover_with_path(settings, marketplace, std::env::var_os("PATH"))
     }
 
-    /// Like [`SourceRegistry::discover`] with an explicit `PATH`-style search list, so
+    /// Like [`Fetchers::discover`] with an explicit `PATH`-style search list, so
     /// tests (and embedders) need not mutate the process environment.
     pub fn discover_with_path(
         settings: FetchSettings,
@@ -256,7 +256,7 @@ impl SourceRegistry {
     ) -> Self {
         let mut search = settings.plugin_dirs.clone();
         search.extend(path.iter().flat_map(std::env::split_paths));
-        SourceRegistry {
+        Fetchers {
             http: http::HttpClient::new(&settings),
             search,
             external: std::sync::OnceLock::new(),
@@ -278,14 +278,14 @@ impl SourceRegistry {
     }
 
     /// Fetches the package bytes at `url` with the client for its scheme.
-    pub async fn fetch(&self, url: &Url, progress: &dyn Progress) -> Result<Vec<u8>, SourceError> {
+    pub async fn fetch(&self, url: &Url, progress: &dyn Progress) -> Result<Vec<u8>, FetchError> {
         tracing::debug!(url = %redact_url(url), "fetching package");
         match url.scheme() {
             "file" => file::fetch(url, self.settings.max_bytes, progress).await,
             "http" | "https" => self.http.fetch(url, progress).await,
             scheme => match self.external().clients.get(scheme) {
                 Some(path) => external::fetch(path, url, &self.settings, progress).await,
-                None => Err(SourceError::UnsupportedScheme {
+                None => Err(FetchError::UnsupportedScheme {
                     scheme: scheme.to_owned(),
                     url: redact_url(url),
                     known: self.schemes(),
@@ -294,7 +294,7 @@ impl SourceRegistry {
         }
     }
 
-    /// The schemes [`SourceRegistry::fetch`] accepts, sorted.
+    /// The schemes [`Fetchers::fetch`] accepts, sorted.
     pub fn schemes(&self) -> Vec<String> {
         let mut schemes: Vec<String> = IN_TREE_SCHEMES.iter().map(|s| s.to_string()).collect();
         schemes.extend(self.external().clients.keys().cloned());
@@ -304,7 +304,7 @@ impl SourceRegistry {
 
     /// Every client, for `plugsync sources`, sorted by scheme (in-tree first on a tie).
     /// Runs `info` on each external client, concurrently.
-    pub async fn list(&self) -> Vec<SourceInfo> {
+    pub async fn list(&self) -> Vec<FetcherInfo> {
         let s = &self.settings;
         let timeout = humantime::format_duration(s.timeout).to_string();
         let http_attrs = BTreeMap::from([
@@ -317,9 +317,9 @@ impl SourceRegistry {
             ("max_bytes".to_owned(), s.max_bytes.to_string()),
             ("user_agent".to_owned(), http::USER_AGENT.to_owned()),
         ]);
-        let in_tree = |scheme: &str, description: &str, attributes| SourceInfo {
+        let in_tree = |scheme: &str, description: &str, attributes| FetcherInfo {
             scheme: scheme.to_owned(),
-            origin: SourceOrigin::InTree,
+            origin: FetcherOrigin::InTree,
             description: description.to_owned(),
             attributes,
         };
@@ -339,7 +339,7 @@ impl SourceRegistry {
         ];
         infos.extend(external::list(self.external(), s.timeout).await);
         infos.sort_by(|a, b| {
-            let external = |i: &SourceInfo| matches!(i.origin, SourceOrigin::External { .. });
+            let external = |i: &FetcherInfo| matches!(i.origin, FetcherOrigin::External { .. });
             (a.scheme.as_str(), external(a)).cmp(&(b.scheme.as_str(), external(b)))
         });
         infos
@@ -404,7 +404,7 @@ mod tests {
 
     #[test]
     fn retryable_by_variant() {
-        let status = |status| SourceError::Status {
+        let status = |status| FetchError::Status {
             url: String::new(),
             status,
             retry_after: None,
@@ -412,7 +412,7 @@ mod tests {
         assert!(status(503).is_retryable());
         assert!(status(429).is_retryable());
         assert!(!status(404).is_retryable());
-        assert!(!SourceError::TooLarge {
+        assert!(!FetchError::TooLarge {
             url: String::new(),
             limit: 1,
             seen: 2,
@@ -423,7 +423,7 @@ mod tests {
 
     #[test]
     fn status_message_has_code_and_reason() {
-        let e = SourceError::Status {
+        let e = FetchError::Status {
             url: "http://h/x".into(),
             status: 404,
             retry_after: None,
