@@ -412,9 +412,9 @@ pub fn change_one(dir: &Path, cache: &Cache, change: SynthChange) -> Result<(), 
         .path(0)
         .map_or_else(|| package_url(0, 1), |p| format!("path:{p}"));
     let pinned = old.plugins.iter().find(|p| p.source == source);
-    if text.contains(&format!("{line}      runtime: {{replicas: 3}}\n"))
-        || pinned.is_none_or(|p| p.version != plugin_version(0, 1))
-    {
+    let reconfigured = text.contains(&format!("{line}      runtime: {{replicas: 3}}\n"));
+    let upgraded = pinned.is_none_or(|p| p.version != plugin_version(0, 1));
+    if upgraded || (reconfigured && change == SynthChange::Reconfigure) {
         return Err(not_generated());
     }
     match change {
