@@ -1088,3 +1088,83 @@ async fn diff_cluster_lists_what_a_deletion_cascades_to_and_survives_a_closed_pi
         .await
         .is_some());
 }
+
+/// A repository of `n` synthetic plugins whose packages are committed (`packages`), on
+/// `main`, with plugin 0 upgraded in the working tree: new package bytes under the same
+/// path, plugins.yaml untouched, plugins.lock re-pinned.
+fn committed_synth(n: usize, packages: plugsync_testkit::synth::SynthPackages) -> GitRepo {
+    let repo = GitRepo {
+        dir: tempfile::tempdir().expect("tempdir"),
+        cache: tempfile::tempdir().expect("cache"),
+    };
+    let cache = plugsync_core::resolve::cache::Cache::open(repo.cache.path()).expect("cache");
+    plugsync_testkit::synth::generate_repo_with(repo.path(), n, &cache, packages)
+        .expect("synthetic repo");
+    repo.git(&["init", "-q", "-b", "main"]);
+    repo.commit("base");
+    plugsync_testkit::synth::change_one(
+        repo.path(),
+        &cache,
+        plugsync_testkit::synth::SynthChange::Upgrade,
+    )
+    .expect("upgrade plugin 0");
+    repo
+}
+
+#[test]
+fn one_changed_committed_package_among_many_is_the_one_the_diff_lists() {
+    use plugsync_testkit::synth::SynthPackages;
+    const N: usize = 40;
+    for packages in [SynthPackages::Files, SynthPackages::Dirs] {
+        let repo = committed_synth(N, packages);
+        // Only the package itself (and its pin) changed: the diff must see it in its bytes.
+        let status = Process::new("git")
+            .args(["diff", "--quiet", "main", "--", "plugins.yaml"])
+            .current_dir(repo.path())
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .status()
+            .expect("git runs");
+        assert!(status.success(), "{packages:?}: plugins.yaml changed");
+
+        let (code, report) = repo.diff_json(&[]);
+        assert_eq!(code, 1, "{packages:?}");
+        let changed: Vec<(&str, &str)> = report["plugins"]
+            .as_array()
+            .expect("plugins")
+            .iter()
+            .filter(|p| p["change"] != "unchanged")
+            .map(|p| {
+                (
+                    p["name"].as_str().expect("name"),
+                    p["change"].as_str().expect("change"),
+                )
+            })
+            .collect();
+        assert_eq!(changed, [("synth/p0", "upgraded")], "{packages:?}");
+        assert_eq!(plugin(&report, "synth/p0")["from"], "1.0.0");
+        assert_eq!(plugin(&report, "synth/p0")["to"], "2.0.0");
+        assert_eq!(report["lock"]["state"], "up-to-date", "{packages:?}");
+        assert_eq!(
+            report["plugins"].as_array().expect("plugins").len(),
+            N,
+            "{packages:?}"
+        );
+    }
+}
+
+#[test]
+fn a_committed_package_replaced_without_relocking_is_caught_against_the_lock() {
+    let repo = committed_synth(12, plugsync_testkit::synth::SynthPackages::Files);
+    // Plugin 7's package replaced in the working tree, its pin left as it was.
+    std::fs::write(
+        repo.file("packages/p7.difypkg"),
+        plugsync_testkit::synth::package_bytes(7, 2),
+    )
+    .expect("write");
+    let (code, report) = repo.diff_json(&[]);
+    assert_eq!(code, 1);
+    assert_eq!(plugin(&report, "synth/p7")["change"], "upgraded");
+    assert_eq!(plugin(&report, "synth/p1")["change"], "unchanged");
+    assert_eq!(report["lock"]["state"], "stale", "{report:#}");
+}

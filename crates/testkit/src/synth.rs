@@ -62,6 +62,52 @@ impl SynthRepo {
     }
 }
 
+/// Where a synthetic repository keeps its packages: fetched by URL and cached (what most
+/// sets do), or committed in the repository itself, which `plugsync diff` reads at both
+/// revisions (the case the benchmark's committed rows measure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SynthPackages {
+    /// Declared by `url:`, pinned in the lock and already in the cache.
+    #[default]
+    Cached,
+    /// Committed as `.difypkg` files, `packages/p<i>.difypkg`, declared by `path:`.
+    Files,
+    /// Committed unpacked, as plugin directories `plugins/p<i>/`, declared by `path:`.
+    Dirs,
+}
+
+impl SynthPackages {
+    /// Where plugin `i`'s package is committed, relative to `plugins.yaml` (`None` when it
+    /// is fetched by URL).
+    pub fn path(self, i: usize) -> Option<String> {
+        match self {
+            SynthPackages::Cached => None,
+            SynthPackages::Files => Some(format!("packages/{}.difypkg", plugin_name(i))),
+            SynthPackages::Dirs => Some(format!("plugins/{}", plugin_name(i))),
+        }
+    }
+
+    /// The `spec.plugins` line declaring plugin `i` at `revision` (only URLs name the
+    /// revision: a committed package changes under the same path).
+    fn declaration(self, i: usize, revision: u32) -> String {
+        match self.path(i) {
+            None => format!("    - url: {}\n", package_url(i, revision)),
+            Some(path) => format!("    - path: {path}\n"),
+        }
+    }
+
+    /// The layout whose declaration of plugin 0 at revision 1 `plugins_yaml` holds.
+    fn of(plugins_yaml: &str) -> Option<SynthPackages> {
+        [
+            SynthPackages::Cached,
+            SynthPackages::Files,
+            SynthPackages::Dirs,
+        ]
+        .into_iter()
+        .find(|p| plugins_yaml.contains(&p.declaration(0, 1)))
+    }
+}
+
 /// The one-plugin edits [`change_one`] can make, so both kinds of per-plugin change a
 /// pull request can show are covered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,9 +141,9 @@ pub fn package_url(i: usize, revision: u32) -> String {
     )
 }
 
-/// The package of plugin `i` at `revision`: a small, valid `.difypkg` (manifest,
-/// `main.py`, `requirements.txt`) whose bytes depend only on `i` and `revision`.
-pub fn package_bytes(i: usize, revision: u32) -> Vec<u8> {
+/// The files of plugin `i` at `revision` (manifest, `main.py`, `requirements.txt`), as a
+/// plugin's source directory holds them and its package packs them.
+pub fn package_files(i: usize, revision: u32) -> [(&'static str, String); 3] {
     let name = plugin_name(i);
     let version = plugin_version(i, revision);
     // Shaped like the manifests Dify's own tooling writes (block style, quoted strings,
@@ -143,18 +189,23 @@ meta:
          if __name__ == \"__main__\":\n    plugin.run()\n"
     );
     let requirements = format!("dify_plugin>=0.4.0,<0.5.0\n# {name}=={version}\n");
+    [
+        (package::MANIFEST_FILE, manifest),
+        ("main.py", main),
+        ("requirements.txt", requirements),
+    ]
+}
 
+/// The package of plugin `i` at `revision`: a small, valid `.difypkg` of its
+/// [`package_files`] whose bytes depend only on `i` and `revision`.
+pub fn package_bytes(i: usize, revision: u32) -> Vec<u8> {
     let options = SimpleFileOptions::default()
         .compression_method(CompressionMethod::Deflated)
         .compression_level(Some(6))
         .last_modified_time(DateTime::default())
         .unix_permissions(0o644);
     let mut zip = ZipWriter::new(Cursor::new(Vec::with_capacity(2048)));
-    for (entry, content) in [
-        (package::MANIFEST_FILE, manifest.as_str()),
-        ("main.py", main.as_str()),
-        ("requirements.txt", requirements.as_str()),
-    ] {
+    for (entry, content) in package_files(i, revision) {
         // Writing into memory cannot fail, and these entries are few, small and distinct.
         zip.start_file(entry, options)
             .and_then(|()| zip.write_all(content.as_bytes()).map_err(Into::into))
@@ -163,21 +214,55 @@ meta:
     zip.finish().expect("in-memory zip finish").into_inner()
 }
 
-/// Builds plugin `i`'s package at `revision`, stores it in `cache` and returns its lock
-/// entry, computed exactly as `plugsync lock` computes it (from the package itself).
-fn store_package(i: usize, revision: u32, cache: &Cache) -> Result<LockedPlugin, Error> {
-    let bytes = package_bytes(i, revision);
-    let url = package_url(i, revision);
-    let package = Package::read(&bytes).map_err(|source| Error::Package {
-        plugin: url.clone(),
-        source,
+/// Builds plugin `i`'s package at `revision` where `packages` keeps it (in `cache`, or
+/// committed under `dir`) and returns its lock entry, computed exactly as `plugsync lock`
+/// computes it (from the package itself).
+fn store_package(
+    i: usize,
+    revision: u32,
+    dir: &Path,
+    cache: &Cache,
+    packages: SynthPackages,
+) -> Result<LockedPlugin, Error> {
+    let Some(rel) = packages.path(i) else {
+        let bytes = package_bytes(i, revision);
+        cache.put(&bytes).map_err(|e| Error::io(cache.root(), e))?;
+        return lock_entry(&bytes, package_url(i, revision));
+    };
+    let path = dir.join(&rel);
+    let bytes = if packages == SynthPackages::Dirs {
+        std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+        for (name, content) in package_files(i, revision) {
+            write(&path.join(name), content.as_bytes())?;
+        }
+        // Packed as `plugsync` packs a committed directory, so the lock pins its bytes.
+        package::pack_dir(&path).map_err(|source| Error::Package {
+            plugin: format!("path:{rel}"),
+            source,
+        })?
+    } else {
+        let bytes = package_bytes(i, revision);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        write(&path, &bytes)?;
+        bytes
+    };
+    // The resolver caches committed packages itself on first read.
+    lock_entry(&bytes, format!("path:{rel}"))
+}
+
+/// The lock entry pinning the package in `bytes`, declared as `source`.
+fn lock_entry(bytes: &[u8], source: String) -> Result<LockedPlugin, Error> {
+    let package = Package::read(bytes).map_err(|e| Error::Package {
+        plugin: source.clone(),
+        source: e,
     })?;
-    cache.put(&bytes).map_err(|e| Error::io(cache.root(), e))?;
     let unique_identifier = package.unique_identifier();
     Ok(LockedPlugin {
         name: package.name(),
         version: package.manifest.version.clone(),
-        source: url,
+        source,
         sha256: package.sha256.clone(),
         checksum: package.checksum.clone(),
         plugin_id: package::plugin_id(&unique_identifier),
@@ -188,7 +273,12 @@ fn store_package(i: usize, revision: u32, cache: &Cache) -> Result<LockedPlugin,
 /// Builds and stores the packages of plugins `0..n` in parallel, returning their lock
 /// entries in index order. Storing fsyncs every entry, which dominates at large N, so the
 /// work is split over a few threads.
-fn store_packages(n: usize, cache: &Cache) -> Result<Vec<LockedPlugin>, Error> {
+fn store_packages(
+    n: usize,
+    dir: &Path,
+    cache: &Cache,
+    packages: SynthPackages,
+) -> Result<Vec<LockedPlugin>, Error> {
     let threads = std::thread::available_parallelism()
         .map_or(1, usize::from)
         .clamp(1, MAX_THREADS)
@@ -201,7 +291,7 @@ fn store_packages(n: usize, cache: &Cache) -> Result<Vec<LockedPlugin>, Error> {
             .map(|part| {
                 scope.spawn(move || {
                     part.iter()
-                        .map(|&i| store_package(i, 1, cache))
+                        .map(|&i| store_package(i, 1, dir, cache, packages))
                         .collect::<Result<Vec<_>, Error>>()
                 })
             })
@@ -218,8 +308,13 @@ fn store_packages(n: usize, cache: &Cache) -> Result<Vec<LockedPlugin>, Error> {
     })
 }
 
-/// The text of `plugins.yaml` for `n` plugins (all at revision 1).
+/// The text of `plugins.yaml` for `n` plugins (all at revision 1), fetched by URL.
 pub fn plugins_yaml(n: usize) -> String {
+    plugins_yaml_with(n, SynthPackages::Cached)
+}
+
+/// The text of `plugins.yaml` for `n` plugins (all at revision 1) kept as `packages` says.
+pub fn plugins_yaml_with(n: usize, packages: SynthPackages) -> String {
     let mut out = String::with_capacity(256 + n * 96);
     let _ = write!(
         out,
@@ -251,7 +346,7 @@ spec:
 "#
     );
     for i in 0..n {
-        let _ = writeln!(out, "    - url: {}", package_url(i, 1));
+        out.push_str(&packages.declaration(i, 1));
         if i % OVERRIDE_EVERY == OVERRIDE_EVERY - 1 {
             let _ = writeln!(
                 out,
@@ -269,9 +364,23 @@ spec:
 /// Deterministic: the same `n` gives byte-identical files and packages. Existing files of
 /// the same names are overwritten; other files in `dir` are left alone.
 pub fn generate_repo(dir: &Path, n: usize, cache: &Cache) -> Result<SynthRepo, Error> {
+    generate_repo_with(dir, n, cache, SynthPackages::Cached)
+}
+
+/// [`generate_repo`], with the packages kept as `packages` says: in `cache`, or committed
+/// under `dir` (then `cache` is left alone; the resolver caches them on first read).
+pub fn generate_repo_with(
+    dir: &Path,
+    n: usize,
+    cache: &Cache,
+    packages: SynthPackages,
+) -> Result<SynthRepo, Error> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let lock = PluginLock::new(store_packages(n, cache)?);
-    write(&dir.join(PLUGINS_FILE), plugins_yaml(n).as_bytes())?;
+    let lock = PluginLock::new(store_packages(n, dir, cache, packages)?);
+    write(
+        &dir.join(PLUGINS_FILE),
+        plugins_yaml_with(n, packages).as_bytes(),
+    )?;
     write(&dir.join(LOCK_FILE), lock.to_yaml().as_bytes())?;
     Ok(SynthRepo {
         dir: dir.to_path_buf(),
@@ -282,16 +391,31 @@ pub fn generate_repo(dir: &Path, n: usize, cache: &Cache) -> Result<SynthRepo, E
 
 /// Changes exactly one plugin (plugin 0) of the repository generated in `dir`, as a pull
 /// request would, and keeps the lock up to date: after it, `plugsync lock --locked` still
-/// passes and `plugsync diff` shows exactly one plugin changed.
+/// passes and `plugsync diff` shows exactly one plugin changed. A committed package is
+/// upgraded in place (new bytes under the same path, plugins.yaml unchanged), as a user
+/// replacing a `.difypkg` or editing a plugin directory does.
 pub fn change_one(dir: &Path, cache: &Cache, change: SynthChange) -> Result<(), Error> {
     let plugins_path = dir.join(PLUGINS_FILE);
+    let lock_path = dir.join(LOCK_FILE);
     let text = std::fs::read_to_string(&plugins_path).map_err(|e| Error::io(&plugins_path, e))?;
-    let line = format!("    - url: {}\n", package_url(0, 1));
-    if !text.contains(&line) {
-        return Err(Error::Usage(format!(
+    let lock_text = std::fs::read_to_string(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
+    let old = plugsync_core::load::load_lock(&lock_path, &lock_text)?.value;
+    let not_generated = || {
+        Error::Usage(format!(
             "{}: plugin 0 is not declared as generated (already changed?)",
             plugins_path.display()
-        )));
+        ))
+    };
+    let packages = SynthPackages::of(&text).ok_or_else(not_generated)?;
+    let line = packages.declaration(0, 1);
+    let source = packages
+        .path(0)
+        .map_or_else(|| package_url(0, 1), |p| format!("path:{p}"));
+    let pinned = old.plugins.iter().find(|p| p.source == source);
+    let reconfigured = text.contains(&format!("{line}      runtime: {{replicas: 3}}\n"));
+    let upgraded = pinned.is_none_or(|p| p.version != plugin_version(0, 1));
+    if upgraded || (reconfigured && change == SynthChange::Reconfigure) {
+        return Err(not_generated());
     }
     match change {
         SynthChange::Reconfigure => {
@@ -302,23 +426,24 @@ pub fn change_one(dir: &Path, cache: &Cache, change: SynthChange) -> Result<(), 
             )
         }
         SynthChange::Upgrade => {
-            let lock_path = dir.join(LOCK_FILE);
-            let lock_text =
-                std::fs::read_to_string(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
-            let old = plugsync_core::load::load_lock(&lock_path, &lock_text)?.value;
-            let upgraded = store_package(0, 2, cache)?;
+            if packages == SynthPackages::Dirs {
+                // The new version's files replace the old ones.
+                let plugin_dir = dir.join(packages.path(0).unwrap_or_default());
+                std::fs::remove_dir_all(&plugin_dir).map_err(|e| Error::io(&plugin_dir, e))?;
+            }
+            let upgraded = store_package(0, 2, dir, cache, packages)?;
             let plugins = old
                 .plugins
                 .into_iter()
                 .map(|p| {
-                    if p.source == package_url(0, 1) {
+                    if p.source == source {
                         upgraded.clone()
                     } else {
                         p
                     }
                 })
                 .collect();
-            let new_line = format!("    - url: {}\n", package_url(0, 2));
+            let new_line = packages.declaration(0, 2);
             write(&plugins_path, text.replacen(&line, &new_line, 1).as_bytes())?;
             write(&lock_path, PluginLock::new(plugins).to_yaml().as_bytes())
         }

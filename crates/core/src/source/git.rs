@@ -1,7 +1,8 @@
 //! One git revision as a [`Snapshot`], read from the object database without a checkout.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use git2::{Commit, ObjectType, Oid, Repository, TreeEntry};
 
@@ -22,7 +23,14 @@ pub struct GitRevision {
     /// The tree of the selected subdir (or of the commit).
     tree: Oid,
     label: String,
+    /// Trees read so far, by id. libgit2 caches no tree over 4 KiB, so without this a
+    /// folder of a thousand committed packages was inflated and parsed again for each
+    /// file looked up in it (twice per package: its kind, then its contents).
+    trees: Mutex<HashMap<Oid, Arc<TreeEntries>>>,
 }
+
+/// One tree's entries: raw name (sorted bytewise, for lookups) and what each is.
+type TreeEntries = Vec<(Vec<u8>, Found<Oid>)>;
 
 impl std::fmt::Debug for GitRevision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -53,6 +61,7 @@ impl GitRevision {
             label: format!("{rev} ({short})"),
             commit,
             tree,
+            trees: Mutex::new(HashMap::new()),
         };
         let Some(subdir) = subdir else {
             return Ok(this);
@@ -92,6 +101,27 @@ impl GitRevision {
     fn repo(&self) -> MutexGuard<'_, Repository> {
         // A panic while holding the lock cannot leave a read-only Repository inconsistent.
         self.repo.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The entries of tree `id`, read once per revision.
+    fn tree_entries(&self, id: Oid) -> Result<Arc<TreeEntries>, SnapshotError> {
+        let cached = || self.trees.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entries) = cached().get(&id) {
+            return Ok(Arc::clone(entries));
+        }
+        let mut entries: TreeEntries = {
+            let repo = self.repo();
+            let tree = repo
+                .find_tree(id)
+                .map_err(|e| self.git_err("reading a tree", &e))?;
+            tree.iter()
+                .map(|entry| (entry.name_bytes().to_vec(), self.entry_found(&entry)))
+                .collect()
+        };
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let entries = Arc::new(entries);
+        cached().insert(id, Arc::clone(&entries));
+        Ok(entries)
     }
 
     fn entry_found(&self, entry: &TreeEntry<'_>) -> Found<Oid> {
@@ -136,28 +166,22 @@ impl Backend for GitRevision {
     }
 
     fn child(&self, dir: &Oid, name: &str) -> Result<Found<Oid>, SnapshotError> {
-        let repo = self.repo();
-        let tree = repo
-            .find_tree(*dir)
-            .map_err(|e| self.git_err("reading a tree", &e))?;
-        Ok(tree
-            .get_name(name)
-            .map_or(Found::Missing, |entry| self.entry_found(&entry)))
+        let entries = self.tree_entries(*dir)?;
+        Ok(entries
+            .binary_search_by(|(entry, _)| entry.as_slice().cmp(name.as_bytes()))
+            .map_or(Found::Missing, |i| entries[i].1.clone()))
     }
 
     fn children(&self, dir: &Oid) -> Result<Entries<Oid>, SnapshotError> {
-        let repo = self.repo();
-        let tree = repo
-            .find_tree(*dir)
-            .map_err(|e| self.git_err("reading a tree", &e))?;
-        tree.iter()
-            .map(|entry| {
-                let name = entry.name().map_err(|_| SnapshotError::InvalidPath {
+        self.tree_entries(*dir)?
+            .iter()
+            .map(|(name, found)| {
+                let name = std::str::from_utf8(name).map_err(|_| SnapshotError::InvalidPath {
                     snapshot: self.label.clone(),
-                    path: String::from_utf8_lossy(entry.name_bytes()).into_owned(),
+                    path: String::from_utf8_lossy(name).into_owned(),
                     reason: "file name is not UTF-8",
                 })?;
-                Ok((name.to_string(), self.entry_found(&entry)))
+                Ok((name.to_string(), found.clone()))
             })
             .collect()
     }
@@ -189,6 +213,13 @@ impl Snapshot for GitRevision {
 
     fn read(&self, rel: &str) -> Result<Option<Vec<u8>>, SnapshotError> {
         super::read(self, rel)
+    }
+
+    fn blob_id(&self, rel: &str) -> Result<Option<Oid>, SnapshotError> {
+        match super::locate(self, rel)? {
+            (_, Found::File(id)) => Ok(Some(id)),
+            _ => Ok(None),
+        }
     }
 
     fn kind(&self, rel: &str) -> Result<EntryKind, SnapshotError> {

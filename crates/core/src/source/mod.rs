@@ -46,6 +46,14 @@ pub trait Snapshot: Send + Sync {
     /// 0o644, for packing a plugin directory. The whole subtree is checked before the
     /// first write, so a refused symlink leaves nothing half-written.
     fn materialize(&self, rel_dir: &str, dest: &Path) -> Result<(), SnapshotError>;
+    /// The git blob id of the regular file at `rel` when the snapshot knows it without
+    /// reading the file (a git revision's tree entry): a diff reads again at base none of
+    /// the files it has already read at head. `None` when it does not know (a working
+    /// tree), or when there is no regular file at `rel`.
+    fn blob_id(&self, rel: &str) -> Result<Option<git2::Oid>, SnapshotError> {
+        let _ = rel;
+        Ok(None)
+    }
     /// How `rel` is named in messages (`file:line:column: …`): a path the user can open for a
     /// working tree, `<commit>:<path>` for a git revision.
     fn display_path(&self, rel: &str) -> std::path::PathBuf {
@@ -152,6 +160,7 @@ impl SnapshotError {
 
 /// What the walker found at one path. `H` is the backend's handle: a git object id or a
 /// path on disk.
+#[derive(Clone)]
 pub(crate) enum Found<H> {
     File(H),
     Dir(H),
