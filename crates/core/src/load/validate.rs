@@ -69,10 +69,8 @@ impl DeclaredSource {
                 author,
                 name,
                 version,
-            } => {
-                crate::resolve::fetch::marketplace_download_url(marketplace, author, name, version)
-                    .to_string()
-            }
+            } => crate::model::marketplace_download_url(marketplace, author, name, version)
+                .to_string(),
             DeclaredSource::Url(u) => u.to_string(),
             DeclaredSource::Path(p) => format!("path:{p}"),
         }

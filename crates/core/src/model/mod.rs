@@ -5,9 +5,11 @@
 //! and the docs cannot drift apart.
 
 pub mod lockfile;
+mod marketplace;
 pub mod pluginset;
 
 pub use lockfile::{LockedImage, LockedPlugin, PluginLock};
+pub use marketplace::marketplace_download_url;
 pub use pluginset::*;
 
 /// The API group and version of every plugsync document and resource.
