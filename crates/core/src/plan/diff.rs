@@ -2,6 +2,7 @@
 
 use serde_json::{Number, Value};
 
+use super::path::join_key;
 use super::{normalize, secret, Compare};
 
 /// The sorted, deduplicated paths where `desired` and `live` differ after normalization.
@@ -75,20 +76,6 @@ fn numbers_equal(a: &Number, b: &Number) -> bool {
         return x == y;
     }
     a.as_f64() == b.as_f64()
-}
-
-/// Appends a map key to a path: `.key` for plain keys, `["key"]` for keys with dots,
-/// slashes or other characters (`metadata.labels["app.kubernetes.io/name"]`).
-pub(crate) fn join_key(path: &str, key: &str) -> String {
-    let plain = !key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    match (plain, path.is_empty()) {
-        (true, true) => key.to_string(),
-        (true, false) => format!("{path}.{key}"),
-        (false, _) => format!("{path}[{}]", Value::from(key)),
-    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use serde_json::Value;
 mod diff;
 mod display;
 mod normalize;
+mod path;
 mod secret;
 
 pub use display::{display_diff, display_diff_between};
@@ -244,8 +245,8 @@ impl fmt::Debug for Change {
             .field("key", &self.key)
             .field("action", &self.action)
             .field("reason", &self.reason)
-            .field("desired", &self.desired.as_ref().map(secret::redact))
-            .field("live", &self.live.as_ref().map(secret::redact))
+            .field("desired", &self.desired.as_ref().map(normalize::redact))
+            .field("live", &self.live.as_ref().map(normalize::redact))
             .field("changed_paths", &self.changed_paths)
             .field("compare", &self.compare)
             .finish()

@@ -1,5 +1,7 @@
 //! Normalization: drop what the API server writes, so only intent is compared and shown.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 use super::secret;
@@ -68,6 +70,15 @@ fn canonical(value: &Value) -> Value {
         }
         Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
         other => other.clone(),
+    }
+}
+
+/// `obj` itself, or its normalized (masked) form if it is a Secret: for `Debug` output.
+pub(crate) fn redact(obj: &Value) -> Cow<'_, Value> {
+    if secret::is_secret(obj) {
+        Cow::Owned(normalize(obj))
+    } else {
+        Cow::Borrowed(obj)
     }
 }
 

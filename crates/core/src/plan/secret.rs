@@ -10,8 +10,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use super::diff::join_key;
-use super::normalize;
+use super::path::join_key;
 
 /// What every Secret value is shown as.
 pub(crate) const MASK: &str = "***";
@@ -35,15 +34,6 @@ pub(crate) fn mask_values(obj: &mut Map<String, Value>) {
                 *value = Value::from(MASK);
             }
         }
-    }
-}
-
-/// `obj` itself, or its normalized (masked) form if it is a Secret: for `Debug` output.
-pub(crate) fn redact(obj: &Value) -> Cow<'_, Value> {
-    if is_secret(obj) {
-        Cow::Owned(normalize(obj))
-    } else {
-        Cow::Borrowed(obj)
     }
 }
 
@@ -134,6 +124,7 @@ fn base64(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::normalize;
     use serde_json::json;
 
     #[test]
