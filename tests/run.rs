@@ -41,7 +41,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use plugsync_core::crd::Plugin;
-use plugsync_core::model::PluginSetResource;
+use plugsync_core::crd::PluginSetResource;
 use plugsync_core::resolve::cache::Cache;
 use plugsync_kube::apply::{Applier, ApplyOptions};
 use serde_json::{json, Value};

@@ -9,7 +9,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, ListParams};
 use plugsync_core::crd::Plugin;
-use plugsync_core::model::PluginSetResource;
+use plugsync_core::crd::PluginSetResource;
 use serde_json::Value;
 
 use crate::cluster::{self, cluster, TestCluster};

@@ -12,6 +12,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::model::PluginSetSpec;
+
 /// Desired state of one plugin install.
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
@@ -162,6 +164,43 @@ pub struct BuildFailure {
     pub message: String,
 }
 
+// A transparent wrapper of the model's spec: the CRD lives here beside the `Plugin` CRD, the
+// file format in the model, and the model never imports the CRD back.
+/// The desired state, exactly as plugins.yaml declares it; the status records what was applied
+/// (inventory, commits, conditions).
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "plugsync.dev",
+    version = "v1alpha1",
+    kind = "PluginSet",
+    root = "PluginSetResource",
+    namespaced,
+    status = "PluginSetStatus",
+    shortname = "pset",
+    category = "plugsync",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Plugins","type":"integer","jsonPath":".status.pluginCount"}"#,
+    printcolumn = r#"{"name":"Running","type":"integer","jsonPath":".status.phases.Running"}"#,
+    printcolumn = r#"{"name":"Commit","type":"string","jsonPath":".status.lastAppliedCommit"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","priority":1,"jsonPath":".status.message"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(transparent)]
+pub struct PluginSetResourceSpec(pub PluginSetSpec);
+
+impl std::ops::Deref for PluginSetResourceSpec {
+    type Target = PluginSetSpec;
+    fn deref(&self) -> &PluginSetSpec {
+        &self.0
+    }
+}
+
+impl From<PluginSetSpec> for PluginSetResourceSpec {
+    fn from(spec: PluginSetSpec) -> Self {
+        PluginSetResourceSpec(spec)
+    }
+}
+
 /// Observed state of a PluginSet: what plugsync applied, and from which commit.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -240,7 +279,7 @@ pub struct InventoryEntry {
 /// integer becomes the signed format that holds all of its values, and its `minimum: 0` stays.
 pub fn definitions() -> [CustomResourceDefinition; 2] {
     use kube::CustomResourceExt as _;
-    let mut crds = [Plugin::crd(), crate::model::PluginSetResource::crd()];
+    let mut crds = [Plugin::crd(), PluginSetResource::crd()];
     for crd in &mut crds {
         for version in &mut crd.spec.versions {
             if let Some(schema) = version

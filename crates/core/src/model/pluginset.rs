@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
-use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -61,25 +60,9 @@ impl PluginSet {
 }
 
 /// The desired state. In the cluster, the same spec is the `PluginSet` custom resource
-/// (`pluginsets.plugsync.dev`, Rust type [`PluginSetResource`]) that plugsync applies next to
-/// the plugins, and whose status records what was applied (inventory, commits, conditions).
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "plugsync.dev",
-    version = "v1alpha1",
-    kind = "PluginSet",
-    root = "PluginSetResource",
-    namespaced,
-    status = "crate::crd::PluginSetStatus",
-    shortname = "pset",
-    category = "plugsync",
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Plugins","type":"integer","jsonPath":".status.pluginCount"}"#,
-    printcolumn = r#"{"name":"Running","type":"integer","jsonPath":".status.phases.Running"}"#,
-    printcolumn = r#"{"name":"Commit","type":"string","jsonPath":".status.lastAppliedCommit"}"#,
-    printcolumn = r#"{"name":"Status","type":"string","priority":1,"jsonPath":".status.message"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
-)]
+/// (`pluginsets.plugsync.dev`) that plugsync applies next to the plugins, and whose status
+/// records what was applied (inventory, commits, conditions).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PluginSetSpec {
     /// Where built images are pushed.

@@ -24,10 +24,8 @@ use super::history::{self, Attempt, Removal};
 use super::lifecycle::{
     self, Action, Backoff, Decision, DeploymentState, JobState, Observed, RetryView, Superseded,
 };
-use plugsync_core::crd::{BuildFailure, Plugin, PluginPhase, PluginStatus};
-use plugsync_core::model::{
-    LockedPlugin, PluginSet, PluginSetMetadata, PluginSetResource, API_VERSION,
-};
+use plugsync_core::crd::{BuildFailure, Plugin, PluginPhase, PluginSetResource, PluginStatus};
+use plugsync_core::model::{LockedPlugin, PluginSet, PluginSetMetadata, API_VERSION};
 use plugsync_core::package::Package;
 use plugsync_core::render::{self, PluginInput, RenderSettings, Templates};
 use plugsync_core::resolve::cache::Cache;
@@ -853,7 +851,7 @@ fn render_children(
             name: set.name_any(),
             namespace: set.namespace(),
         },
-        spec: set.spec.clone(),
+        spec: set.spec.0.clone(),
     };
     let env = match ctx.templates.read() {
         Ok(templates) => ctx.compiled.environment(&templates)?,

@@ -9,7 +9,7 @@ use tracing::warn;
 
 use super::reconcile::RegistryCheck;
 use crate::registry::{parse_image, DockerConfig, RegistryClient};
-use plugsync_core::model::PluginSetResource;
+use plugsync_core::crd::PluginSetResource;
 
 /// Checks digests against the registry of each PluginSet.
 pub struct SecretRegistryCheck {

@@ -25,8 +25,8 @@ use tracing::{debug, warn};
 
 use super::reconcile::{kube_conditions, status_merge_patch, Context};
 use crate::gitops::status::{compose, declared_and_held, PassResult, PhaseCounts};
+use plugsync_core::crd::PluginSetResource;
 use plugsync_core::crd::{Plugin, PluginSetStatus};
-use plugsync_core::model::PluginSetResource;
 use plugsync_core::render::LABEL_PLUGINSET;
 
 /// The status fields this loop writes (JSON names).
