@@ -221,7 +221,7 @@ async fn a_standalone_controller_builds_and_runs_with_the_templates_plugsync_app
         stdout.contains(&cm_name),
         "apply names the ConfigMap: {stdout}"
     );
-    assert_eq!(config_maps(&env).await, [cm_name.clone()]);
+    assert_eq!(config_maps(&env).await, std::slice::from_ref(&cm_name));
     assert!(
         env.inventory().await.contains(&cm_name),
         "the set owns its templates ConfigMap"
@@ -320,7 +320,7 @@ async fn plugsync_run_renders_with_the_commits_templates_and_follows_a_change_of
         deployment.pointer("/spec/template/spec/containers/0/env"),
         rendered_deployment.pointer("/spec/template/spec/containers/0/env")
     );
-    assert_eq!(config_maps(&env).await, [first_cm.clone()]);
+    assert_eq!(config_maps(&env).await, std::slice::from_ref(&first_cm));
 
     // A new Deployment template: a new ConfigMap, the Plugin names it, the controller
     // re-renders the Deployment from it, and the old ConfigMap is pruned.
