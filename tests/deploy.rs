@@ -522,6 +522,12 @@ fn required_permissions() -> BTreeSet<(String, String, String)> {
         &["get", "list", "watch", "create", "patch", "delete"],
     );
     add("", &["pods"], &["get", "list", "watch", "patch"]);
+    // The templates ConfigMap: applied and pruned with the set, watched by the controller.
+    add(
+        "",
+        &["configmaps"],
+        &["get", "list", "watch", "create", "patch", "delete"],
+    );
     add("", &["secrets"], &["get"]);
     add("", &["events"], &["create", "patch"]);
     add("events.k8s.io", &["events"], &["create", "patch"]);

@@ -284,11 +284,32 @@ fn template_override_change_shows_in_the_diff() {
     let (code, report) = repo.diff_json(&[]);
     assert_eq!(code, 1);
     let objects = report["objects"].as_array().expect("objects");
-    assert_eq!(objects.len(), 2);
-    for o in objects {
-        assert_eq!(o["kind"], "Service");
+    let of_kind = |kind: &str| -> Vec<&Value> {
+        objects.iter().filter(|o| o["kind"] == kind).collect()
+    };
+    // Each Service changes; the templates reach the cluster in a ConfigMap, created, which
+    // each Plugin names (`spec.templates`), so the controller renders with them.
+    assert_eq!(objects.len(), 5, "{objects:#?}");
+    let services = of_kind("Service");
+    assert_eq!(services.len(), 2);
+    for o in services {
         assert_eq!(o["changedPaths"], serde_json::json!(["spec.type"]));
     }
+    let plugins = of_kind("Plugin");
+    assert_eq!(plugins.len(), 2);
+    for o in plugins {
+        assert_eq!(o["changedPaths"], serde_json::json!(["spec.templates"]));
+    }
+    let config_maps = of_kind("ConfigMap");
+    assert_eq!(config_maps.len(), 1);
+    assert_eq!(config_maps[0]["action"], "create", "{:#}", config_maps[0]);
+    assert!(
+        config_maps[0]["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("plugsync-templates-")),
+        "{:#}",
+        config_maps[0]
+    );
 }
 
 #[test]
@@ -682,7 +703,8 @@ fn markdown_stays_under_githubs_comment_limit_and_says_where_the_rest_is() {
     ]);
     assert_eq!(full.status.code(), Some(1));
     let full = stdout(&full);
-    assert_eq!(full.matches("<details>").count(), N);
+    // A section per plugin, and one for the templates ConfigMap the change creates.
+    assert_eq!(full.matches("<details>").count(), N + 1);
     assert!(
         full.len() > LIMIT,
         "the test needs more than fits: {}",
@@ -710,8 +732,10 @@ fn markdown_stays_under_githubs_comment_limit_and_says_where_the_rest_is() {
         )),
         "{md}"
     );
+    // Each plugin's Service, and its Plugin, which names the new templates ConfigMap.
     assert!(md.contains(&format!(
-        "**Objects:** 0 to create, {N} to update, 0 to delete"
+        "**Objects:** 1 to create, {} to update, 0 to delete",
+        2 * N
     )));
     assert_eq!(
         md.matches("| * | `synth/").count(),
@@ -727,7 +751,8 @@ fn markdown_stays_under_githubs_comment_limit_and_says_where_the_rest_is() {
         md.matches("\n```\n").count()
     );
     assert!(
-        md.contains(&format!("the object diffs of {} plugins", N - shown)),
+        // Sections left out: the plugins' and the templates ConfigMap's ("other objects").
+        md.contains(&format!("the object diffs of {} plugins", N + 1 - shown)),
         "{}",
         &md[md.len().saturating_sub(3000)..]
     );

@@ -498,8 +498,21 @@ fn check_streaming_matches_whole_set(dir: &Path, cache: &Path) {
                 streamed == *expected,
                 "{arg} (files: {files}) differs from the whole set's"
             );
-            assert_eq!(rendered.len(), whole.rendered.len());
-            for (text, plugin) in rendered.iter().zip(&whole.rendered) {
+            // The templates ConfigMap first when templates are overridden (no files: it is
+            // printed, not written), then one entry per plugin.
+            let (config_map, per_plugin) =
+                rendered.split_at(rendered.len().saturating_sub(whole.rendered.len()));
+            let templates = whole.templates_object();
+            assert_eq!(config_map.len(), usize::from(templates.is_some()));
+            if let (Some(text), Some(object)) = (config_map.first(), &templates) {
+                assert_eq!(
+                    text.resource_name,
+                    object["metadata"]["name"].as_str().expect("name")
+                );
+                assert!(text.files.is_none());
+            }
+            assert_eq!(per_plugin.len(), whole.rendered.len());
+            for (text, plugin) in per_plugin.iter().zip(&whole.rendered) {
                 assert_eq!(text.resource_name, plugin.resource_name);
                 if files {
                     let (dockerfile, context) = text.files.as_ref().expect("files");

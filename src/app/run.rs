@@ -222,7 +222,6 @@ pub(crate) async fn run(options: RunOptions) -> Result<RunEnd, Error> {
     context.metrics = Some(metrics.clone());
     // The git loop publishes the PluginSet status (it knows each commit's fate).
     context.publish_set_status = false;
-    let templates = context.templates.clone();
     let controller = tokio::spawn(plugsync_kube::controller::run(
         Arc::new(context),
         namespace.clone(),
@@ -234,7 +233,6 @@ pub(crate) async fn run(options: RunOptions) -> Result<RunEnd, Error> {
         resolver,
         render,
         cache,
-        templates,
         metrics.clone(),
     )?;
     // The loop runs on this task (not spawned): the applier's futures are not `Send`

@@ -60,6 +60,11 @@ pub struct PluginSpec {
     /// and no build runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_digest: Option<String>,
+    /// The ConfigMap (`plugsync-templates-<set>-<hash of its content>`, applied with the
+    /// set) holding the repository's template overrides this Plugin was rendered with; the
+    /// controller renders its children from it. Absent: the built-in templates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub templates: Option<String>,
 }
 
 /// The package an install is built from.

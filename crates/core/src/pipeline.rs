@@ -72,22 +72,34 @@ impl LockState {
 }
 
 impl DesiredState {
-    /// The objects the git loop applies to a cluster: the Plugins. Their Jobs, Deployments and
-    /// Services are the controller's (it renders them with the same code, owned by each
-    /// Plugin), so `apply` never competes with it for them.
+    /// The objects the git loop applies to a cluster: the templates ConfigMap (when the
+    /// repository overrides templates), then the Plugins, which name it. Their Jobs,
+    /// Deployments and Services are the controller's (it renders them with the same code and
+    /// the templates of that ConfigMap, owned by each Plugin), so `apply` never competes with
+    /// it for them.
     pub fn cluster_objects(&self) -> Vec<serde_json::Value> {
-        self.rendered
-            .iter()
-            .flat_map(|p| p.objects.iter().filter(|o| o["kind"] == "Plugin").cloned())
+        self.templates_object()
+            .into_iter()
+            .chain(
+                self.rendered
+                    .iter()
+                    .flat_map(|p| p.objects.iter().filter(|o| o["kind"] == "Plugin").cloned()),
+            )
             .collect()
     }
 
-    /// Every rendered Kubernetes object, plugin by plugin.
+    /// Every rendered Kubernetes object: the templates ConfigMap, then plugin by plugin.
     pub fn objects(&self) -> Vec<serde_json::Value> {
-        self.rendered
-            .iter()
-            .flat_map(|p| p.objects.iter().cloned())
+        self.templates_object()
+            .into_iter()
+            .chain(self.rendered.iter().flat_map(|p| p.objects.iter().cloned()))
             .collect()
+    }
+
+    /// The ConfigMap carrying the repository's template overrides to the controller
+    /// ([`Templates::config_map`]); `None` with the built-in templates alone.
+    pub fn templates_object(&self) -> Option<serde_json::Value> {
+        self.templates.config_map(self.set.spec())
     }
 }
 
@@ -222,28 +234,44 @@ impl ResolvedState {
 
     /// What `plugsync render` prints (and, with `files`, writes), plugin by plugin: the
     /// same objects as [`ResolvedState::render`], turned into text on the rendering
-    /// threads and freed there. [`emit_text`] prints it.
+    /// threads and freed there, after the templates ConfigMap when there is one (an entry
+    /// without files). [`emit_text`] prints it.
     pub fn render_text(
         &self,
         settings: &RenderSettings,
         format: TextFormat,
         files: bool,
     ) -> Result<Vec<RenderedText>, Error> {
-        if format == TextFormat::Yaml {
+        let mut rendered = if format == TextFormat::Yaml {
             // Objects straight to YAML, never built as values.
-            return self.render_map_as::<render::AsYaml, _>(settings, |_, plugin| RenderedText {
+            self.render_map_as::<render::AsYaml, _>(settings, |_, plugin| RenderedText {
                 yaml: Some(render::documents_to_yaml(&plugin.objects)),
                 json: None,
                 files: files.then_some((plugin.dockerfile, plugin.context)),
                 resource_name: plugin.resource_name,
-            });
+            })?
+        } else {
+            self.render_map(settings, |_, plugin| RenderedText {
+                yaml: files.then(|| render::objects_to_yaml(&plugin.objects)),
+                json: Some(render::objects_to_json_items(&plugin.objects)),
+                files: files.then_some((plugin.dockerfile, plugin.context)),
+                resource_name: plugin.resource_name,
+            })?
+        };
+        if let Some(config_map) = self.templates.config_map(self.set.spec()) {
+            let objects = [config_map];
+            let text = RenderedText {
+                resource_name: objects[0]["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                yaml: (format == TextFormat::Yaml).then(|| render::objects_to_yaml(&objects)),
+                json: (format == TextFormat::Json).then(|| render::objects_to_json_items(&objects)),
+                files: None,
+            };
+            rendered.insert(0, text);
         }
-        self.render_map(settings, |_, plugin| RenderedText {
-            yaml: files.then(|| render::objects_to_yaml(&plugin.objects)),
-            json: Some(render::objects_to_json_items(&plugin.objects)),
-            files: files.then_some((plugin.dockerfile, plugin.context)),
-            resource_name: plugin.resource_name,
-        })
+        Ok(rendered)
     }
 }
 
@@ -422,7 +450,14 @@ pub async fn diff_report(
     let mut desired = Vec::new();
     let mut shared_keys = Vec::new();
     let mut head_keys = HashSet::new();
-    for (keys, objects) in rendered {
+    // The templates ConfigMaps (named by the hash of their content) are planned as any
+    // object: a change of templates shows as one created and the other deleted.
+    let head_templates = head_state
+        .templates
+        .config_map(head_state.set.spec())
+        .map(|object| vec![(Ok(Vec::new()), vec![object])])
+        .unwrap_or_default();
+    for (keys, objects) in head_templates.into_iter().chain(rendered) {
         for key in keys.map_err(plan_error)? {
             if !head_keys.insert(key.clone()) {
                 return Err(duplicate(Side::Desired, &key));
@@ -447,14 +482,17 @@ pub async fn diff_report(
             .map(|(input, _)| input)
             .collect();
         let mut base_keys: HashSet<ObjectKey> = shared_keys.iter().cloned().collect();
-        for plugin in render::render_set(state.set.spec(), &inputs, &state.templates, settings)? {
-            for object in plugin.objects {
-                let key = ObjectKey::of(&object).map_err(plan_error)?;
-                if !base_keys.insert(key.clone()) {
-                    return Err(duplicate(Side::Live, &key));
-                }
-                live.push(object);
+        let base_templates = state.templates.config_map(state.set.spec());
+        let rendered = render::render_set(state.set.spec(), &inputs, &state.templates, settings)?;
+        let objects = base_templates
+            .into_iter()
+            .chain(rendered.into_iter().flat_map(|plugin| plugin.objects));
+        for object in objects {
+            let key = ObjectKey::of(&object).map_err(plan_error)?;
+            if !base_keys.insert(key.clone()) {
+                return Err(duplicate(Side::Live, &key));
             }
+            live.push(object);
         }
     }
 

@@ -513,6 +513,7 @@ mod tests {
             },
             runtime: Default::default(),
             image_digest: image_digest.map(str::to_string),
+            templates: None,
         }
     }
 

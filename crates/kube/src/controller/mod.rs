@@ -8,22 +8,25 @@ pub mod lifecycle;
 pub mod reconcile;
 pub mod registry_check;
 pub(crate) mod set_status;
+pub(crate) mod templates;
 
 use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
-use kube::Api;
+use kube::{Api, ResourceExt};
 use tracing::{debug, warn};
 
 use plugsync_core::crd::Plugin;
 pub use reconcile::{Context, RegistryCheck};
 
-/// Runs the plugin loop in `namespace` until `shutdown` resolves: watches Plugins and the
-/// Jobs, Deployments and Services they own, and reconciles each Plugin on every change. With
+/// Runs the plugin loop in `namespace` until `shutdown` resolves: watches Plugins, the
+/// Jobs, Deployments and Services they own and the templates ConfigMaps they name, and
+/// reconciles each Plugin on every change. With
 /// [`Context::publish_set_status`], it also keeps each PluginSet's status columns current.
 pub async fn run(
     ctx: Arc<Context>,
@@ -52,7 +55,29 @@ async fn plugin_loop(
     let shutdown = shutdown.shared();
     let controller = Controller::new(plugins, watcher::Config::default());
     let store = controller.store();
+    // The templates ConfigMaps: a store that reconciles read (fed here), and a trigger, so
+    // a Plugin waiting for its ConfigMap reconciles when it appears.
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let feed = ctx
+        .templates
+        .feed(config_maps.clone())
+        .take_until(shutdown.clone())
+        .for_each(|()| async {});
+    let naming = store.clone();
     let done = controller
+        .watches(
+            config_maps,
+            templates::watch_config(),
+            move |config_map: ConfigMap| {
+                let name = config_map.name_any();
+                naming
+                    .state()
+                    .into_iter()
+                    .filter(|p| p.spec.templates.as_deref() == Some(name.as_str()))
+                    .map(|p| ObjectRef::from_obj(&*p))
+                    .collect::<Vec<_>>()
+            },
+        )
         .owns(
             Api::<Job>::namespaced(client.clone(), namespace),
             watcher::Config::default(),
@@ -85,7 +110,7 @@ async fn plugin_loop(
                 Err(e) => warn!(error = %e, "reconcile error"),
             }
         });
-    until_stopped(done, store, shutdown).await;
+    futures::join!(until_stopped(done, store, shutdown), feed);
 }
 
 /// Drives a controller until it ends after `shutdown`. kube-runtime holds a controller's

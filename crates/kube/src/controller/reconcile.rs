@@ -4,9 +4,10 @@
 //!
 //! Children are rendered by the same render code as `plugsync render` and the PR diff, from
 //! the Plugin's spec, its PluginSet's spec, the package (from the content-addressed cache the
-//! git loop fills) and the templates in effect, so what the diff showed is what runs.
+//! git loop fills) and the templates of the ConfigMap the Plugin names (read from the cluster,
+//! see [`super::templates`]), so what the diff showed is what runs.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -27,7 +28,7 @@ use super::lifecycle::{
 use plugsync_core::crd::{BuildFailure, Plugin, PluginPhase, PluginSetResource, PluginStatus};
 use plugsync_core::model::{LockedPlugin, PluginSet, PluginSetMetadata, API_VERSION};
 use plugsync_core::package::Package;
-use plugsync_core::render::{self, PluginInput, RenderSettings, Templates};
+use plugsync_core::render::{self, PluginInput, RenderSettings};
 use plugsync_core::resolve::cache::Cache;
 
 /// Field manager of everything the controller writes.
@@ -47,8 +48,6 @@ pub struct Context {
     pub client: Client,
     /// Packages (and build contexts, which the context server serves) by sha256.
     pub cache: Cache,
-    /// The templates of the last commit the git loop read (built-in until then).
-    pub templates: Arc<RwLock<Templates>>,
     /// Where build Jobs fetch contexts.
     pub settings: RenderSettings,
     /// Registry check for image reuse (none: known digests are trusted).
@@ -62,8 +61,8 @@ pub struct Context {
     /// `plugsync apply`. Off under `plugsync run`, whose git loop publishes them itself (it
     /// also knows each commit's fate): one writer per field.
     pub publish_set_status: bool,
-    /// The templates compiled once per change, not once per reconcile.
-    compiled: render::EnvironmentCache,
+    /// The templates ConfigMaps, watched, and compiled once each.
+    pub(crate) templates: super::templates::TemplatesWatch,
 }
 
 impl Context {
@@ -79,13 +78,12 @@ impl Context {
         Context {
             client,
             cache,
-            templates: Arc::new(RwLock::new(Templates::builtin())),
             settings,
             registry: None,
             recorder,
             metrics: None,
             publish_set_status: true,
-            compiled: render::EnvironmentCache::default(),
+            templates: super::templates::TemplatesWatch::default(),
         }
     }
 }
@@ -131,6 +129,28 @@ pub async fn reconcile(
         return Ok(RequeueAction::requeue(Duration::from_secs(30)));
     };
 
+    // The templates the Plugin was rendered with, from the cluster: without them nothing
+    // can be rendered, and the Plugin says what it waits for.
+    let templates = match ctx
+        .templates
+        .compiled(client, &namespace, spec.templates.as_deref())
+        .await?
+    {
+        Ok(templates) => templates,
+        Err(unavailable) => {
+            publish_status(
+                &ctx,
+                &plugin,
+                &templates_unavailable(&plugin, &unavailable),
+                None,
+            )
+            .await?;
+            // The ConfigMap's creation triggers a reconcile (the controller watches them);
+            // the requeue is a backstop.
+            return Ok(RequeueAction::requeue(Duration::from_secs(60)));
+        }
+    };
+
     let jobs: Api<Job> = Api::namespaced(client.clone(), &namespace);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
     let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
@@ -168,7 +188,13 @@ pub async fn reconcile(
     // other settings (replicas, env, resources, labels, templates) is outdated like one on
     // another image.
     let wanted = match known.as_deref() {
-        Some(digest) => Some(render_children(&ctx, &plugin, &set, Some(digest))?),
+        Some(digest) => Some(render_children(
+            &ctx,
+            &plugin,
+            &set,
+            &templates,
+            Some(digest),
+        )?),
         None => None,
     };
     let wanted_hash = wanted.as_ref().and_then(rendered_deployment_hash);
@@ -263,6 +289,7 @@ pub async fn reconcile(
             &ctx,
             &plugin,
             &set,
+            &templates,
             decision.image_digest.as_deref(),
         )?),
         _ => None,
@@ -517,6 +544,25 @@ pub(crate) async fn remove_attempts(
         }
     }
     Ok(())
+}
+
+/// The status of a Plugin whose templates cannot be had: it keeps its phase (a running
+/// plugin keeps running; nothing is changed for it) and says, in its `Stalled` condition,
+/// which ConfigMap it waits for.
+fn templates_unavailable(plugin: &Plugin, why: &super::templates::Unavailable) -> Decision {
+    let old = plugin.status.clone().unwrap_or_default();
+    let phase = old.phase.unwrap_or(PluginPhase::Pending);
+    let reason = why.reason();
+    let mut decision = Decision::new(
+        phase,
+        why.message(),
+        (phase == PluginPhase::Running, reason),
+        None,
+        Some(reason),
+    );
+    decision.endpoint = old.endpoint;
+    decision.current_attempt = old.current_attempt;
+    decision
 }
 
 fn waiting(message: &str) -> Decision {
@@ -820,6 +866,7 @@ fn render_children(
     ctx: &Context,
     plugin: &Plugin,
     set: &PluginSetResource,
+    env: &render::Compiled,
     digest: Option<&str>,
 ) -> Result<render::RenderedPlugin, ReconcileError> {
     let spec = &plugin.spec;
@@ -853,10 +900,6 @@ fn render_children(
         },
         spec: set.spec.0.clone(),
     };
-    let env = match ctx.templates.read() {
-        Ok(templates) => ctx.compiled.environment(&templates)?,
-        Err(_) => ctx.compiled.environment(&Templates::builtin())?,
-    };
     let rendered = render::render_plugin(
         &declared,
         &PluginInput {
@@ -868,12 +911,12 @@ fn render_children(
             image_digest: digest,
             built_images: None,
         },
-        &env,
+        env,
         &ctx.settings,
     )?;
-    // Build only what the git loop declared: with other templates than the commit's (the
-    // git loop has not handed them over yet), the build inputs differ and the Job would be
-    // replaced as stale at once.
+    // Build only what was declared: with other templates than the ones the Plugin was
+    // rendered with (built-in ones of another plugsync version), the build inputs differ
+    // and the Job would be replaced as stale at once.
     let declared_inputs = rendered
         .objects
         .iter()
@@ -881,8 +924,9 @@ fn render_children(
         .and_then(|o| o["spec"]["build"]["inputsHash"].as_str());
     if declared_inputs != Some(spec.build.inputs_hash.as_str()) {
         return Err(ReconcileError::Waiting(format!(
-            "the templates in effect give other build inputs than the Plugin's ({}); waiting \
-             for the git loop to load its commit's templates",
+            "the templates ({}) give other build inputs than the Plugin's ({}): was it \
+             rendered by another version of plugsync?",
+            spec.templates.as_deref().unwrap_or("built-in"),
             spec.build.inputs_hash
         )));
     }

@@ -15,7 +15,7 @@
 pub mod status;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
@@ -35,7 +35,7 @@ use plugsync_core::crd::{Plugin, PluginSetStatus};
 use plugsync_core::error::Error;
 use plugsync_core::model::PluginSet;
 use plugsync_core::pipeline::{self, join, parent_dir, LockState};
-use plugsync_core::render::{RenderSettings, Templates, LABEL_PLUGINSET};
+use plugsync_core::render::{RenderSettings, LABEL_PLUGINSET};
 use plugsync_core::resolve::cache::Cache;
 use plugsync_core::resolve::Resolver;
 use plugsync_core::source::remote::{
@@ -139,7 +139,6 @@ pub struct GitOps {
     resolver: Resolver,
     settings: RenderSettings,
     cache: Cache,
-    templates: Arc<RwLock<Templates>>,
     metrics: Arc<Metrics>,
     remote: Option<Arc<Mutex<RemoteRepo>>>,
     applier: Applier,
@@ -160,15 +159,14 @@ pub struct GitOps {
 }
 
 impl GitOps {
-    /// A loop over `config`; `templates` is shared with the plugin controller, which renders
-    /// children with the templates of the commit the loop applied.
+    /// A loop over `config`. It shares nothing with the plugin controller: the templates of
+    /// the commit it applies reach the controller as a ConfigMap applied with the set.
     pub fn new(
         client: Client,
         config: LoopConfig,
         resolver: Resolver,
         settings: RenderSettings,
         cache: Cache,
-        templates: Arc<RwLock<Templates>>,
         metrics: Arc<Metrics>,
     ) -> Result<GitOps, Error> {
         let remote = match &config.source {
@@ -193,7 +191,6 @@ impl GitOps {
             resolver,
             settings,
             cache,
-            templates,
             metrics,
             remote,
             crds_installed: false,
@@ -371,11 +368,8 @@ impl GitOps {
             return self.bad_commit(commit, message, Vec::new());
         }
 
-        // The controller renders children with this commit's templates, and build Jobs
-        // fetch their contexts from this replica's cache.
-        if let Ok(mut templates) = self.templates.write() {
-            *templates = state.templates.clone();
-        }
+        // Build Jobs fetch their contexts from this replica's cache. (The commit's templates
+        // reach the controller as a ConfigMap among the applied objects.)
         for rendered in &state.rendered {
             // Already cached from an earlier pass: no rewrite (each put fsyncs).
             let needed = rendered.objects.iter().any(|o| o["kind"] == "Job")
@@ -388,7 +382,7 @@ impl GitOps {
         }
 
         let objects = state.cluster_objects();
-        info!(%commit, plugins = objects.len(), "applying");
+        info!(%commit, objects = objects.len(), "applying");
         self.applied = Some(Applied {
             set,
             objects,
@@ -745,7 +739,10 @@ impl GitOps {
             .collect();
         self.metrics.set_plugins_by_phase(&phases);
 
-        let declared = self.applied.as_ref().map(|a| a.objects.len());
+        let declared = self.applied.as_ref().map(|a| {
+            // Plugins only: the templates ConfigMap is applied with them.
+            a.objects.iter().filter(|o| o["kind"] == "Plugin").count()
+        });
         let (message, conditions) = compose(&self.result, declared, &counts);
         let conditions = kube_conditions(&conditions, &old.conditions, live.metadata.generation);
         let errors = match &self.result {
