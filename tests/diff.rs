@@ -284,9 +284,8 @@ fn template_override_change_shows_in_the_diff() {
     let (code, report) = repo.diff_json(&[]);
     assert_eq!(code, 1);
     let objects = report["objects"].as_array().expect("objects");
-    let of_kind = |kind: &str| -> Vec<&Value> {
-        objects.iter().filter(|o| o["kind"] == kind).collect()
-    };
+    let of_kind =
+        |kind: &str| -> Vec<&Value> { objects.iter().filter(|o| o["kind"] == kind).collect() };
     // Each Service changes; the templates reach the cluster in a ConfigMap, created, which
     // each Plugin names (`spec.templates`), so the controller renders with them.
     assert_eq!(objects.len(), 5, "{objects:#?}");
