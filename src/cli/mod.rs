@@ -722,13 +722,30 @@ fn resolver_for(fetch: &FetchArgs) -> Result<Resolver, Error> {
     Ok(resolver)
 }
 
+/// Runs `work` on a blocking thread, with the runtime's handle for the downloads it awaits:
+/// loading, reading the cache and rendering never run on the runtime's workers.
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce(&tokio::runtime::Handle) -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || work(&runtime))
+        .await
+        .map_err(|e| Error::Usage(format!("internal error: the work thread failed: {e}")))?
+}
+
 async fn render_command(args: RenderArgs) -> Result<ExitCode, Error> {
+    off_runtime(move |runtime| render_blocking(runtime, args)).await
+}
+
+/// `plugsync render`, on a thread that may block.
+fn render_blocking(runtime: &tokio::runtime::Handle, args: RenderArgs) -> Result<ExitCode, Error> {
     let root = args.repo.root();
     let file = args.repo.file_name();
     let snapshot = WorkTree::new(&root).map_err(|e| Error::Usage(e.to_string()))?;
     let plugins_path = args.repo.plugins_path();
     let resolver = resolver_for(&args.fetch)?;
-    let Some(state) = pipeline::resolved_state(&snapshot, &file, &resolver).await? else {
+    let Some(state) = pipeline::resolved_state_blocking(runtime, &snapshot, &file, &resolver)?
+    else {
         return Err(Error::Usage(format!(
             "{}: not found",
             plugins_path.display()
@@ -791,6 +808,11 @@ fn write_to_stdout(pieces: &[&str]) -> Result<(), Error> {
 }
 
 async fn diff_command(args: DiffArgs) -> Result<ExitCode, Error> {
+    off_runtime(move |runtime| diff_blocking(runtime, args)).await
+}
+
+/// `plugsync diff`, on a thread that may block (git object reads, loading, rendering).
+fn diff_blocking(runtime: &tokio::runtime::Handle, args: DiffArgs) -> Result<ExitCode, Error> {
     let snap = |e: plugsync_core::source::SnapshotError| Error::Usage(e.to_string());
     let (root, subdir) = discover_repo_root(&args.repo).map_err(snap)?;
     let file = args.file.to_string_lossy().into_owned();
@@ -823,7 +845,7 @@ async fn diff_command(args: DiffArgs) -> Result<ExitCode, Error> {
     let resolver = resolver_for(&args.fetch)?;
     let settings = args.render.settings();
     // Plugins the two revisions share are rendered once; neither revision is held whole.
-    let report = pipeline::diff_report(
+    let report = runtime.block_on(pipeline::diff_report(
         &base,
         head.as_ref(),
         &file,
@@ -831,8 +853,7 @@ async fn diff_command(args: DiffArgs) -> Result<ExitCode, Error> {
         &settings,
         &format!("{base_label} ({})", &base_rev[..base_rev.len().min(12)]),
         args.context_lines,
-    )
-    .await?;
+    ))?;
     let mut report = report;
     // Repository-relative, as a reviewer knows the files: never the runner's checkout path.
     report.file = Some(diff::file_label(&args.repo, &args.file));
@@ -859,12 +880,16 @@ async fn pinned_state(
     let file = repo.file_name();
     let snapshot = WorkTree::new(&root).map_err(|e| Error::Usage(e.to_string()))?;
     let resolver = resolver_for(fetch)?;
-    let mut resolved = pipeline::resolved_state(&snapshot, &file, &resolver)
-        .await?
-        .ok_or_else(|| Error::Usage(format!("{}: not found", repo.plugins_path().display())))?;
+    let plugins_path = repo.plugins_path();
+    let mut resolved = off_runtime(move |runtime| {
+        pipeline::resolved_state_blocking(runtime, &snapshot, &file, &resolver)
+    })
+    .await?
+    .ok_or_else(|| Error::Usage(format!("{}: not found", plugins_path.display())))?;
     let namespace = set_namespace(&resolved.set, cluster)?;
     resolved.in_namespace(&namespace);
-    let state = resolved.render(&render.settings())?;
+    let settings = render.settings();
+    let state = off_runtime(move |_| resolved.render(&settings)).await?;
     match &state.lock {
         LockState::UpToDate => Ok(state),
         LockState::Missing => Err(Error::LockOutOfDate(format!(

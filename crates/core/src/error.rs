@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use crate::package::PackageError;
 use crate::resolve::fetch::FetchError;
+use crate::source::SnapshotError;
 
 /// Result alias used throughout the library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -114,6 +115,18 @@ pub enum Error {
         actual: String,
     },
 
+    /// A revision of the repository (or the working tree) could not be read. Keeps the
+    /// [`SnapshotError`], which says whether the content is at fault (a symlink, a bad path)
+    /// or the reading failed (a git object read, the disk): see [`Error::is_transient`].
+    #[error("{snapshot}: {source}")]
+    Snapshot {
+        /// The snapshot's description (`origin/main (1a2b3c4d)`, `working tree /x`).
+        snapshot: String,
+        /// Why it could not be read.
+        #[source]
+        source: SnapshotError,
+    },
+
     /// A request that cannot be carried out as asked (bad flag values, paths outside the
     /// repository, …).
     #[error("{0}")]
@@ -154,6 +167,33 @@ pub enum Error {
 }
 
 impl Error {
+    /// Wraps a snapshot error with the snapshot it happened in.
+    pub fn snapshot(snapshot: impl Into<String>, source: SnapshotError) -> Self {
+        Error::Snapshot {
+            snapshot: snapshot.into(),
+            source,
+        }
+    }
+
+    /// Whether the same request may succeed if simply tried again: a package server, the
+    /// disk, a git object read or the cluster failed, not the input. The git loop retries a
+    /// commit that failed this way at its next poll; any other error makes the commit bad
+    /// (the status says why, and nothing is applied) until a new commit arrives.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Source { .. } | Error::Io { .. } | Error::Cluster(_) => true,
+            Error::Snapshot { source, .. } => source.is_transient(),
+            Error::ClusterApi { code, .. } => matches!(code, 429 | 500 | 502 | 503 | 504),
+            Error::Invalid(_)
+            | Error::Package { .. }
+            | Error::DigestMismatch { .. }
+            | Error::WrongPackage { .. }
+            | Error::Usage(_)
+            | Error::Render(_)
+            | Error::LockOutOfDate(_) => false,
+        }
+    }
+
     /// Wraps an I/O error with the path it happened on.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {

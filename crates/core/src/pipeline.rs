@@ -300,15 +300,30 @@ pub fn emit_text<'a>(
 /// starting a thread costs about what it saves).
 const PARALLEL_LOAD_BYTES: usize = 16 * 1024;
 
-/// Reads, validates and resolves the plugins.yaml at `file` in `snapshot`, without
-/// rendering. Returns `Ok(None)` when the revision has no such file.
-pub async fn resolved_state(
-    snapshot: &dyn Snapshot,
-    file: &str,
-    resolver: &Resolver,
-) -> Result<Option<ResolvedState>, Error> {
-    let snap =
-        |e: crate::source::SnapshotError| Error::Usage(format!("{}: {e}", snapshot.describe()));
+/// One revision's plugins.yaml, plugins.lock and templates, read and validated: the part of
+/// [`resolved_state`] before the packages, synchronous (repository reads and parsing), so
+/// callers on an async runtime run it on a blocking thread.
+#[derive(Debug, Clone)]
+pub struct LoadedRevision {
+    /// The revision, for messages.
+    pub source: String,
+    /// The commit id, for git revisions.
+    pub revision: Option<String>,
+    /// The validated plugins.yaml.
+    pub set: LoadedPluginSet,
+    /// The revision's plugins.lock, if it has one.
+    pub old_lock: Option<PluginLock>,
+    /// The templates in effect.
+    pub templates: Templates,
+    /// The folder holding plugins.yaml (`path:` entries are relative to it).
+    pub dir: String,
+}
+
+/// Reads and validates the plugins.yaml at `file` in `snapshot`, its lock and templates.
+/// Synchronous: repository reads and parsing. Returns `Ok(None)` when the revision has no
+/// such file.
+pub fn load_revision(snapshot: &dyn Snapshot, file: &str) -> Result<Option<LoadedRevision>, Error> {
+    let snap = |e: crate::source::SnapshotError| Error::snapshot(snapshot.describe(), e);
     let Some(text) = snapshot.read(file).map_err(snap)? else {
         return Ok(None);
     };
@@ -341,38 +356,106 @@ pub async fn resolved_state(
             Err(e) => (Err(e), Ok(None)),
         }
     };
-    let (set, old) = (set?, old?);
-
+    let (set, old_lock) = (set?, old?);
     let templates = read_templates(snapshot, &join(&dir, TEMPLATES_DIR))?;
-    let resolution = resolver
-        .resolve(
-            &SubdirSnapshot {
-                inner: snapshot,
-                dir: &dir,
-            },
-            &set,
-            old.as_ref(),
-            &[],
-        )
-        .await?;
-    let lock = match &old {
-        None => LockState::Missing,
-        Some(_) if resolution.changes.is_empty() => LockState::UpToDate,
-        Some(_) => LockState::Stale(resolution.changes.clone()),
-    };
-    let built_images = old
-        .as_ref()
-        .map(PluginLock::built_images)
-        .unwrap_or_default();
-    Ok(Some(ResolvedState {
+    Ok(Some(LoadedRevision {
         source: snapshot.describe(),
         revision: snapshot.revision(),
         set,
-        resolution,
+        old_lock,
         templates,
-        lock,
-        built_images,
+        dir,
     }))
+}
+
+impl LoadedRevision {
+    /// Resolves the declared plugins against the lock. Async only for the package downloads;
+    /// packages already in the cache are read and checked by the resolver without waiting.
+    /// `snapshot` is the one [`load_revision`] read (`path:` entries come from it).
+    pub async fn resolve(
+        self,
+        snapshot: &dyn Snapshot,
+        resolver: &Resolver,
+    ) -> Result<ResolvedState, Error> {
+        let resolution = resolver
+            .resolve(
+                &SubdirSnapshot {
+                    inner: snapshot,
+                    dir: &self.dir,
+                },
+                &self.set,
+                self.old_lock.as_ref(),
+                &[],
+            )
+            .await?;
+        let lock = match &self.old_lock {
+            None => LockState::Missing,
+            Some(_) if resolution.changes.is_empty() => LockState::UpToDate,
+            Some(_) => LockState::Stale(resolution.changes.clone()),
+        };
+        let built_images = self
+            .old_lock
+            .as_ref()
+            .map(PluginLock::built_images)
+            .unwrap_or_default();
+        Ok(ResolvedState {
+            source: self.source,
+            revision: self.revision,
+            set: self.set,
+            resolution,
+            templates: self.templates,
+            lock,
+            built_images,
+        })
+    }
+}
+
+/// Reads, validates and resolves the plugins.yaml at `file` in `snapshot`, without
+/// rendering. Returns `Ok(None)` when the revision has no such file.
+pub async fn resolved_state(
+    snapshot: &dyn Snapshot,
+    file: &str,
+    resolver: &Resolver,
+) -> Result<Option<ResolvedState>, Error> {
+    match load_revision(snapshot, file)? {
+        Some(loaded) => Ok(Some(loaded.resolve(snapshot, resolver).await?)),
+        None => Ok(None),
+    }
+}
+
+/// [`desired_state_in`] (or, without a namespace, [`desired_state`]) for a thread that may
+/// block: call it inside `tokio::task::spawn_blocking`, never on an async worker. Loading
+/// and rendering run on this thread; the resolution is driven here by `runtime.block_on`,
+/// its downloads asynchronous on `runtime`'s I/O driver, its cache reads on this thread.
+pub fn desired_state_blocking(
+    runtime: &tokio::runtime::Handle,
+    snapshot: &dyn Snapshot,
+    file: &str,
+    resolver: &Resolver,
+    settings: &RenderSettings,
+    namespace: Option<&str>,
+) -> Result<Option<DesiredState>, Error> {
+    let Some(loaded) = load_revision(snapshot, file)? else {
+        return Ok(None);
+    };
+    let mut resolved = runtime.block_on(loaded.resolve(snapshot, resolver))?;
+    if let Some(namespace) = namespace {
+        resolved.in_namespace(namespace);
+    }
+    Ok(Some(resolved.render(settings)?))
+}
+
+/// [`resolved_state`] for a thread that may block (see [`desired_state_blocking`]).
+pub fn resolved_state_blocking(
+    runtime: &tokio::runtime::Handle,
+    snapshot: &dyn Snapshot,
+    file: &str,
+    resolver: &Resolver,
+) -> Result<Option<ResolvedState>, Error> {
+    match load_revision(snapshot, file)? {
+        Some(loaded) => Ok(Some(runtime.block_on(loaded.resolve(snapshot, resolver))?)),
+        None => Ok(None),
+    }
 }
 
 /// The pull-request diff of `head` against `base`: the same report as
@@ -581,8 +664,7 @@ pub(crate) fn render_resolution(
 }
 
 fn read_templates(snapshot: &dyn Snapshot, dir: &str) -> Result<Templates, Error> {
-    let snap =
-        |e: crate::source::SnapshotError| Error::Usage(format!("{}: {e}", snapshot.describe()));
+    let snap = |e: crate::source::SnapshotError| Error::snapshot(snapshot.describe(), e);
     let mut overrides = Vec::new();
     for name in snapshot.list(dir).map_err(snap)? {
         let path = join(dir, &name);

@@ -7,6 +7,7 @@
 //! the service account's (the pod's own namespace), else `default`: kubectl's order.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
@@ -203,13 +204,35 @@ pub async fn connect(options: &ClusterOptions) -> Result<Cluster, Error> {
     };
     let mut config = config;
     config.default_namespace = namespace.clone();
-    let client =
-        Client::try_from(config).map_err(|e| Error::Usage(format!("kubernetes client: {e}")))?;
+    let client = client_for(config)?;
     Ok(Cluster {
         client,
         namespace,
         source,
     })
+}
+
+/// Longest wait for the API server to answer a request: above the 290 s a watch asks the
+/// server to hold it open (kube-runtime's watcher), so a quiet watch is never cut, while a
+/// server that stops answering is given up on instead of waited for forever (kube 5 sets no
+/// read timeout by default).
+pub const READ_TIMEOUT: Duration = Duration::from_secs(295);
+
+/// The client every command uses for `config`, with plugsync's network settings:
+/// - a read timeout ([`READ_TIMEOUT`], reset by each write) next to kube's connect (30 s)
+///   and write (295 s) timeouts, so no call waits forever;
+/// - kube's own retry layer off. It retries 429, 503 and 504 up to 15 times, backing off up
+///   to 1000 s between tries, under every call: under the applier's bounded retry
+///   ([`crate::apply::RetryPolicy`], 6 attempts, which also retries 500, 502 and broken
+///   connections) that made up to 7 × 16 requests of one failing apply, and under the
+///   leader's lease renewals it could outlast the renew deadline. Calls outside the applier
+///   are retried by their loops (the controller's requeue, the git loop's next poll, the
+///   leader's retry period).
+pub fn client_for(mut config: Config) -> Result<Client, Error> {
+    config.default_retry = false;
+    config.read_timeout = Some(READ_TIMEOUT);
+    config.reset_reader_on_write = true;
+    Client::try_from(config).map_err(|e| Error::Usage(format!("kubernetes client: {e}")))
 }
 
 #[cfg(test)]

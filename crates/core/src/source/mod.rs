@@ -143,6 +143,21 @@ pub enum SnapshotError {
 }
 
 impl SnapshotError {
+    /// Whether reading failed rather than the content: a libgit2 error reading an object
+    /// (a pack being replaced, a full or failing disk, too many open files) or an I/O error.
+    /// A symlink, a submodule, a bad path or a missing folder is the revision's content and
+    /// stays so however often it is read.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SnapshotError::Git { .. } | SnapshotError::Io { .. } => true,
+            SnapshotError::NotFound { .. }
+            | SnapshotError::InvalidPath { .. }
+            | SnapshotError::Symlink { .. }
+            | SnapshotError::Submodule { .. }
+            | SnapshotError::WrongKind { .. } => false,
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
         SnapshotError::Io {
             path: path.into(),

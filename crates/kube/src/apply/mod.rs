@@ -50,6 +50,10 @@ pub use retry::RetryPolicy;
 
 /// The field manager plugsync applies with.
 pub(crate) const FIELD_MANAGER: &str = "plugsync";
+
+/// How long a newly applied CRD may take to be served before the apply gives up (the API
+/// server establishes one in well under a second).
+pub(crate) const CRD_ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(30);
 pub use plugsync_core::render::ANNOTATION_APPLIED_HASH;
 
 /// What an apply run may do.
@@ -258,7 +262,7 @@ impl Applier {
             self.apply_one(&api, &key, &desired, live.as_ref(), options, &mut report)
                 .await;
             if !options.dry_run {
-                self.wait_established(&api, &key.name).await?;
+                self.wait_established(&key.name).await?;
             }
         }
         if let Some((key, why)) = report.failed.first() {
@@ -267,27 +271,22 @@ impl Applier {
         Ok(report)
     }
 
-    async fn wait_established(&self, api: &Api<DynamicObject>, name: &str) -> Result<(), Error> {
-        for _ in 0..150 {
-            if let Some(crd) = self.get(api, name).await? {
-                let established = crd
-                    .pointer("/status/conditions")
-                    .and_then(Value::as_array)
-                    .is_some_and(|cs| {
-                        cs.iter().any(|c| {
-                            c.get("type").and_then(Value::as_str) == Some("Established")
-                                && c.get("status").and_then(Value::as_str) == Some("True")
-                        })
-                    });
-                if established {
-                    return Ok(());
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+    /// Waits (a watch, not a poll) until the CRD `name` is Established, for at most
+    /// [`CRD_ESTABLISHED_TIMEOUT`].
+    async fn wait_established(&self, name: &str) -> Result<(), Error> {
+        use kube::runtime::wait::{await_condition, conditions};
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        let established = await_condition(crds, name, conditions::is_crd_established());
+        match tokio::time::timeout(CRD_ESTABLISHED_TIMEOUT, established).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(Error::Cluster(format!(
+                "waiting for CustomResourceDefinition {name} to become Established: {e}"
+            ))),
+            Err(_) => Err(Error::Cluster(format!(
+                "CustomResourceDefinition {name} did not become Established within {}s",
+                CRD_ESTABLISHED_TIMEOUT.as_secs()
+            ))),
         }
-        Err(Error::Cluster(format!(
-            "CustomResourceDefinition {name} did not become Established within 30s"
-        )))
     }
 
     async fn get(&self, api: &Api<DynamicObject>, name: &str) -> Result<Option<Value>, Error> {

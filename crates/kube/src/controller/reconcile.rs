@@ -188,13 +188,9 @@ pub async fn reconcile(
     // other settings (replicas, env, resources, labels, templates) is outdated like one on
     // another image.
     let wanted = match known.as_deref() {
-        Some(digest) => Some(render_children(
-            &ctx,
-            &plugin,
-            &set,
-            &templates,
-            Some(digest),
-        )?),
+        Some(digest) => {
+            Some(render_children_blocking(&ctx, &plugin, &set, &templates, Some(digest)).await?)
+        }
         None => None,
     };
     let wanted_hash = wanted.as_ref().and_then(rendered_deployment_hash);
@@ -285,13 +281,16 @@ pub async fn reconcile(
         .any(|a| !matches!(a, Action::CreateNextAttempt { .. }));
     let rendered = match wanted {
         Some(r) if decision.image_digest == known => Some(r),
-        _ if needs_children => Some(render_children(
-            &ctx,
-            &plugin,
-            &set,
-            &templates,
-            decision.image_digest.as_deref(),
-        )?),
+        _ if needs_children => Some(
+            render_children_blocking(
+                &ctx,
+                &plugin,
+                &set,
+                &templates,
+                decision.image_digest.as_deref(),
+            )
+            .await?,
+        ),
         _ => None,
     };
     let starts_something = decision
@@ -813,9 +812,16 @@ async fn carry_out(
             };
             if kind == "Job" {
                 // The build Job fetches its context from plugsync by sha256.
-                ctx.cache.put(&rendered.context.bytes).map_err(|e| {
-                    ReconcileError::Waiting(format!("cannot store the build context: {e}"))
-                })?;
+                // A blocking write (it fsyncs): off the runtime's workers.
+                let (cache, bytes) = (ctx.cache.clone(), rendered.context.bytes.clone());
+                tokio::task::spawn_blocking(move || cache.put(&bytes))
+                    .await
+                    .map_err(|e| {
+                        ReconcileError::Waiting(format!("storing the build context: {e}"))
+                    })?
+                    .map_err(|e| {
+                        ReconcileError::Waiting(format!("cannot store the build context: {e}"))
+                    })?;
             }
             let owner = if kind == "Service" {
                 root_owner(plugin)
@@ -859,6 +865,26 @@ async fn carry_out(
         }
     }
     Ok(())
+}
+
+/// [`render_children`] on a blocking thread: reading the package from the cache and
+/// rendering are disk and CPU work, which must not hold up the runtime's workers (one, with
+/// the shipped `cpu: "1"`: probes, the lease and every other reconcile share it).
+async fn render_children_blocking(
+    ctx: &Arc<Context>,
+    plugin: &Arc<Plugin>,
+    set: &PluginSetResource,
+    templates: &Arc<render::Compiled>,
+    digest: Option<&str>,
+) -> Result<render::RenderedPlugin, ReconcileError> {
+    let (ctx, plugin, set) = (Arc::clone(ctx), Arc::clone(plugin), set.clone());
+    let templates = Arc::clone(templates);
+    let digest = digest.map(str::to_string);
+    tokio::task::spawn_blocking(move || {
+        render_children(&ctx, &plugin, &set, &templates, digest.as_deref())
+    })
+    .await
+    .map_err(|e| ReconcileError::Waiting(format!("rendering the children: {e}")))?
 }
 
 /// Renders this Plugin's children with the same code as the PR diff.

@@ -136,7 +136,7 @@ struct Applied {
 pub struct GitOps {
     client: Client,
     config: LoopConfig,
-    resolver: Resolver,
+    resolver: Arc<Resolver>,
     settings: RenderSettings,
     cache: Cache,
     metrics: Arc<Metrics>,
@@ -188,7 +188,7 @@ impl GitOps {
             applier: Applier::new(client.clone()),
             client,
             config,
-            resolver,
+            resolver: Arc::new(resolver),
             settings,
             cache,
             metrics,
@@ -204,6 +204,11 @@ impl GitOps {
             lock_pushed_for: None,
             shutdown: None,
         })
+    }
+
+    /// What the last pass did (tests drive passes one at a time and read it).
+    pub fn last_result(&self) -> &PassResult {
+        &self.result
     }
 
     /// Runs passes until `shutdown` turns true: on the poll interval, at once on `trigger`
@@ -273,16 +278,10 @@ impl GitOps {
             return ReconcileResult::Suspended;
         }
         let file = self.config.file_path();
-        let (snapshot, commit): (Box<dyn Snapshot>, String) = match &self.config.source {
-            RepoSource::Local { root } => match WorkTree::new(root) {
-                Ok(tree) => (Box::new(tree), "working tree".to_string()),
-                Err(e) => {
-                    self.result = PassResult::FetchFailed {
-                        message: e.to_string(),
-                    };
-                    return ReconcileResult::Failed;
-                }
-            },
+        let (opener, commit) = match &self.config.source {
+            RepoSource::Local { root } => {
+                (Opener::Folder(root.clone()), "working tree".to_string())
+            }
             RepoSource::Git { .. } => match self.fetch().await {
                 Ok((outcome, path)) => {
                     let commit = outcome.commit().to_string();
@@ -291,15 +290,7 @@ impl GitOps {
                         debug!(%commit, "branch unchanged");
                         return ReconcileResult::Unchanged;
                     }
-                    match GitRevision::open(&path, &commit, None) {
-                        Ok(revision) => (Box::new(revision), commit),
-                        Err(e) => {
-                            self.result = PassResult::FetchFailed {
-                                message: e.to_string(),
-                            };
-                            return ReconcileResult::Failed;
-                        }
-                    }
+                    (Opener::Commit(path, commit.clone()), commit)
                 }
                 Err(message) => {
                     warn!(%message, "fetch failed");
@@ -308,24 +299,46 @@ impl GitOps {
                 }
             },
         };
+        // Repository reads, loading, resolving from the cache and rendering are blocking
+        // work: on a blocking thread, so the runtime's workers (one, with `cpu: "1"`) keep
+        // serving probes, the lease and the controller meanwhile.
+        let read = {
+            let (file, namespace) = (file.clone(), self.config.namespace.clone());
+            let (resolver, settings) = (self.resolver.clone(), self.settings.clone());
+            let want_name = self.set_name.is_none();
+            let runtime = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || {
+                read_commit(
+                    &runtime, opener, &file, &resolver, &settings, &namespace, want_name,
+                )
+            })
+            .await
+        };
+        let read = match read {
+            Ok(Ok(read)) => read,
+            Ok(Err(message)) => {
+                self.result = PassResult::FetchFailed { message };
+                return ReconcileResult::Failed;
+            }
+            Err(e) => {
+                self.result = PassResult::FetchFailed {
+                    message: format!("reading the commit: {e}"),
+                };
+                return ReconcileResult::Failed;
+            }
+        };
         self.last_full_pass = Some(Instant::now());
 
-        let state = match pipeline::desired_state_in(
-            snapshot.as_ref(),
-            &file,
-            &self.resolver,
-            &self.settings,
-            &self.config.namespace,
-        )
-        .await
-        {
+        let state = match read.state {
             Ok(Some(state)) => state,
             Ok(None) => {
-                let message = format!("{} not found", snapshot.display_path(&file).display());
+                let message = format!("{} not found", read.display_file);
                 return self.bad_commit(commit, message, Vec::new());
             }
-            Err(e @ (Error::Source { .. } | Error::Io { .. })) => {
-                // Not the commit's fault: a package server or the disk. Retry.
+            Err(e) if e.is_transient() => {
+                // Not the commit's fault: a package server, the disk or a git object read.
+                // Nothing is marked done: the next poll reads the same commit again.
+                warn!(%commit, error = %e, "reading the commit failed; retrying at the next poll");
                 self.result = PassResult::ApplyFailed {
                     commit,
                     message: e.to_string(),
@@ -333,13 +346,15 @@ impl GitOps {
                 return ReconcileResult::Failed;
             }
             Err(e) => {
-                self.remember_set_name(snapshot.as_ref(), &file);
+                if self.set_name.is_none() {
+                    self.set_name = read.set_name;
+                }
                 let errors = status_errors(&e);
                 return self.bad_commit(commit, e.to_string(), errors);
             }
         };
         let lock_file = join(&parent_dir(&file), plugsync_core::load::LOCK_FILE);
-        let lock_path = snapshot.display_path(&lock_file).display().to_string();
+        let lock_path = read.display_lock;
         let set = state.set.spec().clone();
         self.set_name = Some(set.metadata.name.clone());
         match &state.lock {
@@ -361,7 +376,7 @@ impl GitOps {
         if set.namespace() != self.config.namespace {
             let message = format!(
                 "{}: metadata.namespace is `{}`, but this plugsync manages namespace `{}`",
-                snapshot.display_path(&file).display(),
+                read.display_file,
                 set.namespace(),
                 self.config.namespace
             );
@@ -370,16 +385,22 @@ impl GitOps {
 
         // Build Jobs fetch their contexts from this replica's cache. (The commit's templates
         // reach the controller as a ConfigMap among the applied objects.)
-        for rendered in &state.rendered {
-            // Already cached from an earlier pass: no rewrite (each put fsyncs).
-            let needed = rendered.objects.iter().any(|o| o["kind"] == "Job")
-                && !self.cache.contains(&rendered.context.sha256);
-            if needed {
-                if let Err(e) = self.cache.put(&rendered.context.bytes) {
-                    warn!(error = %e, plugin = %rendered.name, "cannot cache the build context");
-                }
+        let cache = self.cache.clone();
+        let state = match tokio::task::spawn_blocking(move || {
+            cache_contexts(&cache, &state);
+            state
+        })
+        .await
+        {
+            Ok(state) => state,
+            Err(e) => {
+                self.result = PassResult::ApplyFailed {
+                    commit,
+                    message: format!("caching the build contexts: {e}"),
+                };
+                return ReconcileResult::Failed;
             }
-        }
+        };
 
         let objects = state.cluster_objects();
         info!(%commit, objects = objects.len(), "applying");
@@ -560,20 +581,6 @@ impl GitOps {
         ReconcileResult::Invalid
     }
 
-    /// A bad commit may still name its set (`metadata.name`), so its status can say why.
-    fn remember_set_name(&mut self, snapshot: &dyn Snapshot, file: &str) {
-        if self.set_name.is_some() {
-            return;
-        }
-        let name = snapshot
-            .read(file)
-            .ok()
-            .flatten()
-            .and_then(|bytes| serde_yaml::from_slice::<serde_yaml::Value>(&bytes).ok())
-            .and_then(|doc| doc["metadata"]["name"].as_str().map(str::to_string));
-        self.set_name = name;
-    }
-
     async fn fetch(&mut self) -> Result<(SyncOutcome, PathBuf), String> {
         let Some(remote) = self.remote.clone() else {
             return Err("no remote repository".into());
@@ -684,7 +691,7 @@ impl GitOps {
 
     /// Reads the PluginSet (annotations) and its Plugins, publishes the status when it
     /// changed, and says whether a reconcile was requested by annotation.
-    pub(crate) async fn refresh_status(&mut self) -> bool {
+    pub async fn refresh_status(&mut self) -> bool {
         let sets: Api<PluginSetResource> =
             Api::namespaced(self.client.clone(), &self.config.namespace);
         if self.set_name.is_none() {
@@ -785,6 +792,83 @@ impl GitOps {
             }
         }
         requested
+    }
+}
+
+/// Where a pass reads its commit from: opened on the blocking thread.
+enum Opener {
+    /// The folder of `run --repo`.
+    Folder(PathBuf),
+    /// A commit of the bare clone at the path.
+    Commit(PathBuf, String),
+}
+
+/// What a pass read of its commit.
+struct CommitRead {
+    /// The commit loaded, resolved and rendered; `None` without a plugins.yaml.
+    state: Result<Option<pipeline::DesiredState>, Error>,
+    /// plugins.yaml as messages name it (`<commit>:<path>` or a path on disk).
+    display_file: String,
+    /// plugins.lock as messages name it.
+    display_lock: String,
+    /// A bad commit's `metadata.name`, when it still has one, so its status can say why.
+    set_name: Option<String>,
+}
+
+/// Opens the commit (or the folder) and loads, resolves and renders its set: blocking work,
+/// run on a blocking thread. `Err` when the snapshot cannot even be opened (retried).
+fn read_commit(
+    runtime: &tokio::runtime::Handle,
+    opener: Opener,
+    file: &str,
+    resolver: &Resolver,
+    settings: &RenderSettings,
+    namespace: &str,
+    want_name: bool,
+) -> Result<CommitRead, String> {
+    let snapshot: Box<dyn Snapshot> = match opener {
+        Opener::Folder(root) => Box::new(WorkTree::new(&root).map_err(|e| e.to_string())?),
+        Opener::Commit(path, commit) => {
+            Box::new(GitRevision::open(&path, &commit, None).map_err(|e| e.to_string())?)
+        }
+    };
+    let state = pipeline::desired_state_blocking(
+        runtime,
+        snapshot.as_ref(),
+        file,
+        resolver,
+        settings,
+        Some(namespace),
+    );
+    let set_name = match &state {
+        Err(e) if want_name && !e.is_transient() => snapshot
+            .read(file)
+            .ok()
+            .flatten()
+            .and_then(|bytes| serde_yaml::from_slice::<serde_yaml::Value>(&bytes).ok())
+            .and_then(|doc| doc["metadata"]["name"].as_str().map(str::to_string)),
+        _ => None,
+    };
+    let lock_file = join(&parent_dir(file), plugsync_core::load::LOCK_FILE);
+    Ok(CommitRead {
+        state,
+        display_file: snapshot.display_path(file).display().to_string(),
+        display_lock: snapshot.display_path(&lock_file).display().to_string(),
+        set_name,
+    })
+}
+
+/// Puts the build contexts of the plugins that build into the cache (build Jobs fetch them
+/// from this replica). Blocking: each put fsyncs, so one already cached is not rewritten.
+fn cache_contexts(cache: &Cache, state: &pipeline::DesiredState) {
+    for rendered in &state.rendered {
+        let needed = rendered.objects.iter().any(|o| o["kind"] == "Job")
+            && !cache.contains(&rendered.context.sha256);
+        if needed {
+            if let Err(e) = cache.put(&rendered.context.bytes) {
+                warn!(error = %e, plugin = %rendered.name, "cannot cache the build context");
+            }
+        }
     }
 }
 
