@@ -28,13 +28,6 @@ fn silent_server() -> (u16, Arc<Mutex<Vec<TcpStream>>>) {
     (port, held)
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_git_server_fails_each_poll_within_the_timeout_and_sigterm_stops_at_once() {
     let c = cluster().await;
@@ -56,7 +49,7 @@ async fn a_hanging_git_server_fails_each_poll_within_the_timeout_and_sigterm_sto
     let started = Instant::now();
     let mut child = Command::new(assert_cmd::cargo::cargo_bin("plugsync"))
         .args(["run", "--git-url", &url, "--namespace", &ns])
-        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--listen", &format!("127.0.0.1:{}", cluster::free_port())])
         .args(["--git-timeout", "2s", "--interval", "1s"])
         .args(["--leader-election", "false"])
         .env("KUBECONFIG", &kubeconfig)

@@ -17,17 +17,10 @@ mod cli_env;
 
 use cli_env::{text, Env};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// Starts `plugsync controller`, waits for it to run, sends `signal`, and returns its exit
 /// status and what it logged.
 async fn controller_after(env: &Env, signal: &str) -> (std::process::ExitStatus, String) {
-    let port = free_port();
+    let port = cluster::free_port();
     let mut cmd = env.plugsync(&["controller", "-n", &env.ns]);
     cmd.args(["--listen", &format!("127.0.0.1:{port}")])
         .env("PLUGSYNC_CACHE_DIR", env.cache.path())

@@ -50,13 +50,6 @@ async fn env(label: &str) -> Env {
     env
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// Writes `templates/` into `repo`: the built-in Dockerfile with a label more, and the
 /// built-in Deployment with `revisionHistoryLimit: history`.
 fn write_templates(repo: &Path, history: u32) {
@@ -192,7 +185,7 @@ async fn built_in_inputs(env: &Env, context_url: &str) -> Value {
 async fn a_standalone_controller_builds_and_runs_with_the_templates_plugsync_apply_applied() {
     let env = env("tmpl-standalone").await;
     write_templates(env.repo.path(), 7);
-    let port = free_port();
+    let port = cluster::free_port();
     let context_url = format!("http://127.0.0.1:{port}");
     let objects = render(&env, env.repo.path(), &context_url).await;
     let (cm_name, rendered_plugin, rendered_deployment) = rendered_parts(&objects, 7);
@@ -295,7 +288,7 @@ async fn a_standalone_controller_builds_and_runs_with_the_templates_plugsync_app
 async fn plugsync_run_renders_with_the_commits_templates_and_follows_a_change_of_them() {
     let env = env("tmpl-run").await;
     write_templates(env.repo.path(), 7);
-    let port = free_port();
+    let port = cluster::free_port();
     let context_url = format!("http://127.0.0.1:{port}");
     let objects = render(&env, env.repo.path(), &context_url).await;
     let (first_cm, rendered_plugin, rendered_deployment) = rendered_parts(&objects, 7);

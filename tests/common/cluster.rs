@@ -304,3 +304,12 @@ impl TestCluster {
         std::fs::write(&path, self.retarget_synth_yaml(&yaml, namespace)).expect("write");
     }
 }
+
+/// A port free right now on 127.0.0.1, for a `plugsync` process's `--listen` (tests run in
+/// parallel, so none may take the default 8080).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
