@@ -11,12 +11,15 @@ pub(crate) struct Shutdown {
 }
 
 impl Shutdown {
-    /// A flag that is set on SIGTERM or SIGINT (and by [`Shutdown::trigger`]).
+    /// A flag that is set on SIGTERM or SIGINT (and by [`Shutdown::trigger`]). The signal
+    /// handlers are registered before this returns, so a signal sent once the command has
+    /// said it runs is never lost to the default action (exit without cleanup).
     pub(crate) fn on_signals() -> Self {
         let (sender, _) = watch::channel(false);
         let on_signal = sender.clone();
+        let signals = Signals::register();
         tokio::spawn(async move {
-            termination().await;
+            signals.received().await;
             let _ = on_signal.send(true);
         });
         Shutdown { sender }
@@ -43,25 +46,41 @@ pub(crate) async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn termination() {
+/// SIGTERM and SIGINT handlers, registered when made.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => info!("SIGTERM: finishing the work in flight"),
-                    _ = tokio::signal::ctrl_c() => info!("interrupted: finishing the work in flight"),
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    handlers: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn register() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let handlers = signal(SignalKind::terminate())
+                .and_then(|term| Ok((term, signal(SignalKind::interrupt())?)))
+                .ok();
+            Signals { handlers }
+        }
+        #[cfg(not(unix))]
+        {
+            Signals {}
         }
     }
-    #[cfg(not(unix))]
-    {
+
+    /// Resolves on the first of the signals.
+    async fn received(self) {
+        #[cfg(unix)]
+        {
+            if let Some((mut term, mut interrupt)) = self.handlers {
+                tokio::select! {
+                    _ = term.recv() => info!("SIGTERM: finishing the work in flight"),
+                    _ = interrupt.recv() => info!("interrupted: finishing the work in flight"),
+                }
+                return;
+            }
+        }
         let _ = tokio::signal::ctrl_c().await;
+        info!("interrupted: finishing the work in flight");
     }
 }
