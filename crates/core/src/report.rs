@@ -221,10 +221,17 @@ impl DiffReport {
     ) -> Result<DiffReport, PlanError> {
         // Borrowed, not collected with `DesiredState::objects`: copying every object of
         // both sides cost as much time and memory as planning them.
+        // The templates ConfigMap is the one object not rendered per plugin.
+        let head_templates = head.templates_object();
+        let base_templates = base.and_then(DesiredState::templates_object);
         let plan = plan::plan_refs_sparse(
-            head.rendered.iter().flat_map(|p| &p.objects),
-            base.into_iter()
-                .flat_map(|b| b.rendered.iter().flat_map(|p| &p.objects)),
+            head_templates
+                .iter()
+                .chain(head.rendered.iter().flat_map(|p| &p.objects)),
+            base_templates.iter().chain(
+                base.into_iter()
+                    .flat_map(|b| b.rendered.iter().flat_map(|p| &p.objects)),
+            ),
             Compare::Exact,
         )?;
         let side = |rendered: &'_ [RenderedPlugin]| -> Vec<PluginIdentity> {
