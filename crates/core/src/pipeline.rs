@@ -303,8 +303,7 @@ pub async fn resolved_state(
     // plugins.yaml and plugins.lock are independent until resolve: large ones load on two
     // cores. plugins.yaml's errors still come first, as when they loaded one after the other.
     let (set, old) = if text.len() >= PARALLEL_LOAD_BYTES {
-        let (lock, set) =
-            crate::parallel::join(load_old_lock, || load::load_plugin_set(&display, &text));
+        let (lock, set) = rayon::join(load_old_lock, || load::load_plugin_set(&display, &text));
         (set, lock)
     } else {
         match load::load_plugin_set(&display, &text) {

@@ -32,8 +32,8 @@ use fetch::{Fetchers, NoProgress, Progress};
 /// How many packages are fetched at once.
 const CONCURRENT_FETCHES: usize = 4;
 
-/// A thread is started for at least this many cached packages (reading one takes about as
-/// long as starting a thread).
+/// Another thread takes at least this many cached packages (reading one takes about as
+/// long as handing work to a thread).
 const MIN_READS_PER_THREAD: usize = 16;
 
 /// Hands out a progress sink per download (a terminal bar in the CLI, nothing in tests).
@@ -576,8 +576,8 @@ impl Resolver {
     /// reading ahead of an earlier plugin that fails otherwise (a download, say) is that a
     /// corrupt cache entry is removed, as the next run would anyway.
     ///
-    /// Blocks the calling task while it runs, as the reads did before; it uses plain
-    /// threads, not the runtime, so it works (and cannot deadlock) on any executor.
+    /// Blocks the calling task while it runs, as the reads did before; it uses rayon's
+    /// pool, not the runtime, so it works (and cannot deadlock) on any executor.
     fn read_ahead(
         &self,
         snapshot: &dyn Snapshot,
@@ -612,21 +612,32 @@ impl Resolver {
                 .filter(|(_, sha, _, _)| sha.is_none_or(|sha| seen.insert(sha)))
                 .collect()
         };
-        let threads = crate::parallel::threads_for(jobs.len(), MIN_READS_PER_THREAD);
-        // Jobs are handed out in declaration order; once one fails, later ones are not
-        // needed (the stream stops at that plugin at the latest) and are left undone.
-        let done = crate::parallel::in_order(
-            threads,
-            jobs.len(),
-            |j| match jobs[j] {
-                (_, Some(sha), declared, source) => self.read_cached_one(sha, declared, source),
-                (_, None, declared, source) => self.read_path_one(snapshot, declared, source),
-            },
-            Result::is_err,
-        );
-        for (j, read) in done {
-            let i = jobs[j].0;
-            slots[i] = read.transpose();
+        // Once one fails, later ones are not needed (the stream stops at that plugin at the
+        // latest) and are skipped; every one before it is read.
+        use rayon::prelude::*;
+        let failed = std::sync::atomic::AtomicUsize::new(usize::MAX);
+        let done: Vec<Option<CachedRead>> = jobs
+            .par_iter()
+            .with_min_len(MIN_READS_PER_THREAD)
+            .enumerate()
+            .map(|(j, &(_, sha, declared, source))| {
+                if j > failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    return None;
+                }
+                let read = match sha {
+                    Some(sha) => self.read_cached_one(sha, declared, source),
+                    None => self.read_path_one(snapshot, declared, source),
+                };
+                if read.is_err() {
+                    failed.fetch_min(j, std::sync::atomic::Ordering::Relaxed);
+                }
+                Some(read)
+            })
+            .collect();
+        for (job, read) in jobs.iter().zip(done) {
+            if let Some(read) = read {
+                slots[job.0] = read.transpose();
+            }
         }
         slots
     }
