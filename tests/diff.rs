@@ -1192,3 +1192,63 @@ fn a_committed_package_replaced_without_relocking_is_caught_against_the_lock() {
     assert_eq!(plugin(&report, "synth/p1")["change"], "unchanged");
     assert_eq!(report["lock"]["state"], "stale", "{report:#}");
 }
+
+/// Committed plugin directories the pull request left alone (the same git tree at base as
+/// in the working tree) are not packed again at base: head's package is reused, which the
+/// resolver logs per directory. A directory with a file edited has another tree: it is
+/// packed at base, and its package at head, no longer the one pinned, is caught against
+/// the lock.
+#[test]
+fn an_edited_committed_directory_is_packed_again_and_the_others_reused() {
+    const N: usize = 12;
+    let repo = committed_synth(N, plugsync_testkit::synth::SynthPackages::Dirs);
+    // Plugin 3's main.py edited in the working tree, its pin left as it was.
+    let main = repo.file("plugins/p3/main.py");
+    let text = std::fs::read_to_string(&main).expect("read");
+    std::fs::write(&main, format!("{text}# edited\n")).expect("write");
+
+    let out = Command::cargo_bin("plugsync")
+        .expect("binary")
+        .args(["diff", "--base", "main", "-o", "json", "--repo"])
+        .arg(repo.path())
+        .env("PLUGSYNC_CACHE_DIR", repo.cache.path())
+        .env("RUST_LOG", "plugsync_core::resolve=debug")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json report");
+    assert_eq!(report["lock"]["state"], "stale", "{report:#}");
+    let changed: Vec<&str> = report["lock"]["changes"]
+        .as_array()
+        .expect("lock changes")
+        .iter()
+        .map(|c| c["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(changed, ["synth/p3"], "{report:#}");
+    assert_ne!(
+        plugin(&report, "synth/p3")["change"],
+        "unchanged",
+        "{report:#}"
+    );
+    assert_eq!(plugin(&report, "synth/p1")["change"], "unchanged");
+
+    let reused: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("committed package unchanged"))
+        .map(|l| {
+            l.split_whitespace()
+                .find_map(|field| field.strip_prefix("path="))
+                .unwrap_or_else(|| panic!("no path in {l}"))
+        })
+        .collect();
+    let mut expected: Vec<String> = (0..N)
+        .filter(|i| ![0, 3].contains(i))
+        .map(|i| format!("plugins/p{i}"))
+        .collect();
+    let mut reused: Vec<String> = reused.into_iter().map(str::to_string).collect();
+    reused.sort();
+    expected.sort();
+    assert_eq!(reused, expected, "{stderr}");
+}

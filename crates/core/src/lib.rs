@@ -13,7 +13,6 @@ pub mod error;
 pub mod load;
 pub mod model;
 pub mod package;
-pub mod parallel;
 pub mod pipeline;
 pub mod plan;
 pub mod redact;

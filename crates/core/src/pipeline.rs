@@ -4,12 +4,11 @@
 //! Used by `render`, by the pull-request `diff` (twice: base and head) and, later, by the
 //! in-cluster git loop, so all three see exactly the same objects for the same commit.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
-use std::sync::Arc;
 
 use crate::error::Error;
-use crate::load::{self, DeclaredSource, LoadedPluginSet, LOCK_FILE};
+use crate::load::{self, LoadedPluginSet, LOCK_FILE};
 use crate::model::PluginLock;
 use crate::plan::{self, Action, Change, Compare, ObjectKey, Plan, PlanError, Side};
 use crate::render::{self, PluginInput, RenderSettings, RenderedPlugin, Templates, TextFormat};
@@ -347,8 +346,7 @@ pub fn load_revision(snapshot: &dyn Snapshot, file: &str) -> Result<Option<Loade
     // plugins.yaml and plugins.lock are independent until resolve: large ones load on two
     // cores. plugins.yaml's errors still come first, as when they loaded one after the other.
     let (set, old) = if text.len() >= PARALLEL_LOAD_BYTES {
-        let (lock, set) =
-            crate::parallel::join(load_old_lock, || load::load_plugin_set(&display, &text));
+        let (lock, set) = rayon::join(load_old_lock, || load::load_plugin_set(&display, &text));
         (set, lock)
     } else {
         match load::load_plugin_set(&display, &text) {
@@ -481,13 +479,10 @@ pub async fn diff_report(
     let head_state = resolved_state(head, file, resolver)
         .await?
         .ok_or_else(|| Error::Usage(format!("{file}: not found in {}", head.describe())))?;
-    // Packages committed in the repository: those the pull request left alone are the same
-    // blob at base, which is handed the bytes head read instead of reading it from git.
-    let base = SharedBlobs {
-        inner: base,
-        blobs: committed_packages(&head_state),
-    };
-    let base_state = resolved_state(&base, file, resolver).await?;
+    // Packages committed in the repository that the pull request left alone (the same git
+    // blob or tree at base) are not read or packed again: the resolver hands base the
+    // package head read, as long as head's state holds it.
+    let base_state = resolved_state(base, file, resolver).await?;
     let fingerprints = |state: &ResolvedState| -> Vec<[u8; 32]> {
         let set = render::set_fingerprint(
             state.set.spec(),
@@ -695,62 +690,6 @@ pub fn join(dir: &str, name: &str) -> String {
     }
 }
 
-/// The bytes of each package `state` read from a committed `.difypkg` file, by git blob
-/// id (the id git gives the same bytes; a packed directory's id matches no file, and is
-/// never asked for).
-fn committed_packages(state: &ResolvedState) -> HashMap<git2::Oid, Arc<Vec<u8>>> {
-    state
-        .resolution
-        .plugins
-        .iter()
-        .filter(|p| matches!(p.declared.source, DeclaredSource::Path(_)))
-        .filter_map(|p| {
-            let id = git2::Oid::hash_object(git2::ObjectType::Blob, &p.bytes).ok()?;
-            Some((id, Arc::clone(&p.bytes)))
-        })
-        .collect()
-}
-
-/// A revision that answers a read of a file whose git blob id is among `blobs` with those
-/// bytes, without reading the blob: the same id is the same content. Everything else
-/// (files changed since, files it cannot name an id for) is read from `inner`.
-struct SharedBlobs<'a> {
-    inner: &'a dyn Snapshot,
-    blobs: HashMap<git2::Oid, Arc<Vec<u8>>>,
-}
-
-impl Snapshot for SharedBlobs<'_> {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    fn revision(&self) -> Option<String> {
-        self.inner.revision()
-    }
-    fn read(&self, rel: &str) -> Result<Option<Vec<u8>>, crate::source::SnapshotError> {
-        if !self.blobs.is_empty() {
-            if let Some(bytes) = self.inner.blob_id(rel)?.and_then(|id| self.blobs.get(&id)) {
-                return Ok(Some(bytes.as_ref().clone()));
-            }
-        }
-        self.inner.read(rel)
-    }
-    fn kind(&self, rel: &str) -> Result<crate::source::EntryKind, crate::source::SnapshotError> {
-        self.inner.kind(rel)
-    }
-    fn list(&self, rel_dir: &str) -> Result<Vec<String>, crate::source::SnapshotError> {
-        self.inner.list(rel_dir)
-    }
-    fn materialize(&self, rel_dir: &str, dest: &Path) -> Result<(), crate::source::SnapshotError> {
-        self.inner.materialize(rel_dir, dest)
-    }
-    fn blob_id(&self, rel: &str) -> Result<Option<git2::Oid>, crate::source::SnapshotError> {
-        self.inner.blob_id(rel)
-    }
-    fn display_path(&self, rel: &str) -> std::path::PathBuf {
-        self.inner.display_path(rel)
-    }
-}
-
 /// A view of a snapshot's subfolder, so `path:` entries resolve relative to plugins.yaml.
 struct SubdirSnapshot<'a> {
     inner: &'a dyn Snapshot,
@@ -778,6 +717,9 @@ impl Snapshot for SubdirSnapshot<'_> {
     }
     fn blob_id(&self, rel: &str) -> Result<Option<git2::Oid>, crate::source::SnapshotError> {
         self.inner.blob_id(&join(self.dir, rel))
+    }
+    fn tree_id(&self, rel: &str) -> Result<Option<git2::Oid>, crate::source::SnapshotError> {
+        self.inner.tree_id(&join(self.dir, rel))
     }
     fn display_path(&self, rel: &str) -> std::path::PathBuf {
         self.inner.display_path(&join(self.dir, rel))

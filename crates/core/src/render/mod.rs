@@ -683,31 +683,38 @@ pub(crate) fn render_set_map_as<F: ObjectForm, T: Send>(
     let env = templates.environment()?;
     let (env, map) = (&env, &map);
     // Plugins are independent and rendering is pure, so large sets are split over the
-    // cores. Threads take small batches in declaration order as they go, so a thread that
-    // gets less of the CPU (or harder plugins) does not leave the others idle at the end.
-    // Once a plugin fails, later batches are left undone; batches are put back in order,
-    // so the error returned is the first plugin's, as a sequential render would return.
-    let threads = crate::parallel::threads_for(plugins.len(), MIN_PLUGINS_PER_THREAD);
-    let batches: Vec<&[PluginInput<'_>]> = plugins.chunks(RENDER_BATCH).collect();
-    let results = crate::parallel::in_order(
-        threads,
-        batches.len(),
-        |batch| -> Result<Vec<T>, RenderError> {
+    // cores (rayon's pool, which steals work, so a thread that gets less of the CPU, or
+    // harder plugins, does not leave the others idle at the end). Once a plugin fails,
+    // later batches are skipped; every batch before it is rendered, and results are in
+    // order, so the error returned is the first plugin's, as a sequential render's.
+    use rayon::prelude::*;
+    let failed = std::sync::atomic::AtomicUsize::new(usize::MAX);
+    let results: Vec<Result<Vec<T>, RenderError>> = plugins
+        .par_chunks(RENDER_BATCH)
+        .with_min_len(MIN_PLUGINS_PER_THREAD / RENDER_BATCH)
+        .enumerate()
+        .map(|(batch, inputs)| {
+            if batch > failed.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(Vec::new());
+            }
             let start = batch * RENDER_BATCH;
             let mut shared = RuntimeValues::default();
-            batches[batch]
+            let part: Result<Vec<T>, RenderError> = inputs
                 .iter()
                 .enumerate()
                 .map(|(i, p)| {
                     render_plugin_sharing::<F>(set, p, env, settings, &mut shared)
                         .map(|r| map(start + i, r))
                 })
-                .collect()
-        },
-        Result::is_err,
-    );
+                .collect();
+            if part.is_err() {
+                failed.fetch_min(batch, std::sync::atomic::Ordering::Relaxed);
+            }
+            part
+        })
+        .collect();
     let mut rendered = Vec::with_capacity(plugins.len());
-    for (_, part) in results {
+    for part in results {
         rendered.extend(part?);
     }
     Ok(rendered)
@@ -717,7 +724,7 @@ pub(crate) fn render_set_map_as<F: ObjectForm, T: Send>(
 /// large enough that taking one costs nothing next to rendering it.
 const RENDER_BATCH: usize = 8;
 
-/// Fewest plugins worth a thread of their own (below, spawning costs more than it saves).
+/// Fewest plugins worth handing to another thread (below, it costs more than it saves).
 const MIN_PLUGINS_PER_THREAD: usize = 16;
 
 #[derive(Serialize)]

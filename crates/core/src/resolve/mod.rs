@@ -32,8 +32,8 @@ use fetch::{Fetchers, NoProgress, Progress};
 /// How many packages are fetched at once.
 const CONCURRENT_FETCHES: usize = 4;
 
-/// A thread is started for at least this many cached packages (reading one takes about as
-/// long as starting a thread).
+/// Another thread takes at least this many cached packages (reading one takes about as
+/// long as handing work to a thread).
 const MIN_READS_PER_THREAD: usize = 16;
 
 /// Hands out a progress sink per download (a terminal bar in the CLI, nothing in tests).
@@ -170,6 +170,11 @@ fn change_name(c: &LockChange) -> &str {
 /// reading them gave.
 type ReadPackages = HashMap<String, (Weak<Vec<u8>>, Arc<Package>)>;
 
+/// Packages committed in the repository, by the git id of what they were read from (the
+/// blob of a `.difypkg` file, the tree of a plugin directory): the bytes (alive while some
+/// resolution holds them) and what reading them gave.
+type CommittedPackages = HashMap<git2::Oid, (Weak<Vec<u8>>, Arc<Package>)>;
+
 /// Fetches, verifies and caches packages.
 pub struct Resolver {
     sources: Fetchers,
@@ -178,6 +183,10 @@ pub struct Resolver {
     progress: Arc<dyn ProgressReporter>,
     /// Packages already read, by sha256, while a resolution still holds their bytes.
     read: Mutex<ReadPackages>,
+    /// Packages already read from the repository, by git object id, while a resolution
+    /// still holds their bytes: a diff resolves base after head, and the packages the pull
+    /// request left alone have the same id at both.
+    committed: Mutex<CommittedPackages>,
 }
 
 impl Resolver {
@@ -190,6 +199,7 @@ impl Resolver {
             max_bytes,
             progress: Arc::new(Quiet),
             read: Mutex::new(HashMap::new()),
+            committed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -250,6 +260,8 @@ impl Resolver {
         let pins = first_by(&old.plugins, |p| p.source.as_str());
         self.read_packages()
             .retain(|_, (bytes, _)| bytes.strong_count() > 0);
+        self.committed_packages()
+            .retain(|_, (bytes, _)| bytes.strong_count() > 0);
 
         // A contested source is resolved unpinned (fetched, never taken from the cache)
         // and then checked against every candidate pin.
@@ -275,7 +287,7 @@ impl Resolver {
             .collect();
         // Pinned packages already in the cache are read on all cores first; the stream then
         // takes each one's result in declaration order, exactly where it would have read it.
-        let prefetched = self.read_cached(&set.plugins, &entries);
+        let prefetched = self.read_ahead(snapshot, &set.plugins, &entries);
 
         let results: Vec<Resolved> = stream::iter(
             set.plugins
@@ -398,6 +410,66 @@ impl Resolver {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The memo of packages read from the repository, by git object id.
+    fn committed_packages(&self) -> std::sync::MutexGuard<'_, CommittedPackages> {
+        self.committed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// An in-repo package: a plugin directory packed or a `.difypkg` file read, unless the
+    /// same git object (the same blob, the same tree, so the same bytes) was read before
+    /// while a resolution still holds it, whose package is taken as it is. Its lock entry
+    /// is made from it and compared with this revision's lock all the same.
+    fn read_committed(
+        &self,
+        snapshot: &dyn Snapshot,
+        declared: &DeclaredPlugin,
+        label: &str,
+        rel: &str,
+    ) -> Result<(Arc<Package>, Arc<Vec<u8>>), Error> {
+        let snap = |e: crate::source::SnapshotError| Error::Usage(format!("{label}: {e}"));
+        let kind = snapshot.kind(rel).map_err(snap)?;
+        let known = match kind {
+            EntryKind::File => snapshot.blob_id(rel).map_err(snap)?,
+            EntryKind::Dir => snapshot.tree_id(rel).map_err(snap)?,
+            _ => None,
+        };
+        if let Some(id) = known {
+            let found = self
+                .committed_packages()
+                .get(&id)
+                .and_then(|(bytes, package)| {
+                    bytes.upgrade().map(|bytes| (Arc::clone(package), bytes))
+                });
+            if let Some(found) = found {
+                tracing::debug!(path = rel, id = %id, "committed package unchanged, read before: reused");
+                return Ok(found);
+            }
+        }
+        let bytes = self.read_local_as(snapshot, label, rel, kind)?;
+        // A working tree knows no blob ids: the file's is computed from what was read.
+        let id = match (known, kind) {
+            (Some(id), _) => Some(id),
+            (None, EntryKind::File) => git2::Oid::hash_object(git2::ObjectType::Blob, &bytes).ok(),
+            (None, _) => None,
+        };
+        // In-repo packages are cached too: the controller renders build contexts from
+        // the cache, whatever the source.
+        let sha = package::sha256_hex(&bytes);
+        if !self.cache.contains(&sha) {
+            self.cache
+                .put(&bytes)
+                .map_err(|e| Error::io(self.cache.root(), e))?;
+        }
+        let (package, bytes) = self.read_package(declared, bytes, sha)?;
+        if let Some(id) = id {
+            self.committed_packages()
+                .insert(id, (Arc::downgrade(&bytes), Arc::clone(&package)));
+        }
+        Ok((package, bytes))
+    }
+
     /// Gets a package's bytes (packed, cached or fetched and verified) and reads them.
     async fn read_one(
         &self,
@@ -412,16 +484,7 @@ impl Resolver {
         // is hashed once.
         let (bytes, sha256) = match &declared.source {
             DeclaredSource::Path(rel) => {
-                let bytes = self.read_local(snapshot, &label, rel)?;
-                // In-repo packages are cached too: the controller renders build contexts from
-                // the cache, whatever the source.
-                let sha = package::sha256_hex(&bytes);
-                if !self.cache.contains(&sha) {
-                    self.cache
-                        .put(&bytes)
-                        .map_err(|e| Error::io(self.cache.root(), e))?;
-                }
-                (bytes, sha)
+                return self.read_committed(snapshot, declared, &label, rel);
             }
             DeclaredSource::Marketplace { .. } | DeclaredSource::Url(_) => {
                 let cached = match pinned {
@@ -498,12 +561,14 @@ impl Resolver {
     }
 
     /// Reads, in parallel, the cached bytes of each pinned package `read_one` would take
-    /// from the cache, so a set of thousands of unchanged plugins is verified and parsed on
-    /// all cores rather than one after another on the resolving task. One slot per
-    /// declared plugin (`entries` holds each one's source and pin): `None` where the
-    /// stream must go the usual way (`path:` plugins, unpinned ones, packages the memo
-    /// holds, a digest already read for an earlier plugin, which then finds the memo,
-    /// cache misses, which are fetched, and everything after the first failure).
+    /// from the cache, and the package of each `path:` plugin (packed or read from the
+    /// repository, or reused: [`Resolver::read_committed`]), so a set of thousands of
+    /// unchanged plugins is verified and parsed on all cores rather than one after another
+    /// on the resolving task. One slot per declared plugin (`entries` holds each one's
+    /// source and pin): `None` where the stream must go the usual way (unpinned downloads,
+    /// packages the memo holds, a digest already read for an earlier plugin, which then
+    /// finds the memo, cache misses, which are fetched, and everything after the first
+    /// failure).
     ///
     /// A failure is kept in its plugin's slot and returned by the stream when it reaches
     /// that plugin, so the error is the first failing plugin's in declaration order, as
@@ -511,16 +576,18 @@ impl Resolver {
     /// reading ahead of an earlier plugin that fails otherwise (a download, say) is that a
     /// corrupt cache entry is removed, as the next run would anyway.
     ///
-    /// Blocks the calling task while it runs, as the reads did before; it uses plain
-    /// threads, not the runtime, so it works (and cannot deadlock) on any executor.
-    fn read_cached(
+    /// Blocks the calling task while it runs, as the reads did before; it uses rayon's
+    /// pool, not the runtime, so it works (and cannot deadlock) on any executor.
+    fn read_ahead(
         &self,
+        snapshot: &dyn Snapshot,
         plugins: &[DeclaredPlugin],
         entries: &[(String, Option<LockedPlugin>)],
     ) -> Vec<Option<Prefetched>> {
         let mut slots: Vec<Option<Prefetched>> = Vec::new();
         slots.resize_with(plugins.len(), || None);
-        let jobs: Vec<(usize, &str, &DeclaredPlugin, &str)> = {
+        // `None` for the digest: a `path:` plugin, read from the repository.
+        let jobs: Vec<(usize, Option<&str>, &DeclaredPlugin, &str)> = {
             let memo = self.read_packages();
             let mut seen = HashSet::new();
             plugins
@@ -529,32 +596,48 @@ impl Resolver {
                 .enumerate()
                 .filter_map(
                     |(i, (declared, (source, pinned)))| match (&declared.source, pinned) {
-                        (DeclaredSource::Path(_), _) | (_, None) => None,
-                        (_, Some(pin)) => Some((i, pin.sha256.as_str(), declared, source.as_str())),
+                        (DeclaredSource::Path(_), _) => Some((i, None, declared, source.as_str())),
+                        (_, None) => None,
+                        (_, Some(pin)) => {
+                            Some((i, Some(pin.sha256.as_str()), declared, source.as_str()))
+                        }
                     },
                 )
                 .filter(|(_, sha, _, _)| {
-                    memo.get(*sha)
-                        .is_none_or(|(bytes, _)| bytes.strong_count() == 0)
+                    sha.is_none_or(|sha| {
+                        memo.get(sha)
+                            .is_none_or(|(bytes, _)| bytes.strong_count() == 0)
+                    })
                 })
-                .filter(|(_, sha, _, _)| seen.insert(*sha))
+                .filter(|(_, sha, _, _)| sha.is_none_or(|sha| seen.insert(sha)))
                 .collect()
         };
-        let threads = crate::parallel::threads_for(jobs.len(), MIN_READS_PER_THREAD);
-        // Jobs are handed out in declaration order; once one fails, later ones are not
-        // needed (the stream stops at that plugin at the latest) and are left undone.
-        let done = crate::parallel::in_order(
-            threads,
-            jobs.len(),
-            |j| {
-                let (_, sha, declared, source) = jobs[j];
-                self.read_cached_one(sha, declared, source)
-            },
-            Result::is_err,
-        );
-        for (j, read) in done {
-            let i = jobs[j].0;
-            slots[i] = read.transpose();
+        // Once one fails, later ones are not needed (the stream stops at that plugin at the
+        // latest) and are skipped; every one before it is read.
+        use rayon::prelude::*;
+        let failed = std::sync::atomic::AtomicUsize::new(usize::MAX);
+        let done: Vec<Option<CachedRead>> = jobs
+            .par_iter()
+            .with_min_len(MIN_READS_PER_THREAD)
+            .enumerate()
+            .map(|(j, &(_, sha, declared, source))| {
+                if j > failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    return None;
+                }
+                let read = match sha {
+                    Some(sha) => self.read_cached_one(sha, declared, source),
+                    None => self.read_path_one(snapshot, declared, source),
+                };
+                if read.is_err() {
+                    failed.fetch_min(j, std::sync::atomic::Ordering::Relaxed);
+                }
+                Some(read)
+            })
+            .collect();
+        for (job, read) in jobs.iter().zip(done) {
+            if let Some(read) = read {
+                slots[job.0] = read.transpose();
+            }
         }
         slots
     }
@@ -570,6 +653,22 @@ impl Resolver {
         lock_entry(declared, source.to_string(), package, bytes).map(Some)
     }
 
+    /// Reads one `path:` plugin's package from the repository and makes its lock entry,
+    /// failing as the stream would for `declared`.
+    fn read_path_one(
+        &self,
+        snapshot: &dyn Snapshot,
+        declared: &DeclaredPlugin,
+        source: &str,
+    ) -> CachedRead {
+        let DeclaredSource::Path(rel) = &declared.source else {
+            return Ok(None);
+        };
+        let label = declared.source.describe();
+        let (package, bytes) = self.read_committed(snapshot, declared, &label, rel)?;
+        lock_entry(declared, source.to_string(), package, bytes).map(Some)
+    }
+
     /// Packs an in-repo plugin directory, or reads an in-repo `.difypkg`, from the snapshot
     /// (a working tree or a git revision; both refuse symlinks and paths leaving the repo).
     fn read_local(
@@ -578,8 +677,22 @@ impl Resolver {
         label: &str,
         rel: &str,
     ) -> Result<Vec<u8>, Error> {
+        let kind = snapshot
+            .kind(rel)
+            .map_err(|e| Error::Usage(format!("{label}: {e}")))?;
+        self.read_local_as(snapshot, label, rel, kind)
+    }
+
+    /// [`Resolver::read_local`] where `kind` is already known to be what is at `rel`.
+    fn read_local_as(
+        &self,
+        snapshot: &dyn Snapshot,
+        label: &str,
+        rel: &str,
+        kind: EntryKind,
+    ) -> Result<Vec<u8>, Error> {
         let snap = |e: crate::source::SnapshotError| Error::Usage(format!("{label}: {e}"));
-        match snapshot.kind(rel).map_err(snap)? {
+        match kind {
             EntryKind::Dir => {
                 let tmp = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
                 snapshot.materialize(rel, tmp.path()).map_err(snap)?;

@@ -222,6 +222,13 @@ impl Snapshot for GitRevision {
         }
     }
 
+    fn tree_id(&self, rel: &str) -> Result<Option<Oid>, SnapshotError> {
+        match super::locate(self, rel)? {
+            (_, Found::Dir(id)) => Ok(Some(id)),
+            _ => Ok(None),
+        }
+    }
+
     fn kind(&self, rel: &str) -> Result<EntryKind, SnapshotError> {
         super::kind(self, rel)
     }

@@ -54,6 +54,17 @@ pub trait Snapshot: Send + Sync {
         let _ = rel;
         Ok(None)
     }
+    /// The git tree id of the directory at `rel`, so a diff packs again at base none of the
+    /// plugin directories the pull request left alone: the same tree id is the same files,
+    /// hence the same package. A git revision knows it from its tree entry; a working tree
+    /// computes it from the files (as `git write-tree` would for them, every file of mode
+    /// 0644, so an executable file only makes the ids differ, never wrongly agree). `None`
+    /// when there is no directory at `rel`, or one holding what no package may (a symlink,
+    /// a submodule): packing it reports why.
+    fn tree_id(&self, rel: &str) -> Result<Option<git2::Oid>, SnapshotError> {
+        let _ = rel;
+        Ok(None)
+    }
     /// How `rel` is named in messages (`file:line:column: …`): a path the user can open for a
     /// working tree, `<commit>:<path>` for a git revision.
     fn display_path(&self, rel: &str) -> std::path::PathBuf {
@@ -371,6 +382,76 @@ pub(crate) fn materialize<B: Backend>(
         set_mode_644(&target)?;
     }
     Ok(())
+}
+
+/// The git tree id of the directory at `rel` computed from its files (see
+/// [`Snapshot::tree_id`]), for backends whose trees have no stored id.
+pub(crate) fn computed_tree_id<B: Backend>(
+    b: &B,
+    rel: &str,
+) -> Result<Option<git2::Oid>, SnapshotError> {
+    match locate(b, rel)? {
+        (path, Found::Dir(h)) => tree_id_of(b, &h, &path),
+        _ => Ok(None),
+    }
+}
+
+/// The id git gives the tree of `dir`'s files, or `None` if it holds something else. An
+/// empty directory has none (git stores no empty tree inside another).
+fn tree_id_of<B: Backend>(
+    b: &B,
+    dir: &B::Handle,
+    path: &str,
+) -> Result<Option<git2::Oid>, SnapshotError> {
+    let git_err = |e: git2::Error| SnapshotError::git(format!("{}: hashing {path}", b.label()), &e);
+    // Git orders entries by name, a directory's name followed by `/`.
+    let mut items: Vec<(Vec<u8>, &'static str, git2::Oid)> = Vec::new();
+    for (name, found) in entries(b, dir, path)? {
+        let child = child_path(path, &name);
+        let (mode, id) = match found {
+            Found::File(h) => {
+                let id = git2::Oid::hash_object(git2::ObjectType::Blob, &b.contents(&h)?)
+                    .map_err(git_err)?;
+                ("100644", id)
+            }
+            Found::Dir(h) => match tree_id_of(b, &h, &child)? {
+                Some(id) => ("40000", id),
+                None if collect_is_empty(b, &h, &child) => continue,
+                None => return Ok(None),
+            },
+            _ => return Ok(None),
+        };
+        let mut key = name.into_bytes();
+        if mode == "40000" {
+            key.push(b'/');
+        }
+        items.push((key, mode, id));
+    }
+    if items.is_empty() {
+        return Ok(None);
+    }
+    items.sort_unstable_by(|x, y| x.0.cmp(&y.0));
+    let mut data = Vec::new();
+    for (mut key, mode, id) in items {
+        if mode == "40000" {
+            key.pop();
+        }
+        data.extend_from_slice(mode.as_bytes());
+        data.push(b' ');
+        data.extend_from_slice(&key);
+        data.push(0);
+        data.extend_from_slice(id.as_bytes());
+    }
+    git2::Oid::hash_object(git2::ObjectType::Tree, &data)
+        .map(Some)
+        .map_err(git_err)
+}
+
+/// Whether `dir` holds no file at any depth (only empty directories), which git does not
+/// store, as opposed to holding something a tree id cannot be computed for.
+fn collect_is_empty<B: Backend>(b: &B, dir: &B::Handle, path: &str) -> bool {
+    let mut files = Vec::new();
+    collect(b, dir, path, "", &mut files).is_ok() && files.is_empty()
 }
 
 /// Every file under `dir` as `(path below the materialized dir, handle)`; `path` is

@@ -147,6 +147,10 @@ impl Snapshot for WorkTree {
     fn materialize(&self, rel_dir: &str, dest: &Path) -> Result<(), SnapshotError> {
         super::materialize(self, rel_dir, dest)
     }
+
+    fn tree_id(&self, rel: &str) -> Result<Option<git2::Oid>, SnapshotError> {
+        super::computed_tree_id(self, rel)
+    }
 }
 
 #[cfg(test)]
@@ -230,6 +234,39 @@ mod tests {
             matches!(&err, SnapshotError::Submodule { path, .. } if path == "a"),
             "{err}"
         );
+    }
+
+    /// The computed tree id is git's own, so a working tree's plugin directory is known to
+    /// be the one a revision holds; names sorting differently as directories, nested
+    /// folders and an empty folder (which git does not store) included.
+    #[test]
+    fn tree_id_is_the_one_git_writes() {
+        let (dir, wt) = tree();
+        fs::write(dir.path().join("a.txt"), "x").unwrap();
+        fs::write(dir.path().join("a-b"), "y").unwrap();
+        fs::write(dir.path().join("a/z"), "z").unwrap();
+        fs::create_dir_all(dir.path().join("a/empty/deeper")).unwrap();
+        let repo = git2::Repository::init(dir.path()).unwrap();
+        let mut index = repo.index().unwrap();
+        index
+            .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+            .unwrap();
+        let root = index.write_tree().unwrap();
+        let tree = repo.find_tree(root).unwrap();
+        let a = tree.get_name("a").unwrap().id();
+        assert_eq!(wt.tree_id("").unwrap(), Some(root));
+        assert_eq!(wt.tree_id("a").unwrap(), Some(a));
+        assert_eq!(wt.tree_id("a/empty").unwrap(), None);
+        assert_eq!(wt.tree_id("top").unwrap(), None);
+
+        // A changed file changes the id; a symlink inside leaves none.
+        fs::write(dir.path().join("a/z"), "zz").unwrap();
+        assert_ne!(wt.tree_id("a").unwrap(), Some(a));
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink("/etc", dir.path().join("a/etc")).unwrap();
+            assert_eq!(wt.tree_id("a").unwrap(), None);
+        }
     }
 
     #[test]
