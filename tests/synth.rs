@@ -250,5 +250,8 @@ fn lean_diff_sees_a_changed_template_in_every_plugin() {
         lean.summary_line(),
         format!("0 added, 0 upgraded, 0 removed, {N} reconfigured, 0 unchanged")
     );
-    assert_eq!(classic.plan.updates().count(), N);
+    // Each Plugin now names the templates ConfigMap, and each Service changed.
+    assert_eq!(classic.plan.updates().count(), 2 * N);
+    // The ConfigMap carrying the override is new.
+    assert_eq!(classic.plan.creates().count(), 1);
 }
