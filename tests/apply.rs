@@ -14,13 +14,13 @@ use std::time::Duration;
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
 };
-use plugsync::apply::{Applier, ApplyOptions, ApplyReport, Outcome, RetryPolicy};
-use plugsync::pipeline::{desired_state, DesiredState};
-use plugsync::render::RenderSettings;
-use plugsync::resolve::cache::Cache;
-use plugsync::resolve::source::{FetchSettings, SourceRegistry};
-use plugsync::resolve::Resolver;
-use plugsync::source::WorkTree;
+use plugsync_core::pipeline::{desired_state, DesiredState};
+use plugsync_core::render::RenderSettings;
+use plugsync_core::resolve::cache::Cache;
+use plugsync_core::resolve::fetch::{FetchSettings, Fetchers};
+use plugsync_core::resolve::Resolver;
+use plugsync_core::source::WorkTree;
+use plugsync_kube::apply::{Applier, ApplyOptions, ApplyReport, Outcome, RetryPolicy};
 use serde_json::{json, Value};
 
 #[path = "common/cluster.rs"]
@@ -60,7 +60,7 @@ static CRDS: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
 async fn install_crds(c: &TestCluster) {
     CRDS.get_or_init(|| async {
         Applier::new(c.client().await)
-            .ensure_crds(&plugsync::crd::definitions(), ApplyOptions::default())
+            .ensure_crds(&plugsync_core::crd::definitions(), ApplyOptions::default())
             .await
             .expect("CRDs installed");
     })
@@ -88,7 +88,7 @@ impl Env {
         let dir = tempfile::tempdir().expect("dir");
         let cache_dir = tempfile::tempdir().expect("cache");
         let cache = Cache::open(cache_dir.path()).expect("cache");
-        plugsync::synth::generate_repo(dir.path(), n, &cache).expect("generate");
+        plugsync_testkit::synth::generate_repo(dir.path(), n, &cache).expect("generate");
         // Only the namespace moves; registry and nodeSelector stay (see the module docs).
         let path = dir.path().join("plugins.yaml");
         let yaml = std::fs::read_to_string(&path).expect("read plugins.yaml");
@@ -96,7 +96,9 @@ impl Env {
         assert_ne!(moved, yaml, "the synthetic set declares namespace dify");
         std::fs::write(&path, moved).expect("write plugins.yaml");
         let proxy = FaultProxy::start(&c.kubeconfig()).await;
-        let applier = Applier::new(proxy.client(&ns)).with_retry(fast_retry());
+        // The client as every command builds it (kube's own retries off: one retry layer).
+        let client = plugsync_kube::cluster::client_for(proxy.config(&ns)).expect("client");
+        let applier = Applier::new(client).with_retry(fast_retry());
         Env {
             client: c.client().await,
             ns,
@@ -229,7 +231,7 @@ fn rv(o: &Value) -> String {
 
 async fn render(dir: &Path, cache: &Cache) -> DesiredState {
     let resolver = Resolver::new(
-        SourceRegistry::discover(
+        Fetchers::discover(
             FetchSettings::default(),
             url::Url::parse("https://marketplace.dify.ai").expect("url"),
         ),
@@ -349,10 +351,10 @@ async fn a_changed_plugin_updates_only_its_deployment_and_the_set() {
     env.apply(&state, &state.objects(), ApplyOptions::default())
         .await;
 
-    plugsync::synth::change_one(
+    plugsync_testkit::synth::change_one(
         env.dir.path(),
         &env.cache,
-        plugsync::synth::SynthChange::Reconfigure,
+        plugsync_testkit::synth::SynthChange::Reconfigure,
     )
     .expect("change");
     let state = env.render().await;
@@ -506,10 +508,50 @@ async fn transient_faults_are_retried() {
     env.assert_converged(2).await;
 }
 
+/// One retry layer, the applier's: a write failing with 503 is sent `attempts` times in all,
+/// then reported with its status; fewer failures than that converge. (With kube's client
+/// retries under it as well, each attempt was up to 16 requests.)
+#[tokio::test]
+async fn retries_stop_at_the_applier_bound_and_below_it_converge() {
+    let env = Env::new("apply-retry-bound", 1).await;
+    let state = env.render().await;
+    let bound = u64::from(fast_retry().attempts);
+    let faults = env.proxy.faults();
+    let deployments = || Match::verb(Verb::Apply).and_path("/deployments/");
+
+    // Beyond the bound: the Deployment fails, after exactly `bound` requests.
+    faults.fail_next_matching(1000, 503, deployments());
+    let report = env
+        .apply(&state, &state.objects(), ApplyOptions::default())
+        .await;
+    assert_eq!(report.failed.len(), 1, "{}", report.summary());
+    let (key, why) = &report.failed[0];
+    assert!(key.to_string().contains("Deployment"), "{key}");
+    assert!(why.contains("503"), "says the server's answer: {why}");
+    assert_eq!(
+        env.proxy.stats().injected_failures,
+        bound,
+        "one layer of retries"
+    );
+    faults.clear();
+
+    // Below it: `bound - 1` failures, then the server's answer; it converges.
+    env.proxy.reset_stats();
+    faults.fail_next_matching((bound - 1) as u32, 503, deployments());
+    let report = env
+        .apply(&state, &state.objects(), ApplyOptions::default())
+        .await;
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(faults.pending(), 0);
+    assert_eq!(env.proxy.stats().injected_failures, bound - 1);
+    env.assert_converged(1).await;
+}
+
 #[tokio::test]
 async fn a_run_that_fails_half_way_converges_on_the_next_run() {
     let mut env = Env::new("apply-half-way", 3).await;
-    env.applier = Applier::new(env.proxy.client(&env.ns)).with_retry(RetryPolicy {
+    let client = plugsync_kube::cluster::client_for(env.proxy.config(&env.ns)).expect("client");
+    env.applier = Applier::new(client).with_retry(RetryPolicy {
         attempts: 1,
         ..fast_retry()
     });
@@ -590,10 +632,10 @@ async fn an_upgraded_plugin_keeps_its_old_version_until_the_new_one_runs() {
         .await;
     let old_id = before.rendered[0].plugin_id.clone();
 
-    plugsync::synth::change_one(
+    plugsync_testkit::synth::change_one(
         env.dir.path(),
         &env.cache,
-        plugsync::synth::SynthChange::Upgrade,
+        plugsync_testkit::synth::SynthChange::Upgrade,
     )
     .expect("upgrade plugin 0");
     let after = env.render().await;
@@ -684,7 +726,10 @@ async fn a_package_another_set_declares_is_a_conflict_never_a_takeover() {
     // Another set in the namespace declares the same two packages (and so the same Plugin
     // names). A dry run and the apply both report the conflict; nothing is taken over.
     let (_dir, theirs) = other_set(&env, "other").await;
-    let applier = || Applier::new(env.proxy.client(&env.ns)).with_retry(fast_retry());
+    let applier = || {
+        Applier::new(plugsync_kube::cluster::client_for(env.proxy.config(&env.ns)).expect("client"))
+            .with_retry(fast_retry())
+    };
     for dry_run in [true, false] {
         let report = applier()
             .apply_set(
@@ -770,7 +815,7 @@ async fn an_object_another_set_took_over_is_never_pruned() {
         .patch(
             &taken,
             &PatchParams::apply("plugsync").force(),
-            &Patch::Apply(&plugsync::apply::with_applied_hash(&their_plugin)),
+            &Patch::Apply(&plugsync_kube::apply::with_applied_hash(&their_plugin)),
         )
         .await
         .expect("taken over");

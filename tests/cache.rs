@@ -4,7 +4,7 @@ use std::io::ErrorKind;
 use std::sync::Arc;
 use std::thread;
 
-use plugsync::resolve::cache::Cache;
+use plugsync_core::resolve::cache::Cache;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 

@@ -1,4 +1,4 @@
-//! The plugin controller (`plugsync::controller::run`, in-process) against the real control
+//! The plugin controller (`plugsync_kube::controller::run`, in-process) against the real control
 //! plane (`tests/cluster`): the real job, deployment, replicaset and garbage-collector
 //! controllers act on what it creates, kwok runs the pods, and the Kaniko stand-in really
 //! downloads each build context from this harness's context server (served as `plugsync
@@ -26,16 +26,17 @@ use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, PostParams};
 use kube::runtime::{watcher, WatchStreamExt as _};
 use kube::{Resource, ResourceExt};
-use plugsync::apply::{Applier, ApplyOptions};
-use plugsync::controller::{self, Context, RegistryCheck};
-use plugsync::crd::{Plugin, PluginPhase};
-use plugsync::model::{PluginSet, PluginSetResource};
-use plugsync::pipeline::{desired_state, DesiredState};
-use plugsync::render::RenderSettings;
-use plugsync::resolve::cache::Cache;
-use plugsync::resolve::source::{FetchSettings, SourceRegistry};
-use plugsync::resolve::Resolver;
-use plugsync::source::WorkTree;
+use plugsync_core::crd::PluginSetResource;
+use plugsync_core::crd::{Plugin, PluginPhase};
+use plugsync_core::model::PluginSet;
+use plugsync_core::pipeline::{desired_state, DesiredState};
+use plugsync_core::render::RenderSettings;
+use plugsync_core::resolve::cache::Cache;
+use plugsync_core::resolve::fetch::{FetchSettings, Fetchers};
+use plugsync_core::resolve::Resolver;
+use plugsync_core::source::WorkTree;
+use plugsync_kube::apply::{Applier, ApplyOptions};
+use plugsync_kube::controller::{self, Context, RegistryCheck};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
@@ -96,7 +97,7 @@ static CRDS: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
 /// Reads, resolves and renders the repository in `repo` as the git loop does.
 async fn render(repo: &Path, cache: &Cache, settings: &RenderSettings) -> DesiredState {
     let resolver = Resolver::new(
-        SourceRegistry::discover(
+        Fetchers::discover(
             FetchSettings::default(),
             url::Url::parse("https://marketplace.dify.ai").expect("url"),
         ),
@@ -190,7 +191,7 @@ impl Harness {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let router = plugsync::server::router(cache.clone());
+        let router = plugsync_kube::server::router(cache.clone());
         let context_server = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
@@ -213,7 +214,7 @@ impl Harness {
 
         CRDS.get_or_init(|| async {
             Applier::new(client.clone())
-                .ensure_crds(&plugsync::crd::definitions(), ApplyOptions::default())
+                .ensure_crds(&plugsync_core::crd::definitions(), ApplyOptions::default())
                 .await
                 .expect("crds");
         })
@@ -261,7 +262,7 @@ impl Harness {
             Check::Off => None,
             Check::Fixed(answer) => Some(Arc::new(RegistryHas(answer)) as Arc<dyn RegistryCheck>),
             Check::Secret => Some(Arc::new(
-                plugsync::controller::registry_check::SecretRegistryCheck::new(
+                plugsync_kube::controller::registry_check::SecretRegistryCheck::new(
                     self.client.clone(),
                     Duration::from_secs(5),
                 ),

@@ -323,7 +323,7 @@ fn the_deployment_is_hardened() {
     assert_eq!(field("POD_NAME").as_deref(), Some("metadata.name"));
     // The one variable every cluster command reads its namespace from: the pod's own.
     assert_eq!(
-        field(plugsync::cluster::NAMESPACE_ENV).as_deref(),
+        field(plugsync_kube::cluster::NAMESPACE_ENV).as_deref(),
         Some("metadata.namespace")
     );
     assert!(
@@ -445,7 +445,7 @@ fn the_deployment_runs_plugsync_with_known_flags_and_probes() {
 /// URL with its own namespace, and the command line's default is the same.
 #[test]
 fn the_default_context_url_is_the_shipped_leader_service() {
-    let default = plugsync::render::DEFAULT_CONTEXT_BASE_URL;
+    let default = plugsync_core::render::DEFAULT_CONTEXT_BASE_URL;
     let manifests = Manifests::load();
     let url = url::Url::parse(default).expect("a URL");
     let host = url.host_str().expect("a host");
@@ -522,6 +522,12 @@ fn required_permissions() -> BTreeSet<(String, String, String)> {
         &["get", "list", "watch", "create", "patch", "delete"],
     );
     add("", &["pods"], &["get", "list", "watch", "patch"]);
+    // The templates ConfigMap: applied and pruned with the set, watched by the controller.
+    add(
+        "",
+        &["configmaps"],
+        &["get", "list", "watch", "create", "patch", "delete"],
+    );
     add("", &["secrets"], &["get"]);
     add("", &["events"], &["create", "patch"]);
     add("events.k8s.io", &["events"], &["create", "patch"]);

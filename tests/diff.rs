@@ -284,11 +284,31 @@ fn template_override_change_shows_in_the_diff() {
     let (code, report) = repo.diff_json(&[]);
     assert_eq!(code, 1);
     let objects = report["objects"].as_array().expect("objects");
-    assert_eq!(objects.len(), 2);
-    for o in objects {
-        assert_eq!(o["kind"], "Service");
+    let of_kind =
+        |kind: &str| -> Vec<&Value> { objects.iter().filter(|o| o["kind"] == kind).collect() };
+    // Each Service changes; the templates reach the cluster in a ConfigMap, created, which
+    // each Plugin names (`spec.templates`), so the controller renders with them.
+    assert_eq!(objects.len(), 5, "{objects:#?}");
+    let services = of_kind("Service");
+    assert_eq!(services.len(), 2);
+    for o in services {
         assert_eq!(o["changedPaths"], serde_json::json!(["spec.type"]));
     }
+    let plugins = of_kind("Plugin");
+    assert_eq!(plugins.len(), 2);
+    for o in plugins {
+        assert_eq!(o["changedPaths"], serde_json::json!(["spec.templates"]));
+    }
+    let config_maps = of_kind("ConfigMap");
+    assert_eq!(config_maps.len(), 1);
+    assert_eq!(config_maps[0]["action"], "create", "{:#}", config_maps[0]);
+    assert!(
+        config_maps[0]["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("plugsync-templates-")),
+        "{:#}",
+        config_maps[0]
+    );
 }
 
 #[test]
@@ -661,8 +681,8 @@ fn markdown_stays_under_githubs_comment_limit_and_says_where_the_rest_is() {
         dir: tempfile::tempdir().expect("tempdir"),
         cache: tempfile::tempdir().expect("cache"),
     };
-    let cache = plugsync::resolve::cache::Cache::open(repo.cache.path()).expect("cache");
-    plugsync::synth::generate_repo(repo.path(), N, &cache).expect("synthetic repo");
+    let cache = plugsync_core::resolve::cache::Cache::open(repo.cache.path()).expect("cache");
+    plugsync_testkit::synth::generate_repo(repo.path(), N, &cache).expect("synthetic repo");
     repo.git(&["init", "-q", "-b", "main"]);
     repo.commit("base");
     // A template change touches every plugin's Service.
@@ -682,7 +702,8 @@ fn markdown_stays_under_githubs_comment_limit_and_says_where_the_rest_is() {
     ]);
     assert_eq!(full.status.code(), Some(1));
     let full = stdout(&full);
-    assert_eq!(full.matches("<details>").count(), N);
+    // A section per plugin, and one for the templates ConfigMap the change creates.
+    assert_eq!(full.matches("<details>").count(), N + 1);
     assert!(
         full.len() > LIMIT,
         "the test needs more than fits: {}",
@@ -710,8 +731,10 @@ fn markdown_stays_under_githubs_comment_limit_and_says_where_the_rest_is() {
         )),
         "{md}"
     );
+    // Each plugin's Service, and its Plugin, which names the new templates ConfigMap.
     assert!(md.contains(&format!(
-        "**Objects:** 0 to create, {N} to update, 0 to delete"
+        "**Objects:** 1 to create, {} to update, 0 to delete",
+        2 * N
     )));
     assert_eq!(
         md.matches("| * | `synth/").count(),
@@ -727,7 +750,8 @@ fn markdown_stays_under_githubs_comment_limit_and_says_where_the_rest_is() {
         md.matches("\n```\n").count()
     );
     assert!(
-        md.contains(&format!("the object diffs of {} plugins", N - shown)),
+        // Sections left out: the plugins' and the templates ConfigMap's ("other objects").
+        md.contains(&format!("the object diffs of {} plugins", N + 1 - shown)),
         "{}",
         &md[md.len().saturating_sub(3000)..]
     );
@@ -822,13 +846,13 @@ async fn apply(env: &cli_env::Env) {
     assert!(out.status.success(), "{}", cli_env::text(&out.stderr));
 }
 
-fn synth_cache(env: &cli_env::Env) -> plugsync::resolve::cache::Cache {
-    plugsync::resolve::cache::Cache::open(env.cache.path()).expect("cache")
+fn synth_cache(env: &cli_env::Env) -> plugsync_core::resolve::cache::Cache {
+    plugsync_core::resolve::cache::Cache::open(env.cache.path()).expect("cache")
 }
 
 /// The live Plugin of `synth/p<i>` (first attempt).
 async fn live_plugin(env: &cli_env::Env, i: usize) -> Value {
-    let name = format!("synth/{}", plugsync::synth::plugin_name(i));
+    let name = format!("synth/{}", plugsync_testkit::synth::plugin_name(i));
     env.plugins()
         .await
         .into_iter()
@@ -845,10 +869,10 @@ async fn diff_cluster_summarizes_per_plugin_and_hides_plugsyncs_bookkeeping() {
 
     // A runtime change of one plugin: its Plugin changes, and so does the hash plugsync
     // stamps on what it applies; only the former is the reader's business.
-    plugsync::synth::change_one(
+    plugsync_testkit::synth::change_one(
         env.repo.path(),
         &synth_cache(&env),
-        plugsync::synth::SynthChange::Reconfigure,
+        plugsync_testkit::synth::SynthChange::Reconfigure,
     )
     .expect("reconfigure");
     let out = cluster_diff(&env, &["-o", "json"]).await;
@@ -898,10 +922,10 @@ async fn diff_cluster_summarizes_per_plugin_and_hides_plugsyncs_bookkeeping() {
 
     // An upgrade: the new version's Plugin is shown against the old one, which is kept
     // until the new one runs (no controller runs here, so it is held).
-    plugsync::synth::change_one(
+    plugsync_testkit::synth::change_one(
         env.repo.path(),
         &synth_cache(&env),
-        plugsync::synth::SynthChange::Upgrade,
+        plugsync_testkit::synth::SynthChange::Upgrade,
     )
     .expect("upgrade");
     let old = live_plugin(&env, 0).await;
@@ -1003,7 +1027,10 @@ async fn diff_cluster_lists_what_a_deletion_cascades_to_and_survives_a_closed_pi
     // Plugin 0 leaves the set.
     let plugins_path = env.repo.path().join("plugins.yaml");
     let text = std::fs::read_to_string(&plugins_path).expect("read");
-    let line = format!("    - url: {}\n", plugsync::synth::package_url(0, 1));
+    let line = format!(
+        "    - url: {}\n",
+        plugsync_testkit::synth::package_url(0, 1)
+    );
     std::fs::write(&plugins_path, text.replacen(&line, "", 1)).expect("write");
     let mut lock = env.plugsync(&["lock"]);
     lock.arg("--repo").arg(env.repo.path());
@@ -1084,4 +1111,144 @@ async fn diff_cluster_lists_what_a_deletion_cascades_to_and_survives_a_closed_pi
         .get(cli_env::PLUGSYNC, "Plugin", &owner_name)
         .await
         .is_some());
+}
+
+/// A repository of `n` synthetic plugins whose packages are committed (`packages`), on
+/// `main`, with plugin 0 upgraded in the working tree: new package bytes under the same
+/// path, plugins.yaml untouched, plugins.lock re-pinned.
+fn committed_synth(n: usize, packages: plugsync_testkit::synth::SynthPackages) -> GitRepo {
+    let repo = GitRepo {
+        dir: tempfile::tempdir().expect("tempdir"),
+        cache: tempfile::tempdir().expect("cache"),
+    };
+    let cache = plugsync_core::resolve::cache::Cache::open(repo.cache.path()).expect("cache");
+    plugsync_testkit::synth::generate_repo_with(repo.path(), n, &cache, packages)
+        .expect("synthetic repo");
+    repo.git(&["init", "-q", "-b", "main"]);
+    repo.commit("base");
+    plugsync_testkit::synth::change_one(
+        repo.path(),
+        &cache,
+        plugsync_testkit::synth::SynthChange::Upgrade,
+    )
+    .expect("upgrade plugin 0");
+    repo
+}
+
+#[test]
+fn one_changed_committed_package_among_many_is_the_one_the_diff_lists() {
+    use plugsync_testkit::synth::SynthPackages;
+    const N: usize = 40;
+    for packages in [SynthPackages::Files, SynthPackages::Dirs] {
+        let repo = committed_synth(N, packages);
+        // Only the package itself (and its pin) changed: the diff must see it in its bytes.
+        let status = Process::new("git")
+            .args(["diff", "--quiet", "main", "--", "plugins.yaml"])
+            .current_dir(repo.path())
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .status()
+            .expect("git runs");
+        assert!(status.success(), "{packages:?}: plugins.yaml changed");
+
+        let (code, report) = repo.diff_json(&[]);
+        assert_eq!(code, 1, "{packages:?}");
+        let changed: Vec<(&str, &str)> = report["plugins"]
+            .as_array()
+            .expect("plugins")
+            .iter()
+            .filter(|p| p["change"] != "unchanged")
+            .map(|p| {
+                (
+                    p["name"].as_str().expect("name"),
+                    p["change"].as_str().expect("change"),
+                )
+            })
+            .collect();
+        assert_eq!(changed, [("synth/p0", "upgraded")], "{packages:?}");
+        assert_eq!(plugin(&report, "synth/p0")["from"], "1.0.0");
+        assert_eq!(plugin(&report, "synth/p0")["to"], "2.0.0");
+        assert_eq!(report["lock"]["state"], "up-to-date", "{packages:?}");
+        assert_eq!(
+            report["plugins"].as_array().expect("plugins").len(),
+            N,
+            "{packages:?}"
+        );
+    }
+}
+
+#[test]
+fn a_committed_package_replaced_without_relocking_is_caught_against_the_lock() {
+    let repo = committed_synth(12, plugsync_testkit::synth::SynthPackages::Files);
+    // Plugin 7's package replaced in the working tree, its pin left as it was.
+    std::fs::write(
+        repo.file("packages/p7.difypkg"),
+        plugsync_testkit::synth::package_bytes(7, 2),
+    )
+    .expect("write");
+    let (code, report) = repo.diff_json(&[]);
+    assert_eq!(code, 1);
+    assert_eq!(plugin(&report, "synth/p7")["change"], "upgraded");
+    assert_eq!(plugin(&report, "synth/p1")["change"], "unchanged");
+    assert_eq!(report["lock"]["state"], "stale", "{report:#}");
+}
+
+/// Committed plugin directories the pull request left alone (the same git tree at base as
+/// in the working tree) are not packed again at base: head's package is reused, which the
+/// resolver logs per directory. A directory with a file edited has another tree: it is
+/// packed at base, and its package at head, no longer the one pinned, is caught against
+/// the lock.
+#[test]
+fn an_edited_committed_directory_is_packed_again_and_the_others_reused() {
+    const N: usize = 12;
+    let repo = committed_synth(N, plugsync_testkit::synth::SynthPackages::Dirs);
+    // Plugin 3's main.py edited in the working tree, its pin left as it was.
+    let main = repo.file("plugins/p3/main.py");
+    let text = std::fs::read_to_string(&main).expect("read");
+    std::fs::write(&main, format!("{text}# edited\n")).expect("write");
+
+    let out = Command::cargo_bin("plugsync")
+        .expect("binary")
+        .args(["diff", "--base", "main", "-o", "json", "--repo"])
+        .arg(repo.path())
+        .env("PLUGSYNC_CACHE_DIR", repo.cache.path())
+        .env("RUST_LOG", "plugsync_core::resolve=debug")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json report");
+    assert_eq!(report["lock"]["state"], "stale", "{report:#}");
+    let changed: Vec<&str> = report["lock"]["changes"]
+        .as_array()
+        .expect("lock changes")
+        .iter()
+        .map(|c| c["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(changed, ["synth/p3"], "{report:#}");
+    assert_ne!(
+        plugin(&report, "synth/p3")["change"],
+        "unchanged",
+        "{report:#}"
+    );
+    assert_eq!(plugin(&report, "synth/p1")["change"], "unchanged");
+
+    let reused: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("committed package unchanged"))
+        .map(|l| {
+            l.split_whitespace()
+                .find_map(|field| field.strip_prefix("path="))
+                .unwrap_or_else(|| panic!("no path in {l}"))
+        })
+        .collect();
+    let mut expected: Vec<String> = (0..N)
+        .filter(|i| ![0, 3].contains(i))
+        .map(|i| format!("plugins/p{i}"))
+        .collect();
+    let mut reused: Vec<String> = reused.into_iter().map(str::to_string).collect();
+    reused.sort();
+    expected.sort();
+    assert_eq!(reused, expected, "{stderr}");
 }

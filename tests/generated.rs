@@ -3,7 +3,7 @@
 #[test]
 fn committed_artifacts_match_the_code() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    for (rel, expected) in plugsync::codegen::artifacts() {
+    for (rel, expected) in plugsync_core::codegen::artifacts() {
         let committed = std::fs::read_to_string(root.join(rel))
             .unwrap_or_else(|e| panic!("{rel}: {e}; run `cargo run --bin codegen`"));
         assert!(

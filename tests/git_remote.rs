@@ -1,4 +1,4 @@
-//! `plugsync::source::remote`: following a branch of a remote repository, and committing
+//! `plugsync_core::source::remote`: following a branch of a remote repository, and committing
 //! back to it, over git:// (`git daemon`), smart http with Basic auth (`git http-backend`
 //! behind a counting CGI bridge) and ssh (OpenSSH's `sshd`), all real servers on loopback.
 //!
@@ -14,8 +14,8 @@ use git2::{Oid, Repository};
 use git_server::{
     ssh_keygen, tools_or_skip, GitDaemon, HttpGitServer, Need, SourceRepo, SshServer,
 };
-use plugsync::source::remote::{CommitAuthor, GitAuth, RemoteError, RemoteRepo, SyncOutcome};
-use plugsync::source::{GitRevision, Snapshot};
+use plugsync_core::source::remote::{CommitAuthor, GitAuth, RemoteError, RemoteRepo, SyncOutcome};
+use plugsync_core::source::{GitRevision, Snapshot};
 
 fn oid(s: &str) -> Oid {
     Oid::from_str(s).expect("commit id")
@@ -177,6 +177,32 @@ fn daemon_missing_branch_is_a_clear_error() {
         RemoteRepo::open(cache.path(), &url, "bad..name").unwrap_err(),
         RemoteError::InvalidBranch(_)
     ));
+}
+
+#[test]
+fn daemon_fetch_past_its_deadline_is_a_timeout_naming_the_remote() {
+    if !tools_or_skip("daemon_fetch_past_its_deadline", Need::Daemon) {
+        return;
+    }
+    let source = SourceRepo::new();
+    let first = oid(&source.commit(&[("plugins.yaml", "v: 1\n")], "first"));
+    let daemon = GitDaemon::start(&source.root);
+    let cache = tempfile::tempdir().unwrap();
+    let url = source.url_on(&daemon.base_url);
+    let mut repo = RemoteRepo::open(cache.path(), &url, "main").unwrap();
+    // A deadline already passed: the transfer is cut off at libgit2's first progress
+    // callback (a hung server is bounded by the caller, see tests/git_timeout.rs).
+    repo.set_timeout(std::time::Duration::ZERO);
+    let err = repo.fetch(&GitAuth::None, None).unwrap_err();
+    assert!(matches!(err, RemoteError::Timeout { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!("fetching {url}: no answer within 0s")
+    );
+    assert_eq!(repo.last_commit(), None);
+    // With time enough, the same repository fetches.
+    repo.set_timeout(std::time::Duration::from_secs(30));
+    assert_eq!(repo.fetch(&GitAuth::None, None).unwrap(), first);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -353,6 +379,77 @@ fn ssh_fetch_with_key_and_known_hosts() {
             previous: Some(first),
             commit: second
         }
+    );
+}
+
+/// `known_hosts` hashed by OpenSSH itself (`ssh-keygen -H`, what `HashKnownHosts yes` and
+/// `ssh-keyscan -H` write): every host name becomes `|1|salt|hash`.
+fn hash_known_hosts(dir: &std::path::Path, known_hosts: &str) -> String {
+    let file = dir.join("known_hosts");
+    std::fs::write(&file, known_hosts).unwrap();
+    let out = std::process::Command::new("ssh-keygen")
+        .arg("-H")
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .expect("run ssh-keygen -H");
+    assert!(out.status.success(), "ssh-keygen -H: {out:?}");
+    let hashed = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        hashed.lines().all(|l| l.starts_with("|1|")),
+        "not hashed:\n{hashed}"
+    );
+    hashed
+}
+
+#[test]
+fn ssh_fetch_with_a_hashed_known_hosts_entry() {
+    if !tools_or_skip("ssh_fetch_with_a_hashed_known_hosts_entry", Need::Sshd) {
+        return;
+    }
+    let keys = tempfile::tempdir().unwrap();
+    let (private, public) = ssh_keygen(&keys.path().join("client"), "ed25519", "");
+    let (_, impostor) = ssh_keygen(&keys.path().join("impostor"), "ed25519", "");
+    let server = SshServer::start(&private, &public);
+    let source = SourceRepo::new();
+    let first = oid(&source.commit(&[("plugins.yaml", "v: 1\n")], "first"));
+    let cache = tempfile::tempdir().unwrap();
+    let mut repo = RemoteRepo::open(cache.path(), &server.url(&source.path), "main").unwrap();
+    let real_key = server.known_hosts.split_whitespace().nth(2).unwrap();
+
+    // The server's key filed under the hashed `[127.0.0.1]:<port>`: accepted.
+    let hashed = hash_known_hosts(keys.path(), &server.known_hosts);
+    let outcome = repo
+        .sync(&ssh_auth(&private, &hashed))
+        .unwrap_or_else(|e| panic!("{e}\nsshd log:\n{}", server.log()));
+    assert_eq!(
+        outcome,
+        SyncOutcome::Fetched {
+            previous: None,
+            commit: first
+        }
+    );
+
+    // A hashed entry for the right host with another key: a mismatch.
+    let impostor_key = impostor.split_whitespace().nth(1).unwrap();
+    let wrong = hash_known_hosts(
+        keys.path(),
+        &format!("[127.0.0.1]:{} ssh-ed25519 {impostor_key}\n", server.port),
+    );
+    let err = repo.sync(&ssh_auth(&private, &wrong)).unwrap_err();
+    assert!(
+        matches!(&err, RemoteError::HostKey { reason, .. } if reason.contains("not the key")),
+        "{err:?}"
+    );
+    // The real key hashed under the same address on another port: unknown host.
+    let elsewhere = hash_known_hosts(
+        keys.path(),
+        &format!("[127.0.0.1]:{} ssh-ed25519 {real_key}\n", server.port + 1),
+    );
+    let err = repo.sync(&ssh_auth(&private, &elsewhere)).unwrap_err();
+    assert!(
+        matches!(&err, RemoteError::HostKey { reason, .. } if reason.contains("not in known_hosts")),
+        "{err:?}"
     );
 }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use plugsync::source::{
+use plugsync_core::source::{
     discover_repo_root, EntryKind, GitRevision, Snapshot, SnapshotError, WorkTree,
 };
 use tempfile::TempDir;

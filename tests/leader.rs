@@ -20,7 +20,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, ListParams, PostParams};
-use plugsync::leader::{
+use plugsync_kube::leader::{
     set_pod_leader_label, LeaderElector, LeaderError, LeaderHandle, LeaderRecord, LeaseConfig,
     LEADER_LABEL,
 };

@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use plugsync::load::{load_lock, load_plugin_set, DeclaredSource};
-use plugsync::{Diagnostic, Diagnostics, Error};
+use plugsync_core::load::{load_lock, load_plugin_set, DeclaredSource};
+use plugsync_core::{Diagnostic, Diagnostics, Error};
 
 const HEADER: &str = "\
 apiVersion: plugsync.dev/v1alpha1
@@ -322,7 +322,7 @@ plugins:
 ";
 
 fn golden_plugin_id() -> String {
-    plugsync::package::plugin_id(
+    plugsync_core::package::plugin_id(
         "langgenius/agent:0.0.14@26958a0e80a10655ce73812bdb7c35a66ce7b16f5ac346d298bda17ff85efd1e",
     )
 }

@@ -211,7 +211,7 @@ fn url_plugin_is_pinned_then_served_from_cache() {
     );
     assert!(lock.contains(&format!(
         "plugin_id: {}",
-        plugsync::package::plugin_id(GOLDEN_UID)
+        plugsync_core::package::plugin_id(GOLDEN_UID)
     )));
 
     // A second lock downloads nothing and changes nothing.
@@ -239,7 +239,7 @@ fn tampered_package_is_refused_and_nothing_changes() {
     repo.new_cache();
     let refused = repo.plugsync(&["lock"]).code(2);
     let err = stderr(&refused);
-    let actual = plugsync::package::sha256_hex(&tampered());
+    let actual = plugsync_core::package::sha256_hex(&tampered());
     assert!(err.contains("langgenius/agent"), "names the plugin: {err}");
     assert!(
         err.contains(GOLDEN_SHA256),
@@ -754,7 +754,7 @@ fn a_plugin_pinned_differently_by_the_two_sides_keeps_what_its_source_serves() {
         entry(&ours),
         entry(&theirs)
     );
-    let tampered_sha = plugsync::package::sha256_hex(&tampered());
+    let tampered_sha = plugsync_core::package::sha256_hex(&tampered());
 
     std::fs::write(repo.lock_path(), &conflicted).expect("conflict");
     repo.new_cache();
@@ -867,8 +867,8 @@ fn validate_finds_stale_locks_bad_packages_and_edited_digests_without_fetching()
     // A remote pin edited by hand to another package's digest (in the cache here) is
     // found at its plugins.lock line.
     let locked = repo.lock_text().expect("lock");
-    let tampered_sha = plugsync::package::sha256_hex(&tampered());
-    let cache = plugsync::resolve::cache::Cache::open(repo.cache.path()).expect("cache");
+    let tampered_sha = plugsync_core::package::sha256_hex(&tampered());
+    let cache = plugsync_core::resolve::cache::Cache::open(repo.cache.path()).expect("cache");
     cache.put(&tampered()).expect("put");
     let edited = locked.replacen(GOLDEN_SHA256, &tampered_sha, 1);
     std::fs::write(repo.lock_path(), &edited).expect("edit");

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use kube::Api;
-use plugsync::crd::{Plugin, PluginPhase};
+use plugsync_core::crd::{Plugin, PluginPhase};
 
 #[path = "common/cluster.rs"]
 mod cluster;
@@ -189,7 +189,9 @@ async fn a_failed_build_is_one_warn_line_with_its_reason_and_a_deletion_none() {
             humantime::parse_rfc3339(time).is_ok(),
             "a timestamp first: {line}"
         );
-        assert!(!line.contains("plugsync::"), "short targets: {line}");
+        for crate_path in ["plugsync::", "plugsync_kube::", "plugsync_core::"] {
+            assert!(!line.contains(crate_path), "short targets: {line}");
+        }
         assert!(!line.contains('\x1b'), "no colour on a pipe: {line:?}");
     }
 }

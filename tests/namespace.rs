@@ -268,7 +268,7 @@ async fn controller_start_line(env: &Env, args: &[&str], in_pod: bool) -> String
 async fn run_gives_a_set_without_a_namespace_its_own() {
     let env = Env::new("ns-run", 1).await;
     env.forget_namespace();
-    let port = free_port();
+    let port = cluster::free_port();
     let mut cmd = env.cmd(&["run"]);
     cmd.arg("--repo")
         .arg(env.repo.path())
@@ -283,17 +283,14 @@ async fn run_gives_a_set_without_a_namespace_its_own() {
         .stderr(Stdio::null());
     let mut child = cmd.spawn().expect("plugsync run");
     // The PluginSet is applied before its Plugins, so wait for both rather than the first.
-    cluster::eventually(Duration::from_secs(60), "the set and its Plugin applied", || async {
-        (env.set_in(&env.ns).await && env.plugins_in(&env.ns).await.len() == 1).then_some(())
-    })
+    cluster::eventually(
+        Duration::from_secs(60),
+        "the set and its Plugin applied",
+        || async {
+            (env.set_in(&env.ns).await && env.plugins_in(&env.ns).await.len() == 1).then_some(())
+        },
+    )
     .await;
     let _ = child.kill().await;
     assert_eq!(env.plugins_in(&env.ns).await.len(), 1);
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }

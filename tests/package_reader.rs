@@ -12,7 +12,7 @@ use package_fixtures::{
     data_offset, rename_entry, set_compressed_size, set_compression_method, set_declared_size,
     set_flags, strip_comment, ZipFixture, MANIFEST,
 };
-use plugsync::package::{
+use plugsync_core::package::{
     pack_dir, pack_dir_listing, plugin_id, Package, PackageError, COMPRESSION_RATIO_THRESHOLD,
     MAX_COMPRESSION_RATIO, MAX_ENTRIES, MAX_UNCOMPRESSED_SIZE,
 };

@@ -1,7 +1,7 @@
 //! The plan stage: desired against live objects, classified, ordered, diffed, secrets masked.
 
-use plugsync::plan::{
-    normalize, plan, render_diff, render_diff_between, Action, Change, Compare, ObjectKey, Plan,
+use plugsync_core::plan::{
+    display_diff, display_diff_between, normalize, plan, Action, Change, Compare, ObjectKey, Plan,
     PlanError, Side,
 };
 use serde_json::{json, Value};
@@ -303,7 +303,7 @@ fn server_populated_fields_and_status_are_ignored() {
         assert_eq!(c.action, Action::Unchanged, "{compare:?}: {c:?}");
         assert_eq!(c.reason, "in sync");
         assert!(c.changed_paths.is_empty());
-        assert_eq!(render_diff(&c, 3), "");
+        assert_eq!(display_diff(&c, 3), "");
     }
     let p = plan(&[yaml(DEPLOYMENT)], &[live], Compare::Exact).expect("plan");
     assert!(p.is_empty_of_changes());
@@ -413,8 +413,8 @@ fn a_changed_secret_is_reported_by_key_name_only() {
         assert_no_secret("Debug of the plan", &format!("{p:#?}"));
         assert_no_secret("reason", &c.reason);
         assert_no_secret("changed paths", &c.changed_paths.join(" "));
-        let diff = render_diff(c, 3);
-        assert_no_secret("render_diff", &diff);
+        let diff = display_diff(c, 3);
+        assert_no_secret("display_diff", &diff);
         assert!(diff.contains("-  password: \"***\"\n"), "{diff}");
         assert!(diff.contains("+  password: \"*** (changed)\"\n"), "{diff}");
         assert!(diff.contains("   username: \"***\"\n"), "{diff}");
@@ -448,8 +448,8 @@ fn created_and_deleted_secrets_are_masked_too() {
     );
     assert_no_secret("Debug of the plan", &format!("{p:?}"));
     for c in &p.changes {
-        let diff = render_diff(c, 3);
-        assert_no_secret("render_diff", &diff);
+        let diff = display_diff(c, 3);
+        assert_no_secret("display_diff", &diff);
         assert!(diff.contains("password: \"***\""), "{diff}");
     }
 }
@@ -461,7 +461,7 @@ fn render_diff_of_an_image_change() {
         "registry.example.com/dify-plugins/agent-d62e5e95:0.0.15",
     );
     let c = single(desired, yaml(LIVE_DEPLOYMENT), Compare::DesiredSubset);
-    let diff = render_diff(&c, 1);
+    let diff = display_diff(&c, 1);
     assert_eq!(
         diff,
         format!(
@@ -475,7 +475,7 @@ fn render_diff_of_an_image_change() {
 "
         )
     );
-    assert_eq!(render_diff(&c, 1), diff, "deterministic");
+    assert_eq!(display_diff(&c, 1), diff, "deterministic");
     // Under Exact, the live-only defaults show up as removed lines.
     let c = single(
         with_image(
@@ -485,7 +485,7 @@ fn render_diff_of_an_image_change() {
         yaml(LIVE_DEPLOYMENT),
         Compare::Exact,
     );
-    let diff = render_diff(&c, 3);
+    let diff = display_diff(&c, 3);
     assert!(
         diff.contains("-        terminationMessagePath: /dev/termination-log\n"),
         "{diff}"
@@ -500,8 +500,8 @@ fn render_diff_of_an_image_change() {
 fn render_diff_of_create_and_delete_adds_or_removes_every_line() {
     let p = plan(&[yaml(SERVICE)], &[yaml(PLUGIN)], Compare::DesiredSubset).expect("plan");
     assert_eq!(p.changes.len(), 2);
-    let create = render_diff(&p.changes[0], 3);
-    let delete = render_diff(&p.changes[1], 3);
+    let create = display_diff(&p.changes[0], 3);
+    let delete = display_diff(&p.changes[1], 3);
     assert!(create.starts_with(&format!(
         "--- live/Service dify/svc-{ID}\n+++ desired/Service dify/svc-{ID}\n@@ -0,0 +1,"
     )));
@@ -636,18 +636,18 @@ fn render_diff_between_names_its_sides_as_told_and_masks_secrets_the_same() {
         yaml(LIVE_DEPLOYMENT),
         Compare::DesiredSubset,
     );
-    let between = render_diff_between(&c, 1, "base/old", "head/new");
+    let between = display_diff_between(&c, 1, "base/old", "head/new");
     assert!(
         between.starts_with("--- base/old\n+++ head/new\n@@ -19,3 +19,3 @@\n"),
         "{between}"
     );
-    // The same lines as render_diff, under other headers.
+    // The same lines as display_diff, under other headers.
     let body = |d: &str| d.lines().skip(2).map(str::to_string).collect::<Vec<_>>();
-    assert_eq!(body(&between), body(&render_diff(&c, 1)));
+    assert_eq!(body(&between), body(&display_diff(&c, 1)));
 
     let secret = single(yaml(SECRET), yaml(LIVE_SECRET), Compare::DesiredSubset);
-    let shown = render_diff_between(&secret, 3, "base/s", "head/s");
-    assert_no_secret("render_diff_between", &shown);
+    let shown = display_diff_between(&secret, 3, "base/s", "head/s");
+    assert_no_secret("display_diff_between", &shown);
     let unchanged = single(yaml(SERVICE), yaml(SERVICE), Compare::Exact);
-    assert_eq!(render_diff_between(&unchanged, 3, "a", "b"), "");
+    assert_eq!(display_diff_between(&unchanged, 3, "a", "b"), "");
 }

@@ -15,9 +15,9 @@ use futures::StreamExt as _;
 use kube::api::ResourceExt as _;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
-use plugsync::controller::{self, Context};
-use plugsync::render::RenderSettings;
-use plugsync::resolve::cache::Cache;
+use plugsync_core::render::RenderSettings;
+use plugsync_core::resolve::cache::Cache;
+use plugsync_kube::controller::{self, Context};
 use serde_json::{json, Value};
 
 #[path = "common/cluster.rs"]
@@ -137,7 +137,7 @@ async fn lock_from_cluster_pins_built_digests_and_the_next_render_builds_nothing
     let addr = listener.local_addr().expect("addr");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut server_stop = stopped.clone();
-    let router = plugsync::server::router(cache.clone());
+    let router = plugsync_kube::server::router(cache.clone());
     let server = tokio::spawn(async move {
         axum::serve(listener, router)
             .with_graceful_shutdown(async move {

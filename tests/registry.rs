@@ -1,6 +1,6 @@
-//! `plugsync::registry`: image references, dockerconfigjson credentials, and manifest checks
-//! against a real registry on loopback (plus axum fakes for bearer tokens, retries and
-//! timeouts).
+//! `plugsync_kube::registry`: image references, dockerconfigjson credentials, and manifest checks
+//! (through `oci-client`) against a real registry on loopback (plus axum fakes for bearer
+//! tokens, retries and timeouts).
 
 #[path = "common/registry_fixture.rs"]
 mod registry_fixture;
@@ -15,8 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 use base64::Engine as _;
-use plugsync::registry::{
-    Credentials, DockerConfig, ImageRef, Reference, RegistryClient, RegistryError,
+use plugsync_kube::registry::{
+    parse_image, with_digest, Credentials, DockerConfig, Reference, RegistryClient, RegistryError,
 };
 use registry_fixture::{
     basic_auth_secret, dockerconfig_secret, serve, sha256_digest, tools_or_skip, OciImage,
@@ -31,8 +31,12 @@ fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
-fn image(s: &str) -> ImageRef {
-    ImageRef::parse(s).expect("valid image reference")
+fn image(s: &str) -> Reference {
+    parse_image(s).expect("valid image reference")
+}
+
+fn pin(image: &Reference, digest: &str) -> Reference {
+    with_digest(image, digest).expect("valid digest")
 }
 
 fn random_digest() -> String {
@@ -44,49 +48,41 @@ fn random_digest() -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// ImageRef
+// Image references (oci-client's `Reference`, Docker's rules)
 
 #[test]
 fn image_ref_with_port_and_tag() {
     let r = image("registry.local:5000/dify-plugins/agent-abc:0.0.14");
-    assert_eq!(r.registry, "registry.local:5000");
-    assert_eq!(r.repository, "dify-plugins/agent-abc");
-    assert_eq!(r.reference, Reference::Tag("0.0.14".into()));
+    assert_eq!(r.registry(), "registry.local:5000");
+    assert_eq!(r.repository(), "dify-plugins/agent-abc");
+    assert_eq!((r.tag(), r.digest()), (Some("0.0.14"), None));
     assert_eq!(
         r.to_string(),
         "registry.local:5000/dify-plugins/agent-abc:0.0.14"
     );
-    assert_eq!(r.api_host(), "registry.local:5000");
+    assert_eq!(r.resolve_registry(), "registry.local:5000");
 
     let r = image("127.0.0.1:5000/app");
-    assert_eq!(r.registry, "127.0.0.1:5000");
-    assert_eq!(r.repository, "app");
-    assert_eq!(r.reference, Reference::Tag("latest".into()));
+    assert_eq!(r.registry(), "127.0.0.1:5000");
+    assert_eq!(r.repository(), "app");
+    assert_eq!(r.tag(), Some("latest"));
 
     let r = image("localhost/app:v1");
-    assert_eq!(
-        (r.registry.as_str(), r.repository.as_str()),
-        ("localhost", "app")
-    );
+    assert_eq!((r.registry(), r.repository()), ("localhost", "app"));
     let r = image("localhost:5000/a/b:v1");
-    assert_eq!(
-        (r.registry.as_str(), r.repository.as_str()),
-        ("localhost:5000", "a/b")
-    );
-    let r = image("[::1]:5000/a:v1");
-    assert_eq!(r.registry, "[::1]:5000");
+    assert_eq!((r.registry(), r.repository()), ("localhost:5000", "a/b"));
 }
 
 #[test]
 fn image_ref_nested_repository() {
     let r = image("ghcr.io/org/team/sub/agent_x.y-z:1.2.3-rc.1");
-    assert_eq!(r.registry, "ghcr.io");
-    assert_eq!(r.repository, "org/team/sub/agent_x.y-z");
-    assert_eq!(r.reference, Reference::Tag("1.2.3-rc.1".into()));
+    assert_eq!(r.registry(), "ghcr.io");
+    assert_eq!(r.repository(), "org/team/sub/agent_x.y-z");
+    assert_eq!(r.tag(), Some("1.2.3-rc.1"));
     // A first component without `.`/`:` and not `localhost` is a Docker Hub namespace.
     let r = image("org/team/app:1");
-    assert_eq!(r.registry, "docker.io");
-    assert_eq!(r.repository, "org/team/app");
+    assert_eq!(r.registry(), "docker.io");
+    assert_eq!(r.repository(), "org/team/app");
 }
 
 #[test]
@@ -95,44 +91,59 @@ fn image_ref_digest() {
     let r = image(&format!(
         "registry.local:5000/dify-plugins/agent-abc@{digest}"
     ));
-    assert_eq!(r.reference, Reference::Digest(digest.clone()));
+    assert_eq!((r.tag(), r.digest()), (None, Some(digest.as_str())));
     assert_eq!(
         r.to_string(),
         format!("registry.local:5000/dify-plugins/agent-abc@{digest}")
     );
-    // Tag and digest: the digest wins.
+    // Tag and digest: both kept; the registry is asked for the digest (oci-client's manifest
+    // URL takes the digest when there is one).
     let r = image(&format!("registry.local:5000/a:0.0.14@{digest}"));
-    assert_eq!(r.reference, Reference::Digest(digest.clone()));
-    assert_eq!(r.repository, "a");
+    assert_eq!(r.digest(), Some(digest.as_str()));
+    assert_eq!(r.repository(), "a");
 
     let tagged = image("registry.local:5000/a:0.0.14");
-    let pinned = tagged.with_digest(&digest);
+    let pinned = pin(&tagged, &digest);
     assert_eq!(
         pinned.to_string(),
         format!("registry.local:5000/a@{digest}")
     );
     assert_eq!(
-        ImageRef::parse(&pinned.to_string()).expect("round trip"),
+        parse_image(&pinned.to_string()).expect("round trip"),
         pinned
     );
+    // A digest that is not lowercase hex of the right length is refused before any request.
+    for bad in [
+        "sha256:abc".to_owned(),
+        format!("sha256:{}", "AB".repeat(32)),
+        format!("md5:{}", "a".repeat(32)),
+        "a".repeat(64),
+    ] {
+        let err = with_digest(&tagged, &bad).expect_err(&bad);
+        assert!(
+            matches!(err, RegistryError::InvalidDigest { .. }),
+            "{bad}: {err}"
+        );
+    }
 }
 
 #[test]
 fn image_ref_docker_hub_defaults() {
     let r = image("nginx");
-    assert_eq!(r.registry, "docker.io");
-    assert_eq!(r.repository, "library/nginx");
-    assert_eq!(r.reference, Reference::Tag("latest".into()));
-    assert_eq!(r.api_host(), "registry-1.docker.io");
+    assert_eq!(r.registry(), "docker.io");
+    assert_eq!(r.repository(), "library/nginx");
+    assert_eq!(r.tag(), Some("latest"));
+    // Docker Hub's API host, as oci-client resolves it.
+    assert_eq!(r.resolve_registry(), "index.docker.io");
     assert_eq!(r.to_string(), "docker.io/library/nginx:latest");
 
     assert_eq!(
-        image("langgenius/plugin-build-base-python:3.12").repository,
+        image("langgenius/plugin-build-base-python:3.12").repository(),
         "langgenius/plugin-build-base-python"
     );
-    assert_eq!(image("docker.io/nginx:1.27").repository, "library/nginx");
+    assert_eq!(image("docker.io/nginx:1.27").repository(), "library/nginx");
     assert_eq!(
-        image("index.docker.io/library/busybox:1.36").registry,
+        image("index.docker.io/library/busybox:1.36").registry(),
         "docker.io"
     );
     assert_eq!(
@@ -151,12 +162,11 @@ fn image_ref_rejects_invalid() {
         "registry.local/app:-x",
         "registry.local/app@sha256:abc",
         "registry.local/app@md5:0123456789abcdef0123456789abcdef",
-        "registry.local:99999/app",
         "registry.local//app",
         "registry.local/app/",
         "app name",
     ] {
-        let err = ImageRef::parse(bad).expect_err(bad);
+        let err = parse_image(bad).expect_err(bad);
         assert!(
             matches!(err, RegistryError::InvalidReference { .. }),
             "{bad}: {err}"
@@ -239,7 +249,7 @@ fn docker_config_url_style_keys() {
         Some(Credentials::basic("hub", "hubpw"))
     );
     assert_eq!(
-        config.credentials_for(&image("nginx").registry),
+        config.credentials_for(image("nginx").registry()),
         Some(Credentials::basic("hub", "hubpw"))
     );
     assert_eq!(
@@ -352,7 +362,7 @@ async fn pushed_tag_digest_matches_manifest_sha256() {
     let digest = client.manifest_digest(&tagged, None).await.expect("HEAD");
     assert_eq!(digest.as_deref(), Some(pushed.manifest_digest.as_str()));
     // Asking by digest answers the same digest; and again, from the remembered scheme.
-    let pinned = tagged.with_digest(&pushed.manifest_digest);
+    let pinned = pin(&tagged, &pushed.manifest_digest);
     for _ in 0..2 {
         assert_eq!(
             client
@@ -448,7 +458,7 @@ async fn basic_auth_registry_needs_the_secret_credentials() {
     let secret = basic_auth_secret(&registry.host, "ci-bot", "correct-horse");
     let config = DockerConfig::from_secret(&secret).expect("config");
     let credentials = config
-        .credentials_for(&tagged.registry)
+        .credentials_for(tagged.registry())
         .expect("credentials for host");
     let client = client();
     assert_eq!(
@@ -545,12 +555,42 @@ async fn token_endpoint(
         .expect("lock")
         .push((query.service, query.scope));
     let expected = format!("Basic {}", b64(&format!("{TOKEN_USER}:{TOKEN_PASSWORD}")));
-    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
-        return (StatusCode::UNAUTHORIZED, "bad credentials").into_response();
+    let sent = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if sent != expected {
+        // Token servers echo what they got; the client must not pass that on (errors, logs).
+        let decoded = sent
+            .strip_prefix("Basic ")
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        return (
+            StatusCode::UNAUTHORIZED,
+            format!("bad credentials: {sent} ({decoded})"),
+        )
+            .into_response();
     }
-    let token = format!("issued-token-{n}");
+    let token = jwt_shaped_token(n, server.expires_in);
     server.issued.lock().expect("lock").push(token.clone());
     axum::Json(json!({"token": token, "expires_in": server.expires_in})).into_response()
+}
+
+/// A token shaped like the JWTs real token servers issue (`header.claims.signature`), with
+/// the `exp` claim: oci-client caches a token until its `exp` (60 s without one) and ignores
+/// `expires_in`. The signature part carries `issued-token-<n>`, for leak checks.
+fn jwt_shaped_token(n: usize, expires_in: u64) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    let claims = URL_SAFE_NO_PAD.encode(json!({"exp": now + expires_in}).to_string());
+    format!(
+        "{}.{claims}.issued-token-{n}",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#)
+    )
 }
 
 #[derive(Clone)]
@@ -560,7 +600,8 @@ struct FakeRegistry {
     issued: Arc<Mutex<Vec<String>>>,
 }
 
-/// Demands `Bearer <issued token>`; has one manifest, `REPO:0.0.14` = `FAKE_DIGEST`.
+/// Demands `Bearer <issued token>` (the `GET /v2/` version check included, which is where
+/// clients learn the challenge); has one manifest, `REPO:0.0.14` = `FAKE_DIGEST`.
 async fn bearer_registry(
     State(fake): State<FakeRegistry>,
     uri: Uri,
@@ -625,6 +666,7 @@ async fn start_bearer_pair_with(
     };
     let (registry_addr, _) = serve(
         Router::new()
+            .route("/v2/", any(bearer_registry))
             .route("/v2/{*rest}", any(bearer_registry))
             .with_state(fake.clone()),
     )
@@ -664,8 +706,10 @@ async fn bearer_challenge_fetches_one_token_and_caches_it() {
         1,
         "one token for three HEADs"
     );
-    // 401 + retry for the first, then the cached token straight away.
-    assert_eq!(fake.hits.load(Ordering::SeqCst), 4);
+    // The version check's 401 (which names the token realm) and the first HEAD with the
+    // token, then the cached token straight away; the missing digest costs a HEAD and a GET
+    // (oci-client falls back to GET when a HEAD answer has no digest header, as a 404 has).
+    assert_eq!(fake.hits.load(Ordering::SeqCst), 5);
     assert_eq!(
         tokens.queries.lock().expect("lock").as_slice(),
         [(
@@ -686,12 +730,14 @@ async fn bearer_challenge_fetches_one_token_and_caches_it() {
 
 #[tokio::test]
 async fn bearer_token_expiry_is_respected() {
-    // `expires_in` below the safety margin: every request needs a fresh token.
+    // Tokens that expire after a second: the second check, two seconds later, needs a fresh
+    // token; a third one right after reuses it.
     let (tokens, _fake, host) = start_bearer_pair(1).await;
     let credentials = Credentials::basic(TOKEN_USER, TOKEN_PASSWORD);
     let client = client();
     let tagged = image(&format!("{host}/{REPO}:0.0.14"));
-    for _ in 0..2 {
+    for pause in [0, 2100, 0] {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
         assert!(client
             .manifest_digest(&tagged, Some(&credentials))
             .await
@@ -748,7 +794,30 @@ async fn refused_token_error_hides_the_token() {
     assert!(!shown.contains("issued-token"), "{shown}");
     assert!(!shown.contains(TOKEN_PASSWORD), "{shown}");
     assert_eq!(tokens.hits.load(Ordering::SeqCst), 1);
-    assert_eq!(fake.hits.load(Ordering::SeqCst), 2);
+    // The version check, then the HEAD and (no digest header on a 401) the GET, both refused.
+    assert_eq!(fake.hits.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn identity_token_credentials_are_refused_before_any_request() {
+    // oci-client cannot exchange an OAuth2 refresh token (`identitytoken`); the check says so
+    // instead of sending it as a password. The controller then trusts the known digest.
+    let (tokens, fake, host) = start_bearer_pair(300).await;
+    let tagged = image(&format!("{host}/{REPO}:0.0.14"));
+    let secret = "refresh-token-do-not-print";
+    let err = client()
+        .manifest_digest(&tagged, Some(&Credentials::identity_token("u", secret)))
+        .await
+        .expect_err("identity token");
+    let shown = format!("{err} {err:?}");
+    assert!(matches!(err, RegistryError::Unsupported { .. }), "{shown}");
+    assert!(
+        shown.contains(&host) && shown.contains("identity token"),
+        "{shown}"
+    );
+    assert!(!shown.contains(secret), "{shown}");
+    assert_eq!(fake.hits.load(Ordering::SeqCst), 0);
+    assert_eq!(tokens.hits.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]
@@ -775,18 +844,25 @@ async fn secure_client_never_falls_back_to_plain_http() {
 
 #[tokio::test]
 async fn server_errors_are_retried_twice() {
+    // Counts attempts by their HEAD request (a HEAD without a digest header, as a 503 is, is
+    // followed by a GET in the same attempt); `failures` attempts fail with 503 throughout.
     let hits = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(AtomicUsize::new(2));
+    let attempt_fails = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let router = Router::new().route(
         "/v2/{*rest}",
         any({
-            let (hits, failures) = (hits.clone(), failures.clone());
-            move || async move {
-                hits.fetch_add(1, Ordering::SeqCst);
-                let failing = failures
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |f| f.checked_sub(1))
-                    .is_ok();
-                if failing {
+            let (hits, failures, attempt_fails) =
+                (hits.clone(), failures.clone(), attempt_fails.clone());
+            move |method: axum::http::Method| async move {
+                if method == axum::http::Method::HEAD {
+                    hits.fetch_add(1, Ordering::SeqCst);
+                    let failing = failures
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |f| f.checked_sub(1))
+                        .is_ok();
+                    attempt_fails.store(failing, Ordering::SeqCst);
+                }
+                if attempt_fails.load(Ordering::SeqCst) {
                     StatusCode::SERVICE_UNAVAILABLE.into_response()
                 } else {
                     (StatusCode::OK, [("docker-content-digest", FAKE_DIGEST)]).into_response()
@@ -958,7 +1034,7 @@ async fn logs_carry_no_secrets() {
 
     let text = String::from_utf8(logs.0.lock().expect("lock").clone()).expect("utf-8 logs");
     assert!(
-        text.contains("fetching registry token"),
+        text.contains("authenticating to the registry"),
         "nothing logged:\n{text}"
     );
     let issued = tokens.issued.lock().expect("lock").clone();

@@ -7,15 +7,15 @@ use assert_cmd::Command;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Service;
-use plugsync::crd::Plugin;
-use plugsync::pipeline::{
+use plugsync_core::crd::Plugin;
+use plugsync_core::pipeline::{
     desired_state, emit_text, resolved_state, DesiredState, LockState, ResolvedState,
 };
-use plugsync::render::{objects_to_yaml, RenderSettings, TextFormat};
-use plugsync::resolve::cache::Cache;
-use plugsync::resolve::source::{FetchSettings, SourceRegistry};
-use plugsync::resolve::Resolver;
-use plugsync::source::WorkTree;
+use plugsync_core::render::{objects_to_yaml, RenderSettings, TextFormat};
+use plugsync_core::resolve::cache::Cache;
+use plugsync_core::resolve::fetch::{FetchSettings, Fetchers};
+use plugsync_core::resolve::Resolver;
+use plugsync_core::source::WorkTree;
 use serde_json::Value;
 
 #[path = "common/fs.rs"]
@@ -25,7 +25,7 @@ use fs::copy_dir;
 fn render_dir(dir: &Path) -> DesiredState {
     let cache = tempfile::tempdir().expect("cache");
     let resolver = Resolver::new(
-        SourceRegistry::discover(
+        Fetchers::discover(
             FetchSettings::default(),
             url::Url::parse("https://marketplace.dify.ai").expect("url"),
         ),
@@ -170,7 +170,7 @@ fn names_labels_and_build_context_follow_the_conventions() {
         files.insert(entry.path().expect("path").display().to_string(), data);
     }
     assert_eq!(
-        plugsync::package::sha256_hex(&files["plugin.difypkg"]),
+        plugsync_core::package::sha256_hex(&files["plugin.difypkg"]),
         "a58786359976dbbc96b353c9fc0e9ced05a3f5ee51995424c527934add9d323f"
     );
     assert_eq!(files["Dockerfile"], agent.dockerfile.as_bytes());
@@ -386,14 +386,14 @@ fn missing_base_image_is_a_clear_error() {
 /// them (a changed template above all).
 #[test]
 fn equal_fingerprints_render_equal_and_inputs_change_them() {
-    use plugsync::render::{
+    use plugsync_core::render::{
         plugin_fingerprint, render_set, set_fingerprint, PluginInput, Templates,
     };
     let state = render_dir(Path::new("examples"));
     let settings = RenderSettings::default();
     let set = state.set.spec();
     let no_images = std::collections::BTreeMap::new();
-    let inputs = plugsync::pipeline::plugin_inputs(&state.resolution, &no_images);
+    let inputs = plugsync_core::pipeline::plugin_inputs(&state.resolution, &no_images);
     let fingerprints = |templates: &Templates, settings: &RenderSettings| -> Vec<[u8; 32]> {
         let set_print = set_fingerprint(set, templates, settings, None);
         inputs
@@ -458,7 +458,7 @@ fn equal_fingerprints_render_equal_and_inputs_change_them() {
 /// The plugins.yaml in `dir` read and resolved against the package cache at `cache`.
 fn resolve_dir(dir: &Path, cache: &Path) -> ResolvedState {
     let resolver = Resolver::new(
-        SourceRegistry::discover(
+        Fetchers::discover(
             FetchSettings::default(),
             url::Url::parse("https://marketplace.dify.ai").expect("url"),
         ),
@@ -498,8 +498,21 @@ fn check_streaming_matches_whole_set(dir: &Path, cache: &Path) {
                 streamed == *expected,
                 "{arg} (files: {files}) differs from the whole set's"
             );
-            assert_eq!(rendered.len(), whole.rendered.len());
-            for (text, plugin) in rendered.iter().zip(&whole.rendered) {
+            // The templates ConfigMap first when templates are overridden (no files: it is
+            // printed, not written), then one entry per plugin.
+            let (config_map, per_plugin) =
+                rendered.split_at(rendered.len().saturating_sub(whole.rendered.len()));
+            let templates = whole.templates_object();
+            assert_eq!(config_map.len(), usize::from(templates.is_some()));
+            if let (Some(text), Some(object)) = (config_map.first(), &templates) {
+                assert_eq!(
+                    text.resource_name,
+                    object["metadata"]["name"].as_str().expect("name")
+                );
+                assert!(text.files.is_none());
+            }
+            assert_eq!(per_plugin.len(), whole.rendered.len());
+            for (text, plugin) in per_plugin.iter().zip(&whole.rendered) {
                 assert_eq!(text.resource_name, plugin.resource_name);
                 if files {
                     let (dockerfile, context) = text.files.as_ref().expect("files");
@@ -621,7 +634,7 @@ fn synthetic_repo(n: usize) -> ([tempfile::TempDir; 2], PathBuf, PathBuf) {
     let cache_dir = tempfile::tempdir().expect("cache");
     let cache = Cache::open(cache_dir.path()).expect("cache");
     let repo = dir.path().join("repo");
-    plugsync::synth::generate_repo(&repo, n, &cache).expect("generates");
+    plugsync_testkit::synth::generate_repo(&repo, n, &cache).expect("generates");
     let cache = cache_dir.path().to_path_buf();
     ([dir, cache_dir], repo, cache)
 }
@@ -674,13 +687,13 @@ fn a_parallel_render_keeps_declaration_order_and_reports_the_first_failure() {
 /// plugin's before it or not.
 #[test]
 fn a_set_renders_each_plugin_as_it_renders_alone() {
-    use plugsync::render::{render_plugin, render_set};
+    use plugsync_core::render::{render_plugin, render_set};
     let (_dirs, repo, cache) = synthetic_repo(40);
     let settings = RenderSettings::default();
     let state = resolve_dir(&repo, &cache);
     let set = state.set.spec();
     let no_images = std::collections::BTreeMap::new();
-    let mut inputs = plugsync::pipeline::plugin_inputs(&state.resolution, &no_images);
+    let mut inputs = plugsync_core::pipeline::plugin_inputs(&state.resolution, &no_images);
     // Neighbours with other settings, and with the same settings but another memory.
     assert!(inputs.windows(2).any(|w| w[0].runtime != w[1].runtime));
     assert_eq!(inputs[1].runtime, inputs[2].runtime);
@@ -700,10 +713,10 @@ fn a_set_renders_each_plugin_as_it_renders_alone() {
 #[test]
 fn an_empty_json_list_matches_serde_json() {
     let mut text = String::new();
-    plugsync::render::json_list(std::iter::empty(), |t| text.push_str(t));
+    plugsync_core::render::json_list(std::iter::empty(), |t| text.push_str(t));
     let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": []});
     let expected = format!("{}\n", serde_json::to_string_pretty(&list).expect("json"));
     assert_eq!(text, expected);
     // And a plugin without objects adds nothing to a List.
-    assert_eq!(plugsync::render::objects_to_json_items(&[]), "");
+    assert_eq!(plugsync_core::render::objects_to_json_items(&[]), "");
 }

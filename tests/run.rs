@@ -40,10 +40,10 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
-use plugsync::apply::{Applier, ApplyOptions};
-use plugsync::crd::Plugin;
-use plugsync::model::PluginSetResource;
-use plugsync::resolve::cache::Cache;
+use plugsync_core::crd::Plugin;
+use plugsync_core::crd::PluginSetResource;
+use plugsync_core::resolve::cache::Cache;
+use plugsync_kube::apply::{Applier, ApplyOptions};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
@@ -85,7 +85,7 @@ impl Env {
         // The shipped CRDs (a fresh test cluster has them from the start; this keeps a shared
         // one started before that in step).
         Applier::new(client.clone())
-            .ensure_crds(&plugsync::crd::definitions(), ApplyOptions::default())
+            .ensure_crds(&plugsync_core::crd::definitions(), ApplyOptions::default())
             .await
             .expect("crds");
         // The registry is plain HTTP without auth: an empty dockerconfigjson.
@@ -184,6 +184,19 @@ impl Env {
         extra: &[&str],
         pod: Option<&str>,
     ) -> Running {
+        self.start_with_env(kubeconfig, port, source, extra, pod, &[])
+    }
+
+    /// As [`start_with`](Self::start_with), with `vars` added to its environment.
+    fn start_with_env(
+        &self,
+        kubeconfig: &Path,
+        port: u16,
+        source: &[&str],
+        extra: &[&str],
+        pod: Option<&str>,
+        vars: &[(&str, &str)],
+    ) -> Running {
         let logs = tempfile::NamedTempFile::new().expect("log file");
         let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("plugsync"));
         cmd.arg("run")
@@ -212,6 +225,7 @@ impl Env {
         if let Some(pod) = pod {
             cmd.env("POD_NAME", pod);
         }
+        cmd.envs(vars.iter().copied());
         let child = cmd.spawn().expect("start plugsync run");
         Running {
             child: Some(child),
@@ -1185,4 +1199,85 @@ async fn registry_digest(image: &str) -> Option<String> {
         .to_str()
         .ok()
         .map(str::to_string)
+}
+
+/// With the shipped `cpu: "1"`, tokio runs one worker. A pass over 1000 plugins (load,
+/// resolve from the cache, render, cache the build contexts, apply) and the controller's
+/// first reconcile of each of them (read the package, render its children) run while
+/// `/healthz` is polled: each answer comes within a second, because that work runs on
+/// blocking threads, never on the one worker that also serves the probes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_answers_within_a_second_while_a_1000_plugin_pass_runs_on_one_worker() {
+    let Some(env) = Env::new("run-one-worker", 1000).await else {
+        return;
+    };
+    let first = env.source.head();
+    let kubeconfig = env.kubeconfig.path().join("config");
+    let url = env.url();
+    let run = env.start_with_env(
+        &kubeconfig,
+        free_port(),
+        &["--git-url", &url],
+        &["--leader-election", "false"],
+        None,
+        &[("TOKIO_WORKER_THREADS", "1")],
+    );
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client");
+    let healthz = format!("{}/healthz", run.base());
+    // Up: the server starts before the first pass.
+    let started = Instant::now();
+    while http.get(&healthz).send().await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Probe every 100 ms through the pass's blocking part (read, load, resolve, render: the
+    // PluginSet is created right after it, as the apply starts) and on for 20 s while the
+    // controller takes up the first Plugins and the apply goes on.
+    let sets = env.sets();
+    let mut slowest = Duration::ZERO;
+    let mut probes = 0;
+    let mut applied_at: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let sent = Instant::now();
+        let answer = http.get(&healthz).send().await;
+        let took = sent.elapsed();
+        let status = answer.map(|r| r.status().as_u16());
+        assert_eq!(
+            status.as_ref().ok(),
+            Some(&200),
+            "healthz after {took:?}: {status:?}"
+        );
+        slowest = slowest.max(took);
+        probes += 1;
+        if applied_at.is_none()
+            && sets
+                .get_opt(SET)
+                .await
+                .expect("get the PluginSet")
+                .is_some()
+        {
+            applied_at = Some(Instant::now());
+        }
+        if applied_at.is_some_and(|t| t.elapsed() > Duration::from_secs(20)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pass did not start applying {first} in time\n{}",
+            run.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "healthz: {probes} probes during the pass, slowest {slowest:?}, apply began after {:?}",
+        applied_at.map(|t| t - started)
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "/healthz took {slowest:?} while the pass ran on one worker"
+    );
 }

@@ -1,7 +1,7 @@
 //! The build-context endpoint over real HTTP on loopback, fetched the way a build Job does.
 
-use plugsync::render::build_context;
-use plugsync::resolve::cache::Cache;
+use plugsync_core::render::build_context;
+use plugsync_core::resolve::cache::Cache;
 
 async fn start(cache: Cache) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -9,7 +9,7 @@ async fn start(cache: Cache) -> String {
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
-        let _ = axum::serve(listener, plugsync::server::router(cache)).await;
+        let _ = axum::serve(listener, plugsync_kube::server::router(cache)).await;
     });
     format!("http://{addr}")
 }
@@ -33,7 +33,7 @@ async fn serves_stored_contexts_by_sha256_and_nothing_else() {
     let body = response.bytes().await.expect("body");
     assert_eq!(body.as_ref(), context.bytes.as_slice());
     assert_eq!(
-        plugsync::package::sha256_hex(&body),
+        plugsync_core::package::sha256_hex(&body),
         context.sha256,
         "what sha256sum -c checks"
     );
@@ -66,16 +66,20 @@ async fn serves_stored_contexts_by_sha256_and_nothing_else() {
 /// Serves `router_with(state)` on a free loopback port; the server stops when the returned
 /// sender is dropped.
 async fn start_with(
-    state: plugsync::server::ServerState,
+    state: plugsync_kube::server::ServerState,
 ) -> (String, tokio::sync::oneshot::Sender<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(plugsync::server::serve_on(listener, state, async move {
-        let _ = stopped.await;
-    }));
+    tokio::spawn(plugsync_kube::server::serve_on(
+        listener,
+        state,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
     (base, stop)
 }
 
@@ -85,7 +89,7 @@ async fn the_full_router_still_serves_contexts_and_liveness() {
     let cache = Cache::open(dir.path()).expect("cache");
     let context = build_context(b"package bytes", "FROM python:3.12\n");
     cache.put(&context.bytes).expect("put");
-    let (base, _stop) = start_with(plugsync::server::ServerState::new(cache)).await;
+    let (base, _stop) = start_with(plugsync_kube::server::ServerState::new(cache)).await;
     let client = reqwest::Client::new();
     let response = client
         .get(format!("{base}/contexts/{}", context.sha256))
@@ -121,7 +125,7 @@ async fn the_full_router_still_serves_contexts_and_liveness() {
 #[tokio::test]
 async fn readyz_follows_the_readiness_handle() {
     let dir = tempfile::tempdir().expect("dir");
-    let state = plugsync::server::ServerState::new(Cache::open(dir.path()).expect("cache"));
+    let state = plugsync_kube::server::ServerState::new(Cache::open(dir.path()).expect("cache"));
     let readiness = state.readiness.clone();
     let (base, _stop) = start_with(state).await;
     let client = reqwest::Client::new();
@@ -149,11 +153,11 @@ async fn readyz_follows_the_readiness_handle() {
 
 #[tokio::test]
 async fn metrics_are_served_as_openmetrics_text() {
-    use plugsync::metrics::{BuildResult, ReconcileResult};
+    use plugsync_kube::metrics::{BuildResult, ReconcileResult};
     use std::time::Duration;
 
     let dir = tempfile::tempdir().expect("dir");
-    let state = plugsync::server::ServerState::new(Cache::open(dir.path()).expect("cache"));
+    let state = plugsync_kube::server::ServerState::new(Cache::open(dir.path()).expect("cache"));
     let metrics = state.metrics.clone();
     let (base, _stop) = start_with(state).await;
     metrics.observe_reconcile(Duration::from_millis(1500), ReconcileResult::Applied);

@@ -18,9 +18,9 @@ use axum::routing::get;
 use axum::Router;
 use http_fixtures::{chunked_body, closed_port, golden_package, golden_package_path};
 use http_fixtures::{stalling_body, within, Recorder, Server};
-use plugsync::resolve::source::{
-    marketplace_download_url, Backoff, FetchSettings, NoProgress, SourceError, SourceOrigin,
-    SourceRegistry,
+use plugsync_core::resolve::fetch::{
+    marketplace_download_url, Backoff, FetchError, FetchSettings, FetcherOrigin, Fetchers,
+    NoProgress,
 };
 use tempfile::TempDir;
 use url::Url;
@@ -39,15 +39,15 @@ fn settings() -> FetchSettings {
 }
 
 /// A registry that sees no external clients unless `path` says otherwise.
-fn registry_with(settings: FetchSettings, path: Option<OsString>) -> SourceRegistry {
+fn registry_with(settings: FetchSettings, path: Option<OsString>) -> Fetchers {
     let market = Url::parse("https://marketplace.example/").unwrap();
-    SourceRegistry::discover_with_path(settings, market, path).with_backoff(Backoff {
+    Fetchers::discover_with_path(settings, market, path).with_backoff(Backoff {
         base: Duration::from_millis(10),
         max: Duration::from_secs(2),
     })
 }
 
-fn registry(settings: FetchSettings) -> SourceRegistry {
+fn registry(settings: FetchSettings) -> Fetchers {
     registry_with(settings, None)
 }
 
@@ -177,7 +177,7 @@ async fn http_404_fails_at_once_without_retries() {
     .await
     .unwrap_err();
     assert!(
-        matches!(err, SourceError::Status { status: 404, .. }),
+        matches!(err, FetchError::Status { status: 404, .. }),
         "{err:?}"
     );
     let message = err.to_string();
@@ -213,7 +213,7 @@ async fn http_503_twice_with_one_retry_fails() {
     .await
     .unwrap_err();
     assert!(
-        matches!(err, SourceError::Status { status: 503, .. }),
+        matches!(err, FetchError::Status { status: 503, .. }),
         "{err:?}"
     );
     assert!(err.to_string().contains("503 Service Unavailable"), "{err}");
@@ -255,7 +255,7 @@ async fn http_stalled_body_times_out() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, SourceError::Timeout { .. }), "{err:?}");
+    assert!(matches!(err, FetchError::Timeout { .. }), "{err:?}");
     assert!(err.to_string().contains("timed out after 500ms"), "{err}");
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -279,7 +279,7 @@ async fn http_server_that_never_answers_times_out_and_is_retried() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, SourceError::Timeout { .. }), "{err:?}");
+    assert!(matches!(err, FetchError::Timeout { .. }), "{err:?}");
     assert_eq!(server.hits(), 2);
     assert!(
         started.elapsed() < Duration::from_secs(4),
@@ -305,7 +305,7 @@ async fn http_too_large_by_content_length_is_refused_early() {
     assert!(
         matches!(
             err,
-            SourceError::TooLarge {
+            FetchError::TooLarge {
                 limit: 1000,
                 seen: 5000,
                 declared: true,
@@ -332,7 +332,7 @@ async fn http_too_large_while_streaming_is_refused() {
     .await
     .unwrap_err();
     match err {
-        SourceError::TooLarge {
+        FetchError::TooLarge {
             limit: 2500,
             seen,
             declared: false,
@@ -375,7 +375,7 @@ async fn credentials_never_appear_in_errors() {
     let err = within(BOUND, registry(settings).fetch(&refused, &NoProgress))
         .await
         .unwrap_err();
-    assert!(matches!(err, SourceError::Network { .. }), "{err:?}");
+    assert!(matches!(err, FetchError::Network { .. }), "{err:?}");
     let message = err.to_string();
     assert!(
         !message.contains("s3cret") && !message.contains("abc"),
@@ -421,7 +421,7 @@ async fn marketplace_unknown_version_is_404() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, SourceError::Status { status: 404, .. }),
+        matches!(err, FetchError::Status { status: 404, .. }),
         "{err:?}"
     );
     assert!(
@@ -450,7 +450,7 @@ async fn file_url_with_host_is_refused() {
         .fetch(&url, &NoProgress)
         .await
         .unwrap_err();
-    assert!(matches!(err, SourceError::InvalidUrl { .. }), "{err:?}");
+    assert!(matches!(err, FetchError::InvalidUrl { .. }), "{err:?}");
     assert!(err.to_string().contains("file:///abs/path"), "{err}");
 }
 
@@ -465,7 +465,7 @@ async fn file_too_large_and_missing() {
     assert!(
         matches!(
             err,
-            SourceError::TooLarge {
+            FetchError::TooLarge {
                 limit: 1000,
                 declared: true,
                 ..
@@ -479,7 +479,7 @@ async fn file_too_large_and_missing() {
         .fetch(&missing, &NoProgress)
         .await
         .unwrap_err();
-    assert!(matches!(err, SourceError::Io { .. }), "{err:?}");
+    assert!(matches!(err, FetchError::Io { .. }), "{err:?}");
     assert!(
         err.to_string()
             .contains("/nonexistent/plugsync/pkg.difypkg"),
@@ -551,7 +551,7 @@ async fn external_failure_names_program_status_and_stderr() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, SourceError::External { .. }), "{err:?}");
+    assert!(matches!(err, FetchError::External { .. }), "{err:?}");
     let message = err.to_string();
     assert!(
         message.contains(&program.display().to_string()),
@@ -576,7 +576,7 @@ async fn external_empty_output_is_a_failure() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, SourceError::External { .. }), "{err:?}");
+    assert!(matches!(err, FetchError::External { .. }), "{err:?}");
     assert!(err.to_string().contains("wrote nothing"), "{err}");
 }
 
@@ -596,7 +596,7 @@ async fn external_output_over_the_cap_is_too_large() {
     assert!(
         matches!(
             err,
-            SourceError::TooLarge {
+            FetchError::TooLarge {
                 limit: 1000,
                 declared: false,
                 ..
@@ -620,7 +620,7 @@ async fn external_client_past_the_timeout_is_killed() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, SourceError::Timeout { .. }), "{err:?}");
+    assert!(matches!(err, FetchError::Timeout { .. }), "{err:?}");
     assert!(
         err.to_string()
             .contains("plugsync-source-demo fetch demo://slow"),
@@ -653,7 +653,7 @@ async fn list_shows_in_tree_and_external_clients() {
     let infos = within(BOUND, registry(with_plugin_dir(dir.path())).list()).await;
     let schemes: Vec<(&str, bool)> = infos
         .iter()
-        .map(|i| (i.scheme.as_str(), i.origin == SourceOrigin::InTree))
+        .map(|i| (i.scheme.as_str(), i.origin == FetcherOrigin::InTree))
         .collect();
     assert_eq!(
         schemes,
@@ -669,7 +669,7 @@ async fn list_shows_in_tree_and_external_clients() {
     );
 
     let demo = &infos[1];
-    assert_eq!(demo.origin, SourceOrigin::External { path: program });
+    assert_eq!(demo.origin, FetcherOrigin::External { path: program });
     assert_eq!(demo.description, "demo packages next to the script");
     assert_eq!(demo.attributes["version"], "1.2.3");
     assert!(
@@ -754,7 +754,7 @@ async fn external_found_on_path_and_plugin_dir_wins() {
         .unwrap();
     assert_eq!(
         demo.origin,
-        SourceOrigin::External {
+        FetcherOrigin::External {
             path: plugin_program
         }
     );
@@ -769,7 +769,7 @@ async fn unknown_scheme_lists_known_schemes() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, SourceError::UnsupportedScheme { scheme, .. } if scheme == "s3"),
+        matches!(&err, FetchError::UnsupportedScheme { scheme, .. } if scheme == "s3"),
         "{err:?}"
     );
     let message = err.to_string();

@@ -4,20 +4,20 @@
 
 use std::path::Path;
 
-use plugsync::pipeline::{desired_state, DesiredState, LockState};
-use plugsync::render::RenderSettings;
-use plugsync::report::{DiffReport, PluginChangeKind};
-use plugsync::resolve::cache::Cache;
-use plugsync::resolve::source::{FetchSettings, SourceRegistry};
-use plugsync::resolve::Resolver;
-use plugsync::source::{Snapshot, WorkTree};
-use plugsync::synth::{self, SynthChange};
+use plugsync_core::pipeline::{desired_state, DesiredState, LockState};
+use plugsync_core::render::RenderSettings;
+use plugsync_core::report::{DiffReport, PluginChangeKind};
+use plugsync_core::resolve::cache::Cache;
+use plugsync_core::resolve::fetch::{FetchSettings, Fetchers};
+use plugsync_core::resolve::Resolver;
+use plugsync_core::source::{Snapshot, WorkTree};
+use plugsync_testkit::synth::{self, SynthChange};
 
 const N: usize = 5;
 
 fn resolver(cache: &Cache) -> Resolver {
     Resolver::new(
-        SourceRegistry::discover(
+        Fetchers::discover(
             FetchSettings::default(),
             url::Url::parse("https://marketplace.dify.ai").expect("url"),
         ),
@@ -182,7 +182,7 @@ fn both_reports(base_dir: &Path, head_dir: &Path, cache: &Cache) -> (DiffReport,
     let head_state = state_of(&head, cache);
     let classic = DiffReport::build("base", base_state.as_ref(), &head_state, 3).expect("report");
     let lean = rt
-        .block_on(plugsync::pipeline::diff_report(
+        .block_on(plugsync_core::pipeline::diff_report(
             &base,
             &head,
             "plugins.yaml",
@@ -239,7 +239,7 @@ fn lean_diff_sees_a_changed_template_in_every_plugin() {
     // fingerprint changes, so nothing may be taken as shared.
     let (tmp, cache) = two_repos(N, N);
     let head = tmp.path().join("head");
-    let service = plugsync::render::Templates::builtin()
+    let service = plugsync_core::render::Templates::builtin()
         .source("service.yaml.j2")
         .expect("built-in")
         .replace("spec:\n", "spec:\n  publishNotReadyAddresses: true\n");
@@ -250,5 +250,8 @@ fn lean_diff_sees_a_changed_template_in_every_plugin() {
         lean.summary_line(),
         format!("0 added, 0 upgraded, 0 removed, {N} reconfigured, 0 unchanged")
     );
-    assert_eq!(classic.plan.updates().count(), N);
+    // Each Plugin now names the templates ConfigMap, and each Service changed.
+    assert_eq!(classic.plan.updates().count(), 2 * N);
+    // The ConfigMap carrying the override is new.
+    assert_eq!(classic.plan.creates().count(), 1);
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use plugsync::resolve::cache::Cache;
-use plugsync::server::{ServerState, Webhook, WebhookAuth};
+use plugsync_core::resolve::cache::Cache;
+use plugsync_kube::server::{ServerState, Webhook, WebhookAuth};
 use sha2::Sha256;
 use tokio::sync::Notify;
 
@@ -47,9 +47,13 @@ async fn start(webhook: Option<(WebhookAuth, Option<&str>)>) -> Server {
         .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(plugsync::server::serve_on(listener, state, async move {
-        let _ = stopped.await;
-    }));
+    tokio::spawn(plugsync_kube::server::serve_on(
+        listener,
+        state,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
     Server {
         base,
         trigger,

@@ -10,10 +10,12 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use serde_json::Value;
 
 use super::{ColorWhen, DiffArgs, DiffFormat};
-use crate::apply::{ApplyReport, Outcome};
-use crate::pipeline::DesiredState;
-use crate::render::LABEL_PLUGINSET;
-use crate::report::{ClusterDiffInputs, DiffReport, MarkdownOptions, PluginIdentity, TextOptions};
+use plugsync_core::pipeline::DesiredState;
+use plugsync_core::render::LABEL_PLUGINSET;
+use plugsync_core::report::{
+    ClusterDiffInputs, DiffReport, MarkdownOptions, PluginIdentity, TextOptions,
+};
+use plugsync_kube::apply::{ApplyReport, Outcome};
 
 /// How long one read of the cluster may take before the cascade is reported incomplete.
 const LIST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,7 +48,7 @@ pub(super) fn color_enabled(when: ColorWhen) -> bool {
 /// The declared set's file as the header shows it: relative to the repository root, or
 /// outside a git work tree to `--repo`; never the runner's absolute checkout path.
 pub(super) fn file_label(repo: &Path, file: &Path) -> String {
-    let relative = match crate::source::discover_repo_root(repo) {
+    let relative = match plugsync_core::source::discover_repo_root(repo) {
         Ok((_, Some(subdir))) => Path::new(&subdir).join(file),
         Ok((_, None)) | Err(_) => file.to_path_buf(),
     };

@@ -43,12 +43,19 @@ pub(super) fn init(json: bool, default: &str) {
     };
 }
 
-/// `plugsync::controller::reconcile` → `controller`, `plugsync::cli::run` → `run`; other
-/// crates' targets (with `RUST_LOG`) stay whole, so their origin is not lost.
+/// `plugsync_kube::controller::reconcile` → `controller`, `plugsync::app::run` → `run`: the
+/// part of plugsync speaking, whichever of its crates it lives in. Other crates' targets (with
+/// `RUST_LOG`) stay whole, so their origin is not lost.
 pub(super) fn short_target(target: &str) -> &str {
-    match target.strip_prefix("plugsync::") {
+    let ours = ["plugsync::", "plugsync_kube::", "plugsync_core::"]
+        .iter()
+        .find_map(|prefix| target.strip_prefix(prefix));
+    match ours {
         Some(rest) => {
-            let rest = rest.strip_prefix("cli::").unwrap_or(rest);
+            let rest = ["cli::", "app::"]
+                .iter()
+                .find_map(|layer| rest.strip_prefix(layer))
+                .unwrap_or(rest);
             rest.split("::").next().unwrap_or(rest)
         }
         None => target,
@@ -183,7 +190,13 @@ mod tests {
             "controller"
         );
         assert_eq!(short_target("plugsync::cli::run"), "run");
-        assert_eq!(short_target("plugsync::gitops"), "gitops");
+        assert_eq!(short_target("plugsync::app::run"), "run");
+        assert_eq!(short_target("plugsync_kube::gitops"), "gitops");
+        assert_eq!(
+            short_target("plugsync_kube::controller::reconcile"),
+            "controller"
+        );
+        assert_eq!(short_target("plugsync_core::resolve::fetch"), "resolve");
         assert_eq!(short_target("plugsync::cli"), "cli");
         assert_eq!(
             short_target("kube_runtime::controller"),

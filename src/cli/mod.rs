@@ -21,16 +21,16 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing::debug;
 
-use crate::apply::{Applier, ApplyOptions, Outcome};
-use crate::error::Error;
-use crate::load::{self, LOCK_FILE, PLUGINS_FILE};
-use crate::package::{self, Package};
-use crate::pipeline::{self, LockState};
-use crate::render::{self, RenderSettings};
-use crate::resolve::cache::Cache;
-use crate::resolve::source::{FetchSettings, SourceOrigin, SourceRegistry};
-use crate::resolve::{Resolution, Resolver};
-use crate::source::{discover_repo_root, GitRevision, Snapshot, WorkTree};
+use plugsync_core::error::Error;
+use plugsync_core::load::{self, LOCK_FILE, PLUGINS_FILE};
+use plugsync_core::package::{self, Package};
+use plugsync_core::pipeline::{self, LockState};
+use plugsync_core::render::{self, RenderSettings};
+use plugsync_core::resolve::cache::Cache;
+use plugsync_core::resolve::fetch::{FetchSettings, FetcherOrigin, Fetchers};
+use plugsync_core::resolve::{Resolution, Resolver};
+use plugsync_core::source::{discover_repo_root, GitRevision, Snapshot, WorkTree};
+use plugsync_kube::apply::{Applier, ApplyOptions, Outcome};
 
 /// The help section of the flags every command takes: listed after the command's own.
 const GLOBAL_OPTIONS: &str = "Global options";
@@ -251,7 +251,7 @@ struct RenderSettingsArgs {
         long,
         visible_alias = "context-base-url",
         env = "PLUGSYNC_CONTEXT_URL",
-        default_value = crate::render::DEFAULT_CONTEXT_BASE_URL
+        default_value = plugsync_core::render::DEFAULT_CONTEXT_BASE_URL
     )]
     context_url: String,
 }
@@ -304,7 +304,7 @@ struct DiffArgs {
     /// Largest markdown output, in characters (GitHub's limit on a comment by default): the
     /// diffs of plugins that do not fit are left out, and named, the summary stays; 0: no
     /// limit.
-    #[arg(long, default_value_t = crate::report::GITHUB_COMMENT_LIMIT, value_name = "CHARS")]
+    #[arg(long, default_value_t = plugsync_core::report::GITHUB_COMMENT_LIMIT, value_name = "CHARS")]
     markdown_limit: usize,
     /// Where the full diff can be read (a URL, or words), named in markdown output that had
     /// to leave diffs out [default: a hint to run `plugsync diff` locally].
@@ -324,7 +324,7 @@ struct KubeArgs {
     #[arg(
         short = 'n',
         long,
-        env = crate::cluster::NAMESPACE_ENV,
+        env = plugsync_kube::cluster::NAMESPACE_ENV,
         value_name = "NAMESPACE",
         help_heading = CLUSTER_OPTIONS
     )]
@@ -338,8 +338,8 @@ struct KubeArgs {
 }
 
 impl KubeArgs {
-    fn options(&self) -> crate::cluster::ClusterOptions {
-        crate::cluster::ClusterOptions {
+    fn options(&self) -> plugsync_kube::cluster::ClusterOptions {
+        plugsync_kube::cluster::ClusterOptions {
             kubeconfig: self.kubeconfig.clone(),
             context: self.context.clone(),
             namespace: self.namespace.clone(),
@@ -347,20 +347,23 @@ impl KubeArgs {
     }
 
     /// The client and the namespace (nothing is sent yet).
-    async fn connect(&self) -> Result<crate::cluster::Cluster, Error> {
-        crate::cluster::connect(&self.options()).await
+    async fn connect(&self) -> Result<plugsync_kube::cluster::Cluster, Error> {
+        plugsync_kube::cluster::connect(&self.options()).await
     }
 }
 
 /// The namespace a declared set works in on `cluster` (kubectl's rule, see
-/// [`crate::cluster::namespace_for_set`]), printed on stderr; `-n` naming another namespace
+/// [`plugsync_kube::cluster::namespace_for_set`]), printed on stderr; `-n` naming another namespace
 /// than plugins.yaml's is an error at its `metadata.namespace`.
 fn set_namespace(
     set: &load::LoadedPluginSet,
-    cluster: &crate::cluster::Cluster,
+    cluster: &plugsync_kube::cluster::Cluster,
 ) -> Result<String, Error> {
-    use crate::cluster::SetNamespace;
-    match crate::cluster::namespace_for_set(set.spec().metadata.namespace.as_deref(), cluster) {
+    use plugsync_kube::cluster::SetNamespace;
+    match plugsync_kube::cluster::namespace_for_set(
+        set.spec().metadata.namespace.as_deref(),
+        cluster,
+    ) {
         SetNamespace::Use(namespace, source) => {
             eprintln!("namespace {namespace} ({source})");
             Ok(namespace)
@@ -372,7 +375,7 @@ fn set_namespace(
                  namespace of the command"
             );
             let at = set.doc.error_at("metadata.namespace", message);
-            Err(Error::Invalid(crate::error::Diagnostics(vec![at])))
+            Err(Error::Invalid(plugsync_core::error::Diagnostics(vec![at])))
         }
     }
 }
@@ -470,7 +473,7 @@ struct SourcesArgs {
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Text)]
     output: OutputFormat,
     /// Marketplace base URL shown for the marketplace client.
-    #[arg(long, default_value = crate::model::DEFAULT_MARKETPLACE)]
+    #[arg(long, default_value = plugsync_core::model::DEFAULT_MARKETPLACE)]
     marketplace: url::Url,
 }
 
@@ -627,12 +630,13 @@ async fn lock(args: LockArgs) -> Result<ExitCode, Error> {
         let cluster = args.kube.connect().await?;
         let namespace = set_namespace(&set, &cluster)?;
         let name = &set.spec().metadata.name;
-        let images =
-            crate::controller::reconcile::recorded_images(&cluster.client, &namespace, name)
-                .await
-                .map_err(|e| {
-                    Error::Cluster(format!("reading Plugins of {namespace}/{name}: {e}"))
-                })?;
+        let images = plugsync_kube::controller::reconcile::recorded_images(
+            &cluster.client,
+            &namespace,
+            name,
+        )
+        .await
+        .map_err(|e| Error::Cluster(format!("reading Plugins of {namespace}/{name}: {e}")))?;
         let before = resolution.lock.images.len();
         resolution.lock.record_images(images);
         println!(
@@ -708,7 +712,7 @@ fn resolver_for(fetch: &FetchArgs) -> Result<Resolver, Error> {
     let cache_dir = fetch.cache_dir.clone().unwrap_or_else(Cache::default_dir);
     let cache = Cache::open(&cache_dir).map_err(|e| Error::io(&cache_dir, e))?;
     let mut resolver = Resolver::new(
-        SourceRegistry::discover(settings, crate::model::default_marketplace_url()),
+        Fetchers::discover(settings, plugsync_core::model::default_marketplace_url()),
         cache,
         max_bytes,
     );
@@ -718,13 +722,30 @@ fn resolver_for(fetch: &FetchArgs) -> Result<Resolver, Error> {
     Ok(resolver)
 }
 
+/// Runs `work` on a blocking thread, with the runtime's handle for the downloads it awaits:
+/// loading, reading the cache and rendering never run on the runtime's workers.
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce(&tokio::runtime::Handle) -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || work(&runtime))
+        .await
+        .map_err(|e| Error::Usage(format!("internal error: the work thread failed: {e}")))?
+}
+
 async fn render_command(args: RenderArgs) -> Result<ExitCode, Error> {
+    off_runtime(move |runtime| render_blocking(runtime, args)).await
+}
+
+/// `plugsync render`, on a thread that may block.
+fn render_blocking(runtime: &tokio::runtime::Handle, args: RenderArgs) -> Result<ExitCode, Error> {
     let root = args.repo.root();
     let file = args.repo.file_name();
     let snapshot = WorkTree::new(&root).map_err(|e| Error::Usage(e.to_string()))?;
     let plugins_path = args.repo.plugins_path();
     let resolver = resolver_for(&args.fetch)?;
-    let Some(state) = pipeline::resolved_state(&snapshot, &file, &resolver).await? else {
+    let Some(state) = pipeline::resolved_state_blocking(runtime, &snapshot, &file, &resolver)?
+    else {
         return Err(Error::Usage(format!(
             "{}: not found",
             plugins_path.display()
@@ -787,7 +808,12 @@ fn write_to_stdout(pieces: &[&str]) -> Result<(), Error> {
 }
 
 async fn diff_command(args: DiffArgs) -> Result<ExitCode, Error> {
-    let snap = |e: crate::source::SnapshotError| Error::Usage(e.to_string());
+    off_runtime(move |runtime| diff_blocking(runtime, args)).await
+}
+
+/// `plugsync diff`, on a thread that may block (git object reads, loading, rendering).
+fn diff_blocking(runtime: &tokio::runtime::Handle, args: DiffArgs) -> Result<ExitCode, Error> {
+    let snap = |e: plugsync_core::source::SnapshotError| Error::Usage(e.to_string());
     let (root, subdir) = discover_repo_root(&args.repo).map_err(snap)?;
     let file = args.file.to_string_lossy().into_owned();
     let Some(base_arg) = args.base.clone() else {
@@ -819,7 +845,7 @@ async fn diff_command(args: DiffArgs) -> Result<ExitCode, Error> {
     let resolver = resolver_for(&args.fetch)?;
     let settings = args.render.settings();
     // Plugins the two revisions share are rendered once; neither revision is held whole.
-    let report = pipeline::diff_report(
+    let report = runtime.block_on(pipeline::diff_report(
         &base,
         head.as_ref(),
         &file,
@@ -827,8 +853,7 @@ async fn diff_command(args: DiffArgs) -> Result<ExitCode, Error> {
         &settings,
         &format!("{base_label} ({})", &base_rev[..base_rev.len().min(12)]),
         args.context_lines,
-    )
-    .await?;
+    ))?;
     let mut report = report;
     // Repository-relative, as a reviewer knows the files: never the runner's checkout path.
     report.file = Some(diff::file_label(&args.repo, &args.file));
@@ -849,18 +874,22 @@ async fn pinned_state(
     repo: &RepoArgs,
     fetch: &FetchArgs,
     render: &RenderSettingsArgs,
-    cluster: &crate::cluster::Cluster,
+    cluster: &plugsync_kube::cluster::Cluster,
 ) -> Result<pipeline::DesiredState, Error> {
     let root = repo.root();
     let file = repo.file_name();
     let snapshot = WorkTree::new(&root).map_err(|e| Error::Usage(e.to_string()))?;
     let resolver = resolver_for(fetch)?;
-    let mut resolved = pipeline::resolved_state(&snapshot, &file, &resolver)
-        .await?
-        .ok_or_else(|| Error::Usage(format!("{}: not found", repo.plugins_path().display())))?;
+    let plugins_path = repo.plugins_path();
+    let mut resolved = off_runtime(move |runtime| {
+        pipeline::resolved_state_blocking(runtime, &snapshot, &file, &resolver)
+    })
+    .await?
+    .ok_or_else(|| Error::Usage(format!("{}: not found", plugins_path.display())))?;
     let namespace = set_namespace(&resolved.set, cluster)?;
     resolved.in_namespace(&namespace);
-    let state = resolved.render(&render.settings())?;
+    let settings = render.settings();
+    let state = off_runtime(move |_| resolved.render(&settings)).await?;
     match &state.lock {
         LockState::UpToDate => Ok(state),
         LockState::Missing => Err(Error::LockOutOfDate(format!(
@@ -881,7 +910,7 @@ async fn pinned_state(
 fn plugsync_crds(
 ) -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
-    crate::crd::definitions().into()
+    plugsync_core::crd::definitions().into()
 }
 
 async fn apply_command(args: ApplyArgs) -> Result<ExitCode, Error> {
@@ -893,7 +922,7 @@ async fn apply_command(args: ApplyArgs) -> Result<ExitCode, Error> {
         prune: !args.no_prune,
     };
     let crd_report = if args.skip_crds {
-        crate::apply::ApplyReport::default()
+        plugsync_kube::apply::ApplyReport::default()
     } else {
         applier.ensure_crds(&plugsync_crds(), options).await?
     };
@@ -908,12 +937,12 @@ async fn apply_command(args: ApplyArgs) -> Result<ExitCode, Error> {
     // Plugins are named as people know them (`author/name@version`) beside their hex id:
     // desired ones from what is applied, removed ones from what the cluster had.
     let objects = state.cluster_objects();
-    let plugin_names: std::collections::BTreeMap<crate::plan::ObjectKey, String> = objects
+    let plugin_names: std::collections::BTreeMap<plugsync_core::plan::ObjectKey, String> = objects
         .iter()
         .chain(report.changes.iter().filter_map(|c| c.live.as_ref()))
         .filter(|o| o["kind"] == "Plugin")
         .filter_map(|o| {
-            let key = crate::plan::ObjectKey::of(o).ok()?;
+            let key = plugsync_core::plan::ObjectKey::of(o).ok()?;
             let spec = &o["spec"];
             Some((
                 key,
@@ -921,7 +950,7 @@ async fn apply_command(args: ApplyArgs) -> Result<ExitCode, Error> {
             ))
         })
         .collect();
-    let named = |key: &crate::plan::ObjectKey| match plugin_names.get(key) {
+    let named = |key: &plugsync_core::plan::ObjectKey| match plugin_names.get(key) {
         Some(plugin) => format!("{key} ({plugin})"),
         None => key.to_string(),
     };
@@ -981,69 +1010,25 @@ fn outcome_verb(outcome: Outcome, dry_run: bool) -> &'static str {
     }
 }
 
-/// The plugin controller's context as `controller` and `run` start it: the cache the build
-/// contexts are served from, and image reuse checked against the registry.
-fn controller_context(
-    client: &kube::Client,
-    cache: &Cache,
-    render: &RenderSettingsArgs,
-) -> crate::controller::Context {
-    let mut context =
-        crate::controller::Context::new(client.clone(), cache.clone(), render.settings());
-    context.registry = Some(Arc::new(
-        crate::controller::registry_check::SecretRegistryCheck::new(
-            client.clone(),
-            Duration::from_secs(10),
-        ),
-    ));
-    context
-}
-
-/// Resolves once the stop flag is set.
-async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
-    let _ = rx.wait_for(|stop| *stop).await;
-}
-
 async fn controller_command(args: ControllerArgs) -> Result<ExitCode, Error> {
-    let cluster = args.kube.connect().await?;
-    let client = cluster.client.clone();
-    let listen = args
-        .listen
-        .unwrap_or_else(|| default_listen(crate::cluster::running_in_pod()));
     let cache_dir = args.cache_dir.clone().unwrap_or_else(Cache::default_dir);
-    let cache = Cache::open(&cache_dir).map_err(|e| Error::io(&cache_dir, e))?;
-    let context = controller_context(&client, &cache, &args.render);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(crate::server::serve(
-        listen,
-        cache,
-        stopped(stop_rx.clone()),
-    ));
-    let controller = tokio::spawn(crate::controller::run(
-        Arc::new(context),
-        cluster.namespace.clone(),
-        stopped(stop_rx),
-    ));
-    tracing::info!(
-        namespace = %cluster.namespace,
-        source = %cluster.source,
-        %listen,
-        "controller running"
-    );
-    let _ = tokio::signal::ctrl_c().await;
-    let _ = stop_tx.send(true);
-    let _ = controller.await;
-    match server.await {
-        Ok(Err(e)) => Err(Error::Cluster(format!("context server on {listen}: {e}"))),
-        _ => Ok(ExitCode::SUCCESS),
-    }
+    crate::app::controller::run(crate::app::controller::ControllerOptions {
+        cluster: args.kube.connect().await?,
+        listen: args
+            .listen
+            .unwrap_or_else(|| default_listen(plugsync_kube::cluster::running_in_pod())),
+        cache: Cache::open(&cache_dir).map_err(|e| Error::io(&cache_dir, e))?,
+        render: args.render.settings(),
+    })
+    .await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn gc_command(args: GcArgs) -> Result<ExitCode, Error> {
     let cluster = args.kube.connect().await?;
     eprintln!("{}", cluster.namespace_line());
     let (client, namespace) = (&cluster.client, &cluster.namespace);
-    let removals = crate::controller::reconcile::collect_garbage(
+    let removals = plugsync_kube::controller::reconcile::collect_garbage(
         client,
         namespace,
         args.set.as_deref(),
@@ -1055,10 +1040,10 @@ async fn gc_command(args: GcArgs) -> Result<ExitCode, Error> {
     let verb = outcome_verb(Outcome::Pruned, args.dry_run);
     for removal in &removals {
         match removal {
-            crate::controller::history::Removal::Plugin(name) => {
+            plugsync_kube::controller::history::Removal::Plugin(name) => {
                 println!("{verb} Plugin {namespace}/{name} with its build Job and Deployment")
             }
-            crate::controller::history::Removal::Job(name) => {
+            plugsync_kube::controller::history::Removal::Job(name) => {
                 println!("{verb} Job {namespace}/{name} (the Plugin keeps its failure)")
             }
         }
@@ -1167,7 +1152,7 @@ fn validate_offline(args: &ValidateArgs) -> Result<ExitCode, Error> {
     };
     let max_bytes = settings.max_bytes;
     let resolver = Resolver::new(
-        SourceRegistry::discover(settings, crate::model::default_marketplace_url()),
+        Fetchers::discover(settings, plugsync_core::model::default_marketplace_url()),
         cache,
         max_bytes,
     );
@@ -1188,7 +1173,9 @@ fn validate_offline(args: &ValidateArgs) -> Result<ExitCode, Error> {
         if !check.up_to_date() {
             eprintln!("{} is out of date: {stale}", lock_path.display());
         }
-        return Err(Error::Invalid(crate::error::Diagnostics(check.problems)));
+        return Err(Error::Invalid(plugsync_core::error::Diagnostics(
+            check.problems,
+        )));
     }
     if !check.up_to_date() {
         return out_of_date(&lock_path, &stale);
@@ -1302,7 +1289,7 @@ fn init(args: InitArgs) -> Result<ExitCode, Error> {
 }
 
 async fn sources(args: SourcesArgs) -> Result<ExitCode, Error> {
-    let registry = SourceRegistry::discover(args.fetch.settings(), args.marketplace.clone());
+    let registry = Fetchers::discover(args.fetch.settings(), args.marketplace.clone());
     let list = registry.list().await;
     match args.output {
         OutputFormat::Json => {
@@ -1311,8 +1298,8 @@ async fn sources(args: SourcesArgs) -> Result<ExitCode, Error> {
                 .map(|s| {
                     serde_json::json!({
                         "scheme": s.scheme,
-                        "origin": match &s.origin { SourceOrigin::InTree => "in-tree".to_string(), SourceOrigin::External { .. } => "external".to_string() },
-                        "path": match &s.origin { SourceOrigin::InTree => None, SourceOrigin::External { path } => Some(path.display().to_string()) },
+                        "origin": match &s.origin { FetcherOrigin::InTree => "in-tree".to_string(), FetcherOrigin::External { .. } => "external".to_string() },
+                        "path": match &s.origin { FetcherOrigin::InTree => None, FetcherOrigin::External { path } => Some(path.display().to_string()) },
                         "description": s.description,
                         "attributes": s.attributes,
                     })
@@ -1330,8 +1317,8 @@ async fn sources(args: SourcesArgs) -> Result<ExitCode, Error> {
             );
             for s in &list {
                 let origin = match &s.origin {
-                    SourceOrigin::InTree => "in-tree".to_string(),
-                    SourceOrigin::External { path } => format!("external ({})", path.display()),
+                    FetcherOrigin::InTree => "in-tree".to_string(),
+                    FetcherOrigin::External { path } => format!("external ({})", path.display()),
                 };
                 let attrs: Vec<String> = s
                     .attributes
@@ -1394,14 +1381,14 @@ fn package_command(cmd: PackageCommand) -> Result<ExitCode, Error> {
                         pkg.manifest.runner_version, pkg.manifest.entrypoint
                     );
                     let memory = pkg.manifest.memory;
-                    let note = if memory < crate::render::MEMORY_FLOOR {
+                    let note = if memory < plugsync_core::render::MEMORY_FLOOR {
                         " (below the floor: its pods get the default memory)"
                     } else {
                         ""
                     };
                     println!(
                         "memory:            {}{note}",
-                        crate::render::memory_quantity(memory)
+                        plugsync_core::render::memory_quantity(memory)
                     );
                 }
             }
@@ -1489,7 +1476,7 @@ mod tests {
                 assert_eq!(namespace.get_short(), Some('n'), "plugsync {path}");
                 assert_eq!(
                     namespace.get_env().and_then(|e| e.to_str()),
-                    Some(crate::cluster::NAMESPACE_ENV),
+                    Some(plugsync_kube::cluster::NAMESPACE_ENV),
                     "plugsync {path}: one variable for the namespace"
                 );
             }

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use crate::error::Error;
+use plugsync_core::error::Error;
 
 /// Set once stdout cannot take more (closed pipe, or another error).
 static STOPPED: AtomicBool = AtomicBool::new(false);

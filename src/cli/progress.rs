@@ -2,8 +2,8 @@
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use crate::resolve::source::Progress;
-use crate::resolve::ProgressReporter;
+use plugsync_core::resolve::fetch::Progress;
+use plugsync_core::resolve::ProgressReporter;
 
 /// One bar per download, stacked.
 pub struct TerminalProgress {

@@ -1,30 +1,21 @@
-//! `plugsync run`: the in-cluster process. The git loop, the plugin controller and the HTTP
-//! server (build contexts, webhook, metrics, health) in one process; with leader election,
-//! only the leader runs the loop and the controller, standbys serve health and wait.
+//! `plugsync run`'s flags, turned into the application layer's options (`crate::app::run`,
+//! which wires the git loop, the controller, the server and leader election).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use sha2::{Digest, Sha256};
-use tokio::sync::{watch, Notify};
-use tracing::{error, info, warn};
 
-use super::{
-    controller_context, default_listen, resolver_for, stopped, FetchArgs, KubeArgs,
-    RenderSettingsArgs,
-};
-use crate::error::Error;
-use crate::gitops::{GitOps, LockCommit, LoopConfig, RepoSource};
-use crate::leader::{set_pod_leader_label, LeaderElector, LeaseConfig};
-use crate::load::PLUGINS_FILE;
-use crate::metrics::Metrics;
-use crate::resolve::cache::Cache;
-use crate::server::{Readiness, ServerState, Webhook, WebhookAuth, WebhookAuthKind};
-use crate::source::remote::CommitAuthor;
+use super::{default_listen, resolver_for, FetchArgs, KubeArgs, RenderSettingsArgs};
+use crate::app::run::{LeaderOptions, LoopSettings, Origin, RunEnd, RunOptions};
+use plugsync_core::error::Error;
+use plugsync_core::load::PLUGINS_FILE;
+use plugsync_core::resolve::cache::Cache;
+use plugsync_core::source::remote::CommitAuthor;
+use plugsync_kube::gitops::LockCommit;
+use plugsync_kube::server::WebhookAuthKind;
 
 #[derive(Debug, Args)]
 pub(super) struct RunArgs {
@@ -50,6 +41,11 @@ pub(super) struct RunArgs {
     /// Time between polls of the remote branch.
     #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
     interval: Duration,
+    /// Bound on each git network operation (listing the branch, fetching, pushing): a server
+    /// that stops answering fails the poll with an error naming the remote, and does not
+    /// hold up shutdown.
+    #[arg(long, env = "PLUGSYNC_GIT_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    git_timeout: Duration,
     /// Random spread of the poll interval, as a fraction (0.1: ±10 %).
     #[arg(long, default_value_t = 0.1)]
     jitter: f64,
@@ -107,29 +103,6 @@ pub(super) struct RunArgs {
     kube: KubeArgs,
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn termination() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => info!("SIGTERM: finishing the work in flight"),
-                    _ = tokio::signal::ctrl_c() => info!("interrupted: finishing the work in flight"),
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
 /// `Name <email>`, as git writes it.
 fn parse_author(text: &str) -> Result<CommitAuthor, Error> {
     let bad = || Error::Usage(format!("--commit-author `{text}`: expected `Name <email>`"));
@@ -151,209 +124,63 @@ pub(super) async fn run_command(args: RunArgs) -> Result<ExitCode, Error> {
             "--jitter must be at least 0 and below 1".into(),
         ));
     }
-    // The namespace plugsync manages: the PluginSet's, its Plugins', their children's.
-    let cluster = args.kube.connect().await?;
-    let (client, namespace) = (cluster.client.clone(), cluster.namespace.clone());
-    let listen = args
-        .listen
-        .unwrap_or_else(|| default_listen(crate::cluster::running_in_pod()));
-    let cache_dir = args
-        .fetch
-        .cache_dir
-        .clone()
-        .unwrap_or_else(Cache::default_dir);
-    let cache = Cache::open(&cache_dir).map_err(|e| Error::io(&cache_dir, e))?;
-    let resolver = resolver_for(&args.fetch)?;
-    let metrics = Arc::new(Metrics::new());
-    let readiness = Readiness::new();
-    let trigger = Arc::new(Notify::new());
-
-    let webhook = match (&args.webhook_secret_file, &args.webhook_token_file) {
-        (Some(path), _) => Some((path, WebhookAuthKind::GitHubHmac)),
-        (None, Some(path)) => Some((path, WebhookAuthKind::Token)),
-        (None, None) => None,
-    }
-    .map(|(path, kind)| {
-        WebhookAuth::from_file(path, kind)
-            .map(|auth| Webhook {
-                auth,
-                branch: args.git_url.as_ref().map(|_| args.branch.clone()),
-                trigger: trigger.clone(),
-            })
-            .map_err(|e| Error::io(path, e))
-    })
-    .transpose()?;
-
-    let source = match (&args.repo, &args.git_url) {
-        (Some(root), _) => RepoSource::Local { root: root.clone() },
-        (None, Some(url)) => RepoSource::Git {
-            url: url.clone(),
-            branch: args.branch.clone(),
-            secret: args.git_secret.clone(),
-            // One bare clone per URL, next to the package cache (an emptyDir in-cluster).
-            work_dir: cache_dir
-                .join("git")
-                .join(&hex::encode(Sha256::digest(url.as_bytes()))[..16]),
+    let origin = match (args.repo, args.git_url) {
+        (Some(root), _) => Origin::Folder(root),
+        (None, Some(url)) => Origin::Git {
+            url,
+            branch: args.branch,
+            secret: args.git_secret,
         },
         (None, None) => return Err(Error::Usage("give --git-url or --repo".into())),
     };
-    let config = LoopConfig {
-        source,
-        path: args.path.clone(),
-        file: args.file.clone(),
-        namespace: namespace.clone(),
-        interval: args.interval,
-        jitter: args.jitter,
-        resync: args.resync,
-        status_interval: args.status_interval,
-        suspend: args.suspend,
-        install_crds: args.install_crds,
-        commit_lock: if args.commit_lock {
-            Some(LockCommit {
-                author: parse_author(&args.commit_author)?,
-                message: args.commit_message.clone(),
-            })
-        } else {
-            None
-        },
-    };
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let server_state = ServerState {
-        cache: cache.clone(),
-        metrics: metrics.clone(),
-        readiness: readiness.clone(),
-        webhook,
-    };
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| Error::Cluster(format!("cannot listen on {}: {e}", listen)))?;
-    info!(listen = %listener.local_addr().unwrap_or(listen), "serving");
-    let server = tokio::spawn(crate::server::serve_on(
-        listener,
-        server_state,
-        stopped(stop_rx.clone()),
-    ));
-    {
-        let stop_tx = stop_tx.clone();
-        tokio::spawn(async move {
-            termination().await;
-            let _ = stop_tx.send(true);
-        });
-    }
-    // Serving and waiting is ready: the leader-only Service routes by label, not readiness.
-    readiness.set_ready();
-
-    let pod_name = std::env::var("POD_NAME").ok().filter(|n| !n.is_empty());
-    let election = if args.leader_election {
-        let identity = format!(
-            "{}_{:08x}",
-            pod_name
-                .clone()
-                .or_else(|| std::env::var("HOSTNAME").ok())
-                .unwrap_or_else(|| "plugsync".into()),
-            rand::random::<u32>()
-        );
-        let mut lease = LeaseConfig::new(&args.lease_name, &namespace, identity);
-        lease.lease_duration = args.lease_duration;
-        lease.renew_deadline = args.lease_duration.mul_f64(2.0 / 3.0);
-        lease.retry_period = args.lease_duration.mul_f64(2.0 / 15.0);
-        lease
-            .validate()
-            .map_err(|e| Error::Usage(format!("leader election: {e}")))?;
-        let handle = LeaderElector::new(client.clone(), lease).spawn();
-        info!(lease = %args.lease_name, "waiting to become leader");
-        let mut stop = stop_rx.clone();
-        tokio::select! {
-            result = handle.became_leader() => {
-                if let Err(e) = result {
-                    return Err(Error::Cluster(format!("leader election: {e}")));
-                }
-            }
-            _ = stop.wait_for(|s| *s) => {
-                let _ = handle.shutdown().await;
-                let _ = server.await;
-                return Ok(ExitCode::SUCCESS);
-            }
-        }
-        Some(handle)
+    let commit_lock = if args.commit_lock {
+        Some(LockCommit {
+            author: parse_author(&args.commit_author)?,
+            message: args.commit_message,
+        })
     } else {
         None
     };
-    metrics.set_leader(true);
-    if let (Some(pod), true) = (&pod_name, election.is_some()) {
-        if let Err(e) = set_pod_leader_label(client.clone(), &namespace, pod, true).await {
-            warn!(error = %e, "cannot label this pod as the leader; the leader Service will not route to it");
-        }
-    }
-
-    let mut context = controller_context(&client, &cache, &args.render);
-    context.metrics = Some(metrics.clone());
-    // The git loop publishes the PluginSet status (it knows each commit's fate).
-    context.publish_set_status = false;
-    let templates = context.templates.clone();
-    let controller = tokio::spawn(crate::controller::run(
-        Arc::new(context),
-        namespace.clone(),
-        stopped(stop_rx.clone()),
-    ));
-    let gitops = GitOps::new(
-        client.clone(),
-        config,
-        resolver,
-        args.render.settings(),
-        cache,
-        templates,
-        metrics.clone(),
-    )?;
-    // The loop runs on this task (not spawned): the applier's futures are not `Send`
-    // across every lifetime the spawn bound asks for, and this task is where it ends anyway.
-    let git_loop = gitops.run(trigger, stop_rx.clone(), readiness.clone());
-    info!(%namespace, source = %cluster.source, "running");
-
-    // Until told to stop, or until leadership is lost: then stop writing at once.
-    let watchdog = async {
-        let mut stop = stop_rx.clone();
-        let mut lost = false;
-        match &election {
-            Some(handle) => {
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => {}
-                    _ = handle.lost_leadership() => {
-                        error!("leadership lost: stopping (the pod restarts as a standby)");
-                        lost = true;
-                    }
-                }
-            }
-            None => {
-                let _ = stop.wait_for(|s| *s).await;
-            }
-        }
-        let _ = stop_tx.send(true);
-        lost
+    let webhook = match (args.webhook_secret_file, args.webhook_token_file) {
+        (Some(path), _) => Some((path, WebhookAuthKind::GitHubHmac)),
+        (None, Some(path)) => Some((path, WebhookAuthKind::Token)),
+        (None, None) => None,
     };
-    // The pass in flight finishes before the loop returns.
-    let ((), lost) = tokio::join!(git_loop, watchdog);
-    let _ = controller.await;
-    metrics.set_leader(false);
-    if let Some(handle) = election {
-        if let Some(pod) = &pod_name {
-            let _ = set_pod_leader_label(client.clone(), &namespace, pod, false).await;
-        }
-        if let Err(e) = handle.shutdown().await {
-            warn!(error = %e, "could not release the lease; a standby takes over when it expires");
-        }
-    }
-    match server.await {
-        Ok(Err(e)) => warn!(error = %e, "server stopped with an error"),
-        Err(e) => warn!(error = %e, "server task failed"),
-        Ok(Ok(())) => {}
-    }
-    info!("stopped");
-    Ok(if lost {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
+    let options = RunOptions {
+        // The namespace plugsync manages: the PluginSet's, its Plugins', their children's.
+        cluster: args.kube.connect().await?,
+        listen: args
+            .listen
+            .unwrap_or_else(|| default_listen(plugsync_kube::cluster::running_in_pod())),
+        cache_dir: args
+            .fetch
+            .cache_dir
+            .clone()
+            .unwrap_or_else(Cache::default_dir),
+        resolver: resolver_for(&args.fetch)?,
+        render: args.render.settings(),
+        origin,
+        settings: LoopSettings {
+            path: args.path,
+            file: args.file,
+            interval: args.interval,
+            git_timeout: args.git_timeout,
+            jitter: args.jitter,
+            resync: args.resync,
+            status_interval: args.status_interval,
+            suspend: args.suspend,
+            install_crds: args.install_crds,
+            commit_lock,
+        },
+        webhook,
+        leader: args.leader_election.then_some(LeaderOptions {
+            lease_name: args.lease_name,
+            lease_duration: args.lease_duration,
+        }),
+    };
+    Ok(match crate::app::run::run(options).await? {
+        RunEnd::Stopped => ExitCode::SUCCESS,
+        RunEnd::LeadershipLost => ExitCode::from(1),
     })
 }
 

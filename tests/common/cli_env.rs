@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
-use plugsync::resolve::cache::Cache;
+use plugsync_core::resolve::cache::Cache;
 use serde_json::Value;
 
 use crate::cluster::{cluster, TestCluster};

@@ -270,7 +270,7 @@ where
 }
 
 impl TestCluster {
-    /// `plugins.yaml` of `plugsync::synth` moved onto this cluster: the set in `namespace`,
+    /// `plugins.yaml` of `plugsync_testkit::synth` moved onto this cluster: the set in `namespace`,
     /// images pushed to this cluster's registry (plain HTTP, so `insecure`), and no
     /// `nodeSelector` (the fake node has no `pool` label), so builds and pods really run.
     pub fn retarget_synth_yaml(&self, yaml: &str, namespace: &str) -> String {
@@ -285,22 +285,31 @@ impl TestCluster {
             )
             .replace("prefix: registry.example.invalid/dify-plugins", &prefix)
             .replace("    nodeSelector: {pool: plugins}\n", "");
-        assert_ne!(out, yaml, "not a plugsync::synth plugins.yaml");
+        assert_ne!(out, yaml, "not a plugsync_testkit::synth plugins.yaml");
         out
     }
 
-    /// A synthetic repository of `n` plugins (`plugsync::synth`) in `dir`, its packages in
+    /// A synthetic repository of `n` plugins (`plugsync_testkit::synth`) in `dir`, its packages in
     /// `cache`, retargeted onto this cluster (see [`retarget_synth_yaml`](Self::retarget_synth_yaml)).
     pub fn synthetic_repo(
         &self,
         dir: &Path,
         n: usize,
-        cache: &plugsync::resolve::cache::Cache,
+        cache: &plugsync_core::resolve::cache::Cache,
         namespace: &str,
     ) {
-        plugsync::synth::generate_repo(dir, n, cache).expect("generate");
+        plugsync_testkit::synth::generate_repo(dir, n, cache).expect("generate");
         let path = dir.join("plugins.yaml");
         let yaml = std::fs::read_to_string(&path).expect("read plugins.yaml");
         std::fs::write(&path, self.retarget_synth_yaml(&yaml, namespace)).expect("write");
     }
+}
+
+/// A port free right now on 127.0.0.1, for a `plugsync` process's `--listen` (tests run in
+/// parallel, so none may take the default 8080).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }

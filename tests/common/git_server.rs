@@ -1,4 +1,4 @@
-//! Real git servers on loopback for `plugsync::source::remote`: `git daemon` (git://),
+//! Real git servers on loopback for `plugsync_core::source::remote`: `git daemon` (git://),
 //! `git http-backend` behind a small CGI bridge that demands Basic auth and counts requests
 //! (https semantics over plain http), and OpenSSH's `sshd` with its own host key.
 //!

@@ -8,8 +8,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, ListParams};
-use plugsync::crd::Plugin;
-use plugsync::model::PluginSetResource;
+use plugsync_core::crd::Plugin;
+use plugsync_core::crd::PluginSetResource;
 use serde_json::Value;
 
 use crate::cluster::{self, cluster, TestCluster};
