@@ -507,24 +507,41 @@ pub async fn diff_report(
             key: key.clone(),
         })
     };
-    // Head: the objects of plugins that differ from base are kept for the plan; of the
-    // others, only the keys (taken, and the objects freed, on the rendering threads).
+    // Head: of the plugins the same at base, only the keys, each object read only as far
+    // as its identity; the plugins that differ from base are rendered again, read whole,
+    // for the plan.
     let head_inputs = plugin_inputs(&head_state.resolution, &head_state.built_images);
-    let rendered = render::render_set_map(
+    let mut rendered = render::render_set_map_as::<crate::yaml::AsIdentity, _>(
         head_state.set.spec(),
         &head_inputs,
         &head_state.templates,
         settings,
         |i, plugin| {
-            if at_base.contains(&head_prints[i]) {
-                let keys: Result<Vec<ObjectKey>, PlanError> =
-                    plugin.objects.iter().map(ObjectKey::of).collect();
-                (keys, Vec::new())
+            let keys: Result<Vec<ObjectKey>, PlanError> = if at_base.contains(&head_prints[i]) {
+                plugin.objects.iter().map(ObjectKey::of).collect()
             } else {
-                (Ok(Vec::new()), plugin.objects)
-            }
+                Ok(Vec::new())
+            };
+            (keys, Vec::new())
         },
     )?;
+    let changed: Vec<PluginInput<'_>> = head_inputs
+        .into_iter()
+        .zip(&head_prints)
+        .filter(|(_, print)| !at_base.contains(print))
+        .map(|(input, _)| input)
+        .collect();
+    let changed = render::render_set(
+        head_state.set.spec(),
+        &changed,
+        &head_state.templates,
+        settings,
+    )?;
+    rendered.extend(
+        changed
+            .into_iter()
+            .map(|plugin| (Ok(Vec::new()), plugin.objects)),
+    );
     let mut desired = Vec::new();
     let mut shared_keys = Vec::new();
     let mut head_keys = HashSet::new();

@@ -537,8 +537,8 @@ impl ObjectForm for AsValue {
     type Object = Value;
 
     fn read(text: &str, expected: &Expected<'_>) -> Result<Value, RenderError> {
-        let value: Value =
-            crate::yaml::from_str(text).map_err(|e| expected.invalid(format!("not YAML: {e}")))?;
+        let value: Value = crate::yaml::value_from_str(text)
+            .map_err(|e| expected.invalid(format!("not YAML: {e}")))?;
         expected.check(|path| {
             path.iter()
                 .try_fold(&value, |node, key| node.get(key))
@@ -563,7 +563,7 @@ impl ObjectForm for AsYaml {
 }
 
 impl Expected<'_> {
-    fn invalid(&self, message: String) -> RenderError {
+    pub(crate) fn invalid(&self, message: String) -> RenderError {
         RenderError::InvalidOutput {
             plugin: self.plugin.to_string(),
             template: self.template.to_string(),
@@ -577,7 +577,10 @@ impl Expected<'_> {
 
     /// Checks an object's kind, `apiVersion`, name and namespace; `field` gives the string
     /// at a path of keys (`None` when absent or not a string), whatever the object's form.
-    fn check<'v>(&self, field: impl Fn(&[&str]) -> Option<&'v str>) -> Result<(), RenderError> {
+    pub(crate) fn check<'v>(
+        &self,
+        field: impl Fn(&[&str]) -> Option<&'v str>,
+    ) -> Result<(), RenderError> {
         let kind = field(&["kind"]).unwrap_or_default();
         let api_version = field(&["apiVersion"]);
         let name = field(&["metadata", "name"]).unwrap_or_default();

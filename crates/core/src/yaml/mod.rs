@@ -7,13 +7,16 @@
 //! what serde cannot say: where a field path was written, which keys a lenient type
 //! dropped, and the document with fields in error left out.
 
+mod identity;
 pub(crate) mod tree;
+mod value;
 
 use std::borrow::Cow;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub(crate) use identity::AsIdentity;
 pub use tree::Position;
 pub(crate) use tree::{join_index, join_key, parent_path, Entry, Index, Kind, Node, Tree};
 
@@ -81,6 +84,26 @@ pub(crate) fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, ReadError> 
     match serde_saphyr::from_str_with_options(text, options()) {
         Ok(value) => Ok(value),
         Err(_) => from_str_tracked(text),
+    }
+}
+
+/// [`from_str`] into an untyped value, the form every rendered object is read into: built
+/// from the parser's events where that gives serde-saphyr's value, by serde-saphyr (and its
+/// errors) everywhere else (see `value.rs`).
+pub(crate) fn value_from_str(text: &str) -> Result<serde_json::Value, ReadError> {
+    match value::from_events(text) {
+        Some(value) => Ok(value),
+        None => from_str(text),
+    }
+}
+
+/// What the pull-request diff reads of an object it knows to be the same at both
+/// revisions: its `apiVersion`, `kind` and `metadata` when written first (the rest left
+/// unread), else the whole object as [`value_from_str`] reads it.
+pub(crate) fn identity_from_str(text: &str) -> Result<serde_json::Value, ReadError> {
+    match value::identity_from_events(text) {
+        Some(value) => Ok(value),
+        None => from_str(text),
     }
 }
 
