@@ -409,6 +409,7 @@ fn read_plugin(value: &serde_yaml::Value) -> Result<(LockedPlugin, Vec<String>),
         checksum: field("checksum"),
         unique_identifier: field("unique_identifier"),
         plugin_id: field("plugin_id"),
+        signature: text_field(value, "signature"),
     };
     if plugin.source.is_empty() {
         return Err(format!("{}: no readable `source`", describe_entry(&plugin)));
