@@ -16,6 +16,7 @@ use plugsync_core::render::RenderSettings;
 use plugsync_core::resolve::cache::Cache;
 use plugsync_core::resolve::Resolver;
 use plugsync_kube::cluster::Cluster;
+use plugsync_kube::connector::Connector;
 use plugsync_kube::gitops::{GitOps, LockCommit, LoopConfig, RepoSource};
 use plugsync_kube::leader::{set_pod_leader_label, LeaderElector, LeaseConfig};
 use plugsync_kube::metrics::Metrics;
@@ -56,8 +57,18 @@ pub(crate) struct RunOptions {
     pub(crate) settings: LoopSettings,
     /// The webhook's credential file and kind, when the webhook is on.
     pub(crate) webhook: Option<(PathBuf, WebhookAuthKind)>,
+    /// Dify's serverless connector, when it is on.
+    pub(crate) connector: Option<ConnectorOptions>,
     /// `None`: this is the only replica.
     pub(crate) leader: Option<LeaderOptions>,
+}
+
+/// The Dify connector's settings.
+pub(crate) struct ConnectorOptions {
+    /// The file holding the key the daemon presents.
+    pub(crate) key_file: PathBuf,
+    /// How long a launch waits for its plugin to run.
+    pub(crate) launch_timeout: Duration,
 }
 
 /// The git loop's settings the user chooses (the rest of [`LoopConfig`] follows from the
@@ -118,6 +129,7 @@ pub(crate) async fn run(options: RunOptions) -> Result<RunEnd, Error> {
         origin,
         settings,
         webhook,
+        connector,
         leader,
     } = options;
     let (client, namespace) = (cluster.client.clone(), cluster.namespace.clone());
@@ -157,11 +169,16 @@ pub(crate) async fn run(options: RunOptions) -> Result<RunEnd, Error> {
     };
 
     let shutdown = Shutdown::on_signals();
+    let connector = match connector {
+        Some(options) => Some(start_connector(options, &client, &namespace, &shutdown)?),
+        None => None,
+    };
     let server_state = ServerState {
         cache: cache.clone(),
         metrics: metrics.clone(),
         readiness: readiness.clone(),
         webhook,
+        connector,
     };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -277,4 +294,24 @@ pub(crate) async fn run(options: RunOptions) -> Result<RunEnd, Error> {
     }
     info!("stopped");
     Ok(end)
+}
+
+/// The Dify connector, reading the namespace's Plugins through a watch that runs until
+/// shutdown.
+fn start_connector(
+    options: ConnectorOptions,
+    client: &kube::Client,
+    namespace: &str,
+    shutdown: &Shutdown,
+) -> Result<Connector, Error> {
+    let key = plugsync_kube::connector::read_key(&options.key_file)
+        .map_err(|e| Error::io(&options.key_file, e))?;
+    info!("answering Dify's plugin daemon as its serverless connector");
+    Ok(Connector::start(
+        key,
+        client.clone(),
+        namespace,
+        options.launch_timeout,
+        shutdown.stopped(),
+    ))
 }

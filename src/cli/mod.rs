@@ -646,7 +646,7 @@ async fn lock(args: LockArgs) -> Result<ExitCode, Error> {
     }
 
     let text = resolution.lock.to_yaml();
-    let unchanged = old.as_ref().is_some_and(|o| o == &resolution.lock);
+    let unchanged = old.as_ref().is_some_and(|o| o.pins(&resolution.lock));
     if args.locked {
         if unchanged {
             println!(

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{default_listen, resolver_for, FetchArgs, KubeArgs, RenderSettingsArgs};
-use crate::app::run::{LeaderOptions, LoopSettings, Origin, RunEnd, RunOptions};
+use crate::app::run::{ConnectorOptions, LeaderOptions, LoopSettings, Origin, RunEnd, RunOptions};
 use plugsync_core::error::Error;
 use plugsync_core::load::PLUGINS_FILE;
 use plugsync_core::resolve::cache::Cache;
@@ -65,6 +65,15 @@ pub(super) struct RunArgs {
     /// File holding a token for generic webhooks (`Authorization: Bearer`).
     #[arg(long)]
     webhook_token_file: Option<PathBuf>,
+    /// Answer Dify's plugin daemon as its serverless connector (`/ping`,
+    /// `/v1/runner/instances`, `/v1/launch`), with the key in this file (what the daemon
+    /// sends as DIFY_PLUGIN_SERVERLESS_CONNECTOR_API_KEY).
+    #[arg(long)]
+    connector_key_file: Option<PathBuf>,
+    /// How long a connector launch waits for the plugin to run before reporting failure;
+    /// keep it below the daemon's DIFY_PLUGIN_SERVERLESS_CONNECTOR_LAUNCH_TIMEOUT (240s).
+    #[arg(long, default_value = "230s", value_parser = humantime::parse_duration)]
+    connector_launch_timeout: Duration,
     /// Elect a leader among replicas with a Lease; only the leader writes.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     leader_election: bool,
@@ -173,6 +182,10 @@ pub(super) async fn run_command(args: RunArgs) -> Result<ExitCode, Error> {
             commit_lock,
         },
         webhook,
+        connector: args.connector_key_file.map(|key_file| ConnectorOptions {
+            key_file,
+            launch_timeout: args.connector_launch_timeout,
+        }),
         leader: args.leader_election.then_some(LeaderOptions {
             lease_name: args.lease_name,
             lease_duration: args.lease_duration,

@@ -6,6 +6,7 @@
 //! Decisions come from `plugsync-core`; this crate adds the I/O.
 pub mod apply;
 pub mod cluster;
+pub mod connector;
 pub mod controller;
 pub mod error;
 pub mod gitops;

@@ -94,16 +94,19 @@ pub struct ServerState {
     pub readiness: Readiness,
     /// `POST /webhook`; `None` answers 404 (the endpoint is off, not misconfigured).
     pub webhook: Option<Webhook>,
+    /// Dify's serverless connector routes; `None` when it is off.
+    pub connector: Option<crate::connector::Connector>,
 }
 
 impl ServerState {
-    /// A state with fresh metrics, not ready ("starting"), and no webhook.
+    /// A state with fresh metrics, not ready ("starting"), no webhook and no connector.
     pub fn new(cache: Cache) -> Self {
         Self {
             cache,
             metrics: Arc::new(Metrics::new()),
             readiness: Readiness::new(),
             webhook: None,
+            connector: None,
         }
     }
 }
@@ -282,7 +285,7 @@ impl WebhookAuth {
 
 /// Compares a token in constant time, lengths included: both sides go through HMAC under a
 /// fixed key and the 32-byte tags are compared with `verify_slice` (constant time).
-fn token_matches(expected: &[u8], candidate: &[u8]) -> bool {
+pub(crate) fn token_matches(expected: &[u8], candidate: &[u8]) -> bool {
     const KEY: &[u8] = b"plugsync webhook token comparison";
     let tag = |bytes: &[u8]| {
         HmacSha256::new_from_slice(KEY).map(|mut mac| {
@@ -319,7 +322,9 @@ pub fn router_with(state: ServerState) -> Router {
         metrics,
         readiness,
         webhook,
+        connector,
     } = state;
+    let connector = connector.map(crate::connector::Connector::router);
     router(cache)
         .merge(
             Router::new()
@@ -337,6 +342,7 @@ pub fn router_with(state: ServerState) -> Router {
                 .layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT))
                 .with_state(webhook.map(Arc::new)),
         )
+        .merge(connector.unwrap_or_default())
 }
 
 /// Serves [`router_with`] on a bound listener until `shutdown` resolves: binding first lets

@@ -267,6 +267,8 @@ fn lock_entry(bytes: &[u8], source: String) -> Result<LockedPlugin, Error> {
         checksum: package.checksum.clone(),
         plugin_id: package::plugin_id(&unique_identifier),
         unique_identifier,
+        // As `plugsync lock` records it: synthetic packages carry no signature.
+        signature: Some("unsigned".to_string()),
     })
 }
 

@@ -580,6 +580,7 @@ mod tests {
             checksum: "2e18973c".into(),
             unique_identifier: format!("{name}:{version}@2e18973c"),
             plugin_id: plugin_id.into(),
+            signature: Some("unsigned".into()),
         }
     }
 

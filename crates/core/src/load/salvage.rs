@@ -421,6 +421,7 @@ fn read_plugin(value: &Node) -> Result<(LockedPlugin, Vec<String>), String> {
         checksum: field("checksum"),
         unique_identifier: field("unique_identifier"),
         plugin_id: field("plugin_id"),
+        signature: text_field(value, "signature"),
     };
     if plugin.source.is_empty() {
         return Err(format!("{}: no readable `source`", describe_entry(&plugin)));

@@ -71,6 +71,29 @@ pub struct LockedPlugin {
     pub unique_identifier: String,
     /// The 32-hex id that names the plugin's Kubernetes objects.
     pub plugin_id: String,
+    /// Who signed the package: the name of the trusted key that verifies it
+    /// (`dify-official`, or a key plugins.yaml names), `unsigned`, or `invalid` (a
+    /// signature no trusted key verifies). Absent in locks written before plugsync checked
+    /// signatures; `plugsync lock` fills it in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+impl LockedPlugin {
+    /// Whether `self` (the entry in plugins.lock) pins what `now` (resolved afresh) pins: an
+    /// old entry that records no signature still matches, so upgrading plugsync does not
+    /// make every lock stale.
+    pub fn pins(&self, now: &LockedPlugin) -> bool {
+        let signature_matches = self.signature.is_none() || self.signature == now.signature;
+        signature_matches
+            && LockedPlugin {
+                signature: None,
+                ..self.clone()
+            } == LockedPlugin {
+                signature: None,
+                ..now.clone()
+            }
+    }
 }
 
 impl PluginLock {
@@ -81,6 +104,20 @@ impl PluginLock {
             plugins,
             ..PluginLock::default()
         }
+    }
+
+    /// Whether this lock (as read from plugins.lock) pins what `now` (resolved afresh) pins,
+    /// entry by entry ([`LockedPlugin::pins`]), with the same recorded images.
+    pub fn pins(&self, now: &PluginLock) -> bool {
+        self.api_version == now.api_version
+            && self.kind == now.kind
+            && self.images == now.images
+            && self.plugins.len() == now.plugins.len()
+            && self
+                .plugins
+                .iter()
+                .zip(&now.plugins)
+                .all(|(a, b)| a.pins(b))
     }
 
     /// Built image digests by build-inputs hash, for render.

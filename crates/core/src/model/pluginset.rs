@@ -79,6 +79,57 @@ pub struct PluginSetSpec {
     /// The plugins to install.
     #[serde(default)]
     pub plugins: Vec<PluginEntry>,
+    /// Which package signatures to trust, and what to refuse.
+    #[serde(default, skip_serializing_if = "SignaturesSpec::is_default")]
+    pub signatures: SignaturesSpec,
+}
+
+/// Package signatures: Dify's official key is always trusted; `keys` adds the repository's
+/// own (partners, an internal signing key). The result for each package is recorded in
+/// plugins.lock (`signature`), so a review sees who vouches for what it installs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SignaturesSpec {
+    /// What to refuse: `record` (refuse nothing; the default, since packages a repository
+    /// packs from its own directories are unsigned), `refuseInvalid` (refuse a signature no
+    /// trusted key verifies), `requireSigned` (refuse that and unsigned packages too, as the
+    /// plugin daemon does with `FORCE_VERIFYING_SIGNATURE`).
+    #[serde(default)]
+    pub policy: SignaturePolicy,
+    /// Public keys trusted besides Dify's official one, as PEM files in this repository.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<SignatureKey>,
+}
+
+impl SignaturesSpec {
+    fn is_default(&self) -> bool {
+        *self == SignaturesSpec::default()
+    }
+}
+
+/// What a [`SignaturesSpec`] refuses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum SignaturePolicy {
+    /// Verify and record; refuse nothing.
+    #[default]
+    Record,
+    /// Refuse a package whose signature no trusted key verifies.
+    RefuseInvalid,
+    /// Refuse unsigned packages and invalid signatures.
+    RequireSigned,
+}
+
+/// A trusted public key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignatureKey {
+    /// The name plugins.lock records for packages this key verifies (`dify-official` is
+    /// taken by Dify's key).
+    pub name: String,
+    /// The PEM file, relative to the repository root (`BEGIN PUBLIC KEY` or
+    /// `BEGIN RSA PUBLIC KEY`).
+    pub path: String,
 }
 
 /// The image registry (Dify connector: imageRepoPrefix, imageRepoType, imageRepoSecret,

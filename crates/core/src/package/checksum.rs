@@ -14,10 +14,10 @@ pub(super) struct Checksum {
 }
 
 impl Checksum {
-    /// Records one file entry: its path as stored in the archive, and its content.
-    pub(super) fn add(&mut self, path: &[u8], content: &[u8]) {
-        self.files
-            .push((path.to_vec(), Sha256::digest(content).into()));
+    /// Records one file entry: its path as stored in the archive, and its content's SHA-256
+    /// (computed once by the reader, which the signature needs too).
+    pub(super) fn add(&mut self, path: &[u8], content_sha256: [u8; 32]) {
+        self.files.push((path.to_vec(), content_sha256));
     }
 
     /// The lowercase hex checksum: `sha256(Σ sha256(path) ‖ sha256(content))` over the
@@ -36,6 +36,10 @@ impl Checksum {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn digest(data: &[u8]) -> [u8; 32] {
+        Sha256::digest(data).into()
+    }
 
     fn sha(data: &[u8]) -> Vec<u8> {
         Sha256::digest(data).to_vec()
@@ -62,11 +66,11 @@ mod tests {
     #[test]
     fn order_of_addition_does_not_matter() {
         let mut a = Checksum::default();
-        a.add(b"b.py", b"print(2)");
-        a.add(b"a.py", b"print(1)");
+        a.add(b"b.py", digest(b"print(2)"));
+        a.add(b"a.py", digest(b"print(1)"));
         let mut b = Checksum::default();
-        b.add(b"a.py", b"print(1)");
-        b.add(b"b.py", b"print(2)");
+        b.add(b"a.py", digest(b"print(1)"));
+        b.add(b"b.py", digest(b"print(2)"));
         let want = expected(&[("a.py", b"print(1)"), ("b.py", b"print(2)")]);
         assert_eq!(a.finish(), want);
         assert_eq!(b.finish(), want);
@@ -76,9 +80,9 @@ mod tests {
     fn sorts_by_bytes_not_by_path_components() {
         // Byte order puts "a-b" (0x2d) before "a/b" (0x2f) and "a/b" before "a0".
         let mut c = Checksum::default();
-        c.add(b"a0", b"3");
-        c.add(b"a/b", b"2");
-        c.add(b"a-b", b"1");
+        c.add(b"a0", digest(b"3"));
+        c.add(b"a/b", digest(b"2"));
+        c.add(b"a-b", digest(b"1"));
         assert_eq!(
             c.finish(),
             expected(&[("a-b", b"1"), ("a/b", b"2"), ("a0", b"3")])
@@ -89,7 +93,7 @@ mod tests {
     fn path_and_content_both_count() {
         let one = |path: &[u8], content: &[u8]| {
             let mut c = Checksum::default();
-            c.add(path, content);
+            c.add(path, digest(content));
             c.finish()
         };
         assert_eq!(one(b"main.py", b"x"), expected(&[("main.py", b"x")]));

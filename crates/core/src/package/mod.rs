@@ -17,6 +17,7 @@ mod checksum;
 mod manifest;
 mod pack;
 mod reader;
+pub mod signature;
 
 pub use pack::pack_dir_listing;
 
@@ -277,6 +278,8 @@ pub struct Package {
     pub sha256: String,
     /// Archive size in bytes.
     pub size: u64,
+    /// What its signature covers; [`Package::verify_signature`] checks it.
+    signed: signature::SignedContent,
 }
 
 impl Package {
@@ -293,6 +296,12 @@ impl Package {
     /// hashed once instead of twice. Only correct with the bytes' true digest.
     pub(crate) fn read_hashed(bytes: &[u8], sha256: String) -> Result<Package, PackageError> {
         reader::read(bytes, Some(sha256))
+    }
+
+    /// Who signed the package, checked against `keys` (Dify's official key first, then
+    /// the keys the repository names), as the plugin daemon checks it before installing.
+    pub fn verify_signature(&self, keys: &[signature::TrustedKey]) -> signature::Verification {
+        signature::verify(&self.signed, keys)
     }
 
     /// `author/name` (or `name` when the author is empty): the name Dify shows and
@@ -506,6 +515,7 @@ mod tests {
             checksum: "ab".repeat(32),
             sha256: String::new(),
             size: 0,
+            signed: Default::default(),
         };
         assert_eq!(package.name(), "hello");
         assert_eq!(

@@ -9,10 +9,12 @@ use std::collections::HashSet;
 use std::io::Cursor;
 
 use miniz_oxide::inflate::TINFLStatus;
+use sha2::{Digest, Sha256};
 use zip::read::ZipFile;
 use zip::{CompressionMethod, ZipArchive};
 
 use super::checksum::Checksum;
+use super::signature::SignedContent;
 use super::{
     manifest, sha256_hex, Package, PackageError, COMPRESSION_RATIO_THRESHOLD, MANIFEST_FILE,
     MAX_COMPRESSION_RATIO, MAX_ENTRIES, MAX_UNCOMPRESSED_SIZE,
@@ -74,10 +76,17 @@ pub(super) fn read(bytes: &[u8], sha256: Option<String>) -> Result<Package, Pack
     let mut total: u64 = 0;
     let mut checksum = Checksum::default();
     let mut manifest_bytes = None;
+    let mut signed = SignedContent {
+        entry_digests: Vec::with_capacity(archive.len()),
+        comment: archive.comment().to_vec(),
+    };
     for i in 0..archive.len() {
         let name = name_at(&archive, i);
         if name.ends_with('/') {
-            continue; // directories carry no content and do not count for the checksum
+            // Directories carry no content and do not count for the checksum; the
+            // signature covers every entry, a directory as empty content.
+            signed.entry_digests.push(Sha256::digest([]).into());
+            continue;
         }
         let entry = archive
             .by_index_raw(i)
@@ -85,7 +94,9 @@ pub(super) fn read(bytes: &[u8], sha256: Option<String>) -> Result<Package, Pack
         let remaining = MAX_UNCOMPRESSED_SIZE.saturating_sub(total);
         let content = read_limited(bytes, &entry, &name, remaining)?;
         total += content.len() as u64;
-        checksum.add(entry.name_raw(), &content);
+        let digest: [u8; 32] = Sha256::digest(&content).into();
+        checksum.add(entry.name_raw(), digest);
+        signed.entry_digests.push(digest);
         if name == MANIFEST_FILE {
             manifest_bytes = Some(content.into_owned());
         }
@@ -97,6 +108,7 @@ pub(super) fn read(bytes: &[u8], sha256: Option<String>) -> Result<Package, Pack
         checksum: checksum.finish(),
         sha256: sha256.unwrap_or_else(|| sha256_hex(bytes)),
         size: bytes.len() as u64,
+        signed,
     })
 }
 

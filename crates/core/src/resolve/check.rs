@@ -49,6 +49,18 @@ impl Resolver {
         lock: &Document<PluginLock>,
     ) -> OfflineCheck {
         let mut out = OfflineCheck::default();
+        let keys = match super::signatures::trusted_keys(snapshot, set) {
+            Ok(keys) => keys,
+            Err(Error::Invalid(diagnostics)) => {
+                out.problems.extend(diagnostics.0);
+                return out;
+            }
+            Err(e) => {
+                out.problems
+                    .push(set.doc.error_at("spec.signatures", e.to_string()));
+                return out;
+            }
+        };
         let pins = &lock.value.plugins;
         let mut declared_sources = std::collections::HashSet::new();
         for declared in &set.plugins {
@@ -102,7 +114,17 @@ impl Resolver {
                         std::sync::Arc::new(package),
                         std::sync::Arc::new(Vec::new()),
                     ) {
-                        Ok((locked, _, _)) => locked,
+                        Ok((mut locked, package, _)) => {
+                            let refused = super::signatures::check(
+                                set,
+                                declared,
+                                &mut locked,
+                                &package,
+                                &keys,
+                            );
+                            out.problems.extend(refused);
+                            locked
+                        }
                         Err(e) => {
                             out.problems.push(problem(e));
                             continue;
@@ -129,7 +151,7 @@ impl Resolver {
                                 ),
                             ))
                         }
-                        Some((_, before)) if *before != locked => out.changes.push(
+                        Some((_, before)) if !before.pins(&locked) => out.changes.push(
                             super::LockChange::Changed {
                                 before: before.clone(),
                                 after: locked,
@@ -174,6 +196,20 @@ impl Resolver {
                                 before.unique_identifier, before.name
                             ),
                         ));
+                        continue;
+                    }
+                    let mut now = before.clone();
+                    let refused =
+                        super::signatures::check(set, declared, &mut now, &package, &keys);
+                    out.problems.extend(refused);
+                    if !before.pins(&now) {
+                        out.changes.push(
+                            super::LockChange::Changed {
+                                before: before.clone(),
+                                after: now,
+                            }
+                            .to_string(),
+                        );
                     }
                 }
             }

@@ -14,6 +14,7 @@
 pub mod cache;
 mod check;
 pub mod fetch;
+mod signatures;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -134,7 +135,7 @@ pub(crate) fn lock_changes(old: &PluginLock, new: &PluginLock) -> Vec<LockChange
     for after in &new.plugins {
         match old_by_name.get(after.name.as_str()).copied() {
             None => changes.push(LockChange::Added(after.clone())),
-            Some(before) if before != after => changes.push(LockChange::Changed {
+            Some(before) if !before.pins(after) => changes.push(LockChange::Changed {
                 before: before.clone(),
                 after: after.clone(),
             }),
@@ -289,7 +290,8 @@ impl Resolver {
         // takes each one's result in declaration order, exactly where it would have read it.
         let prefetched = self.read_ahead(snapshot, &set.plugins, &entries);
 
-        let results: Vec<Resolved> = stream::iter(
+        let keys = signatures::trusted_keys(snapshot, set)?;
+        let mut results: Vec<Resolved> = stream::iter(
             set.plugins
                 .iter()
                 .zip(entries)
@@ -323,8 +325,16 @@ impl Resolver {
         .try_collect()
         .await?;
 
+        // Who signed each package, recorded in the lock, and what the set's policy refuses.
+        let mut diagnostics: Vec<_> = set
+            .plugins
+            .iter()
+            .zip(results.iter_mut())
+            .filter_map(|(declared, (locked, package, _))| {
+                signatures::check(set, declared, locked, package, &keys)
+            })
+            .collect();
         // Two entries may turn out to be the same plugin only once their packages are known.
-        let mut diagnostics = Vec::new();
         let mut first_of: HashMap<&str, usize> = HashMap::with_capacity(results.len());
         for (i, (locked, _, _)) in results.iter().enumerate() {
             if let Some(&j) = first_of.get(locked.name.as_str()) {
@@ -801,6 +811,8 @@ fn lock_entry(
         checksum: package.checksum.clone(),
         plugin_id: package::plugin_id(&unique_identifier),
         unique_identifier,
+        // Set by the signature check, once the set's trusted keys are known.
+        signature: None,
     };
     Ok((locked, package, bytes))
 }

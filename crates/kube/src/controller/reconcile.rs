@@ -916,6 +916,8 @@ fn render_children(
         checksum: spec.package.checksum.clone(),
         unique_identifier: spec.unique_identifier.clone(),
         plugin_id: spec.plugin_id.clone(),
+        // Not rendered into any object: the lock records it for people.
+        signature: None,
     };
     let declared = PluginSet {
         api_version: API_VERSION.to_string(),
