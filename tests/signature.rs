@@ -257,7 +257,7 @@ fn plugsync(dir: &Path, args: &[&str]) -> (bool, String) {
 
 fn lock_entries(dir: &Path) -> Vec<(String, Option<String>)> {
     let lock: serde_json::Value =
-        serde_yaml::from_slice(&std::fs::read(dir.join("plugins.lock")).expect("lock"))
+        serde_saphyr::from_slice(&std::fs::read(dir.join("plugins.lock")).expect("lock"))
             .expect("yaml");
     lock["plugins"]
         .as_array()
