@@ -32,23 +32,41 @@ enum Frame {
 /// `text` (one document) as a value, or `None` when serde-saphyr must read it: outside
 /// the plain subset described in the module's documentation, or not YAML at all.
 pub(crate) fn from_events(text: &str) -> Option<Value> {
-    build(text, None)
+    build(text, false)
 }
 
-/// The top-level keys that identify a Kubernetes object: [`identity_from_events`] reads
-/// a document until it has them.
-const IDENTITY: [&str; 3] = ["apiVersion", "kind", "metadata"];
-
-/// [`from_events`], stopping once the top-level mapping has its `apiVersion`, `kind` and
-/// `metadata` (which templates write first): what the pull-request diff needs of an object
-/// it knows to be the same at both revisions (its key, and that it is the template's
-/// object), without reading the rest. A document that does not have them first is read
-/// whole.
+/// [`from_events`], stopping once the document has its `apiVersion`, `kind` and
+/// `metadata` (its `name` and `namespace`, if it has both, when they are read before the
+/// rest of `metadata`), which templates write first: what the pull-request diff needs of an
+/// object it knows to be the same at both revisions (its key, and that it is the
+/// template's object), without reading the rest (labels, annotations, spec). A document
+/// that does not have them first is read whole.
 pub(crate) fn identity_from_events(text: &str) -> Option<Value> {
-    build(text, Some(&IDENTITY))
+    build(text, true)
 }
 
-fn build(text: &str, stop_after: Option<&[&str]>) -> Option<Value> {
+/// The identity of the object being built, once [`identity_from_events`] has all of it:
+/// the top-level mapping so far, with its `metadata` so far.
+fn identified(stack: &mut [Frame]) -> Option<Value> {
+    let has = |map: &Map<String, Value>, keys: &[&str]| keys.iter().all(|k| map.contains_key(*k));
+    match stack {
+        [Frame::Map(root, None)] if has(root, &["apiVersion", "kind", "metadata"]) => {
+            Some(Value::Object(std::mem::take(root)))
+        }
+        [Frame::Map(root, Some(key)), Frame::Map(metadata, None)]
+            if key == "metadata"
+                && has(root, &["apiVersion", "kind"])
+                && has(metadata, &["name", "namespace"]) =>
+        {
+            let mut root = std::mem::take(root);
+            root.insert("metadata".into(), Value::Object(std::mem::take(metadata)));
+            Some(Value::Object(root))
+        }
+        _ => None,
+    }
+}
+
+fn build(text: &str, identity: bool) -> Option<Value> {
     if text.len() > MAX_TEXT_BYTES {
         return None;
     }
@@ -96,7 +114,6 @@ fn build(text: &str, stop_after: Option<&[&str]>) -> Option<Value> {
             // Aliases, and whatever else the parser may report.
             _ => return None,
         };
-        let depth = stack.len();
         match stack.last_mut() {
             None if root.is_none() => root = Some(value),
             None => return None,
@@ -104,11 +121,6 @@ fn build(text: &str, stop_after: Option<&[&str]>) -> Option<Value> {
             Some(Frame::Map(map, key)) => match key.take() {
                 Some(key) => {
                     map.insert(key, value);
-                    if depth == 1
-                        && stop_after.is_some_and(|keys| keys.iter().all(|k| map.contains_key(*k)))
-                    {
-                        return Some(Value::Object(std::mem::take(map)));
-                    }
                 }
                 None => {
                     // Only text keys; `<<` is a merge key to serde-saphyr; a duplicate is
@@ -122,6 +134,11 @@ fn build(text: &str, stop_after: Option<&[&str]>) -> Option<Value> {
                     *key = Some(name);
                 }
             },
+        }
+        if identity {
+            if let Some(value) = identified(&mut stack) {
+                return Some(value);
+            }
         }
     }
     if !stack.is_empty() {
@@ -386,6 +403,24 @@ mod tests {
             identity_from_events(text),
             Some(serde_json::json!({
                 "apiVersion": "v1", "kind": "Service", "metadata": {"name": "a", "namespace": "n"}
+            }))
+        );
+        // Name and namespace first: the rest of metadata is not read either.
+        let text = "apiVersion: v1\nkind: Service\nmetadata:\n  name: a\n  namespace: n\n  \
+                    labels: {a: b}\n";
+        assert_eq!(
+            identity_from_events(text),
+            Some(serde_json::json!({
+                "apiVersion": "v1", "kind": "Service", "metadata": {"name": "a", "namespace": "n"}
+            }))
+        );
+        // No namespace (cluster-scoped): all of metadata.
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n  labels: {a: b}\n\
+                    spec: {}\n";
+        assert_eq!(
+            identity_from_events(text),
+            Some(serde_json::json!({
+                "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a", "labels": {"a": "b"}}
             }))
         );
         // Written in another order, or without all three: read whole.
