@@ -23,8 +23,9 @@ use tracing::debug;
 
 use plugsync_core::error::Error;
 use plugsync_core::load::{self, LOCK_FILE, PLUGINS_FILE};
+use plugsync_core::model::LockState;
 use plugsync_core::package::{self, Package};
-use plugsync_core::pipeline::{self, LockState};
+use plugsync_core::pipeline;
 use plugsync_core::render::{self, RenderSettings};
 use plugsync_core::resolve::cache::Cache;
 use plugsync_core::resolve::fetch::{FetchSettings, FetcherOrigin, Fetchers};
@@ -845,7 +846,7 @@ fn diff_blocking(runtime: &tokio::runtime::Handle, args: DiffArgs) -> Result<Exi
     let resolver = resolver_for(&args.fetch)?;
     let settings = args.render.settings();
     // Plugins the two revisions share are rendered once; neither revision is held whole.
-    let report = runtime.block_on(pipeline::diff_report(
+    let report = runtime.block_on(plugsync_core::diff::diff_report(
         &base,
         head.as_ref(),
         &file,
