@@ -1001,7 +1001,7 @@ struct DiffRun {
 }
 
 /// `plugsync diff --base main -o markdown` in `repo` (head: the working tree), as
-/// `cli::diff_command` does it, without printing; with `lean`, through
+/// `app::diff` does it for the CLI, without printing; with `lean`, through
 /// `diff::diff_report` instead of two desired states and `diff::diff_states`.
 async fn diff(repo: &Path, cache: &Path, lean: bool) -> BenchResult<DiffRun> {
     let (root, subdir) = plugsync_core::source::discover_repo_root(repo)?;
