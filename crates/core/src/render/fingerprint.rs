@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use super::{PluginInput, RenderSettings, Templates};
 use crate::model::PluginSet;
 
-/// A digest of everything [`render_plugin`] reads that is the same for every plugin of a
+/// A digest of everything [`render_plugin`](super::render_plugin) reads that is the same for every plugin of a
 /// set: the PluginSet without its `spec.plugins` list (each plugin's own entry reaches
 /// render through its [`PluginInput`]), the templates, the settings and the recorded
 /// image digests. With [`plugin_fingerprint`] it keys a memo of rendered plugins: equal

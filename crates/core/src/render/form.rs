@@ -54,7 +54,7 @@ impl ObjectForm for AsValue {
     }
 }
 
-/// Objects as YAML documents, the bytes [`objects_to_yaml`] prints for the [`AsValue`]
+/// Objects as YAML documents, the bytes [`objects_to_yaml`](super::objects_to_yaml) prints for the [`AsValue`]
 /// form of the same object (without the `---` line): what `plugsync render` prints. Text
 /// in the fast parser's subset goes to YAML through a tree that borrows it, without
 /// building a `Value` only to print it and free it.

@@ -25,9 +25,9 @@ pub(crate) fn documents_to_yaml(documents: &[String]) -> String {
 /// The format of what `plugsync render` prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TextFormat {
-    /// Multi-document YAML ([`render::objects_to_yaml`]).
+    /// Multi-document YAML ([`objects_to_yaml`]).
     Yaml,
-    /// One pretty-printed JSON List ([`render::json_list`]).
+    /// One pretty-printed JSON List ([`json_list`]).
     Json,
 }
 
