@@ -13,9 +13,9 @@ use crate::report::{DiffReport, PluginIdentity};
 use crate::resolve::Resolver;
 use crate::source::Snapshot;
 
-/// The pull-request diff of `head` against `base`: the same report as
-/// [`diff_states`] on the two revisions' [`desired_state`](crate::pipeline::desired_state)s (tested to be
-/// byte-identical in every format), at a fraction of the time and memory.
+/// The pull-request diff of `head` against `base`: the same report as [`diff_states`] on
+/// the two revisions' desired states ([`crate::pipeline::desired_state`]), tested to be
+/// byte-identical in every format, at a fraction of the time and memory.
 ///
 /// Rendering is a pure function of each plugin's inputs, so a plugin whose inputs have the
 /// same fingerprint at both revisions ([`render::plugin_fingerprint`]: its lock entry,
