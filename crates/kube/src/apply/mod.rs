@@ -16,7 +16,9 @@
 //! - **Prune** deletes objects this set applied before and no longer desires: objects carrying
 //!   its ownership label, and objects in its inventory (`PluginSet.status.inventory`, as
 //!   Flux's) so prune still works after labels change. An object is only ever deleted if
-//!   plugsync's field manager applied it; anything else is left alone.
+//!   plugsync's field manager applied it; anything else is left alone. A templates ConfigMap
+//!   is pruned only once no Plugin of the set names it (an old version held for its upgrade
+//!   and a retry keep rendering from the templates they were created with).
 //! - **One owner per object.** An object labelled with another PluginSet of the namespace is
 //!   never applied over (adopted) nor pruned: declaring it is a reported conflict, and it
 //!   never enters this set's inventory. Plugins are named by plugin-id alone, so two sets
@@ -45,7 +47,7 @@ use plugsync_core::crd::InventoryEntry;
 use plugsync_core::error::Error;
 use plugsync_core::model::{PluginSet, API_VERSION};
 use plugsync_core::plan::{self, Action, Change, Compare, ObjectKey};
-use plugsync_core::render::LABEL_PLUGINSET;
+use plugsync_core::render::{LABEL_PLUGINSET, LABEL_TEMPLATES};
 pub use retry::RetryPolicy;
 
 /// The field manager plugsync applies with.
@@ -86,7 +88,8 @@ pub enum Outcome {
     /// No longer desired; deleted.
     Pruned,
     /// No longer desired, but kept for now: the Plugin of an older version of a plugin whose
-    /// new version is not Running yet (an upgrade never leaves a plugin without a runner).
+    /// new version is not Running yet (an upgrade never leaves a plugin without a runner), or
+    /// a templates ConfigMap such a Plugin (or a retry) still renders from.
     Held,
 }
 
@@ -448,7 +451,16 @@ impl Applier {
                     .map(entry_key)
                     .filter(|k| !desired_set.contains(k)),
             );
-            for key in candidates.iter().rev() {
+            // Templates ConfigMaps last: whether a Plugin still names one depends on which
+            // Plugins this prune removes.
+            let is_config_map = |k: &&ObjectKey| k.api_version == "v1" && k.kind == "ConfigMap";
+            let ordered = candidates
+                .iter()
+                .rev()
+                .filter(|k| !is_config_map(k))
+                .chain(candidates.iter().rev().filter(is_config_map));
+            let mut pruned_plugins: BTreeSet<String> = BTreeSet::new();
+            for key in ordered {
                 let Some(resource) = kinds.get(&(key.api_version.clone(), key.kind.clone())) else {
                     continue;
                 };
@@ -475,9 +487,24 @@ impl Applier {
                     report.objects.push((key.clone(), Outcome::Held));
                     continue;
                 }
+                if key.kind == "ConfigMap"
+                    && is_templates_config_map(&object)
+                    && templates_in_use(objects, &live, &report.failed, &pruned_plugins)
+                        .contains(key.name.as_str())
+                {
+                    // A held old version or a retry still renders from it: pruned by the
+                    // first apply after the last Plugin naming it is gone.
+                    info!(object = %key, "kept while a Plugin of the set still names it");
+                    kept_inventory.insert(inventory_entry(key));
+                    report.objects.push((key.clone(), Outcome::Held));
+                    continue;
+                }
                 report.changes.push(deletion_change(key, &object));
                 if options.dry_run {
                     report.objects.push((key.clone(), Outcome::Pruned));
+                    if key.kind == "Plugin" {
+                        pruned_plugins.insert(key.name.clone());
+                    }
                     continue;
                 }
                 let params = DeleteParams {
@@ -492,9 +519,15 @@ impl Applier {
                     Ok(_) => {
                         info!(object = %key, "pruned");
                         report.objects.push((key.clone(), Outcome::Pruned));
+                        if key.kind == "Plugin" {
+                            pruned_plugins.insert(key.name.clone());
+                        }
                     }
                     Err(Error::ClusterApi { code: 404, .. }) => {
                         report.objects.push((key.clone(), Outcome::Pruned));
+                        if key.kind == "Plugin" {
+                            pruned_plugins.insert(key.name.clone());
+                        }
                     }
                     Err(e) => {
                         kept_inventory.insert(inventory_entry(key));
@@ -745,6 +778,55 @@ fn replacement_not_running(
         })
     };
     !replacements.iter().any(|r| running(&r["spec"]["pluginId"]))
+}
+
+/// Whether a live ConfigMap is a templates ConfigMap (`plugsync.dev/templates` label).
+fn is_templates_config_map(object: &Value) -> bool {
+    object
+        .pointer("/metadata/labels")
+        .and_then(|labels| labels.get(LABEL_TEMPLATES))
+        .is_some()
+}
+
+/// The templates ConfigMaps the set's Plugins name once this apply is done: each desired
+/// Plugin's, and each live Plugin's that stays as it is — an old version held for its
+/// upgrade, a retry the controller created (it keeps the templates it was created with), a
+/// desired Plugin whose apply failed — but not one pruned now (`pruned`) nor a retry of one
+/// pruned now (garbage-collected with it). The controller renders a Plugin's children from
+/// the ConfigMap it names, so pruning one still named would leave that Plugin unmanaged
+/// (`TemplatesMissing`).
+fn templates_in_use<'a>(
+    desired: &'a [Value],
+    live: &'a BTreeMap<ObjectKey, Value>,
+    failed: &[(ObjectKey, String)],
+    pruned: &BTreeSet<String>,
+) -> BTreeSet<&'a str> {
+    let named = |plugin: &'a Value| plugin["spec"]["templates"].as_str();
+    let mut in_use: BTreeSet<&str> = desired
+        .iter()
+        .filter(|d| d["kind"] == "Plugin")
+        .filter_map(named)
+        .collect();
+    let replaced_by_apply = |key: &ObjectKey| {
+        !failed.iter().any(|(k, _)| k == key)
+            && desired.iter().any(|d| {
+                d["kind"] == "Plugin" && d["metadata"]["name"].as_str() == Some(key.name.as_str())
+            })
+    };
+    for (key, plugin) in live.iter().filter(|(k, _)| k.kind == "Plugin") {
+        let owner_pruned = plugin["metadata"]["ownerReferences"]
+            .as_array()
+            .is_some_and(|refs| {
+                refs.iter().any(|r| {
+                    r["kind"] == "Plugin" && r["name"].as_str().is_some_and(|n| pruned.contains(n))
+                })
+            });
+        if pruned.contains(&key.name) || owner_pruned || replaced_by_apply(key) {
+            continue;
+        }
+        in_use.extend(named(plugin));
+    }
+    in_use
 }
 
 fn with_identity(mut object: Value, key: &ObjectKey) -> Value {

@@ -447,10 +447,14 @@ impl GitOps {
                     .iter()
                     .any(|(_, o)| *o != Outcome::Unchanged && *o != Outcome::Held);
                 self.done_commit = Some(commit.clone());
-                self.result = PassResult::Applied {
-                    commit,
-                    held: report.count(Outcome::Held),
-                };
+                // Old versions held for their upgrades (a templates ConfigMap kept for a
+                // Plugin that names it is not one).
+                let held = report
+                    .objects
+                    .iter()
+                    .filter(|(key, o)| *o == Outcome::Held && key.kind == "Plugin")
+                    .count();
+                self.result = PassResult::Applied { commit, held };
                 if changed {
                     ReconcileResult::Applied
                 } else {
