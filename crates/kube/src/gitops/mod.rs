@@ -7,13 +7,17 @@
 //! plugins.yaml, stale lock, template error) changes nothing in the cluster: the status says
 //! which commit, file, line and why, and the next good commit proceeds.
 //!
-//! Between passes the loop refreshes the status from the Plugins every few seconds, re-applies
-//! while old versions are held for upgrades, and wakes at once on a webhook, a folder change
-//! (local mode) or the `plugsync.dev/reconcile-requested-at` annotation. A pass is never
-//! interrupted: on shutdown the apply in flight finishes first.
+//! Between passes the loop watches the PluginSet and its Plugins (`set_watch.rs`): on a change it
+//! recomputes the status (written only when it differs), re-applies while old versions are
+//! held for upgrades, and honours the `plugsync.dev/suspend` and
+//! `plugsync.dev/reconcile-requested-at` annotations; nothing is polled but git. It wakes at
+//! once on a webhook or a folder change (local mode) too. A pass is never interrupted: on
+//! shutdown the apply in flight finishes first.
 
+mod set_watch;
 pub mod status;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,7 +35,7 @@ use crate::controller::reconcile::{kube_conditions, status_merge_patch};
 use crate::metrics::{FetchOutcome, Metrics, ReconcileResult};
 use crate::server::Readiness;
 use plugsync_core::crd::PluginSetResource;
-use plugsync_core::crd::{Plugin, PluginSetStatus};
+use plugsync_core::crd::{Plugin, PluginPhase, PluginSetStatus};
 use plugsync_core::error::Error;
 use plugsync_core::model::PluginSet;
 use plugsync_core::pipeline::{self, join, parent_dir, LockState};
@@ -91,8 +95,6 @@ pub struct LoopConfig {
     pub jitter: f64,
     /// Time between full passes even when nothing changed (drift correction).
     pub resync: Duration,
-    /// Time between status refreshes from the Plugins.
-    pub status_interval: Duration,
     /// Suspended by flag: nothing is fetched or applied.
     pub suspend: bool,
     /// Install or update the CRDs before the first apply (needs cluster-wide RBAC).
@@ -156,7 +158,19 @@ pub struct GitOps {
     lock_pushed_for: Option<String>,
     /// Turns true on shutdown: git work in flight is then abandoned, not waited for.
     shutdown: Option<watch::Receiver<bool>>,
+    /// The last status written, and the resourceVersion of the PluginSet it was computed
+    /// against: until the watch shows the write, that version's status is this one.
+    published: Option<(Option<String>, PluginSetStatus)>,
+    /// The set's Running Plugins as last seen, and as at the last apply: a held upgrade can
+    /// only be released once they differ (a replacement started running).
+    running_now: BTreeSet<String>,
+    running_at_apply: BTreeSet<String>,
 }
+
+/// How long the loop waits after a change of the PluginSet or a Plugin before recomputing
+/// the status, so a burst (a thousand Plugins starting) costs one recomputation and at most
+/// one write.
+const STATUS_DEBOUNCE: Duration = Duration::from_millis(250);
 
 impl GitOps {
     /// A loop over `config`. It shares nothing with the plugin controller: the templates of
@@ -203,6 +217,9 @@ impl GitOps {
             suspended_by_annotation: false,
             lock_pushed_for: None,
             shutdown: None,
+            published: None,
+            running_now: BTreeSet::new(),
+            running_at_apply: BTreeSet::new(),
         })
     }
 
@@ -212,8 +229,9 @@ impl GitOps {
     }
 
     /// Runs passes until `shutdown` turns true: on the poll interval, at once on `trigger`
-    /// (webhook, folder change) or a reconcile request, and refreshes the status in between.
-    /// A pass in progress always finishes.
+    /// (webhook, folder change) or a reconcile request; recomputes the status whenever the
+    /// PluginSet or one of its Plugins changes (watched, not polled). A pass in progress
+    /// always finishes.
     pub async fn run(
         mut self,
         trigger: Arc<Notify>,
@@ -225,42 +243,54 @@ impl GitOps {
             RepoSource::Git { .. } => None,
         };
         self.shutdown = Some(shutdown.clone());
+        let watched = set_watch::SetWatch::start(self.client.clone(), &self.config.namespace);
         let mut rng = rand::rngs::StdRng::from_os_rng();
         let mut force = true;
         let mut next_poll = Instant::now();
         loop {
-            let requested = self.refresh_status().await;
+            let requested = self.publish_watched(&watched).await;
             force |= requested;
             if force || Instant::now() >= next_poll {
                 let resync_due = self
                     .last_full_pass
                     .is_none_or(|t| t.elapsed() >= self.config.resync);
                 let started = Instant::now();
+                self.running_at_apply = self.running_now.clone();
                 let outcome = self.pass(force || resync_due).await;
                 self.metrics.observe_reconcile(started.elapsed(), outcome);
                 force = false;
                 next_poll =
                     Instant::now() + poll_delay(self.config.interval, self.config.jitter, &mut rng);
                 readiness.set_ready();
-                self.refresh_status().await;
+                self.publish_watched(&watched).await;
                 if self.record_digests().await {
                     // Our own commit: fetch and apply it at the next turn.
                     force = true;
                 }
-            } else if matches!(self.result, PassResult::Applied { held, .. } if held > 0) {
-                // Upgrades wait for their replacements: apply again to release them.
+            } else if matches!(self.result, PassResult::Applied { held, .. } if held > 0)
+                && self.running_now != self.running_at_apply
+            {
+                // Upgrades wait for their replacements, and one started running: apply again
+                // to release it.
+                self.running_at_apply = self.running_now.clone();
                 self.reapply().await;
             }
             if *shutdown.borrow() {
                 break;
             }
-            let wake = next_poll.min(Instant::now() + self.config.status_interval);
             tokio::select! {
-                _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = tokio::time::sleep_until(next_poll.into()) => {}
                 _ = trigger.notified() => {
                     // Coalesce a burst (an editor's save, several webhooks) into one pass.
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     force = true;
+                }
+                () = watched.changed() => {
+                    // Coalesce a burst of changes into one recomputation.
+                    tokio::select! {
+                        _ = tokio::time::sleep(STATUS_DEBOUNCE) => {}
+                        _ = shutdown.changed() => {}
+                    }
                 }
                 _ = shutdown.changed() => {}
             }
@@ -693,8 +723,10 @@ impl GitOps {
             .map_err(|e| format!("Secret {}/{name}: {e}", self.config.namespace))
     }
 
-    /// Reads the PluginSet (annotations) and its Plugins, publishes the status when it
-    /// changed, and says whether a reconcile was requested by annotation.
+    /// Reads the PluginSet (annotations) and its Plugins from the API, publishes the status
+    /// when it changed, and says whether a reconcile was requested by annotation. One GET and
+    /// one LIST: for driving the loop pass by pass ([`pass`](Self::pass)); [`run`](Self::run)
+    /// reads both from its watches instead.
     pub async fn refresh_status(&mut self) -> bool {
         let sets: Api<PluginSetResource> =
             Api::namespaced(self.client.clone(), &self.config.namespace);
@@ -717,12 +749,57 @@ impl GitOps {
                 return false;
             }
         };
+        let plugins: Api<Plugin> = Api::namespaced(self.client.clone(), &self.config.namespace);
+        let list = plugins
+            .list(&kube::api::ListParams::default().labels(&format!("{LABEL_PLUGINSET}={name}")))
+            .await;
+        match list {
+            Ok(list) => self.publish(&live, Some(&list.items)).await,
+            Err(e) => {
+                debug!(error = %e, "cannot list Plugins");
+                self.publish(&live, None).await
+            }
+        }
+    }
+
+    /// [`refresh_status`](Self::refresh_status) from the watched PluginSet and Plugins: no
+    /// request but the status write, and that only when the status changed. Until the
+    /// watches have listed once, nothing (the status would say no Plugin runs).
+    async fn publish_watched(&mut self, watched: &set_watch::SetWatch) -> bool {
+        if !watched.ready() {
+            return false;
+        }
+        if self.set_name.is_none() {
+            // A first commit too broken to name its set: the one set already here, if any.
+            if let [only] = watched.sets().as_slice() {
+                self.set_name = Some(only.name_any());
+            }
+        }
+        let Some(name) = self.set_name.clone() else {
+            return false;
+        };
+        let Some(live) = watched.set(&name) else {
+            return false;
+        };
+        let plugins = watched.plugins_of(&name);
+        self.publish(&live, Some(&plugins)).await
+    }
+
+    /// Takes in the live PluginSet's annotations, writes its status when it differs from
+    /// what `plugins` (all of the set's; `None`: unknown, the status is left alone) and the
+    /// last pass say, and says whether a reconcile was requested by annotation.
+    async fn publish(&mut self, live: &PluginSetResource, plugins: Option<&[Plugin]>) -> bool {
+        let name = live.name_any();
         let annotations = live.annotations();
         self.suspended_by_annotation = annotations
             .get(ANNOTATION_SUSPEND)
             .is_some_and(|v| v == "true");
         let request = annotations.get(ANNOTATION_RECONCILE_REQUESTED).cloned();
-        let old = live.status.clone().unwrap_or_default();
+        // A watch may not show our last write yet: then that write is the status.
+        let old = match &self.published {
+            Some((version, status)) if *version == live.metadata.resource_version => status.clone(),
+            _ => live.status.clone().unwrap_or_default(),
+        };
         let requested = request.is_some() && request != old.last_handled_reconcile_at;
         if requested {
             info!(
@@ -730,19 +807,15 @@ impl GitOps {
                 "reconcile requested by annotation"
             );
         }
-
-        let plugins: Api<Plugin> = Api::namespaced(self.client.clone(), &self.config.namespace);
-        let list = match plugins
-            .list(&kube::api::ListParams::default().labels(&format!("{LABEL_PLUGINSET}={name}")))
-            .await
-        {
-            Ok(list) => list.items,
-            Err(e) => {
-                debug!(error = %e, "cannot list Plugins");
-                return requested;
-            }
+        let Some(plugins) = plugins else {
+            return requested;
         };
-        let counts = PhaseCounts::of(&list);
+        self.running_now = plugins
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase) == Some(PluginPhase::Running))
+            .map(|p| p.name_any())
+            .collect();
+        let counts = PhaseCounts::of(plugins);
         let phases: Vec<(&str, i64)> = counts
             .phases
             .iter()
@@ -788,11 +861,14 @@ impl GitOps {
             // The inventory is the applier's: never written here.
             let body = status_merge_patch(&new, &old, &["inventory"]);
             let patch = json!({ "status": body });
-            if let Err(e) = sets
+            let sets: Api<PluginSetResource> =
+                Api::namespaced(self.client.clone(), &self.config.namespace);
+            match sets
                 .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
             {
-                warn!(error = %e, "cannot write the PluginSet status");
+                Ok(_) => self.published = Some((live.metadata.resource_version.clone(), new)),
+                Err(e) => warn!(error = %e, "cannot write the PluginSet status"),
             }
         }
         requested
