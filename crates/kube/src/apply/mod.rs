@@ -43,8 +43,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
+use crate::error::Error;
 use plugsync_core::crd::InventoryEntry;
-use plugsync_core::error::Error;
 use plugsync_core::model::{PluginSet, API_VERSION};
 use plugsync_core::plan::{self, Action, Change, Compare, ObjectKey};
 use plugsync_core::render::{LABEL_PLUGINSET, LABEL_TEMPLATES};
@@ -259,8 +259,8 @@ impl Applier {
             .await?;
         let api = self.api(&resource, None);
         for crd in crds {
-            let desired = serde_json::to_value(crd).map_err(|e| Error::Usage(e.to_string()))?;
-            let key = ObjectKey::of(&desired).map_err(|e| Error::Usage(e.to_string()))?;
+            let desired = serde_json::to_value(crd).unwrap_or(Value::Null);
+            let key = ObjectKey::of(&desired).map_err(Error::Malformed)?;
             let live = self.get(&api, &key.name).await?;
             self.apply_one(&api, &key, &desired, live.as_ref(), options, &mut report)
                 .await;
@@ -269,7 +269,10 @@ impl Applier {
             }
         }
         if let Some((key, why)) = report.failed.first() {
-            return Err(Error::Cluster(format!("{key}: {why}")));
+            return Err(Error::Refused {
+                object: key.to_string(),
+                reason: why.clone(),
+            });
         }
         Ok(report)
     }
@@ -282,13 +285,14 @@ impl Applier {
         let established = await_condition(crds, name, conditions::is_crd_established());
         match tokio::time::timeout(CRD_ESTABLISHED_TIMEOUT, established).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(Error::Cluster(format!(
-                "waiting for CustomResourceDefinition {name} to become Established: {e}"
-            ))),
-            Err(_) => Err(Error::Cluster(format!(
-                "CustomResourceDefinition {name} did not become Established within {}s",
-                CRD_ESTABLISHED_TIMEOUT.as_secs()
-            ))),
+            Ok(Err(e)) => Err(Error::CrdNotEstablished {
+                name: name.to_string(),
+                reason: format!("waiting for it: {e}"),
+            }),
+            Err(_) => Err(Error::CrdNotEstablished {
+                name: name.to_string(),
+                reason: format!("not within {}s", CRD_ESTABLISHED_TIMEOUT.as_secs()),
+            }),
         }
     }
 
@@ -319,7 +323,7 @@ impl Applier {
             // A dry run on a cluster without the CRDs yet (`apply --dry-run` before the first
             // apply): no server can dry-run objects of kinds it does not serve, and there is
             // nothing live to compare with, so everything would be created.
-            Err(Error::ClusterApi { code: 404, .. }) if options.dry_run => {
+            Err(e) if options.dry_run && e.code() == Some(404) => {
                 return Ok(all_new(&set_object, objects));
             }
             Err(e) => return Err(e),
@@ -333,7 +337,7 @@ impl Applier {
             .unwrap_or_default()
             .into_iter()
             .collect();
-        let set_key = ObjectKey::of(&set_object).map_err(|e| Error::Usage(e.to_string()))?;
+        let set_key = ObjectKey::of(&set_object).map_err(Error::Malformed)?;
         self.apply_one(
             &set_api,
             &set_key,
@@ -344,14 +348,17 @@ impl Applier {
         )
         .await;
         if let Some((key, why)) = report.failed.first() {
-            return Err(Error::Cluster(format!("{key}: {why}")));
+            return Err(Error::Refused {
+                object: key.to_string(),
+                reason: why.clone(),
+            });
         }
 
         // Live objects: one LIST per kind, by ownership label.
         let mut desired_keys = Vec::with_capacity(objects.len());
         let mut kinds: BTreeMap<(String, String), ApiResource> = BTreeMap::new();
         for object in objects {
-            let key = ObjectKey::of(object).map_err(|e| Error::Usage(e.to_string()))?;
+            let key = ObjectKey::of(object).map_err(Error::Malformed)?;
             if let std::collections::btree_map::Entry::Vacant(slot) =
                 kinds.entry((key.api_version.clone(), key.kind.clone()))
             {
@@ -523,7 +530,7 @@ impl Applier {
                             pruned_plugins.insert(key.name.clone());
                         }
                     }
-                    Err(Error::ClusterApi { code: 404, .. }) => {
+                    Err(e) if e.code() == Some(404) => {
                         report.objects.push((key.clone(), Outcome::Pruned));
                         if key.kind == "Plugin" {
                             pruned_plugins.insert(key.name.clone());
@@ -728,12 +735,17 @@ fn all_new(set_object: &Value, objects: &[Value]) -> ApplyReport {
 /// (`Apply failed with 1 conflict: conflict with "kubectl-patch": .spec.x`), if that is what
 /// `error` is.
 fn conflicting_managers(error: &Error) -> Option<Vec<String>> {
-    let Error::ClusterApi {
-        code: 409, message, ..
+    let Error::Api {
+        source: kube::Error::Api(status),
+        ..
     } = error
     else {
         return None;
     };
+    if status.code != 409 {
+        return None;
+    }
+    let message = &status.message;
     let mut managers: Vec<String> = message
         .split("conflict with \"")
         .skip(1)
@@ -868,12 +880,19 @@ fn deletion_change(key: &ObjectKey, live: &Value) -> Change {
 mod drift_tests {
     use super::*;
 
+    fn status(code: u16, message: &str) -> Error {
+        Error::api(
+            "dry-run apply Plugin ns/x",
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                message: message.into(),
+                ..Default::default()
+            })),
+        )
+    }
+
     fn conflict(message: &str) -> Error {
-        Error::ClusterApi {
-            what: "dry-run apply Plugin ns/x".into(),
-            code: 409,
-            message: message.into(),
-        }
+        status(409, message)
     }
 
     #[test]
@@ -889,12 +908,9 @@ mod drift_tests {
                 "kubectl-patch".to_string()
             ])
         );
-        assert_eq!(conflicting_managers(&Error::Cluster("x".into())), None);
-        let not_a_conflict = Error::ClusterApi {
-            what: "x".into(),
-            code: 422,
-            message: "conflict with \"a\"".into(),
-        };
+        let not_an_answer = Error::Core(plugsync_core::Error::Cluster("x".into()));
+        assert_eq!(conflicting_managers(&not_an_answer), None);
+        let not_a_conflict = status(422, "conflict with \"a\"");
         assert_eq!(conflicting_managers(&not_a_conflict), None);
     }
 

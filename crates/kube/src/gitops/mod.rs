@@ -32,6 +32,7 @@ use tracing::{debug, info, warn};
 
 use crate::apply::{Applier, ApplyOptions, Outcome};
 use crate::controller::reconcile::{kube_conditions, status_merge_patch};
+use crate::error::GitError;
 use crate::metrics::{FetchOutcome, Metrics, ReconcileResult};
 use crate::server::Readiness;
 use plugsync_core::crd::PluginSetResource;
@@ -45,7 +46,7 @@ use plugsync_core::resolve::Resolver;
 use plugsync_core::source::remote::{
     poll_delay, CommitAuthor, GitAuth, RemoteError, RemoteRepo, SyncOutcome,
 };
-use plugsync_core::source::{GitRevision, Snapshot, WorkTree};
+use plugsync_core::source::{GitRevision, Snapshot, SnapshotError, WorkTree};
 use status::{compose, status_errors, PassResult, PhaseCounts};
 
 /// Set to `"true"` on the PluginSet to pause the loop (nothing fetched or applied).
@@ -322,9 +323,11 @@ impl GitOps {
                     }
                     (Opener::Commit(path, commit.clone()), commit)
                 }
-                Err(message) => {
-                    warn!(%message, "fetch failed");
-                    self.result = PassResult::FetchFailed { message };
+                Err(e) => {
+                    warn!(error = %e, "fetch failed");
+                    self.result = PassResult::FetchFailed {
+                        message: e.to_string(),
+                    };
                     return ReconcileResult::Failed;
                 }
             },
@@ -346,8 +349,10 @@ impl GitOps {
         };
         let read = match read {
             Ok(Ok(read)) => read,
-            Ok(Err(message)) => {
-                self.result = PassResult::FetchFailed { message };
+            Ok(Err(e)) => {
+                self.result = PassResult::FetchFailed {
+                    message: e.to_string(),
+                };
                 return ReconcileResult::Failed;
             }
             Err(e) => {
@@ -555,27 +560,21 @@ impl GitOps {
         let pinned = lock.images.len();
         let auth = match self.git_auth().await {
             Ok(auth) => auth,
-            Err(message) => {
-                warn!(%message, "cannot commit plugins.lock");
+            Err(e) => {
+                warn!(error = %e, "cannot commit plugins.lock");
                 return false;
             }
         };
         let text = lock.to_yaml();
         let pushed = self
             .git_work("pushing to", remote, move |repo| {
-                repo.commit_and_push(
+                Ok(repo.commit_and_push(
                     &auth,
                     parent,
                     &[(path.as_str(), text.as_bytes())],
                     &settings.author,
                     &settings.message,
-                )
-                .map_err(|e| match e {
-                    RemoteError::PushRejected { .. } => {
-                        format!("{e} (retried after the next fetch)")
-                    }
-                    other => other.to_string(),
-                })
+                )?)
             })
             .await;
         match pushed {
@@ -585,8 +584,12 @@ impl GitOps {
                 true
             }
             Ok(_) => false,
-            Err(message) => {
-                warn!(%message, "could not commit plugins.lock");
+            Err(e @ GitError::Remote(RemoteError::PushRejected { .. })) => {
+                warn!(error = %e, "could not commit plugins.lock; retried after the next fetch");
+                false
+            }
+            Err(e) => {
+                warn!(error = %e, "could not commit plugins.lock");
                 false
             }
         }
@@ -615,15 +618,15 @@ impl GitOps {
         ReconcileResult::Invalid
     }
 
-    async fn fetch(&mut self) -> Result<(SyncOutcome, PathBuf), String> {
+    async fn fetch(&mut self) -> Result<(SyncOutcome, PathBuf), GitError> {
         let Some(remote) = self.remote.clone() else {
-            return Err("no remote repository".into());
+            return Err(GitError::NoRepository);
         };
         let auth = self.git_auth().await?;
         let started = Instant::now();
         let result = self
             .git_work("fetching", remote, move |repo| {
-                let outcome = repo.sync(&auth).map_err(|e| e.to_string())?;
+                let outcome = repo.sync(&auth)?;
                 Ok((outcome, repo.path().to_path_buf()))
             })
             .await;
@@ -650,33 +653,41 @@ impl GitOps {
         what: &str,
         remote: Arc<Mutex<RemoteRepo>>,
         work: F,
-    ) -> Result<T, String>
+    ) -> Result<T, GitError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut RemoteRepo) -> Result<T, String> + Send + 'static,
+        F: FnOnce(&mut RemoteRepo) -> Result<T, GitError> + Send + 'static,
     {
         let url = match &self.config.source {
             RepoSource::Git { url, .. } => plugsync_core::redact::redact_text(url),
             RepoSource::Local { .. } => String::new(),
         };
+        let what = what.to_string();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let busy = format!(
-            "{what} {url}: the previous git operation has not returned yet (its server \
-             accepted the connection and stopped answering); retrying at the next poll"
-        );
+        let busy = GitError::Busy {
+            what: what.clone(),
+            url: url.clone(),
+        };
+        let poisoned = GitError::Thread {
+            what: what.clone(),
+            url: url.clone(),
+            reason: "panicked earlier, holding the repository".into(),
+        };
         std::thread::Builder::new()
             .name("plugsync-git".into())
             .spawn(move || {
                 let result = match remote.try_lock() {
                     Ok(mut repo) => work(&mut repo),
                     Err(std::sync::TryLockError::WouldBlock) => Err(busy),
-                    Err(std::sync::TryLockError::Poisoned(_)) => {
-                        Err("git repository lock poisoned".to_string())
-                    }
+                    Err(std::sync::TryLockError::Poisoned(_)) => Err(poisoned),
                 };
                 let _ = tx.send(result);
             })
-            .map_err(|e| format!("{what} {url}: cannot start a thread: {e}"))?;
+            .map_err(|e| GitError::Thread {
+                what: what.clone(),
+                url: url.clone(),
+                reason: format!("cannot start: {e}"),
+            })?;
         let timeout = self.config.git_timeout;
         let mut shutdown = self.shutdown.clone();
         let stopping = async {
@@ -690,18 +701,19 @@ impl GitOps {
         tokio::select! {
             answer = tokio::time::timeout(timeout, rx) => match answer {
                 Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err(format!("{what} {url}: the git thread ended without an answer")),
-                Err(_) => Err(format!(
-                    "{what} {url}: no answer within {} (--git-timeout)",
-                    humantime::format_duration(timeout)
-                )),
+                Ok(Err(_)) => Err(GitError::Thread {
+                    what,
+                    url,
+                    reason: "ended without an answer".into(),
+                }),
+                Err(_) => Err(GitError::Timeout { what, url, timeout }),
             },
-            () = stopping => Err(format!("{what} {url}: abandoned at shutdown")),
+            () = stopping => Err(GitError::Abandoned { what, url }),
         }
     }
 
     /// The credentials, read from the Secret at every fetch so a rotation needs no restart.
-    async fn git_auth(&self) -> Result<GitAuth, String> {
+    async fn git_auth(&self) -> Result<GitAuth, GitError> {
         let RepoSource::Git {
             secret: Some(name), ..
         } = &self.config.source
@@ -709,18 +721,24 @@ impl GitOps {
             return Ok(GitAuth::None);
         };
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.config.namespace);
+        let secret_name = || format!("{}/{name}", self.config.namespace);
         let secret = secrets
             .get(name)
             .await
-            .map_err(|e| format!("reading Secret {}/{name}: {e}", self.config.namespace))?;
+            .map_err(|source| GitError::ReadSecret {
+                secret: secret_name(),
+                source,
+            })?;
         let data = secret
             .data
             .unwrap_or_default()
             .into_iter()
             .map(|(k, v)| (k, v.0))
             .collect();
-        GitAuth::from_secret_data(&data)
-            .map_err(|e| format!("Secret {}/{name}: {e}", self.config.namespace))
+        GitAuth::from_secret_data(&data).map_err(|source| GitError::Credentials {
+            secret: secret_name(),
+            source,
+        })
     }
 
     /// Reads the PluginSet (annotations) and its Plugins from the API, publishes the status
@@ -896,7 +914,8 @@ struct CommitRead {
 }
 
 /// Opens the commit (or the folder) and loads, resolves and renders its set: blocking work,
-/// run on a blocking thread. `Err` when the snapshot cannot even be opened (retried).
+/// run on a blocking thread. `Err` when the snapshot cannot even be opened (retried at the
+/// next poll: a commit just fetched that cannot be opened is the clone's fault, not its own).
 fn read_commit(
     runtime: &tokio::runtime::Handle,
     opener: Opener,
@@ -905,12 +924,10 @@ fn read_commit(
     settings: &RenderSettings,
     namespace: &str,
     want_name: bool,
-) -> Result<CommitRead, String> {
+) -> Result<CommitRead, SnapshotError> {
     let snapshot: Box<dyn Snapshot> = match opener {
-        Opener::Folder(root) => Box::new(WorkTree::new(&root).map_err(|e| e.to_string())?),
-        Opener::Commit(path, commit) => {
-            Box::new(GitRevision::open(&path, &commit, None).map_err(|e| e.to_string())?)
-        }
+        Opener::Folder(root) => Box::new(WorkTree::new(&root)?),
+        Opener::Commit(path, commit) => Box::new(GitRevision::open(&path, &commit, None)?),
     };
     let state = pipeline::desired_state_blocking(
         runtime,
