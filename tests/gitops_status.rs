@@ -41,8 +41,9 @@ struct Running {
     proxy: FaultProxy,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
-    _repo: tempfile::TempDir,
-    _cache: tempfile::TempDir,
+    repo: tempfile::TempDir,
+    cache: Cache,
+    _cache_dir: tempfile::TempDir,
 }
 
 impl Running {
@@ -88,7 +89,7 @@ impl Running {
             config,
             resolver,
             RenderSettings::default(),
-            cache,
+            cache.clone(),
             Arc::new(Metrics::new()),
         )
         .expect("git loop");
@@ -100,8 +101,9 @@ impl Running {
             proxy,
             stop,
             task,
-            _repo: repo,
-            _cache: cache_dir,
+            repo,
+            cache,
+            _cache_dir: cache_dir,
         };
         // The first pass applied both Plugins, and the status counts them (no controller
         // runs here: they have no phase yet, so they count as Pending).
@@ -130,28 +132,40 @@ impl Running {
         .await
     }
 
-    /// Sets a Plugin's phase as the controller does (a status merge patch), directly.
-    async fn set_phase(&self, index: usize, phase: &str) -> String {
+    /// The set's Plugins, by name.
+    async fn plugins(&self) -> Vec<Plugin> {
         let plugins: Api<Plugin> = Api::namespaced(self.admin.clone(), &self.ns);
-        let mut names: Vec<String> = plugins
+        let mut list = plugins
             .list(&Default::default())
             .await
             .expect("list Plugins")
-            .items
-            .into_iter()
-            .filter_map(|p| p.metadata.name)
-            .collect();
-        names.sort();
-        let name = names[index].clone();
+            .items;
+        list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        list
+    }
+
+    /// Sets the phase of the `index`th Plugin (by name) as the controller does.
+    async fn set_phase(&self, index: usize, phase: &str) -> String {
+        let name = self.plugins().await[index]
+            .metadata
+            .name
+            .clone()
+            .expect("name");
+        self.set_phase_of(&name, phase).await;
+        name
+    }
+
+    /// Sets a Plugin's phase as the controller does (a status merge patch), directly.
+    async fn set_phase_of(&self, name: &str, phase: &str) {
+        let plugins: Api<Plugin> = Api::namespaced(self.admin.clone(), &self.ns);
         plugins
             .patch_status(
-                &name,
+                name,
                 &PatchParams::default(),
                 &Patch::Merge(json!({"status": {"phase": phase}})),
             )
             .await
             .expect("patch the Plugin's status");
-        name
     }
 
     /// Stops the loop and says how long it took to end.
@@ -263,4 +277,73 @@ async fn a_failed_watch_is_restarted_with_backoff_and_shutdown_does_not_wait_for
     let took = running.stop().await;
     println!("stopped in {took:?} while the watches backed off");
     assert!(took < Duration::from_secs(2), "stops promptly: {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_held_for_its_new_version_is_released_as_soon_as_the_watch_sees_it_run() {
+    let running = Running::start("gitops-watch-upgrade").await;
+    let before: Vec<String> = running
+        .plugins()
+        .await
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+
+    // Plugin 0 upgraded in the folder: the loop applies the new version, and holds the old
+    // one until the new one runs.
+    plugsync_testkit::synth::change_one(
+        running.repo.path(),
+        &running.cache,
+        plugsync_testkit::synth::SynthChange::Upgrade,
+    )
+    .expect("upgrade plugin 0");
+    running
+        .status_where("the old version held", |s| {
+            s["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("1 old versions held"))
+        })
+        .await;
+    let plugins = running.plugins().await;
+    let new = plugins
+        .iter()
+        .find(|p| !before.contains(p.metadata.name.as_ref().expect("name")))
+        .expect("the new version's Plugin");
+    let old = plugins
+        .iter()
+        .find(|p| p.spec.name == new.spec.name && p.metadata.name != new.metadata.name)
+        .expect("the old version's Plugin")
+        .metadata
+        .name
+        .clone()
+        .expect("name");
+
+    // The new version runs (as the controller would say): with no poll due, the watch sees
+    // it, and the loop applies again, which prunes the old version.
+    let started = Instant::now();
+    running
+        .set_phase_of(new.metadata.name.as_deref().expect("name"), "Running")
+        .await;
+    eventually(WAIT, "the old version pruned", || async {
+        let names: Vec<String> = running
+            .plugins()
+            .await
+            .into_iter()
+            .filter_map(|p| p.metadata.name)
+            .collect();
+        (!names.contains(&old)).then_some(())
+    })
+    .await;
+    println!(
+        "held version released {:?} after its replacement ran",
+        started.elapsed()
+    );
+    running
+        .status_where("nothing held", |s| {
+            s["message"]
+                .as_str()
+                .is_some_and(|m| !m.contains("held") && m.contains("1 of 2 plugins running"))
+        })
+        .await;
+    running.stop().await;
 }
