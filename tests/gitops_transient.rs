@@ -99,7 +99,6 @@ async fn a_failed_git_read_is_retried_and_the_same_commit_applies_at_the_next_po
         git_timeout: std::time::Duration::from_secs(60),
         jitter: 0.0,
         resync: std::time::Duration::from_secs(3600),
-        status_interval: std::time::Duration::from_secs(1),
         suspend: false,
         install_crds: false,
         commit_lock: None,

@@ -210,8 +210,6 @@ impl Env {
                 &format!("http://127.0.0.1:{port}"),
                 "--interval",
                 "1s",
-                "--status-interval",
-                "500ms",
             ])
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
@@ -1280,4 +1278,42 @@ async fn healthz_answers_within_a_second_while_a_1000_plugin_pass_runs_on_one_wo
         slowest < Duration::from_secs(1),
         "/healthz took {slowest:?} while the pass ran on one worker"
     );
+}
+
+#[test]
+fn the_deprecated_status_interval_flag_is_hidden_accepted_and_warned_about() {
+    let plugsync = || {
+        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("plugsync"));
+        cmd.env_remove("RUST_LOG")
+            .env_remove("PLUGSYNC_PLUGIN_DIRS")
+            .env_remove("PLUGSYNC_CONTEXT_URL");
+        cmd
+    };
+    let help = plugsync()
+        .args(["run", "--help"])
+        .output()
+        .expect("run --help");
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--resync"), "{help}");
+    assert!(!help.contains("status-interval"), "hidden: {help}");
+
+    // Manifests that still give it keep starting: the flag parses, and the log says what to
+    // do. (No cluster here: the run then stops at the missing kubeconfig.)
+    let dir = tempfile::tempdir().expect("dir");
+    let out = plugsync()
+        .arg("run")
+        .arg("--repo")
+        .arg(dir.path())
+        .args(["--status-interval", "5s", "--leader-election", "false"])
+        .env("KUBECONFIG", dir.path().join("no-kubeconfig"))
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--status-interval is deprecated and ignored"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("unexpected argument"), "{stderr}");
 }
