@@ -9,10 +9,7 @@ use std::path::Path;
 
 use crate::error::Error;
 use crate::load::{self, LoadedPluginSet, LOCK_FILE};
-/// Where `plugsync-kube`'s git loop still names it (`pipeline::LockState`): it belongs to
-/// [`crate::model`], which new code imports it from.
-pub use crate::model::LockState;
-use crate::model::PluginLock;
+use crate::model::{LockState, PluginLock};
 use crate::render::{self, PluginInput, RenderSettings, RenderedPlugin, Templates, TextFormat};
 use crate::resolve::{Resolution, Resolver};
 use crate::source::Snapshot;
