@@ -28,7 +28,7 @@ mod cluster;
 #[path = "common/fault_proxy.rs"]
 mod fault_proxy;
 
-use cluster::{cluster, TestCluster};
+use cluster::cluster;
 use fault_proxy::{FaultProxy, Match, Verb};
 
 /// The kinds a synthetic plugin renders, in the order [`Env::counts`] reports them.
@@ -53,20 +53,6 @@ fn resource(api_version: &str, kind: &str) -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind))
 }
 
-static CRDS: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-
-/// The plugsync CRDs, applied once per test binary (cluster-scoped, shared by every test;
-/// once in place every later `ensure_crds` finds them unchanged).
-async fn install_crds(c: &TestCluster) {
-    CRDS.get_or_init(|| async {
-        Applier::new(c.client().await)
-            .ensure_crds(&plugsync_core::crd::definitions(), ApplyOptions::default())
-            .await
-            .expect("CRDs installed");
-    })
-    .await;
-}
-
 /// One test's world: a fresh namespace, a synthetic repository of `n` plugins declared in
 /// it, an admin client straight to the API server (for reading and for other actors), and an
 /// applier with fast retries talking through a fault proxy (request counts and faults).
@@ -83,7 +69,7 @@ struct Env {
 impl Env {
     async fn new(label: &str, n: usize) -> Env {
         let c = cluster().await;
-        install_crds(c).await;
+        c.install_crds().await;
         let ns = c.namespace(label).await;
         let dir = tempfile::tempdir().expect("dir");
         let cache_dir = tempfile::tempdir().expect("cache");

@@ -43,7 +43,6 @@ use kube::runtime::watcher;
 use plugsync_core::crd::Plugin;
 use plugsync_core::crd::PluginSetResource;
 use plugsync_core::resolve::cache::Cache;
-use plugsync_kube::apply::{Applier, ApplyOptions};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
@@ -84,10 +83,7 @@ impl Env {
         let client = c.client().await;
         // The shipped CRDs (a fresh test cluster has them from the start; this keeps a shared
         // one started before that in step).
-        Applier::new(client.clone())
-            .ensure_crds(&plugsync_core::crd::definitions(), ApplyOptions::default())
-            .await
-            .expect("crds");
+        c.install_crds().await;
         // The registry is plain HTTP without auth: an empty dockerconfigjson.
         let secret: Secret = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Secret",
