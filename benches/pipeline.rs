@@ -45,6 +45,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::resource::{getrusage, UsageWho};
+use plugsync_core::diff;
 use plugsync_core::pipeline::{self, DesiredState};
 use plugsync_core::render::{self, RenderSettings, TextFormat};
 use plugsync_core::report::{DiffReport, PluginChangeKind};
@@ -94,10 +95,10 @@ enum Stage {
     /// once (what `plugsync render` did before rendering to text plugin by plugin).
     RenderSet,
     /// The straightforward diff, from the repository on: both revisions' full desired
-    /// states, then `DiffReport::build` (kept as the reference the lean path is held to).
+    /// states, then `diff::diff_states` (kept as the reference the lean path is held to).
     Diff,
     /// What `plugsync diff --base main -o markdown` runs: the same report through
-    /// `pipeline::diff_report`, which renders what the revisions share once and never holds
+    /// `diff::diff_report`, which renders what the revisions share once and never holds
     /// a whole rendered revision.
     DiffLean,
     /// `plugsync render --repo REPO` itself, as a user runs it: the released binary in a
@@ -809,7 +810,7 @@ fn child(args: &[String]) -> BenchResult<()> {
                 if times.len() == 1 {
                     first_peak = peak_rss_bytes()?;
                 }
-                if state.lock != pipeline::LockState::UpToDate {
+                if state.lock != plugsync_core::model::LockState::UpToDate {
                     return Err(format!("lock is not up to date: {:?}", state.lock).into());
                 }
                 check_text(&rendered, bytes, n)?;
@@ -1000,8 +1001,8 @@ struct DiffRun {
 }
 
 /// `plugsync diff --base main -o markdown` in `repo` (head: the working tree), as
-/// `cli::diff_command` does it, without printing; with `lean`, through
-/// `pipeline::diff_report` instead of two desired states and `DiffReport::build`.
+/// `app::diff` does it for the CLI, without printing; with `lean`, through
+/// `diff::diff_report` instead of two desired states and `diff::diff_states`.
 async fn diff(repo: &Path, cache: &Path, lean: bool) -> BenchResult<DiffRun> {
     let (root, subdir) = plugsync_core::source::discover_repo_root(repo)?;
     let base_rev = GitRevision::merge_base(&root, "main", "HEAD")?;
@@ -1011,8 +1012,7 @@ async fn diff(repo: &Path, cache: &Path, lean: bool) -> BenchResult<DiffRun> {
     let settings = RenderSettings::default();
     let label = format!("merge-base of main and HEAD ({})", &base_rev[..12]);
     if lean {
-        let report =
-            pipeline::diff_report(&base, &head, FILE, &resolver, &settings, &label, 3).await?;
+        let report = diff::diff_report(&base, &head, FILE, &resolver, &settings, &label, 3).await?;
         let markdown = report.to_markdown();
         return Ok(DiffRun {
             report,
@@ -1024,7 +1024,7 @@ async fn diff(repo: &Path, cache: &Path, lean: bool) -> BenchResult<DiffRun> {
         .await?
         .ok_or_else(|| format!("{FILE}: not found in {}", head.describe()))?;
     let base_state = pipeline::desired_state(&base, FILE, &resolver, &settings).await?;
-    let report = DiffReport::build(&label, base_state.as_ref(), &head_state, 3)?;
+    let report = diff::diff_states(&label, base_state.as_ref(), &head_state, 3)?;
     let markdown = report.to_markdown();
     Ok(DiffRun {
         report,

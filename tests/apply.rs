@@ -28,7 +28,7 @@ mod cluster;
 #[path = "common/fault_proxy.rs"]
 mod fault_proxy;
 
-use cluster::{cluster, TestCluster};
+use cluster::cluster;
 use fault_proxy::{FaultProxy, Match, Verb};
 
 /// The kinds a synthetic plugin renders, in the order [`Env::counts`] reports them.
@@ -53,20 +53,6 @@ fn resource(api_version: &str, kind: &str) -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind))
 }
 
-static CRDS: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-
-/// The plugsync CRDs, applied once per test binary (cluster-scoped, shared by every test;
-/// once in place every later `ensure_crds` finds them unchanged).
-async fn install_crds(c: &TestCluster) {
-    CRDS.get_or_init(|| async {
-        Applier::new(c.client().await)
-            .ensure_crds(&plugsync_core::crd::definitions(), ApplyOptions::default())
-            .await
-            .expect("CRDs installed");
-    })
-    .await;
-}
-
 /// One test's world: a fresh namespace, a synthetic repository of `n` plugins declared in
 /// it, an admin client straight to the API server (for reading and for other actors), and an
 /// applier with fast retries talking through a fault proxy (request counts and faults).
@@ -83,7 +69,7 @@ struct Env {
 impl Env {
     async fn new(label: &str, n: usize) -> Env {
         let c = cluster().await;
-        install_crds(c).await;
+        c.install_crds().await;
         let ns = c.namespace(label).await;
         let dir = tempfile::tempdir().expect("dir");
         let cache_dir = tempfile::tempdir().expect("cache");
@@ -850,4 +836,186 @@ async fn an_object_another_set_took_over_is_never_pruned() {
         inventory.is_null() || inventory == json!([]),
         "nothing left to own: {inventory}"
     );
+}
+
+/// Writes `templates/deployment.yaml.j2` into the repository: the built-in Deployment
+/// template with `revisionHistoryLimit: history`, so each value is another templates
+/// ConfigMap (named by the hash of its content).
+fn write_deployment_template(dir: &Path, history: u32) {
+    let built_in = include_str!("../templates/deployment.yaml.j2");
+    let text = built_in.replace(
+        "revisionHistoryLimit: 3",
+        &format!("revisionHistoryLimit: {history}"),
+    );
+    assert_ne!(
+        text, built_in,
+        "the built-in template sets revisionHistoryLimit"
+    );
+    std::fs::create_dir_all(dir.join("templates")).expect("templates/");
+    std::fs::write(dir.join("templates/deployment.yaml.j2"), text).expect("write");
+}
+
+/// The name of the templates ConfigMap a render applies.
+fn templates_config_map(state: &DesiredState) -> String {
+    let objects = state.cluster_objects();
+    let config_maps: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["kind"] == "ConfigMap")
+        .collect();
+    assert_eq!(config_maps.len(), 1, "one templates ConfigMap");
+    name(config_maps[0])
+}
+
+#[tokio::test]
+async fn a_templates_config_map_is_kept_while_an_old_version_held_for_its_upgrade_names_it() {
+    let env = Env::new("apply-templates-held", 2).await;
+    write_deployment_template(env.dir.path(), 5);
+    let before = env.render().await;
+    let old_cm = templates_config_map(&before);
+    env.apply(&before, &before.cluster_objects(), ApplyOptions::default())
+        .await;
+    let old_id = before.rendered[0].plugin_id.clone();
+
+    // One commit upgrades plugin 0 and changes the templates.
+    plugsync_testkit::synth::change_one(
+        env.dir.path(),
+        &env.cache,
+        plugsync_testkit::synth::SynthChange::Upgrade,
+    )
+    .expect("upgrade plugin 0");
+    write_deployment_template(env.dir.path(), 6);
+    let after = env.render().await;
+    let new_cm = templates_config_map(&after);
+    let new_id = after.rendered[0].plugin_id.clone();
+    assert_ne!(old_cm, new_cm);
+    assert_ne!(old_id, new_id);
+    let report = env
+        .apply(&after, &after.cluster_objects(), ApplyOptions::default())
+        .await;
+
+    // The old version is held, and the controller keeps rendering it from the templates it
+    // names: they stay, inventoried, until it goes.
+    let held = env
+        .get("plugsync.dev/v1alpha1", "Plugin", &old_id)
+        .await
+        .expect("the old version is held");
+    assert_eq!(held["spec"]["templates"], old_cm.as_str());
+    assert!(
+        env.get("v1", "ConfigMap", &old_cm).await.is_some(),
+        "the templates a held Plugin names are not pruned: {}",
+        report.summary()
+    );
+    assert!(env.get("v1", "ConfigMap", &new_cm).await.is_some());
+    assert_eq!(report.count(Outcome::Pruned), 0, "{}", report.summary());
+    assert_eq!(report.count(Outcome::Held), 2, "{}", report.summary());
+    assert!(env
+        .inventory()
+        .await
+        .contains(&("ConfigMap".to_string(), old_cm.clone())));
+
+    // Once the new version runs, one apply prunes the old version and its templates.
+    env.api("plugsync.dev/v1alpha1", "Plugin")
+        .patch_status(
+            &new_id,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Running"}})),
+        )
+        .await
+        .expect("running");
+    let report = env
+        .apply(&after, &after.cluster_objects(), ApplyOptions::default())
+        .await;
+    assert_eq!(report.count(Outcome::Pruned), 2, "{}", report.summary());
+    assert_eq!(report.count(Outcome::Held), 0, "{}", report.summary());
+    assert!(env
+        .get("plugsync.dev/v1alpha1", "Plugin", &old_id)
+        .await
+        .is_none());
+    assert!(env.get("v1", "ConfigMap", &old_cm).await.is_none());
+    assert!(!env
+        .inventory()
+        .await
+        .contains(&("ConfigMap".to_string(), old_cm)));
+    assert!(env.get("v1", "ConfigMap", &new_cm).await.is_some());
+}
+
+#[tokio::test]
+async fn a_templates_config_map_is_kept_while_a_retry_of_the_controller_names_it() {
+    let env = Env::new("apply-templates-retry", 1).await;
+    write_deployment_template(env.dir.path(), 5);
+    let before = env.render().await;
+    let old_cm = templates_config_map(&before);
+    env.apply(&before, &before.cluster_objects(), ApplyOptions::default())
+        .await;
+    let first = env
+        .get(
+            "plugsync.dev/v1alpha1",
+            "Plugin",
+            &before.rendered[0].plugin_id,
+        )
+        .await
+        .expect("first attempt");
+
+    // A retry, as the controller creates one: the first attempt's labels and spec (its
+    // templates too), attempt 2, owned by the first attempt, under the controller's manager.
+    let retry_name = plugsync_core::render::resource_name(&before.rendered[0].plugin_id, 2);
+    let mut spec = first["spec"].clone();
+    spec["attempt"] = json!(2);
+    let retry = json!({
+        "apiVersion": "plugsync.dev/v1alpha1",
+        "kind": "Plugin",
+        "metadata": {
+            "name": retry_name,
+            "labels": first["metadata"]["labels"],
+            "ownerReferences": [{
+                "apiVersion": "plugsync.dev/v1alpha1",
+                "kind": "Plugin",
+                "name": name(&first),
+                "uid": first["metadata"]["uid"],
+                "controller": true,
+            }],
+        },
+        "spec": spec,
+    });
+    env.api("plugsync.dev/v1alpha1", "Plugin")
+        .patch(
+            &retry_name,
+            &PatchParams::apply("plugsync-controller"),
+            &Patch::Apply(&retry),
+        )
+        .await
+        .expect("the retry");
+
+    // Only the templates change: the first attempt names the new ConfigMap, the retry still
+    // the old one, which stays.
+    write_deployment_template(env.dir.path(), 6);
+    let after = env.render().await;
+    let new_cm = templates_config_map(&after);
+    assert_ne!(old_cm, new_cm);
+    let report = env
+        .apply(&after, &after.cluster_objects(), ApplyOptions::default())
+        .await;
+    let first = env
+        .get("plugsync.dev/v1alpha1", "Plugin", &name(&first))
+        .await
+        .expect("first attempt");
+    assert_eq!(first["spec"]["templates"], new_cm.as_str());
+    assert!(
+        env.get("v1", "ConfigMap", &old_cm).await.is_some(),
+        "the templates a retry names are not pruned: {}",
+        report.summary()
+    );
+    assert_eq!(report.count(Outcome::Held), 1, "{}", report.summary());
+
+    // The retry gone (superseded, or removed by the history limit), the next apply prunes them.
+    env.api("plugsync.dev/v1alpha1", "Plugin")
+        .delete(&retry_name, &Default::default())
+        .await
+        .expect("delete the retry");
+    let report = env
+        .apply(&after, &after.cluster_objects(), ApplyOptions::default())
+        .await;
+    assert_eq!(report.count(Outcome::Pruned), 1, "{}", report.summary());
+    assert!(env.get("v1", "ConfigMap", &old_cm).await.is_none());
+    assert!(env.get("v1", "ConfigMap", &new_cm).await.is_some());
 }

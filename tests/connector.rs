@@ -10,29 +10,16 @@ use std::time::Duration;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use plugsync_core::package::Package;
-use plugsync_kube::apply::{Applier, ApplyOptions};
 use plugsync_kube::connector::Connector;
 use plugsync_kube::server::ServerState;
 use serde_json::{json, Value};
 
 #[path = "common/cluster.rs"]
 mod cluster;
-use cluster::{cluster, TestCluster};
+use cluster::cluster;
 
 const KEY: &str = "connector-key-0123456789";
 const GOLDEN: &str = "tests/fixtures/packages/langgenius-agent_0.0.14.difypkg";
-
-static CRDS: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-
-async fn install_crds(c: &TestCluster) {
-    CRDS.get_or_init(|| async {
-        Applier::new(c.client().await)
-            .ensure_crds(&plugsync_core::crd::definitions(), ApplyOptions::default())
-            .await
-            .expect("CRDs installed");
-    })
-    .await;
-}
 
 struct Env {
     ns: String,
@@ -46,7 +33,7 @@ struct Env {
 impl Env {
     async fn new(label: &str, launch_timeout: Duration) -> Env {
         let c = cluster().await;
-        install_crds(c).await;
+        c.install_crds().await;
         let ns = c.namespace(label).await;
         let client = c.client().await;
         let resource =

@@ -91,9 +91,6 @@ struct Harness {
     context_server: tokio::task::JoinHandle<()>,
 }
 
-/// The CRDs are cluster-wide: installed (and waited for) once per test binary.
-static CRDS: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-
 /// Reads, resolves and renders the repository in `repo` as the git loop does.
 async fn render(repo: &Path, cache: &Cache, settings: &RenderSettings) -> DesiredState {
     let resolver = Resolver::new(
@@ -212,13 +209,7 @@ impl Harness {
             .await
             .expect("registry secret");
 
-        CRDS.get_or_init(|| async {
-            Applier::new(client.clone())
-                .ensure_crds(&plugsync_core::crd::definitions(), ApplyOptions::default())
-                .await
-                .expect("crds");
-        })
-        .await;
+        c.install_crds().await;
 
         let state = render(repo.path(), &cache, &settings).await;
         Harness {

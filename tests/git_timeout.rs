@@ -33,13 +33,7 @@ async fn a_hanging_git_server_fails_each_poll_within_the_timeout_and_sigterm_sto
     let c = cluster().await;
     let ns = c.namespace("git-timeout").await;
     // The shipped CRDs, as `plugsync run` finds them installed.
-    plugsync_kube::apply::Applier::new(c.client().await)
-        .ensure_crds(
-            &plugsync_core::crd::definitions(),
-            plugsync_kube::apply::ApplyOptions::default(),
-        )
-        .await
-        .expect("crds");
+    c.install_crds().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let kubeconfig = dir.path().join("kubeconfig");
     c.write_kubeconfig(&kubeconfig, &ns);

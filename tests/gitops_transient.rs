@@ -21,7 +21,6 @@ use plugsync_core::render::RenderSettings;
 use plugsync_core::resolve::cache::Cache;
 use plugsync_core::resolve::fetch::{FetchSettings, Fetchers};
 use plugsync_core::resolve::Resolver;
-use plugsync_kube::apply::{Applier, ApplyOptions};
 use plugsync_kube::gitops::status::PassResult;
 use plugsync_kube::gitops::{GitOps, LoopConfig, RepoSource};
 use plugsync_kube::metrics::{Metrics, ReconcileResult};
@@ -67,10 +66,7 @@ async fn a_failed_git_read_is_retried_and_the_same_commit_applies_at_the_next_po
     let c = cluster::cluster().await;
     let ns = c.namespace("gitops-transient").await;
     let client = c.client().await;
-    Applier::new(client.clone())
-        .ensure_crds(&plugsync_core::crd::definitions(), ApplyOptions::default())
-        .await
-        .expect("crds");
+    c.install_crds().await;
     let cache_dir = tempfile::tempdir().expect("cache");
     let cache = Cache::open(cache_dir.path()).expect("cache");
     let generated = tempfile::tempdir().expect("generated");
@@ -99,7 +95,6 @@ async fn a_failed_git_read_is_retried_and_the_same_commit_applies_at_the_next_po
         git_timeout: std::time::Duration::from_secs(60),
         jitter: 0.0,
         resync: std::time::Duration::from_secs(3600),
-        status_interval: std::time::Duration::from_secs(1),
         suspend: false,
         install_crds: false,
         commit_lock: None,

@@ -43,7 +43,6 @@ use kube::runtime::watcher;
 use plugsync_core::crd::Plugin;
 use plugsync_core::crd::PluginSetResource;
 use plugsync_core::resolve::cache::Cache;
-use plugsync_kube::apply::{Applier, ApplyOptions};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
@@ -84,10 +83,7 @@ impl Env {
         let client = c.client().await;
         // The shipped CRDs (a fresh test cluster has them from the start; this keeps a shared
         // one started before that in step).
-        Applier::new(client.clone())
-            .ensure_crds(&plugsync_core::crd::definitions(), ApplyOptions::default())
-            .await
-            .expect("crds");
+        c.install_crds().await;
         // The registry is plain HTTP without auth: an empty dockerconfigjson.
         let secret: Secret = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Secret",
@@ -210,8 +206,6 @@ impl Env {
                 &format!("http://127.0.0.1:{port}"),
                 "--interval",
                 "1s",
-                "--status-interval",
-                "500ms",
             ])
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
@@ -1280,4 +1274,42 @@ async fn healthz_answers_within_a_second_while_a_1000_plugin_pass_runs_on_one_wo
         slowest < Duration::from_secs(1),
         "/healthz took {slowest:?} while the pass ran on one worker"
     );
+}
+
+#[test]
+fn the_deprecated_status_interval_flag_is_hidden_accepted_and_warned_about() {
+    let plugsync = || {
+        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("plugsync"));
+        cmd.env_remove("RUST_LOG")
+            .env_remove("PLUGSYNC_PLUGIN_DIRS")
+            .env_remove("PLUGSYNC_CONTEXT_URL");
+        cmd
+    };
+    let help = plugsync()
+        .args(["run", "--help"])
+        .output()
+        .expect("run --help");
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--resync"), "{help}");
+    assert!(!help.contains("status-interval"), "hidden: {help}");
+
+    // Manifests that still give it keep starting: the flag parses, and the log says what to
+    // do. (No cluster here: the run then stops at the missing kubeconfig.)
+    let dir = tempfile::tempdir().expect("dir");
+    let out = plugsync()
+        .arg("run")
+        .arg("--repo")
+        .arg(dir.path())
+        .args(["--status-interval", "5s", "--leader-election", "false"])
+        .env("KUBECONFIG", dir.path().join("no-kubeconfig"))
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--status-interval is deprecated and ignored"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("unexpected argument"), "{stderr}");
 }

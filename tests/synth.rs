@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use plugsync_core::pipeline::{desired_state, DesiredState, LockState};
+use plugsync_core::diff::{diff_report, diff_states};
+use plugsync_core::model::LockState;
+use plugsync_core::pipeline::{desired_state, DesiredState};
 use plugsync_core::render::RenderSettings;
 use plugsync_core::report::{DiffReport, PluginChangeKind};
 use plugsync_core::resolve::cache::Cache;
@@ -95,7 +97,7 @@ fn diff_after(change: SynthChange) -> DiffReport {
     let base = render(&base_dir, &cache);
     let head = render(&head_dir, &cache);
     assert_eq!(head.lock, LockState::UpToDate, "change_one keeps the lock");
-    DiffReport::build("base", Some(&base), &head, 3).expect("report")
+    diff_states("base", Some(&base), &head, 3).expect("report")
 }
 
 fn changed(report: &DiffReport) -> Vec<(&str, PluginChangeKind)> {
@@ -167,8 +169,8 @@ fn generation_is_deterministic() {
     assert_eq!(outputs[0].2.len(), N);
 }
 
-/// The classic report (two desired states, `DiffReport::build`) and the lean one
-/// (`pipeline::diff_report`, which renders what both revisions share once), for the same
+/// The classic report (two desired states, `diff::diff_states`) and the lean one
+/// (`diff::diff_report`, which renders what both revisions share once), for the same
 /// two folders; they must agree in every format and object by object.
 fn both_reports(base_dir: &Path, head_dir: &Path, cache: &Cache) -> (DiffReport, DiffReport) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -180,9 +182,9 @@ fn both_reports(base_dir: &Path, head_dir: &Path, cache: &Cache) -> (DiffReport,
         .block_on(desired_state(&base, "plugins.yaml", &resolver, &settings))
         .expect("base renders");
     let head_state = state_of(&head, cache);
-    let classic = DiffReport::build("base", base_state.as_ref(), &head_state, 3).expect("report");
+    let classic = diff_states("base", base_state.as_ref(), &head_state, 3).expect("report");
     let lean = rt
-        .block_on(plugsync_core::pipeline::diff_report(
+        .block_on(diff_report(
             &base,
             &head,
             "plugins.yaml",

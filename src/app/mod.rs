@@ -1,7 +1,11 @@
-//! The application layer: what each long-running command does, wired from the core and the
+//! The application layer: what each command does that is more than a call (the long-running
+//! ones, the lock flow, the diff's choice of revisions), wired from the core and the
 //! Kubernetes layer. The CLI (`crate::cli`) parses arguments into these options, calls in, and
 //! prints; nothing here parses a flag or writes to stdout.
 pub(crate) mod controller;
+pub(crate) mod diff;
+pub(crate) mod files;
+pub(crate) mod lock;
 pub(crate) mod run;
 pub(crate) mod shutdown;
 

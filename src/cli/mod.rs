@@ -12,6 +12,9 @@ mod logging;
 mod progress;
 mod run;
 
+use crate::app;
+use crate::app::lock::{LockError, LockOutcome, LockStatus};
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,17 +22,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tracing::debug;
 
 use plugsync_core::error::Error;
 use plugsync_core::load::{self, LOCK_FILE, PLUGINS_FILE};
+use plugsync_core::model::LockState;
 use plugsync_core::package::{self, Package};
-use plugsync_core::pipeline::{self, LockState};
+use plugsync_core::pipeline;
 use plugsync_core::render::{self, RenderSettings};
 use plugsync_core::resolve::cache::Cache;
 use plugsync_core::resolve::fetch::{FetchSettings, FetcherOrigin, Fetchers};
-use plugsync_core::resolve::{Resolution, Resolver};
-use plugsync_core::source::{discover_repo_root, GitRevision, Snapshot, WorkTree};
+use plugsync_core::resolve::Resolver;
+use plugsync_core::source::WorkTree;
 use plugsync_kube::apply::{Applier, ApplyOptions, Outcome};
 
 /// The help section of the flags every command takes: listed after the command's own.
@@ -547,160 +550,65 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
     }
 }
 
-/// The text of plugins.lock, `None` when there is none.
-fn read_lock_text(path: &Path) -> Result<Option<String>, Error> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(Some(text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(path, e)),
-    }
-}
-
-/// Tells the user what `lock` is about to do with a lock that does not load: the notes of
-/// [`load::salvage_lock`] (or, when it read everything, why the file did not load).
-fn report_salvage(lock_path: &Path, salvaged: &load::SalvagedLock, refused: &Error) {
-    let what = if salvaged.conflict {
-        "has a merge conflict"
-    } else {
-        "does not load (a hand edit or a bad merge)"
-    };
-    eprintln!(
-        "warning: {} {what}; repairing it: {} pins kept, every other plugin resolved afresh",
-        lock_path.display(),
-        salvaged.lock.plugins.len()
-    );
-    if salvaged.notes.is_empty() {
-        if let Error::Invalid(found) = refused {
-            let advice = [load::LOCK_REPAIR_ADVICE, load::LOCK_CONFLICT_ADVICE];
-            for d in found
-                .0
-                .iter()
-                .filter(|d| !advice.contains(&d.message.as_str()))
-            {
-                eprintln!("warning: {d}");
-            }
-        }
-    }
-    for note in &salvaged.notes {
-        eprintln!("warning: {note}");
-    }
-}
-
 async fn lock(args: LockArgs) -> Result<ExitCode, Error> {
-    let plugins_path = args.repo.plugins_path();
-    let lock_path = args.repo.lock_path();
-    let set = load::load_plugin_set(&plugins_path, &load::read_file(&plugins_path)?)?;
-    // A lock that does not load is repaired from what can still be read of it (with
-    // --locked, which changes nothing, it is the error, saying what to run).
-    let (old, salvaged) = match read_lock_text(&lock_path)? {
-        None => (None, None),
-        Some(text) => match load::load_lock(&lock_path, &text) {
-            Ok(doc) => (Some(doc.value), None),
-            Err(refused @ Error::Invalid(_)) if !args.locked => {
-                let salvaged = load::salvage_lock(&lock_path, &text);
-                report_salvage(&lock_path, &salvaged, &refused);
-                (Some(salvaged.lock.clone()), Some(salvaged))
-            }
-            Err(e) => return Err(e),
-        },
-    };
-    if args.locked && old.is_none() {
-        return out_of_date(
-            &lock_path,
-            "it does not exist; run `plugsync lock` and commit it",
-        );
+    match lock_flow(args).await {
+        Ok(outcome) => {
+            print_lock_outcome(&outcome);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ LockError::OutOfDate { .. }) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(1))
+        }
+        Err(LockError::Failed(e)) => Err(e),
     }
+}
 
+/// [`app::lock`]'s steps, with what each tells printed between them.
+async fn lock_flow(args: LockArgs) -> Result<LockOutcome, LockError> {
+    let mut run = app::lock::read(app::lock::LockRequest {
+        plugins_path: args.repo.plugins_path(),
+        lock_path: args.repo.lock_path(),
+        root: args.repo.root(),
+        locked: args.locked,
+        update: args.update,
+    })?;
+    for warning in &run.warnings {
+        eprintln!("warning: {warning}");
+    }
     let resolver = resolver_for(&args.fetch)?;
-    let snapshot = WorkTree::new(&args.repo.root()).map_err(|e| Error::Usage(e.to_string()))?;
-    let mut resolution: Resolution = match &salvaged {
-        Some(salvaged) => {
-            resolver
-                .resolve_salvaged(&snapshot, &set, salvaged, &args.update)
-                .await?
-        }
-        None => {
-            resolver
-                .resolve(&snapshot, &set, old.as_ref(), &args.update)
-                .await?
-        }
-    };
-    debug!(plugins = resolution.plugins.len(), "resolved");
+    run.resolve(&resolver).await?;
     if args.from_cluster {
         let cluster = args.kube.connect().await?;
-        let namespace = set_namespace(&set, &cluster)?;
-        let name = &set.spec().metadata.name;
-        let images = plugsync_kube::controller::reconcile::recorded_images(
-            &cluster.client,
-            &namespace,
-            name,
-        )
-        .await
-        .map_err(|e| Error::Cluster(format!("reading Plugins of {namespace}/{name}: {e}")))?;
-        let before = resolution.lock.images.len();
-        resolution.lock.record_images(images);
-        println!(
-            "recorded image digests from the cluster: {} pinned (was {before})",
-            resolution.lock.images.len()
-        );
+        let namespace = set_namespace(run.set(), &cluster)?;
+        let (before, after) = run
+            .record_cluster_images(&cluster.client, &namespace)
+            .await?;
+        println!("recorded image digests from the cluster: {after} pinned (was {before})");
     }
+    run.finish()
+}
 
-    let text = resolution.lock.to_yaml();
-    let unchanged = old.as_ref().is_some_and(|o| o.pins(&resolution.lock));
-    if args.locked {
-        if unchanged {
-            println!(
-                "{}: up to date ({} plugins)",
-                lock_path.display(),
-                resolution.lock.plugins.len()
-            );
-            return Ok(ExitCode::SUCCESS);
-        }
-        let changes: Vec<String> = resolution
-            .changes
-            .iter()
-            .map(|c| format!("  {c}"))
-            .collect();
-        return out_of_date(
-            &lock_path,
-            &format!(
-                "it differs from plugins.yaml:\n{}\nrun `plugsync lock` and commit it",
-                changes.join("\n")
-            ),
-        );
-    }
-    let on_disk = std::fs::read_to_string(&lock_path).unwrap_or_default();
-    if on_disk != text {
-        write_atomically(&lock_path, text.as_bytes())?;
-    }
-    for change in &resolution.changes {
+fn print_lock_outcome(outcome: &LockOutcome) {
+    for change in &outcome.changes {
         println!("{change}");
     }
-    if let Some(salvaged) = &salvaged {
-        // Which of the packages the two sides pinned each contested plugin kept.
-        for source in salvaged.contested.keys() {
-            if let Some(kept) = resolution.lock.find_by_source(source) {
-                println!(
-                    "{}: kept sha256:{} (the package its source serves)",
-                    kept.name,
-                    &kept.sha256[..12]
-                );
-            }
-        }
+    for (name, sha256) in &outcome.kept {
+        println!(
+            "{name}: kept sha256:{} (the package its source serves)",
+            &sha256[..12]
+        );
     }
     println!(
         "{}: {} ({} plugins)",
-        lock_path.display(),
-        if salvaged.is_some() {
-            "repaired and written; commit it"
-        } else if unchanged && on_disk == text {
-            "up to date"
-        } else {
-            "written"
+        outcome.path.display(),
+        match outcome.status {
+            LockStatus::Repaired => "repaired and written; commit it",
+            LockStatus::UpToDate => "up to date",
+            LockStatus::Written => "written",
         },
-        resolution.lock.plugins.len()
+        outcome.plugins
     );
-    Ok(ExitCode::SUCCESS)
 }
 
 /// The resolver every command uses. Resolving fetches the exact URLs in the lock (a
@@ -788,9 +696,9 @@ fn render_blocking(runtime: &tokio::runtime::Handle, args: RenderArgs) -> Result
             };
             let dir = out.join(&plugin.resource_name);
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-            write_atomically(&dir.join("Dockerfile"), dockerfile.as_bytes())?;
-            write_atomically(&dir.join("context.tar"), &context.bytes)?;
-            write_atomically(&dir.join("objects.yaml"), yaml.as_bytes())?;
+            app::files::write_atomically(&dir.join("Dockerfile"), dockerfile.as_bytes())?;
+            app::files::write_atomically(&dir.join("context.tar"), &context.bytes)?;
+            app::files::write_atomically(&dir.join("objects.yaml"), yaml.as_bytes())?;
         }
     } else {
         // As after a diff: the process exits right after this, and the operating system
@@ -813,53 +721,27 @@ async fn diff_command(args: DiffArgs) -> Result<ExitCode, Error> {
 
 /// `plugsync diff`, on a thread that may block (git object reads, loading, rendering).
 fn diff_blocking(runtime: &tokio::runtime::Handle, args: DiffArgs) -> Result<ExitCode, Error> {
-    let snap = |e: plugsync_core::source::SnapshotError| Error::Usage(e.to_string());
-    let (root, subdir) = discover_repo_root(&args.repo).map_err(snap)?;
-    let file = args.file.to_string_lossy().into_owned();
-    let Some(base_arg) = args.base.clone() else {
+    let Some(base) = args.base.as_deref() else {
         return Err(Error::Usage("--base is required without --cluster".into()));
     };
-    let head_rev = args.head.clone().unwrap_or_else(|| "HEAD".to_string());
-    let base_rev = if args.no_merge_base {
-        base_arg.clone()
-    } else {
-        GitRevision::merge_base(&root, &base_arg, &head_rev).map_err(snap)?
-    };
-    // Name the base by its ref when the merge base is the base itself (the usual case).
-    let base_tip = GitRevision::open(&root, &base_arg, subdir.as_deref()).map_err(snap)?;
-    let base = if base_tip.commit_id() == base_rev {
-        base_tip
-    } else {
-        GitRevision::open(&root, &base_rev, subdir.as_deref()).map_err(snap)?
-    };
-    let base_label = if args.no_merge_base {
-        base_arg.clone()
-    } else {
-        format!("merge-base of {base_arg} and {head_rev}")
-    };
-    let head: Box<dyn Snapshot> = match &args.head {
-        Some(rev) => Box::new(GitRevision::open(&root, rev, subdir.as_deref()).map_err(snap)?),
-        None => Box::new(WorkTree::new(&args.repo).map_err(snap)?),
-    };
-
+    let revisions = app::diff::revisions(&app::diff::DiffRequest {
+        repo: &args.repo,
+        base,
+        head: args.head.as_deref(),
+        merge_base: !args.no_merge_base,
+    })?;
     let resolver = resolver_for(&args.fetch)?;
-    let settings = args.render.settings();
-    // Plugins the two revisions share are rendered once; neither revision is held whole.
-    let report = runtime.block_on(pipeline::diff_report(
-        &base,
-        head.as_ref(),
+    let file = args.file.to_string_lossy().into_owned();
+    let mut report = app::diff::report(
+        runtime,
+        &revisions,
         &file,
         &resolver,
-        &settings,
-        &format!("{base_label} ({})", &base_rev[..base_rev.len().min(12)]),
+        &args.render.settings(),
         args.context_lines,
-    ))?;
-    let mut report = report;
+    )?;
     // Repository-relative, as a reviewer knows the files: never the runner's checkout path.
     report.file = Some(diff::file_label(&args.repo, &args.file));
-    if args.head.is_none() {
-        report.head = "working tree".into();
-    }
     let code = diff::print_report(&report, &args);
     // The process exits right after this: the operating system reclaims the report's memory
     // at once, faster than freeing it object by object.
@@ -890,21 +772,8 @@ async fn pinned_state(
     resolved.in_namespace(&namespace);
     let settings = render.settings();
     let state = off_runtime(move |_| resolved.render(&settings)).await?;
-    match &state.lock {
-        LockState::UpToDate => Ok(state),
-        LockState::Missing => Err(Error::LockOutOfDate(format!(
-            "{} does not exist; run `plugsync lock` and commit it",
-            repo.lock_path().display()
-        ))),
-        LockState::Stale(changes) => Err(Error::LockOutOfDate(format!(
-            "{}\nrun `plugsync lock` and commit it",
-            changes
-                .iter()
-                .map(|c| format!("  {c}"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        ))),
-    }
+    app::lock::require_pinned(&state.lock, &repo.lock_path())?;
+    Ok(state)
 }
 
 fn plugsync_crds(
@@ -1098,23 +967,10 @@ async fn cluster_diff_command(args: DiffArgs) -> Result<ExitCode, Error> {
     Ok(if failed { ExitCode::from(2) } else { code })
 }
 
+/// Says that the lock at `lock_path` is out of date, and why: exit code 1, as `lock --locked`.
 fn out_of_date(lock_path: &Path, why: &str) -> Result<ExitCode, Error> {
     eprintln!("error: {} is out of date: {why}", lock_path.display());
     Ok(ExitCode::from(1))
-}
-
-/// Writes via a temporary file and a rename, so readers never see half a lockfile.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
-    tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
-    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
 }
 
 /// `plugsync validate`: plugins.yaml, plugins.lock, and the lock against the set as far as
@@ -1135,7 +991,7 @@ fn validate_offline(args: &ValidateArgs) -> Result<ExitCode, Error> {
         set.plugins.len()
     );
     let lock_path = args.repo.lock_path();
-    let Some(text) = read_lock_text(&lock_path)? else {
+    let Some(text) = app::lock::read_lock_text(&lock_path)? else {
         eprintln!(
             "note: {} does not exist; run `plugsync lock` and commit it",
             lock_path.display()
@@ -1278,7 +1134,7 @@ fn init(args: InitArgs) -> Result<ExitCode, Error> {
     // reports it in plugins.yaml, and nothing is written.
     load::load_plugin_set(&path, &text)?;
     std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
-    write_atomically(&path, text.as_bytes())?;
+    app::files::write_atomically(&path, text.as_bytes())?;
     println!("{}: written (set {name})", path.display());
     println!(
         "next: add plugins under spec.plugins, then `plugsync lock` and commit {} and {}",
@@ -1399,7 +1255,7 @@ fn package_command(cmd: PackageCommand) -> Result<ExitCode, Error> {
                 plugin: label.clone(),
                 source: e,
             })?;
-            write_atomically(&out, &bytes)?;
+            app::files::write_atomically(&out, &bytes)?;
             let pkg = Package::read(&bytes).map_err(|e| Error::Package {
                 plugin: label,
                 source: e,

@@ -52,9 +52,10 @@ pub(super) struct RunArgs {
     /// Time between full passes when nothing changed (corrects drift in the cluster).
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     resync: Duration,
-    /// Time between PluginSet status refreshes from the Plugins.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    status_interval: Duration,
+    /// Deprecated and ignored (the PluginSet status follows watches of the set and its
+    /// Plugins); accepted for one release so existing manifests keep starting.
+    #[arg(long, hide = true, value_parser = humantime::parse_duration)]
+    status_interval: Option<Duration>,
     /// Address of the HTTP server: `/contexts/<sha256>`, `POST /webhook`, `/metrics`,
     /// `/healthz`, `/readyz` [default: 0.0.0.0:8080 in a pod, else 127.0.0.1:8080].
     #[arg(long, env = "PLUGSYNC_LISTEN")]
@@ -128,6 +129,13 @@ fn parse_author(text: &str) -> Result<CommitAuthor, Error> {
 }
 
 pub(super) async fn run_command(args: RunArgs) -> Result<ExitCode, Error> {
+    if let Some(interval) = args.status_interval {
+        tracing::warn!(
+            status_interval = %humantime::format_duration(interval),
+            "--status-interval is deprecated and ignored: the PluginSet status follows watches \
+             of the set and its Plugins; remove the flag (a later release will refuse it)"
+        );
+    }
     if !(0.0..1.0).contains(&args.jitter) {
         return Err(Error::Usage(
             "--jitter must be at least 0 and below 1".into(),
@@ -176,7 +184,6 @@ pub(super) async fn run_command(args: RunArgs) -> Result<ExitCode, Error> {
             git_timeout: args.git_timeout,
             jitter: args.jitter,
             resync: args.resync,
-            status_interval: args.status_interval,
             suspend: args.suspend,
             install_crds: args.install_crds,
             commit_lock,

@@ -155,6 +155,22 @@ impl TestCluster {
         std::fs::write(path, text).expect("write kubeconfig");
     }
 
+    /// The shipped CRDs, applied once per test binary as plugsync applies them (cluster
+    /// scoped, shared by every test; once in place later calls find them unchanged).
+    pub async fn install_crds(&self) {
+        static CRDS: OnceCell<()> = OnceCell::const_new();
+        CRDS.get_or_init(|| async {
+            plugsync_kube::apply::Applier::new(self.client().await)
+                .ensure_crds(
+                    &plugsync_core::crd::definitions(),
+                    plugsync_kube::apply::ApplyOptions::default(),
+                )
+                .await
+                .expect("CRDs installed");
+        })
+        .await;
+    }
+
     /// A fresh namespace for one test, named after it (`label`) with a random suffix.
     pub async fn namespace(&self, label: &str) -> String {
         let suffix: String = (0..5)

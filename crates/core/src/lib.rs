@@ -3,12 +3,14 @@
 //! The pipeline runs one way, each stage a module with plain data in and out:
 //! `load` (parse and validate plugins.yaml) → `resolve` (exact packages, verified against
 //! plugins.lock) → `render` (Dockerfiles and objects from templates) → `plan` (what to change)
-//! → `report` (the diff a person reads). `pipeline` strings them together for the commands.
+//! → `report` (the diff a person reads). `pipeline` strings them together for the commands;
+//! `diff` plans two revisions' pipelines against each other for `report` to present.
 //! Reading a repository (`source`) and the package cache are the only I/O; the Kubernetes
 //! client lives in `plugsync-kube`, so every decision here is tested with plain synchronous
 //! tests. `docs/architecture.md` draws the layers.
 pub mod codegen;
 pub mod crd;
+pub mod diff;
 pub mod error;
 pub mod load;
 pub mod model;

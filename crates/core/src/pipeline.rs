@@ -4,16 +4,14 @@
 //! Used by `render`, by the pull-request `diff` (twice: base and head) and, later, by the
 //! in-cluster git loop, so all three see exactly the same objects for the same commit.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::error::Error;
 use crate::load::{self, LoadedPluginSet, LOCK_FILE};
-use crate::model::PluginLock;
-use crate::plan::{self, Action, Change, Compare, ObjectKey, Plan, PlanError, Side};
+use crate::model::{LockState, PluginLock};
 use crate::render::{self, PluginInput, RenderSettings, RenderedPlugin, Templates, TextFormat};
-use crate::report::{DiffReport, PluginIdentity};
-use crate::resolve::{LockChange, Resolution, Resolver};
+use crate::resolve::{Resolution, Resolver};
 use crate::source::Snapshot;
 
 /// Folder of a repository whose files override the built-in templates by name.
@@ -36,38 +34,6 @@ pub struct DesiredState {
     pub rendered: Vec<RenderedPlugin>,
     /// How plugins.lock compares with what was resolved.
     pub lock: LockState,
-}
-
-/// Whether the revision's plugins.lock pins what its plugins.yaml declares.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LockState {
-    /// It does.
-    UpToDate,
-    /// There is no plugins.lock; packages were resolved without pins.
-    Missing,
-    /// It does not: these entries would change.
-    Stale(Vec<LockChange>),
-}
-
-impl LockState {
-    /// What is wrong with the lock at `lock_path`, and what to run about it (every message
-    /// about a stale lock says); `None` when it is up to date.
-    pub fn problem(&self, lock_path: &str) -> Option<String> {
-        match self {
-            LockState::UpToDate => None,
-            LockState::Missing => Some(format!(
-                "{lock_path} does not exist; run `plugsync lock` and commit it"
-            )),
-            LockState::Stale(changes) => Some(format!(
-                "{lock_path} is out of date: it differs from plugins.yaml:\n{}\nrun `plugsync lock` and commit it",
-                changes
-                    .iter()
-                    .map(|c| format!("  {c}"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            )),
-        }
-    }
 }
 
 impl DesiredState {
@@ -454,185 +420,6 @@ pub fn resolved_state_blocking(
         Some(loaded) => Ok(Some(runtime.block_on(loaded.resolve(snapshot, resolver))?)),
         None => Ok(None),
     }
-}
-
-/// The pull-request diff of `head` against `base`: the same report as
-/// [`DiffReport::build`] on the two revisions' [`desired_state`]s (tested to be
-/// byte-identical in every format), at a fraction of the time and memory.
-///
-/// Rendering is a pure function of each plugin's inputs, so a plugin whose inputs have the
-/// same fingerprint at both revisions ([`render::plugin_fingerprint`]: its lock entry,
-/// runtime, manifest, the set's settings, templates and recorded images) renders to the
-/// same objects at both: it is rendered once, at head, for its object keys only, and its
-/// objects are counted as unchanged without being compared or kept. Only the plugins
-/// whose inputs differ are rendered at base and planned, so neither revision's objects
-/// are ever all in memory.
-pub async fn diff_report(
-    base: &dyn Snapshot,
-    head: &dyn Snapshot,
-    file: &str,
-    resolver: &Resolver,
-    settings: &RenderSettings,
-    base_label: &str,
-    context_lines: usize,
-) -> Result<DiffReport, Error> {
-    let head_state = resolved_state(head, file, resolver)
-        .await?
-        .ok_or_else(|| Error::Usage(format!("{file}: not found in {}", head.describe())))?;
-    // Packages committed in the repository that the pull request left alone (the same git
-    // blob or tree at base) are not read or packed again: the resolver hands base the
-    // package head read, as long as head's state holds it.
-    let base_state = resolved_state(base, file, resolver).await?;
-    let fingerprints = |state: &ResolvedState| -> Vec<[u8; 32]> {
-        let set = render::set_fingerprint(
-            state.set.spec(),
-            &state.templates,
-            settings,
-            Some(&state.built_images),
-        );
-        plugin_inputs(&state.resolution, &state.built_images)
-            .iter()
-            .map(|input| render::plugin_fingerprint(&set, input))
-            .collect()
-    };
-    let head_prints = fingerprints(&head_state);
-    let base_prints = base_state.as_ref().map(fingerprints).unwrap_or_default();
-    let at_base: HashSet<&[u8; 32]> = base_prints.iter().collect();
-    let at_head: HashSet<&[u8; 32]> = head_prints.iter().collect();
-
-    let plan_error = |e: PlanError| Error::Usage(e.to_string());
-    let duplicate = |side: Side, key: &ObjectKey| {
-        plan_error(PlanError::DuplicateObject {
-            side,
-            key: key.clone(),
-        })
-    };
-    // Head: of the plugins the same at base, only the keys, each object read only as far
-    // as its identity; the plugins that differ from base are rendered again, read whole,
-    // for the plan.
-    let head_inputs = plugin_inputs(&head_state.resolution, &head_state.built_images);
-    let mut rendered = render::render_set_map_as::<crate::yaml::AsIdentity, _>(
-        head_state.set.spec(),
-        &head_inputs,
-        &head_state.templates,
-        settings,
-        |i, plugin| {
-            let keys: Result<Vec<ObjectKey>, PlanError> = if at_base.contains(&head_prints[i]) {
-                plugin.objects.iter().map(ObjectKey::of).collect()
-            } else {
-                Ok(Vec::new())
-            };
-            (keys, Vec::new())
-        },
-    )?;
-    let changed: Vec<PluginInput<'_>> = head_inputs
-        .into_iter()
-        .zip(&head_prints)
-        .filter(|(_, print)| !at_base.contains(print))
-        .map(|(input, _)| input)
-        .collect();
-    let changed = render::render_set(
-        head_state.set.spec(),
-        &changed,
-        &head_state.templates,
-        settings,
-    )?;
-    rendered.extend(
-        changed
-            .into_iter()
-            .map(|plugin| (Ok(Vec::new()), plugin.objects)),
-    );
-    let mut desired = Vec::new();
-    let mut shared_keys = Vec::new();
-    let mut head_keys = HashSet::new();
-    // The templates ConfigMaps (named by the hash of their content) are planned as any
-    // object: a change of templates shows as one created and the other deleted.
-    let head_templates = head_state
-        .templates
-        .config_map(head_state.set.spec())
-        .map(|object| vec![(Ok(Vec::new()), vec![object])])
-        .unwrap_or_default();
-    for (keys, objects) in head_templates.into_iter().chain(rendered) {
-        for key in keys.map_err(plan_error)? {
-            if !head_keys.insert(key.clone()) {
-                return Err(duplicate(Side::Desired, &key));
-            }
-            shared_keys.push(key);
-        }
-        for object in objects {
-            let key = ObjectKey::of(&object).map_err(plan_error)?;
-            if !head_keys.insert(key.clone()) {
-                return Err(duplicate(Side::Desired, &key));
-            }
-            desired.push(object);
-        }
-    }
-    // Base: only the plugins whose inputs differ from every head plugin's.
-    let mut live = Vec::new();
-    if let Some(state) = &base_state {
-        let inputs: Vec<PluginInput<'_>> = plugin_inputs(&state.resolution, &state.built_images)
-            .into_iter()
-            .zip(&base_prints)
-            .filter(|(_, print)| !at_head.contains(print))
-            .map(|(input, _)| input)
-            .collect();
-        let mut base_keys: HashSet<ObjectKey> = shared_keys.iter().cloned().collect();
-        let base_templates = state.templates.config_map(state.set.spec());
-        let rendered = render::render_set(state.set.spec(), &inputs, &state.templates, settings)?;
-        let objects = base_templates
-            .into_iter()
-            .chain(rendered.into_iter().flat_map(|plugin| plugin.objects));
-        for object in objects {
-            let key = ObjectKey::of(&object).map_err(plan_error)?;
-            if !base_keys.insert(key.clone()) {
-                return Err(duplicate(Side::Live, &key));
-            }
-            live.push(object);
-        }
-    }
-
-    // The plan of what differs, with the shared objects merged in as unchanged, in the
-    // order `plan` gives: every desired key in apply order, then the deletes.
-    let planned = plan::plan_refs_sparse(&desired, &live, Compare::Exact).map_err(plan_error)?;
-    drop((desired, live));
-    let (mut changes, deletes): (Vec<Change>, Vec<Change>) = planned
-        .changes
-        .into_iter()
-        .partition(|c| c.action != Action::Delete);
-    changes.extend(shared_keys.into_iter().map(|key| Change {
-        key,
-        action: Action::Unchanged,
-        reason: "in sync".to_string(),
-        desired: None,
-        live: None,
-        changed_paths: Vec::new(),
-        compare: Compare::Exact,
-    }));
-    changes.sort_by(|a, b| a.key.cmp(&b.key));
-    changes.extend(deletes);
-
-    let identities = |state: &ResolvedState| -> Vec<PluginIdentity> {
-        state
-            .resolution
-            .plugins
-            .iter()
-            .map(|p| PluginIdentity {
-                name: p.locked.name.clone(),
-                version: p.locked.version.clone(),
-                plugin_id: p.locked.plugin_id.clone(),
-            })
-            .collect()
-    };
-    Ok(DiffReport::from_plan(
-        base_label,
-        base_state
-            .as_ref()
-            .map(|b| (b.source.as_str(), identities(b))),
-        (head_state.source.as_str(), identities(&head_state)),
-        head_state.lock.clone(),
-        Plan { changes },
-        context_lines,
-    ))
 }
 
 /// Each resolved plugin as render's input: the first attempt, running the digest recorded

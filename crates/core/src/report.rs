@@ -1,7 +1,8 @@
-//! The diff report: what a change does, per plugin and per Kubernetes object. A pure function
-//! of two sides (two rendered revisions for a pull request, or the cluster and the working
-//! tree for `diff --cluster`), formatted as text (terminals, with colour), markdown (PR
-//! comments, kept under GitHub's comment limit) or JSON (tools, versioned).
+//! The diff report: what a change does, per plugin and per Kubernetes object. A presenter: a
+//! plan already made between two sides (two revisions for a pull request, planned by
+//! [`crate::diff`]; the cluster and the working tree for `diff --cluster`, by the applier's
+//! dry run) and who the plugins of each side are, formatted as text (terminals, with colour),
+//! markdown (PR comments, kept under GitHub's comment limit) or JSON (tools, versioned).
 //!
 //! An upgrade changes a plugin's id (it derives from `author/name:version@checksum`) and so
 //! the names of all its objects: the plan creates the new objects and deletes the old ones.
@@ -14,10 +15,9 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::pipeline::{DesiredState, LockState};
-use crate::plan::{self, Action, Change, Compare, ObjectKey, Plan, PlanError};
-use crate::render::{RenderedPlugin, LABEL_PLUGIN_ID};
-use crate::resolve::LockChange;
+use crate::model::{LockChange, LockState};
+use crate::plan::{self, Action, Change, Compare, ObjectKey, Plan};
+use crate::render::LABEL_PLUGIN_ID;
 
 /// The version of the JSON report's layout (`schemaVersion`), raised on any change a tool
 /// reading it would notice. 1: the first versioned layout (structured lock entries,
@@ -212,48 +212,6 @@ pub struct ClusterDiffInputs {
 }
 
 impl DiffReport {
-    /// Compares `head` with `base` (`None`: a base without plugins.yaml, so all is new).
-    pub fn build(
-        base_label: &str,
-        base: Option<&DesiredState>,
-        head: &DesiredState,
-        context_lines: usize,
-    ) -> Result<DiffReport, PlanError> {
-        // Borrowed, not collected with `DesiredState::objects`: copying every object of
-        // both sides cost as much time and memory as planning them.
-        // The templates ConfigMap is the one object not rendered per plugin.
-        let head_templates = head.templates_object();
-        let base_templates = base.and_then(DesiredState::templates_object);
-        let plan = plan::plan_refs_sparse(
-            head_templates
-                .iter()
-                .chain(head.rendered.iter().flat_map(|p| &p.objects)),
-            base_templates.iter().chain(
-                base.into_iter()
-                    .flat_map(|b| b.rendered.iter().flat_map(|p| &p.objects)),
-            ),
-            Compare::Exact,
-        )?;
-        let side = |rendered: &'_ [RenderedPlugin]| -> Vec<PluginIdentity> {
-            rendered
-                .iter()
-                .map(|p| PluginIdentity {
-                    name: p.name.clone(),
-                    version: p.version.clone(),
-                    plugin_id: p.plugin_id.clone(),
-                })
-                .collect()
-        };
-        Ok(DiffReport::from_plan(
-            base_label,
-            base.map(|b| (b.source.as_str(), side(&b.rendered))),
-            (head.source.as_str(), side(&head.rendered)),
-            head.lock.clone(),
-            plan,
-            context_lines,
-        ))
-    }
-
     /// The report of a plan already made between two revisions, each given by its source
     /// (as its snapshot describes it) and its plugins (`None`: a base without
     /// plugins.yaml). Objects are assigned to plugins by their plugin-id label.

@@ -4,10 +4,12 @@
 //! `schemas/` are generated from them (`cargo run --bin codegen`), so the schema, the parser
 //! and the docs cannot drift apart.
 
+mod lock_state;
 pub mod lockfile;
 mod marketplace;
 pub mod pluginset;
 
+pub use lock_state::{LockChange, LockState};
 pub use lockfile::{LockedImage, LockedPlugin, PluginLock};
 pub use marketplace::marketplace_download_url;
 pub use pluginset::*;

@@ -23,7 +23,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::error::{Diagnostics, Error};
 use crate::load::{DeclaredPlugin, DeclaredSource, LoadedPluginSet, SalvagedLock};
-use crate::model::{LockedPlugin, PluginLock};
+use crate::model::{LockChange, LockedPlugin, PluginLock};
 use crate::package::{self, Package};
 use crate::source::{EntryKind, Snapshot};
 use cache::Cache;
@@ -75,54 +75,6 @@ pub struct Resolution {
     pub lock: PluginLock,
     /// How it differs from the lock that existed before.
     pub changes: Vec<LockChange>,
-}
-
-/// One difference between an old and a new lock.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LockChange {
-    /// A plugin pinned for the first time.
-    Added(LockedPlugin),
-    /// A plugin no longer declared.
-    Removed(LockedPlugin),
-    /// A plugin whose pin changed (version, source or digest).
-    Changed {
-        /// The old pin.
-        before: LockedPlugin,
-        /// The new pin.
-        after: LockedPlugin,
-    },
-}
-
-impl std::fmt::Display for LockChange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let short = |s: &str| s.chars().take(12).collect::<String>();
-        match self {
-            LockChange::Added(p) => write!(
-                f,
-                "+ {} {} (sha256:{})",
-                p.name,
-                p.version,
-                short(&p.sha256)
-            ),
-            LockChange::Removed(p) => write!(f, "- {} {}", p.name, p.version),
-            LockChange::Changed { before, after } if before.version != after.version => write!(
-                f,
-                "~ {} {} -> {} (sha256:{})",
-                after.name,
-                before.version,
-                after.version,
-                short(&after.sha256)
-            ),
-            LockChange::Changed { before, after } => write!(
-                f,
-                "~ {} {} sha256:{} -> sha256:{}",
-                after.name,
-                after.version,
-                short(&before.sha256),
-                short(&after.sha256)
-            ),
-        }
-    }
 }
 
 /// The differences between two locks, by plugin name, in name order.

@@ -16,7 +16,9 @@
 //! - **Prune** deletes objects this set applied before and no longer desires: objects carrying
 //!   its ownership label, and objects in its inventory (`PluginSet.status.inventory`, as
 //!   Flux's) so prune still works after labels change. An object is only ever deleted if
-//!   plugsync's field manager applied it; anything else is left alone.
+//!   plugsync's field manager applied it; anything else is left alone. A templates ConfigMap
+//!   is pruned only once no Plugin of the set names it (an old version held for its upgrade
+//!   and a retry keep rendering from the templates they were created with).
 //! - **One owner per object.** An object labelled with another PluginSet of the namespace is
 //!   never applied over (adopted) nor pruned: declaring it is a reported conflict, and it
 //!   never enters this set's inventory. Plugins are named by plugin-id alone, so two sets
@@ -41,11 +43,11 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
+use crate::error::Error;
 use plugsync_core::crd::InventoryEntry;
-use plugsync_core::error::Error;
 use plugsync_core::model::{PluginSet, API_VERSION};
 use plugsync_core::plan::{self, Action, Change, Compare, ObjectKey};
-use plugsync_core::render::LABEL_PLUGINSET;
+use plugsync_core::render::{LABEL_PLUGINSET, LABEL_TEMPLATES};
 pub use retry::RetryPolicy;
 
 /// The field manager plugsync applies with.
@@ -86,7 +88,8 @@ pub enum Outcome {
     /// No longer desired; deleted.
     Pruned,
     /// No longer desired, but kept for now: the Plugin of an older version of a plugin whose
-    /// new version is not Running yet (an upgrade never leaves a plugin without a runner).
+    /// new version is not Running yet (an upgrade never leaves a plugin without a runner), or
+    /// a templates ConfigMap such a Plugin (or a retry) still renders from.
     Held,
 }
 
@@ -256,8 +259,8 @@ impl Applier {
             .await?;
         let api = self.api(&resource, None);
         for crd in crds {
-            let desired = serde_json::to_value(crd).map_err(|e| Error::Usage(e.to_string()))?;
-            let key = ObjectKey::of(&desired).map_err(|e| Error::Usage(e.to_string()))?;
+            let desired = serde_json::to_value(crd).unwrap_or(Value::Null);
+            let key = ObjectKey::of(&desired).map_err(Error::Malformed)?;
             let live = self.get(&api, &key.name).await?;
             self.apply_one(&api, &key, &desired, live.as_ref(), options, &mut report)
                 .await;
@@ -266,7 +269,10 @@ impl Applier {
             }
         }
         if let Some((key, why)) = report.failed.first() {
-            return Err(Error::Cluster(format!("{key}: {why}")));
+            return Err(Error::Refused {
+                object: key.to_string(),
+                reason: why.clone(),
+            });
         }
         Ok(report)
     }
@@ -279,13 +285,14 @@ impl Applier {
         let established = await_condition(crds, name, conditions::is_crd_established());
         match tokio::time::timeout(CRD_ESTABLISHED_TIMEOUT, established).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(Error::Cluster(format!(
-                "waiting for CustomResourceDefinition {name} to become Established: {e}"
-            ))),
-            Err(_) => Err(Error::Cluster(format!(
-                "CustomResourceDefinition {name} did not become Established within {}s",
-                CRD_ESTABLISHED_TIMEOUT.as_secs()
-            ))),
+            Ok(Err(e)) => Err(Error::CrdNotEstablished {
+                name: name.to_string(),
+                reason: format!("waiting for it: {e}"),
+            }),
+            Err(_) => Err(Error::CrdNotEstablished {
+                name: name.to_string(),
+                reason: format!("not within {}s", CRD_ESTABLISHED_TIMEOUT.as_secs()),
+            }),
         }
     }
 
@@ -316,7 +323,7 @@ impl Applier {
             // A dry run on a cluster without the CRDs yet (`apply --dry-run` before the first
             // apply): no server can dry-run objects of kinds it does not serve, and there is
             // nothing live to compare with, so everything would be created.
-            Err(Error::ClusterApi { code: 404, .. }) if options.dry_run => {
+            Err(e) if options.dry_run && e.code() == Some(404) => {
                 return Ok(all_new(&set_object, objects));
             }
             Err(e) => return Err(e),
@@ -330,7 +337,7 @@ impl Applier {
             .unwrap_or_default()
             .into_iter()
             .collect();
-        let set_key = ObjectKey::of(&set_object).map_err(|e| Error::Usage(e.to_string()))?;
+        let set_key = ObjectKey::of(&set_object).map_err(Error::Malformed)?;
         self.apply_one(
             &set_api,
             &set_key,
@@ -341,14 +348,17 @@ impl Applier {
         )
         .await;
         if let Some((key, why)) = report.failed.first() {
-            return Err(Error::Cluster(format!("{key}: {why}")));
+            return Err(Error::Refused {
+                object: key.to_string(),
+                reason: why.clone(),
+            });
         }
 
         // Live objects: one LIST per kind, by ownership label.
         let mut desired_keys = Vec::with_capacity(objects.len());
         let mut kinds: BTreeMap<(String, String), ApiResource> = BTreeMap::new();
         for object in objects {
-            let key = ObjectKey::of(object).map_err(|e| Error::Usage(e.to_string()))?;
+            let key = ObjectKey::of(object).map_err(Error::Malformed)?;
             if let std::collections::btree_map::Entry::Vacant(slot) =
                 kinds.entry((key.api_version.clone(), key.kind.clone()))
             {
@@ -448,7 +458,16 @@ impl Applier {
                     .map(entry_key)
                     .filter(|k| !desired_set.contains(k)),
             );
-            for key in candidates.iter().rev() {
+            // Templates ConfigMaps last: whether a Plugin still names one depends on which
+            // Plugins this prune removes.
+            let is_config_map = |k: &&ObjectKey| k.api_version == "v1" && k.kind == "ConfigMap";
+            let ordered = candidates
+                .iter()
+                .rev()
+                .filter(|k| !is_config_map(k))
+                .chain(candidates.iter().rev().filter(is_config_map));
+            let mut pruned_plugins: BTreeSet<String> = BTreeSet::new();
+            for key in ordered {
                 let Some(resource) = kinds.get(&(key.api_version.clone(), key.kind.clone())) else {
                     continue;
                 };
@@ -475,9 +494,24 @@ impl Applier {
                     report.objects.push((key.clone(), Outcome::Held));
                     continue;
                 }
+                if key.kind == "ConfigMap"
+                    && is_templates_config_map(&object)
+                    && templates_in_use(objects, &live, &report.failed, &pruned_plugins)
+                        .contains(key.name.as_str())
+                {
+                    // A held old version or a retry still renders from it: pruned by the
+                    // first apply after the last Plugin naming it is gone.
+                    info!(object = %key, "kept while a Plugin of the set still names it");
+                    kept_inventory.insert(inventory_entry(key));
+                    report.objects.push((key.clone(), Outcome::Held));
+                    continue;
+                }
                 report.changes.push(deletion_change(key, &object));
                 if options.dry_run {
                     report.objects.push((key.clone(), Outcome::Pruned));
+                    if key.kind == "Plugin" {
+                        pruned_plugins.insert(key.name.clone());
+                    }
                     continue;
                 }
                 let params = DeleteParams {
@@ -492,9 +526,15 @@ impl Applier {
                     Ok(_) => {
                         info!(object = %key, "pruned");
                         report.objects.push((key.clone(), Outcome::Pruned));
+                        if key.kind == "Plugin" {
+                            pruned_plugins.insert(key.name.clone());
+                        }
                     }
-                    Err(Error::ClusterApi { code: 404, .. }) => {
+                    Err(e) if e.code() == Some(404) => {
                         report.objects.push((key.clone(), Outcome::Pruned));
+                        if key.kind == "Plugin" {
+                            pruned_plugins.insert(key.name.clone());
+                        }
                     }
                     Err(e) => {
                         kept_inventory.insert(inventory_entry(key));
@@ -695,12 +735,17 @@ fn all_new(set_object: &Value, objects: &[Value]) -> ApplyReport {
 /// (`Apply failed with 1 conflict: conflict with "kubectl-patch": .spec.x`), if that is what
 /// `error` is.
 fn conflicting_managers(error: &Error) -> Option<Vec<String>> {
-    let Error::ClusterApi {
-        code: 409, message, ..
+    let Error::Api {
+        source: kube::Error::Api(status),
+        ..
     } = error
     else {
         return None;
     };
+    if status.code != 409 {
+        return None;
+    }
+    let message = &status.message;
     let mut managers: Vec<String> = message
         .split("conflict with \"")
         .skip(1)
@@ -747,6 +792,55 @@ fn replacement_not_running(
     !replacements.iter().any(|r| running(&r["spec"]["pluginId"]))
 }
 
+/// Whether a live ConfigMap is a templates ConfigMap (`plugsync.dev/templates` label).
+fn is_templates_config_map(object: &Value) -> bool {
+    object
+        .pointer("/metadata/labels")
+        .and_then(|labels| labels.get(LABEL_TEMPLATES))
+        .is_some()
+}
+
+/// The templates ConfigMaps the set's Plugins name once this apply is done: each desired
+/// Plugin's, and each live Plugin's that stays as it is — an old version held for its
+/// upgrade, a retry the controller created (it keeps the templates it was created with), a
+/// desired Plugin whose apply failed — but not one pruned now (`pruned`) nor a retry of one
+/// pruned now (garbage-collected with it). The controller renders a Plugin's children from
+/// the ConfigMap it names, so pruning one still named would leave that Plugin unmanaged
+/// (`TemplatesMissing`).
+fn templates_in_use<'a>(
+    desired: &'a [Value],
+    live: &'a BTreeMap<ObjectKey, Value>,
+    failed: &[(ObjectKey, String)],
+    pruned: &BTreeSet<String>,
+) -> BTreeSet<&'a str> {
+    let named = |plugin: &'a Value| plugin["spec"]["templates"].as_str();
+    let mut in_use: BTreeSet<&str> = desired
+        .iter()
+        .filter(|d| d["kind"] == "Plugin")
+        .filter_map(named)
+        .collect();
+    let replaced_by_apply = |key: &ObjectKey| {
+        !failed.iter().any(|(k, _)| k == key)
+            && desired.iter().any(|d| {
+                d["kind"] == "Plugin" && d["metadata"]["name"].as_str() == Some(key.name.as_str())
+            })
+    };
+    for (key, plugin) in live.iter().filter(|(k, _)| k.kind == "Plugin") {
+        let owner_pruned = plugin["metadata"]["ownerReferences"]
+            .as_array()
+            .is_some_and(|refs| {
+                refs.iter().any(|r| {
+                    r["kind"] == "Plugin" && r["name"].as_str().is_some_and(|n| pruned.contains(n))
+                })
+            });
+        if pruned.contains(&key.name) || owner_pruned || replaced_by_apply(key) {
+            continue;
+        }
+        in_use.extend(named(plugin));
+    }
+    in_use
+}
+
 fn with_identity(mut object: Value, key: &ObjectKey) -> Value {
     object["apiVersion"] = json!(key.api_version);
     object["kind"] = json!(key.kind);
@@ -786,12 +880,19 @@ fn deletion_change(key: &ObjectKey, live: &Value) -> Change {
 mod drift_tests {
     use super::*;
 
+    fn status(code: u16, message: &str) -> Error {
+        Error::api(
+            "dry-run apply Plugin ns/x",
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                message: message.into(),
+                ..Default::default()
+            })),
+        )
+    }
+
     fn conflict(message: &str) -> Error {
-        Error::ClusterApi {
-            what: "dry-run apply Plugin ns/x".into(),
-            code: 409,
-            message: message.into(),
-        }
+        status(409, message)
     }
 
     #[test]
@@ -807,12 +908,9 @@ mod drift_tests {
                 "kubectl-patch".to_string()
             ])
         );
-        assert_eq!(conflicting_managers(&Error::Cluster("x".into())), None);
-        let not_a_conflict = Error::ClusterApi {
-            what: "x".into(),
-            code: 422,
-            message: "conflict with \"a\"".into(),
-        };
+        let not_an_answer = Error::Core(plugsync_core::Error::Cluster("x".into()));
+        assert_eq!(conflicting_managers(&not_an_answer), None);
+        let not_a_conflict = status(422, "conflict with \"a\"");
         assert_eq!(conflicting_managers(&not_a_conflict), None);
     }
 

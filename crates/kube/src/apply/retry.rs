@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use plugsync_core::error::Error;
+use crate::error::{is_transient_kube, Error};
 
 /// How often and how patiently to retry.
 #[derive(Debug, Clone, Copy)]
@@ -30,15 +30,6 @@ impl Default for RetryPolicy {
     }
 }
 
-/// Whether a kube error is worth another attempt.
-pub fn is_retryable(error: &kube::Error) -> bool {
-    match error {
-        kube::Error::Api(status) => matches!(status.code, 429 | 500 | 502 | 503 | 504),
-        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
-        _ => false,
-    }
-}
-
 impl RetryPolicy {
     /// Runs `op` until it succeeds, fails for good, or attempts run out. `what` names the
     /// operation in logs and errors.
@@ -52,13 +43,13 @@ impl RetryPolicy {
         loop {
             match op().await {
                 Ok(v) => return Ok(v),
-                Err(e) if attempt < self.attempts && is_retryable(&e) => {
+                Err(e) if attempt < self.attempts && is_transient_kube(&e) => {
                     warn!(operation = what, attempt, error = %e, "retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(self.cap);
                     attempt += 1;
                 }
-                Err(e) => return Err(crate::error::from_kube(what, e)),
+                Err(e) => return Err(Error::api(what, e)),
             }
         }
     }

@@ -7,13 +7,17 @@
 //! plugins.yaml, stale lock, template error) changes nothing in the cluster: the status says
 //! which commit, file, line and why, and the next good commit proceeds.
 //!
-//! Between passes the loop refreshes the status from the Plugins every few seconds, re-applies
-//! while old versions are held for upgrades, and wakes at once on a webhook, a folder change
-//! (local mode) or the `plugsync.dev/reconcile-requested-at` annotation. A pass is never
-//! interrupted: on shutdown the apply in flight finishes first.
+//! Between passes the loop watches the PluginSet and its Plugins (`set_watch.rs`): on a change it
+//! recomputes the status (written only when it differs), re-applies while old versions are
+//! held for upgrades, and honours the `plugsync.dev/suspend` and
+//! `plugsync.dev/reconcile-requested-at` annotations; nothing is polled but git. It wakes at
+//! once on a webhook or a folder change (local mode) too. A pass is never interrupted: on
+//! shutdown the apply in flight finishes first.
 
+mod set_watch;
 pub mod status;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,20 +32,22 @@ use tracing::{debug, info, warn};
 
 use crate::apply::{Applier, ApplyOptions, Outcome};
 use crate::controller::reconcile::{kube_conditions, status_merge_patch};
+use crate::error::GitError;
 use crate::metrics::{FetchOutcome, Metrics, ReconcileResult};
 use crate::server::Readiness;
 use plugsync_core::crd::PluginSetResource;
-use plugsync_core::crd::{Plugin, PluginSetStatus};
+use plugsync_core::crd::{Plugin, PluginPhase, PluginSetStatus};
 use plugsync_core::error::Error;
+use plugsync_core::model::LockState;
 use plugsync_core::model::PluginSet;
-use plugsync_core::pipeline::{self, join, parent_dir, LockState};
+use plugsync_core::pipeline::{self, join, parent_dir};
 use plugsync_core::render::{RenderSettings, LABEL_PLUGINSET};
 use plugsync_core::resolve::cache::Cache;
 use plugsync_core::resolve::Resolver;
 use plugsync_core::source::remote::{
     poll_delay, CommitAuthor, GitAuth, RemoteError, RemoteRepo, SyncOutcome,
 };
-use plugsync_core::source::{GitRevision, Snapshot, WorkTree};
+use plugsync_core::source::{GitRevision, Snapshot, SnapshotError, WorkTree};
 use status::{compose, status_errors, PassResult, PhaseCounts};
 
 /// Set to `"true"` on the PluginSet to pause the loop (nothing fetched or applied).
@@ -91,8 +97,6 @@ pub struct LoopConfig {
     pub jitter: f64,
     /// Time between full passes even when nothing changed (drift correction).
     pub resync: Duration,
-    /// Time between status refreshes from the Plugins.
-    pub status_interval: Duration,
     /// Suspended by flag: nothing is fetched or applied.
     pub suspend: bool,
     /// Install or update the CRDs before the first apply (needs cluster-wide RBAC).
@@ -156,7 +160,19 @@ pub struct GitOps {
     lock_pushed_for: Option<String>,
     /// Turns true on shutdown: git work in flight is then abandoned, not waited for.
     shutdown: Option<watch::Receiver<bool>>,
+    /// The last status written, and the resourceVersion of the PluginSet it was computed
+    /// against: until the watch shows the write, that version's status is this one.
+    published: Option<(Option<String>, PluginSetStatus)>,
+    /// The set's Running Plugins as last seen, and as at the last apply: a held upgrade can
+    /// only be released once they differ (a replacement started running).
+    running_now: BTreeSet<String>,
+    running_at_apply: BTreeSet<String>,
 }
+
+/// How long the loop waits after a change of the PluginSet or a Plugin before recomputing
+/// the status, so a burst (a thousand Plugins starting) costs one recomputation and at most
+/// one write.
+const STATUS_DEBOUNCE: Duration = Duration::from_millis(250);
 
 impl GitOps {
     /// A loop over `config`. It shares nothing with the plugin controller: the templates of
@@ -203,6 +219,9 @@ impl GitOps {
             suspended_by_annotation: false,
             lock_pushed_for: None,
             shutdown: None,
+            published: None,
+            running_now: BTreeSet::new(),
+            running_at_apply: BTreeSet::new(),
         })
     }
 
@@ -212,8 +231,9 @@ impl GitOps {
     }
 
     /// Runs passes until `shutdown` turns true: on the poll interval, at once on `trigger`
-    /// (webhook, folder change) or a reconcile request, and refreshes the status in between.
-    /// A pass in progress always finishes.
+    /// (webhook, folder change) or a reconcile request; recomputes the status whenever the
+    /// PluginSet or one of its Plugins changes (watched, not polled). A pass in progress
+    /// always finishes.
     pub async fn run(
         mut self,
         trigger: Arc<Notify>,
@@ -225,42 +245,54 @@ impl GitOps {
             RepoSource::Git { .. } => None,
         };
         self.shutdown = Some(shutdown.clone());
+        let watched = set_watch::SetWatch::start(self.client.clone(), &self.config.namespace);
         let mut rng = rand::rngs::StdRng::from_os_rng();
         let mut force = true;
         let mut next_poll = Instant::now();
         loop {
-            let requested = self.refresh_status().await;
+            let requested = self.publish_watched(&watched).await;
             force |= requested;
             if force || Instant::now() >= next_poll {
                 let resync_due = self
                     .last_full_pass
                     .is_none_or(|t| t.elapsed() >= self.config.resync);
                 let started = Instant::now();
+                self.running_at_apply = self.running_now.clone();
                 let outcome = self.pass(force || resync_due).await;
                 self.metrics.observe_reconcile(started.elapsed(), outcome);
                 force = false;
                 next_poll =
                     Instant::now() + poll_delay(self.config.interval, self.config.jitter, &mut rng);
                 readiness.set_ready();
-                self.refresh_status().await;
+                self.publish_watched(&watched).await;
                 if self.record_digests().await {
                     // Our own commit: fetch and apply it at the next turn.
                     force = true;
                 }
-            } else if matches!(self.result, PassResult::Applied { held, .. } if held > 0) {
-                // Upgrades wait for their replacements: apply again to release them.
+            } else if matches!(self.result, PassResult::Applied { held, .. } if held > 0)
+                && self.running_now != self.running_at_apply
+            {
+                // Upgrades wait for their replacements, and one started running: apply again
+                // to release it.
+                self.running_at_apply = self.running_now.clone();
                 self.reapply().await;
             }
             if *shutdown.borrow() {
                 break;
             }
-            let wake = next_poll.min(Instant::now() + self.config.status_interval);
             tokio::select! {
-                _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = tokio::time::sleep_until(next_poll.into()) => {}
                 _ = trigger.notified() => {
                     // Coalesce a burst (an editor's save, several webhooks) into one pass.
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     force = true;
+                }
+                () = watched.changed() => {
+                    // Coalesce a burst of changes into one recomputation.
+                    tokio::select! {
+                        _ = tokio::time::sleep(STATUS_DEBOUNCE) => {}
+                        _ = shutdown.changed() => {}
+                    }
                 }
                 _ = shutdown.changed() => {}
             }
@@ -292,9 +324,11 @@ impl GitOps {
                     }
                     (Opener::Commit(path, commit.clone()), commit)
                 }
-                Err(message) => {
-                    warn!(%message, "fetch failed");
-                    self.result = PassResult::FetchFailed { message };
+                Err(e) => {
+                    warn!(error = %e, "fetch failed");
+                    self.result = PassResult::FetchFailed {
+                        message: e.to_string(),
+                    };
                     return ReconcileResult::Failed;
                 }
             },
@@ -316,8 +350,10 @@ impl GitOps {
         };
         let read = match read {
             Ok(Ok(read)) => read,
-            Ok(Err(message)) => {
-                self.result = PassResult::FetchFailed { message };
+            Ok(Err(e)) => {
+                self.result = PassResult::FetchFailed {
+                    message: e.to_string(),
+                };
                 return ReconcileResult::Failed;
             }
             Err(e) => {
@@ -447,10 +483,14 @@ impl GitOps {
                     .iter()
                     .any(|(_, o)| *o != Outcome::Unchanged && *o != Outcome::Held);
                 self.done_commit = Some(commit.clone());
-                self.result = PassResult::Applied {
-                    commit,
-                    held: report.count(Outcome::Held),
-                };
+                // Old versions held for their upgrades (a templates ConfigMap kept for a
+                // Plugin that names it is not one).
+                let held = report
+                    .objects
+                    .iter()
+                    .filter(|(key, o)| *o == Outcome::Held && key.kind == "Plugin")
+                    .count();
+                self.result = PassResult::Applied { commit, held };
                 if changed {
                     ReconcileResult::Applied
                 } else {
@@ -521,27 +561,21 @@ impl GitOps {
         let pinned = lock.images.len();
         let auth = match self.git_auth().await {
             Ok(auth) => auth,
-            Err(message) => {
-                warn!(%message, "cannot commit plugins.lock");
+            Err(e) => {
+                warn!(error = %e, "cannot commit plugins.lock");
                 return false;
             }
         };
         let text = lock.to_yaml();
         let pushed = self
             .git_work("pushing to", remote, move |repo| {
-                repo.commit_and_push(
+                Ok(repo.commit_and_push(
                     &auth,
                     parent,
                     &[(path.as_str(), text.as_bytes())],
                     &settings.author,
                     &settings.message,
-                )
-                .map_err(|e| match e {
-                    RemoteError::PushRejected { .. } => {
-                        format!("{e} (retried after the next fetch)")
-                    }
-                    other => other.to_string(),
-                })
+                )?)
             })
             .await;
         match pushed {
@@ -551,8 +585,12 @@ impl GitOps {
                 true
             }
             Ok(_) => false,
-            Err(message) => {
-                warn!(%message, "could not commit plugins.lock");
+            Err(e @ GitError::Remote(RemoteError::PushRejected { .. })) => {
+                warn!(error = %e, "could not commit plugins.lock; retried after the next fetch");
+                false
+            }
+            Err(e) => {
+                warn!(error = %e, "could not commit plugins.lock");
                 false
             }
         }
@@ -581,15 +619,15 @@ impl GitOps {
         ReconcileResult::Invalid
     }
 
-    async fn fetch(&mut self) -> Result<(SyncOutcome, PathBuf), String> {
+    async fn fetch(&mut self) -> Result<(SyncOutcome, PathBuf), GitError> {
         let Some(remote) = self.remote.clone() else {
-            return Err("no remote repository".into());
+            return Err(GitError::NoRepository);
         };
         let auth = self.git_auth().await?;
         let started = Instant::now();
         let result = self
             .git_work("fetching", remote, move |repo| {
-                let outcome = repo.sync(&auth).map_err(|e| e.to_string())?;
+                let outcome = repo.sync(&auth)?;
                 Ok((outcome, repo.path().to_path_buf()))
             })
             .await;
@@ -616,33 +654,41 @@ impl GitOps {
         what: &str,
         remote: Arc<Mutex<RemoteRepo>>,
         work: F,
-    ) -> Result<T, String>
+    ) -> Result<T, GitError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut RemoteRepo) -> Result<T, String> + Send + 'static,
+        F: FnOnce(&mut RemoteRepo) -> Result<T, GitError> + Send + 'static,
     {
         let url = match &self.config.source {
             RepoSource::Git { url, .. } => plugsync_core::redact::redact_text(url),
             RepoSource::Local { .. } => String::new(),
         };
+        let what = what.to_string();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let busy = format!(
-            "{what} {url}: the previous git operation has not returned yet (its server \
-             accepted the connection and stopped answering); retrying at the next poll"
-        );
+        let busy = GitError::Busy {
+            what: what.clone(),
+            url: url.clone(),
+        };
+        let poisoned = GitError::Thread {
+            what: what.clone(),
+            url: url.clone(),
+            reason: "panicked earlier, holding the repository".into(),
+        };
         std::thread::Builder::new()
             .name("plugsync-git".into())
             .spawn(move || {
                 let result = match remote.try_lock() {
                     Ok(mut repo) => work(&mut repo),
                     Err(std::sync::TryLockError::WouldBlock) => Err(busy),
-                    Err(std::sync::TryLockError::Poisoned(_)) => {
-                        Err("git repository lock poisoned".to_string())
-                    }
+                    Err(std::sync::TryLockError::Poisoned(_)) => Err(poisoned),
                 };
                 let _ = tx.send(result);
             })
-            .map_err(|e| format!("{what} {url}: cannot start a thread: {e}"))?;
+            .map_err(|e| GitError::Thread {
+                what: what.clone(),
+                url: url.clone(),
+                reason: format!("cannot start: {e}"),
+            })?;
         let timeout = self.config.git_timeout;
         let mut shutdown = self.shutdown.clone();
         let stopping = async {
@@ -656,18 +702,19 @@ impl GitOps {
         tokio::select! {
             answer = tokio::time::timeout(timeout, rx) => match answer {
                 Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err(format!("{what} {url}: the git thread ended without an answer")),
-                Err(_) => Err(format!(
-                    "{what} {url}: no answer within {} (--git-timeout)",
-                    humantime::format_duration(timeout)
-                )),
+                Ok(Err(_)) => Err(GitError::Thread {
+                    what,
+                    url,
+                    reason: "ended without an answer".into(),
+                }),
+                Err(_) => Err(GitError::Timeout { what, url, timeout }),
             },
-            () = stopping => Err(format!("{what} {url}: abandoned at shutdown")),
+            () = stopping => Err(GitError::Abandoned { what, url }),
         }
     }
 
     /// The credentials, read from the Secret at every fetch so a rotation needs no restart.
-    async fn git_auth(&self) -> Result<GitAuth, String> {
+    async fn git_auth(&self) -> Result<GitAuth, GitError> {
         let RepoSource::Git {
             secret: Some(name), ..
         } = &self.config.source
@@ -675,22 +722,30 @@ impl GitOps {
             return Ok(GitAuth::None);
         };
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.config.namespace);
+        let secret_name = || format!("{}/{name}", self.config.namespace);
         let secret = secrets
             .get(name)
             .await
-            .map_err(|e| format!("reading Secret {}/{name}: {e}", self.config.namespace))?;
+            .map_err(|source| GitError::ReadSecret {
+                secret: secret_name(),
+                source,
+            })?;
         let data = secret
             .data
             .unwrap_or_default()
             .into_iter()
             .map(|(k, v)| (k, v.0))
             .collect();
-        GitAuth::from_secret_data(&data)
-            .map_err(|e| format!("Secret {}/{name}: {e}", self.config.namespace))
+        GitAuth::from_secret_data(&data).map_err(|source| GitError::Credentials {
+            secret: secret_name(),
+            source,
+        })
     }
 
-    /// Reads the PluginSet (annotations) and its Plugins, publishes the status when it
-    /// changed, and says whether a reconcile was requested by annotation.
+    /// Reads the PluginSet (annotations) and its Plugins from the API, publishes the status
+    /// when it changed, and says whether a reconcile was requested by annotation. One GET and
+    /// one LIST: for driving the loop pass by pass ([`pass`](Self::pass)); [`run`](Self::run)
+    /// reads both from its watches instead.
     pub async fn refresh_status(&mut self) -> bool {
         let sets: Api<PluginSetResource> =
             Api::namespaced(self.client.clone(), &self.config.namespace);
@@ -713,12 +768,57 @@ impl GitOps {
                 return false;
             }
         };
+        let plugins: Api<Plugin> = Api::namespaced(self.client.clone(), &self.config.namespace);
+        let list = plugins
+            .list(&kube::api::ListParams::default().labels(&format!("{LABEL_PLUGINSET}={name}")))
+            .await;
+        match list {
+            Ok(list) => self.publish(&live, Some(&list.items)).await,
+            Err(e) => {
+                debug!(error = %e, "cannot list Plugins");
+                self.publish(&live, None).await
+            }
+        }
+    }
+
+    /// [`refresh_status`](Self::refresh_status) from the watched PluginSet and Plugins: no
+    /// request but the status write, and that only when the status changed. Until the
+    /// watches have listed once, nothing (the status would say no Plugin runs).
+    async fn publish_watched(&mut self, watched: &set_watch::SetWatch) -> bool {
+        if !watched.ready() {
+            return false;
+        }
+        if self.set_name.is_none() {
+            // A first commit too broken to name its set: the one set already here, if any.
+            if let [only] = watched.sets().as_slice() {
+                self.set_name = Some(only.name_any());
+            }
+        }
+        let Some(name) = self.set_name.clone() else {
+            return false;
+        };
+        let Some(live) = watched.set(&name) else {
+            return false;
+        };
+        let plugins = watched.plugins_of(&name);
+        self.publish(&live, Some(&plugins)).await
+    }
+
+    /// Takes in the live PluginSet's annotations, writes its status when it differs from
+    /// what `plugins` (all of the set's; `None`: unknown, the status is left alone) and the
+    /// last pass say, and says whether a reconcile was requested by annotation.
+    async fn publish(&mut self, live: &PluginSetResource, plugins: Option<&[Plugin]>) -> bool {
+        let name = live.name_any();
         let annotations = live.annotations();
         self.suspended_by_annotation = annotations
             .get(ANNOTATION_SUSPEND)
             .is_some_and(|v| v == "true");
         let request = annotations.get(ANNOTATION_RECONCILE_REQUESTED).cloned();
-        let old = live.status.clone().unwrap_or_default();
+        // A watch may not show our last write yet: then that write is the status.
+        let old = match &self.published {
+            Some((version, status)) if *version == live.metadata.resource_version => status.clone(),
+            _ => live.status.clone().unwrap_or_default(),
+        };
         let requested = request.is_some() && request != old.last_handled_reconcile_at;
         if requested {
             info!(
@@ -726,19 +826,15 @@ impl GitOps {
                 "reconcile requested by annotation"
             );
         }
-
-        let plugins: Api<Plugin> = Api::namespaced(self.client.clone(), &self.config.namespace);
-        let list = match plugins
-            .list(&kube::api::ListParams::default().labels(&format!("{LABEL_PLUGINSET}={name}")))
-            .await
-        {
-            Ok(list) => list.items,
-            Err(e) => {
-                debug!(error = %e, "cannot list Plugins");
-                return requested;
-            }
+        let Some(plugins) = plugins else {
+            return requested;
         };
-        let counts = PhaseCounts::of(&list);
+        self.running_now = plugins
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase) == Some(PluginPhase::Running))
+            .map(|p| p.name_any())
+            .collect();
+        let counts = PhaseCounts::of(plugins);
         let phases: Vec<(&str, i64)> = counts
             .phases
             .iter()
@@ -784,11 +880,14 @@ impl GitOps {
             // The inventory is the applier's: never written here.
             let body = status_merge_patch(&new, &old, &["inventory"]);
             let patch = json!({ "status": body });
-            if let Err(e) = sets
+            let sets: Api<PluginSetResource> =
+                Api::namespaced(self.client.clone(), &self.config.namespace);
+            match sets
                 .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
             {
-                warn!(error = %e, "cannot write the PluginSet status");
+                Ok(_) => self.published = Some((live.metadata.resource_version.clone(), new)),
+                Err(e) => warn!(error = %e, "cannot write the PluginSet status"),
             }
         }
         requested
@@ -816,7 +915,8 @@ struct CommitRead {
 }
 
 /// Opens the commit (or the folder) and loads, resolves and renders its set: blocking work,
-/// run on a blocking thread. `Err` when the snapshot cannot even be opened (retried).
+/// run on a blocking thread. `Err` when the snapshot cannot even be opened (retried at the
+/// next poll: a commit just fetched that cannot be opened is the clone's fault, not its own).
 fn read_commit(
     runtime: &tokio::runtime::Handle,
     opener: Opener,
@@ -825,12 +925,10 @@ fn read_commit(
     settings: &RenderSettings,
     namespace: &str,
     want_name: bool,
-) -> Result<CommitRead, String> {
+) -> Result<CommitRead, SnapshotError> {
     let snapshot: Box<dyn Snapshot> = match opener {
-        Opener::Folder(root) => Box::new(WorkTree::new(&root).map_err(|e| e.to_string())?),
-        Opener::Commit(path, commit) => {
-            Box::new(GitRevision::open(&path, &commit, None).map_err(|e| e.to_string())?)
-        }
+        Opener::Folder(root) => Box::new(WorkTree::new(&root)?),
+        Opener::Commit(path, commit) => Box::new(GitRevision::open(&path, &commit, None)?),
     };
     let state = pipeline::desired_state_blocking(
         runtime,
