@@ -68,7 +68,7 @@ pub async fn diff_report(
     // as its identity; the plugins that differ from base are rendered again, read whole,
     // for the plan.
     let head_inputs = plugin_inputs(&head_state.resolution, &head_state.built_images);
-    let mut rendered = render::render_set_map_as::<crate::yaml::AsIdentity, _>(
+    let mut rendered = render::render_set_map_as::<render::AsIdentity, _>(
         head_state.set.spec(),
         &head_inputs,
         &head_state.templates,

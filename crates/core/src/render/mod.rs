@@ -37,6 +37,7 @@ use serde_json::Value;
 
 pub use context::{build_context, BuildContext};
 pub use fingerprint::{plugin_fingerprint, set_fingerprint};
+pub(crate) use form::AsIdentity;
 pub use form::{AsValue, AsYaml, Expected, ObjectForm};
 pub use plugin::{image_by_digest, render_plugin, resource_name};
 pub use resources::{memory_quantity, MEMORY_FLOOR};

@@ -7,7 +7,6 @@
 //! what serde cannot say: where a field path was written, which keys a lenient type
 //! dropped, and the document with fields in error left out.
 
-mod identity;
 pub(crate) mod tree;
 mod value;
 
@@ -16,7 +15,6 @@ use std::borrow::Cow;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub(crate) use identity::AsIdentity;
 pub use tree::Position;
 pub(crate) use tree::{join_index, join_key, parent_path, Entry, Index, Kind, Node, Tree};
 
