@@ -38,15 +38,24 @@ impl ObjectForm for AsValue {
     type Object = Value;
 
     fn read(text: &str, expected: &Expected<'_>) -> Result<Value, RenderError> {
-        let value: Value = crate::yaml::value_from_str(text)
-            .map_err(|e| expected.invalid(format!("not YAML: {e}")))?;
-        expected.check(|path| {
-            path.iter()
-                .try_fold(&value, |node, key| node.get(key))
-                .and_then(Value::as_str)
-        })?;
-        Ok(value)
+        read_checked(text, expected, crate::yaml::value_from_str)
     }
+}
+
+/// `text` read into a value by `parse` and checked against `expected`: the one reading of
+/// [`AsValue`] and [`AsIdentity`], which differ only in how much of the object they read.
+fn read_checked<E: std::fmt::Display>(
+    text: &str,
+    expected: &Expected<'_>,
+    parse: impl FnOnce(&str) -> Result<Value, E>,
+) -> Result<Value, RenderError> {
+    let value = parse(text).map_err(|e| expected.invalid(format!("not YAML: {e}")))?;
+    expected.check(|path| {
+        path.iter()
+            .try_fold(&value, |node, key| node.get(key))
+            .and_then(Value::as_str)
+    })?;
+    Ok(value)
 }
 
 /// Objects read as far as their identity (`apiVersion`, `kind`, `metadata`; see
@@ -63,14 +72,7 @@ impl ObjectForm for AsIdentity {
     type Object = Value;
 
     fn read(text: &str, expected: &Expected<'_>) -> Result<Value, RenderError> {
-        let value = crate::yaml::identity_from_str(text)
-            .map_err(|e| expected.invalid(format!("not YAML: {e}")))?;
-        expected.check(|path| {
-            path.iter()
-                .try_fold(&value, |node, key| node.get(key))
-                .and_then(Value::as_str)
-        })?;
-        Ok(value)
+        read_checked(text, expected, crate::yaml::identity_from_str)
     }
 }
 
