@@ -30,7 +30,7 @@ use kube::runtime::reflector::{self, reflector, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, ResourceExt};
 use plugsync_core::crd::{Plugin, PluginPhase};
-use plugsync_core::package::signature::{TrustedKey, Verification};
+use plugsync_core::package::signature::TrustedKey;
 use plugsync_core::package::{Package, MAX_UNCOMPRESSED_SIZE};
 use serde::Deserialize;
 use serde_json::json;
@@ -400,16 +400,8 @@ async fn launch_stream(connector: Connector, upload: Upload) -> Lines {
             package.manifest.version
         ));
     };
-    info!(plugin = %uid, signature = ?signature_label(&signature), "connector: launch of a declared package");
+    info!(plugin = %uid, signature = signature.recorded_as(), "connector: launch of a declared package");
     follow(connector, first).await
-}
-
-fn signature_label(verification: &Verification) -> String {
-    match verification {
-        Verification::Signed { signer, .. } => signer.clone(),
-        Verification::Unsigned => "unsigned".to_string(),
-        Verification::Invalid { .. } => "invalid".to_string(),
-    }
 }
 
 /// Streams `plugin`'s progress, from a watch on it, until it runs (`run`/`success` with its

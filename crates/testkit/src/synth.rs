@@ -268,7 +268,7 @@ fn lock_entry(bytes: &[u8], source: String) -> Result<LockedPlugin, Error> {
         plugin_id: package::plugin_id(&unique_identifier),
         unique_identifier,
         // As `plugsync lock` records it: synthetic packages carry no signature.
-        signature: Some("unsigned".to_string()),
+        signature: Some(package::signature::UNSIGNED.to_string()),
     })
 }
 

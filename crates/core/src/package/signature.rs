@@ -111,6 +111,23 @@ pub enum Verification {
     },
 }
 
+/// What plugins.lock records for a package with no signature.
+pub const UNSIGNED: &str = "unsigned";
+/// What plugins.lock records for a signature no trusted key verifies.
+pub const INVALID: &str = "invalid";
+
+impl Verification {
+    /// The word plugins.lock and the logs record for it: the signer's key name,
+    /// [`UNSIGNED`] or [`INVALID`].
+    pub fn recorded_as(&self) -> &str {
+        match self {
+            Verification::Signed { signer, .. } => signer,
+            Verification::Unsigned => UNSIGNED,
+            Verification::Invalid { .. } => INVALID,
+        }
+    }
+}
+
 /// The zip comment of a signed package.
 #[derive(Deserialize)]
 struct SignatureComment {

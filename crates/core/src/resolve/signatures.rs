@@ -4,14 +4,11 @@
 use crate::error::{Diagnostic, Error};
 use crate::load::{DeclaredPlugin, LoadedPluginSet};
 use crate::model::{LockedPlugin, SignaturePolicy};
-use crate::package::signature::{TrustedKey, Verification, DIFY_OFFICIAL_SIGNER};
+use crate::package::signature::{
+    TrustedKey, Verification, DIFY_OFFICIAL_SIGNER, INVALID, UNSIGNED,
+};
 use crate::package::Package;
 use crate::source::Snapshot;
-
-/// What plugins.lock records for a package with no signature.
-pub(crate) const UNSIGNED: &str = "unsigned";
-/// What plugins.lock records for a signature no trusted key verifies.
-pub(crate) const INVALID: &str = "invalid";
 
 /// The keys `set` trusts: Dify's official key, then the repository's own, read from
 /// `snapshot` (the revision the set was read from, so a pull request that adds a key is
@@ -77,11 +74,7 @@ pub(crate) fn check(
 ) -> Option<Diagnostic> {
     let policy = set.spec().spec.signatures.policy;
     let verification = package.verify_signature(keys);
-    locked.signature = Some(match &verification {
-        Verification::Signed { signer, .. } => signer.clone(),
-        Verification::Unsigned => UNSIGNED.to_string(),
-        Verification::Invalid { .. } => INVALID.to_string(),
-    });
+    locked.signature = Some(verification.recorded_as().to_string());
     let refusal = match (&verification, policy) {
         (Verification::Invalid { reason }, SignaturePolicy::RefuseInvalid)
         | (Verification::Invalid { reason }, SignaturePolicy::RequireSigned) => {
