@@ -10,6 +10,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
+use sha2::{Digest as _, Sha256};
 
 #[path = "common/fs.rs"]
 mod fs;
@@ -417,6 +418,97 @@ fn the_bundled_example_locks_offline_and_matches_the_committed_lock() {
         "packing is deterministic across paths and machines"
     );
     assert!(regenerated.contains(GOLDEN_UID));
+}
+
+const EXAMPLE_DIR_SHA256: &str = "270c657d676f76b780a8f823fda8b52f50352b46c3edda4baeee6183a9e0044f";
+
+/// `plugsync lock --locked` on a copy of the bundled example with `cache` as the package
+/// cache: whether the lock still matches what the repository resolves to.
+fn example_locked(repo: &Path, cache: &Path) -> assert_cmd::assert::Assert {
+    Command::cargo_bin("plugsync")
+        .expect("binary")
+        .args(["lock", "--locked", "--repo"])
+        .arg(repo)
+        .env("PLUGSYNC_CACHE_DIR", cache)
+        .assert()
+}
+
+/// The records of packed plugin directories in `cache`: (tree id, the sha256 it packed to).
+fn packed_records(cache: &Path) -> Vec<(String, String)> {
+    let dir = cache.join("packed/v1");
+    let mut records: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| {
+            let e = e.expect("entry");
+            let sha = std::fs::read_to_string(e.path()).expect("record");
+            (e.file_name().to_string_lossy().into_owned(), sha)
+        })
+        .collect();
+    records.sort();
+    records
+}
+
+/// A plugin directory is packed once: the cache records which package its git tree packed
+/// to, and the next run reads that package instead of packing again (what keeps the
+/// pull-request diff of a repository of committed directories fast). The record is read:
+/// pointed at another package in the cache, the directory resolves to that one, and the
+/// lock no longer matches.
+#[test]
+fn a_plugin_directory_packed_before_is_read_from_the_cache() {
+    let repo = tempfile::tempdir().expect("tempdir");
+    copy_dir(Path::new("examples"), repo.path());
+    let cache = tempfile::tempdir().expect("cache");
+    example_locked(repo.path(), cache.path()).success();
+    let records = packed_records(cache.path());
+    assert_eq!(
+        records.len(),
+        1,
+        "one plugin directory in the example: {records:?}"
+    );
+    let (tree, sha) = &records[0];
+    assert_eq!(
+        sha, EXAMPLE_DIR_SHA256,
+        "the record names the locked package"
+    );
+
+    std::fs::write(cache.path().join("packed/v1").join(tree), GOLDEN_SHA256).expect("write");
+    let out = example_locked(repo.path(), cache.path()).failure();
+    // The directory (spec.plugins[0]) now reads as the committed agent package.
+    assert!(
+        stderr(&out)
+            .contains("this package is langgenius/agent, already declared at spec.plugins[0]"),
+        "the directory resolved through the record: {}",
+        stderr(&out)
+    );
+}
+
+/// A record is only a hint: one naming a damaged cache entry, or holding garbage, costs a
+/// packing and is written again; the lock still matches.
+#[test]
+fn a_damaged_packed_record_or_entry_falls_back_to_packing() {
+    let repo = tempfile::tempdir().expect("tempdir");
+    copy_dir(Path::new("examples"), repo.path());
+    let cache = tempfile::tempdir().expect("cache");
+    example_locked(repo.path(), cache.path()).success();
+    let (tree, _) = packed_records(cache.path()).remove(0);
+
+    let entry = cache.path().join("sha256").join(EXAMPLE_DIR_SHA256);
+    std::fs::write(&entry, b"not the package").expect("damage the entry");
+    example_locked(repo.path(), cache.path()).success();
+    assert_eq!(
+        hex::encode(Sha256::digest(std::fs::read(&entry).expect("entry"))),
+        EXAMPLE_DIR_SHA256,
+        "the entry was packed and stored again"
+    );
+
+    let record = cache.path().join("packed/v1").join(&tree);
+    std::fs::write(&record, "../../etc/passwd").expect("garbage record");
+    example_locked(repo.path(), cache.path()).success();
+    assert_eq!(
+        std::fs::read_to_string(&record).expect("record"),
+        EXAMPLE_DIR_SHA256,
+        "the record was written again"
+    );
 }
 
 /// A plugins.lock written before plugsync printed YAML with serde-saphyr (same pins, the

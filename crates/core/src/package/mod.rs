@@ -20,6 +20,7 @@ mod reader;
 pub mod signature;
 
 pub use pack::pack_dir_listing;
+pub(crate) use pack::PACKING_RULES;
 
 /// Dify's cap on a package's total uncompressed size (50 MiB).
 ///

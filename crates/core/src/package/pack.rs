@@ -28,6 +28,12 @@ const DEFLATE_LEVEL: i64 = 6;
 /// Unix permissions of every packed file.
 const FILE_MODE: u32 = 0o644;
 
+/// The version of the rules above (and of the deflate backend's output): the package
+/// cache remembers which package a directory's git tree packed to under this name, so a
+/// change that alters packed bytes must change it, or old records would be trusted.
+/// `tests/package_reader.rs` pins the example's packed digest, which fails first.
+pub(crate) const PACKING_RULES: &str = "v1";
+
 /// The sorted, `/`-separated relative paths [`pack_dir`](super::pack_dir) would pack
 /// from `dir`, for diagnostics ("why is this file in my package?").
 pub fn pack_dir_listing(dir: &Path) -> Result<Vec<String>, PackageError> {

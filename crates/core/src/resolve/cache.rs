@@ -6,6 +6,13 @@
 //! each writes a private temp file and renames it over the same final name, and readers
 //! only ever see a complete file. Reads re-hash the bytes, so a corrupt entry (disk
 //! error, manual edit) is detected, removed and reported as absent rather than trusted.
+//!
+//! `<root>/packed/<rules>/<git tree id>` records the sha256 a plugin directory with that
+//! tree packed to. Packing is deterministic, so the same tree always gives the same bytes:
+//! the record lets a repository's unchanged directories be read from the cache instead of
+//! packed again (the pull-request diff of a working tree packs nothing it packed before).
+//! A record only names an entry, which `get` still verifies; a missing, corrupt or
+//! unreadable record is a miss, never an error.
 
 use std::fs;
 use std::io::{self, Write};
@@ -27,6 +34,7 @@ impl Cache {
         };
         fs::create_dir_all(cache.entries_dir())?;
         fs::create_dir_all(cache.tmp_dir())?;
+        fs::create_dir_all(cache.packed_dir())?;
         Ok(cache)
     }
 
@@ -90,6 +98,28 @@ impl Cache {
     /// it; `None` when absent or when `sha256` is not a valid digest. Not verified.
     pub fn path_of(&self, sha256: &str) -> Option<PathBuf> {
         self.entry_path(sha256).ok().filter(|path| path.is_file())
+    }
+
+    /// The sha256 that a directory whose git tree id is `tree` packed to, when recorded
+    /// under the current packing rules. A hint: the caller reads the entry with `get`.
+    pub fn packed_sha256(&self, tree: git2::Oid) -> Option<String> {
+        let text = fs::read_to_string(self.packed_dir().join(tree.to_string())).ok()?;
+        let sha = text.trim();
+        crate::package::is_sha256_hex(sha).then(|| sha.to_string())
+    }
+
+    /// Records that the directory with git tree id `tree` packs to `sha256`, atomically
+    /// (a reader sees the whole record or none).
+    pub fn record_packed(&self, tree: git2::Oid, sha256: &str) -> io::Result<()> {
+        let mut tmp = NamedTempFile::new_in(self.tmp_dir())?;
+        tmp.write_all(sha256.as_bytes())?;
+        tmp.persist(self.packed_dir().join(tree.to_string()))
+            .map_err(|e| e.error)?;
+        Ok(())
+    }
+
+    fn packed_dir(&self) -> PathBuf {
+        self.root.join("packed").join(crate::package::PACKING_RULES)
     }
 
     fn entries_dir(&self) -> PathBuf {

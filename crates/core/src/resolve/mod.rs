@@ -409,7 +409,21 @@ impl Resolver {
                 return Ok(found);
             }
         }
-        let bytes = self.read_local_as(snapshot, label, rel, kind)?;
+        let packed_before = match (kind, known) {
+            (EntryKind::Dir, Some(tree)) => self.packed_before(tree),
+            _ => None,
+        };
+        let (bytes, packed_now) = match packed_before {
+            Some(bytes) => {
+                tracing::debug!(path = rel, "plugin directory packed before: read from the cache");
+                (bytes, None)
+            }
+            None => {
+                let bytes = self.read_local_as(snapshot, label, rel, kind)?;
+                let packed_now = known.filter(|_| kind == EntryKind::Dir);
+                (bytes, packed_now)
+            }
+        };
         // A working tree knows no blob ids: the file's is computed from what was read.
         let id = match (known, kind) {
             (Some(id), _) => Some(id),
@@ -424,12 +438,25 @@ impl Resolver {
                 .put(&bytes)
                 .map_err(|e| Error::io(self.cache.root(), e))?;
         }
+        if let Some(tree) = packed_now {
+            // An optimisation only: failing to record costs the next run a packing.
+            if let Err(e) = self.cache.record_packed(tree, &sha) {
+                tracing::debug!(error = %e, "could not record a packed directory in the cache");
+            }
+        }
         let (package, bytes) = self.read_package(declared, bytes, sha)?;
         if let Some(id) = id {
             self.committed_packages()
                 .insert(id, (Arc::downgrade(&bytes), Arc::clone(&package)));
         }
         Ok((package, bytes))
+    }
+
+    /// The package a plugin directory with git tree id `tree` packed to before, from the
+    /// cache (verified there by its sha256), so an unchanged directory is not packed again.
+    fn packed_before(&self, tree: git2::Oid) -> Option<Vec<u8>> {
+        let sha = self.cache.packed_sha256(tree)?;
+        self.cache.get(&sha).ok().flatten()
     }
 
     /// Gets a package's bytes (packed, cached or fetched and verified) and reads them.
