@@ -415,7 +415,10 @@ impl Resolver {
         };
         let (bytes, packed_now) = match packed_before {
             Some(bytes) => {
-                tracing::debug!(path = rel, "plugin directory packed before: read from the cache");
+                tracing::debug!(
+                    path = rel,
+                    "plugin directory packed before: read from the cache"
+                );
                 (bytes, None)
             }
             None => {
