@@ -46,11 +46,11 @@ use std::time::{Duration, Instant};
 
 use nix::sys::resource::{getrusage, UsageWho};
 use plugsync_core::diff;
+use plugsync_core::fetch::{FetchSettings, Fetchers};
 use plugsync_core::pipeline::{self, DesiredState};
 use plugsync_core::render::{self, RenderSettings, TextFormat};
 use plugsync_core::report::{DiffReport, PluginChangeKind};
 use plugsync_core::resolve::cache::Cache;
-use plugsync_core::resolve::fetch::{FetchSettings, Fetchers};
 use plugsync_core::resolve::Resolver;
 use plugsync_core::source::{GitRevision, Snapshot, WorkTree};
 use plugsync_testkit::synth::{self, SynthChange, SynthPackages};

@@ -14,10 +14,10 @@ use std::time::Duration;
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
 };
+use plugsync_core::fetch::{FetchSettings, Fetchers};
 use plugsync_core::pipeline::{desired_state, DesiredState};
 use plugsync_core::render::RenderSettings;
 use plugsync_core::resolve::cache::Cache;
-use plugsync_core::resolve::fetch::{FetchSettings, Fetchers};
 use plugsync_core::resolve::Resolver;
 use plugsync_core::source::WorkTree;
 use plugsync_kube::apply::{Applier, ApplyOptions, ApplyReport, Outcome, RetryPolicy};

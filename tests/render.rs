@@ -8,13 +8,13 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Service;
 use plugsync_core::crd::Plugin;
+use plugsync_core::fetch::{FetchSettings, Fetchers};
 use plugsync_core::model::LockState;
 use plugsync_core::pipeline::{
     desired_state, emit_text, resolved_state, DesiredState, ResolvedState,
 };
 use plugsync_core::render::{objects_to_yaml, RenderSettings, TextFormat};
 use plugsync_core::resolve::cache::Cache;
-use plugsync_core::resolve::fetch::{FetchSettings, Fetchers};
 use plugsync_core::resolve::Resolver;
 use plugsync_core::source::WorkTree;
 use serde_json::Value;

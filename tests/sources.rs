@@ -18,7 +18,7 @@ use axum::routing::get;
 use axum::Router;
 use http_fixtures::{chunked_body, closed_port, golden_package, golden_package_path};
 use http_fixtures::{stalling_body, within, Recorder, Server};
-use plugsync_core::resolve::fetch::{
+use plugsync_core::fetch::{
     marketplace_download_url, Backoff, FetchError, FetchSettings, FetcherOrigin, Fetchers,
     NoProgress,
 };

@@ -5,12 +5,12 @@
 use std::path::Path;
 
 use plugsync_core::diff::{diff_report, diff_states};
+use plugsync_core::fetch::{FetchSettings, Fetchers};
 use plugsync_core::model::LockState;
 use plugsync_core::pipeline::{desired_state, DesiredState};
 use plugsync_core::render::RenderSettings;
 use plugsync_core::report::{DiffReport, PluginChangeKind};
 use plugsync_core::resolve::cache::Cache;
-use plugsync_core::resolve::fetch::{FetchSettings, Fetchers};
 use plugsync_core::resolve::Resolver;
 use plugsync_core::source::{Snapshot, WorkTree};
 use plugsync_testkit::synth::{self, SynthChange};

@@ -196,7 +196,7 @@ mod tests {
             short_target("plugsync_kube::controller::reconcile"),
             "controller"
         );
-        assert_eq!(short_target("plugsync_core::resolve::fetch"), "resolve");
+        assert_eq!(short_target("plugsync_core::fetch"), "resolve");
         assert_eq!(short_target("plugsync::cli"), "cli");
         assert_eq!(
             short_target("kube_runtime::controller"),

@@ -24,13 +24,13 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use plugsync_core::error::Error;
+use plugsync_core::fetch::{FetchSettings, FetcherOrigin, Fetchers};
 use plugsync_core::load::{self, LOCK_FILE, PLUGINS_FILE};
 use plugsync_core::model::LockState;
 use plugsync_core::package::{self, Package};
 use plugsync_core::pipeline;
 use plugsync_core::render::{self, RenderSettings};
 use plugsync_core::resolve::cache::Cache;
-use plugsync_core::resolve::fetch::{FetchSettings, FetcherOrigin, Fetchers};
 use plugsync_core::resolve::Resolver;
 use plugsync_core::source::WorkTree;
 use plugsync_kube::apply::{Applier, ApplyOptions, Outcome};

@@ -2,7 +2,7 @@
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use plugsync_core::resolve::fetch::Progress;
+use plugsync_core::fetch::Progress;
 use plugsync_core::resolve::ProgressReporter;
 
 /// One bar per download, stacked.

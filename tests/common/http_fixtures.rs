@@ -13,7 +13,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
 use futures::StreamExt;
-use plugsync_core::resolve::fetch::Progress;
+use plugsync_core::fetch::Progress;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use url::Url;

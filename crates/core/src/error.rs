@@ -7,8 +7,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::fetch::FetchError;
 use crate::package::PackageError;
-use crate::resolve::fetch::FetchError;
 use crate::source::SnapshotError;
 
 /// Result alias used throughout the library.

@@ -5,13 +5,15 @@
 //! plugins.lock) → `render` (Dockerfiles and objects from templates) → `plan` (what to change)
 //! → `report` (the diff a person reads). `pipeline` strings them together for the commands;
 //! `diff` plans two revisions' pipelines against each other for `report` to present.
-//! Reading a repository (`source`) and the package cache are the only I/O; the Kubernetes
+//! Reading a repository (`source`), downloading packages (`fetch`) and the package cache are
+//! the only I/O; the Kubernetes
 //! client lives in `plugsync-kube`, so every decision here is tested with plain synchronous
 //! tests. `docs/architecture.md` draws the layers.
 pub mod codegen;
 pub mod crd;
 pub mod diff;
 pub mod error;
+pub mod fetch;
 pub mod load;
 pub mod model;
 pub mod package;

@@ -7,13 +7,13 @@
 //!   present, so a second `lock` downloads nothing.
 //! - An entry that is new or whose declaration changed is resolved afresh.
 //! - `--update NAME` resolves NAME afresh even though it is pinned.
-//! - An in-repo `path:` plugin is packed from the working tree each time; its content is part
-//!   of the commit, so a changed directory is re-pinned by `lock` and reported as out of date
-//!   by `lock --locked`.
+//! - An in-repo `path:` plugin is read from the snapshot each time; its content is part of
+//!   the commit, so a changed directory is re-pinned by `lock` and reported as out of date
+//!   by `lock --locked`. A directory whose git tree packed before is read from the cache
+//!   ([`cache::Cache::packed_sha256`]) rather than packed again: same tree, same bytes.
 
 pub mod cache;
 mod check;
-pub mod fetch;
 mod signatures;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -22,13 +22,13 @@ use std::sync::{Arc, Mutex, Weak};
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::error::{Diagnostics, Error};
+use crate::fetch::{Fetchers, NoProgress, Progress};
 use crate::load::{DeclaredPlugin, DeclaredSource, LoadedPluginSet, SalvagedLock};
 use crate::model::{LockChange, LockedPlugin, PluginLock};
 use crate::package::{self, Package};
 use crate::source::{EntryKind, Snapshot};
 use cache::Cache;
 pub use check::OfflineCheck;
-use fetch::{Fetchers, NoProgress, Progress};
 
 /// How many packages are fetched at once.
 const CONCURRENT_FETCHES: usize = 4;
@@ -832,7 +832,7 @@ fn check_update_names(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::resolve::fetch::FetchSettings;
+    use crate::fetch::FetchSettings;
     use crate::source::WorkTree;
     use crate::synth;
 

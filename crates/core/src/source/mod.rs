@@ -1,6 +1,6 @@
 //! The git source stage: where the desired state is read from.
 //!
-//! Not to be confused with [`crate::resolve::fetch`], which downloads *packages*. This
+//! Not to be confused with [`crate::fetch`], which downloads *packages*. This
 //! module reads the *repository* holding `plugins.yaml`, either a folder on disk
 //! ([`WorkTree`], for `plugsync lock --repo DIR`) or one git revision straight from the
 //! object database ([`GitRevision`], for `plugsync diff --base origin/main`), so a diff
