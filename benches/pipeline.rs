@@ -46,7 +46,6 @@ use std::time::{Duration, Instant};
 
 use nix::sys::resource::{getrusage, UsageWho};
 use plugsync_core::diff;
-use plugsync_core::fetch::{FetchSettings, Fetchers};
 use plugsync_core::pipeline::{self, DesiredState};
 use plugsync_core::render::{self, RenderSettings, TextFormat};
 use plugsync_core::report::{DiffReport, PluginChangeKind};
@@ -966,14 +965,7 @@ fn child(args: &[String]) -> BenchResult<()> {
 
 /// A resolver like the CLI's: every in-tree source, the given cache, 64 MiB cap.
 fn resolver(cache: &Path) -> BenchResult<Resolver> {
-    Ok(Resolver::new(
-        Fetchers::discover(
-            FetchSettings::default(),
-            url::Url::parse(plugsync_core::model::DEFAULT_MARKETPLACE)?,
-        ),
-        Cache::open(cache)?,
-        64 << 20,
-    ))
+    Ok(plugsync_testkit::resolver(Cache::open(cache)?))
 }
 
 /// The bytes `plugsync render` would print for `rendered` (counted, not kept).

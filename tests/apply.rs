@@ -14,11 +14,9 @@ use std::time::Duration;
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
 };
-use plugsync_core::fetch::{FetchSettings, Fetchers};
 use plugsync_core::pipeline::{desired_state, DesiredState};
 use plugsync_core::render::RenderSettings;
 use plugsync_core::resolve::cache::Cache;
-use plugsync_core::resolve::Resolver;
 use plugsync_core::source::WorkTree;
 use plugsync_kube::apply::{Applier, ApplyOptions, ApplyReport, Outcome, RetryPolicy};
 use serde_json::{json, Value};
@@ -216,14 +214,7 @@ fn rv(o: &Value) -> String {
 }
 
 async fn render(dir: &Path, cache: &Cache) -> DesiredState {
-    let resolver = Resolver::new(
-        Fetchers::discover(
-            FetchSettings::default(),
-            url::Url::parse("https://marketplace.dify.ai").expect("url"),
-        ),
-        cache.clone(),
-        64 << 20,
-    );
+    let resolver = plugsync_testkit::resolver(cache.clone());
     let snapshot = WorkTree::new(dir).expect("worktree");
     desired_state(
         &snapshot,

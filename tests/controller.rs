@@ -28,12 +28,10 @@ use kube::runtime::{watcher, WatchStreamExt as _};
 use kube::{Resource, ResourceExt};
 use plugsync_core::crd::PluginSetResource;
 use plugsync_core::crd::{Plugin, PluginPhase};
-use plugsync_core::fetch::{FetchSettings, Fetchers};
 use plugsync_core::model::PluginSet;
 use plugsync_core::pipeline::{desired_state, DesiredState};
 use plugsync_core::render::RenderSettings;
 use plugsync_core::resolve::cache::Cache;
-use plugsync_core::resolve::Resolver;
 use plugsync_core::source::WorkTree;
 use plugsync_kube::apply::{Applier, ApplyOptions};
 use plugsync_kube::controller::{self, Context, RegistryCheck};
@@ -93,14 +91,7 @@ struct Harness {
 
 /// Reads, resolves and renders the repository in `repo` as the git loop does.
 async fn render(repo: &Path, cache: &Cache, settings: &RenderSettings) -> DesiredState {
-    let resolver = Resolver::new(
-        Fetchers::discover(
-            FetchSettings::default(),
-            url::Url::parse("https://marketplace.dify.ai").expect("url"),
-        ),
-        cache.clone(),
-        64 << 20,
-    );
+    let resolver = plugsync_testkit::resolver(cache.clone());
     desired_state(
         &WorkTree::new(repo).expect("tree"),
         "plugins.yaml",

@@ -17,10 +17,8 @@ use cluster::eventually;
 use fault_proxy::{FaultProxy, Match, Verb};
 use kube::api::{Api, Patch, PatchParams};
 use plugsync_core::crd::{Plugin, PluginSetResource};
-use plugsync_core::fetch::{FetchSettings, Fetchers};
 use plugsync_core::render::RenderSettings;
 use plugsync_core::resolve::cache::Cache;
-use plugsync_core::resolve::Resolver;
 use plugsync_kube::apply::{Applier, ApplyOptions};
 use plugsync_kube::gitops::{GitOps, LoopConfig, RepoSource};
 use plugsync_kube::metrics::Metrics;
@@ -76,14 +74,7 @@ impl Running {
             install_crds: false,
             commit_lock: None,
         };
-        let resolver = Resolver::new(
-            Fetchers::discover(
-                FetchSettings::default(),
-                url::Url::parse("https://marketplace.dify.ai").expect("url"),
-            ),
-            cache.clone(),
-            64 << 20,
-        );
+        let resolver = plugsync_testkit::resolver(cache.clone());
         let gitops = GitOps::new(
             client,
             config,

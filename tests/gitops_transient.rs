@@ -17,10 +17,8 @@ use std::sync::Arc;
 use git_server::{tools_or_skip, GitDaemon, Need, SourceRepo};
 use kube::api::Api;
 use plugsync_core::crd::PluginSetResource;
-use plugsync_core::fetch::{FetchSettings, Fetchers};
 use plugsync_core::render::RenderSettings;
 use plugsync_core::resolve::cache::Cache;
-use plugsync_core::resolve::Resolver;
 use plugsync_kube::gitops::status::PassResult;
 use plugsync_kube::gitops::{GitOps, LoopConfig, RepoSource};
 use plugsync_kube::metrics::{Metrics, ReconcileResult};
@@ -99,14 +97,7 @@ async fn a_failed_git_read_is_retried_and_the_same_commit_applies_at_the_next_po
         install_crds: false,
         commit_lock: None,
     };
-    let resolver = Resolver::new(
-        Fetchers::discover(
-            FetchSettings::default(),
-            url::Url::parse("https://marketplace.dify.ai").expect("url"),
-        ),
-        cache.clone(),
-        64 << 20,
-    );
+    let resolver = plugsync_testkit::resolver(cache.clone());
     let mut gitops = GitOps::new(
         client.clone(),
         config,

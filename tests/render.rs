@@ -8,14 +8,12 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Service;
 use plugsync_core::crd::Plugin;
-use plugsync_core::fetch::{FetchSettings, Fetchers};
 use plugsync_core::model::LockState;
 use plugsync_core::pipeline::{
     desired_state, emit_text, resolved_state, DesiredState, ResolvedState,
 };
 use plugsync_core::render::{objects_to_yaml, RenderSettings, TextFormat};
 use plugsync_core::resolve::cache::Cache;
-use plugsync_core::resolve::Resolver;
 use plugsync_core::source::WorkTree;
 use serde_json::Value;
 
@@ -25,14 +23,7 @@ use fs::copy_dir;
 
 fn render_dir(dir: &Path) -> DesiredState {
     let cache = tempfile::tempdir().expect("cache");
-    let resolver = Resolver::new(
-        Fetchers::discover(
-            FetchSettings::default(),
-            url::Url::parse("https://marketplace.dify.ai").expect("url"),
-        ),
-        Cache::open(cache.path()).expect("cache"),
-        64 << 20,
-    );
+    let resolver = plugsync_testkit::resolver(Cache::open(cache.path()).expect("cache"));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let snapshot = WorkTree::new(dir).expect("worktree");
     rt.block_on(desired_state(
@@ -458,14 +449,7 @@ fn equal_fingerprints_render_equal_and_inputs_change_them() {
 
 /// The plugins.yaml in `dir` read and resolved against the package cache at `cache`.
 fn resolve_dir(dir: &Path, cache: &Path) -> ResolvedState {
-    let resolver = Resolver::new(
-        Fetchers::discover(
-            FetchSettings::default(),
-            url::Url::parse("https://marketplace.dify.ai").expect("url"),
-        ),
-        Cache::open(cache).expect("cache"),
-        64 << 20,
-    );
+    let resolver = plugsync_testkit::resolver(Cache::open(cache).expect("cache"));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let snapshot = WorkTree::new(dir).expect("worktree");
     rt.block_on(resolved_state(&snapshot, "plugins.yaml", &resolver))

@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use plugsync_core::diff::{diff_report, diff_states};
-use plugsync_core::fetch::{FetchSettings, Fetchers};
 use plugsync_core::model::LockState;
 use plugsync_core::pipeline::{desired_state, DesiredState};
 use plugsync_core::render::RenderSettings;
@@ -18,14 +17,7 @@ use plugsync_testkit::synth::{self, SynthChange};
 const N: usize = 5;
 
 fn resolver(cache: &Cache) -> Resolver {
-    Resolver::new(
-        Fetchers::discover(
-            FetchSettings::default(),
-            url::Url::parse("https://marketplace.dify.ai").expect("url"),
-        ),
-        cache.clone(),
-        64 << 20,
-    )
+    plugsync_testkit::resolver(cache.clone())
 }
 
 fn state_of(snapshot: &dyn Snapshot, cache: &Cache) -> DesiredState {
