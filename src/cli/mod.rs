@@ -844,15 +844,7 @@ async fn apply_command(args: ApplyArgs) -> Result<ExitCode, Error> {
         eprintln!("error: {}: {why}", named(key));
     }
     if args.dry_run {
-        println!(
-            "dry run, nothing changed: {} to create, {} to update, {} unchanged, {} to remove, {} held, {} failed",
-            report.count(Outcome::Created),
-            report.count(Outcome::Updated),
-            report.count(Outcome::Unchanged),
-            report.count(Outcome::Pruned),
-            report.count(Outcome::Held),
-            report.failed.len()
-        );
+        println!("dry run, nothing changed: {}", report.dry_run_summary());
     } else {
         println!("{}", report.summary());
     }

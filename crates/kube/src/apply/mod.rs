@@ -115,15 +115,45 @@ impl ApplyReport {
 
     /// `2 created, 1 updated, 5 unchanged, 0 pruned, 0 held, 0 failed`.
     pub fn summary(&self) -> String {
-        format!(
-            "{} created, {} updated, {} unchanged, {} pruned, {} held, {} failed",
+        self.counted([
+            "created",
+            "updated",
+            "unchanged",
+            "pruned",
+            "held",
+            "failed",
+        ])
+    }
+
+    /// The same counts for a dry run, in the future tense: `2 to create, 1 to update, …`.
+    pub fn dry_run_summary(&self) -> String {
+        self.counted([
+            "to create",
+            "to update",
+            "unchanged",
+            "to remove",
+            "held",
+            "failed",
+        ])
+    }
+
+    /// The counts of created, updated, unchanged, pruned, held and failed objects, each
+    /// followed by its word.
+    fn counted(&self, words: [&str; 6]) -> String {
+        let counts = [
             self.count(Outcome::Created),
             self.count(Outcome::Updated),
             self.count(Outcome::Unchanged),
             self.count(Outcome::Pruned),
             self.count(Outcome::Held),
-            self.failed.len()
-        )
+            self.failed.len(),
+        ];
+        let parts: Vec<String> = counts
+            .iter()
+            .zip(words)
+            .map(|(n, word)| format!("{n} {word}"))
+            .collect();
+        parts.join(", ")
     }
 }
 
