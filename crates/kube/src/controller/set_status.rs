@@ -143,25 +143,9 @@ pub(crate) fn owned_patch(new: &PluginSetStatus, old: &PluginSetStatus) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use plugsync_core::crd::{InventoryEntry, PluginPhase, PluginStatus};
+    use plugsync_core::crd::{InventoryEntry, PluginPhase};
 
-    fn plugin(id: &str, attempt: u32, phase: PluginPhase) -> Plugin {
-        let spec: plugsync_core::crd::PluginSpec = serde_json::from_value(json!({
-            "pluginSet": "s", "name": format!("a/{id}"), "version": "1", "uniqueIdentifier": "u",
-            "pluginId": id, "attempt": attempt,
-            "package": {"source": "x", "sha256": "", "checksum": ""},
-            "runner": {"language": "python", "version": "3.12", "entrypoint": "main"},
-            "build": {"contextSha256": "", "inputsHash": "", "image": "i"},
-            "runtime": {}
-        }))
-        .expect("spec");
-        let mut p = Plugin::new(id, spec);
-        p.status = Some(PluginStatus {
-            phase: Some(phase),
-            ..Default::default()
-        });
-        p
-    }
+    use plugsync_testkit::plugin;
 
     #[test]
     fn the_patch_holds_only_this_loops_fields_and_none_when_nothing_changed() {

@@ -272,32 +272,19 @@ fn progress(mut message: String, held: usize, all_run: bool, counts: &PhaseCount
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-    use plugsync_core::crd::PluginStatus;
 
     fn plugin(id: &str, attempt: u32, phase: PluginPhase, stalled: bool) -> Plugin {
-        let mut spec: plugsync_core::crd::PluginSpec = serde_json::from_value(serde_json::json!({
-            "pluginSet": "s", "name": format!("a/{id}"), "version": "1", "uniqueIdentifier": "u",
-            "pluginId": id, "attempt": attempt,
-            "package": {"source": "x", "sha256": "", "checksum": ""},
-            "runner": {"language": "python", "version": "3.12", "entrypoint": "main"},
-            "build": {"contextSha256": "", "inputsHash": "", "image": "i"},
-            "runtime": {}
-        }))
-        .expect("spec");
-        spec.attempt = attempt;
-        let mut p = Plugin::new(id, spec);
-        p.status = Some(PluginStatus {
-            phase: Some(phase),
-            conditions: vec![Condition {
+        let mut p = plugsync_testkit::plugin(id, attempt, phase);
+        if let Some(status) = p.status.as_mut() {
+            status.conditions = vec![Condition {
                 type_: "Stalled".into(),
                 status: if stalled { "True" } else { "False" }.into(),
                 reason: "R".into(),
                 message: String::new(),
                 observed_generation: None,
                 last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
-            }],
-            ..Default::default()
-        });
+            }];
+        }
         p
     }
 
