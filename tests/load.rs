@@ -568,3 +568,66 @@ fn a_merge_conflict_in_plugins_yaml_is_named() {
     );
     assert!(d[1].message.contains("`plugsync lock`"), "{}", d[1]);
 }
+
+/// The env of each loaded plugin, by plugin index: (name, value) pairs.
+fn plugin_envs(text: &str) -> Vec<Vec<(String, String)>> {
+    let set = load_plugin_set(Path::new("plugins.yaml"), text).expect("valid");
+    set.plugins
+        .iter()
+        .map(|p| {
+            p.runtime
+                .env
+                .iter()
+                .flatten()
+                .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn dify_daemon_url_reaches_every_plugin_unless_its_env_sets_it() {
+    let envs = plugin_envs(&format!(
+        "{HEADER}  dify:\n    daemonUrl: http://dify-plugin-daemon.dify.svc:5002\n  plugins:\n    - path: plugins/a\n    - path: plugins/b\n      runtime:\n        env:\n          - name: DIFY_PLUGIN_DAEMON_URL\n            value: http://elsewhere:5002\n    - path: plugins/c\n      runtime:\n        env:\n          - name: LOG_LEVEL\n            value: info\n"
+    ));
+    assert_eq!(
+        envs,
+        vec![
+            vec![(
+                "DIFY_PLUGIN_DAEMON_URL".to_string(),
+                "http://dify-plugin-daemon.dify.svc:5002".to_string()
+            )],
+            vec![(
+                "DIFY_PLUGIN_DAEMON_URL".to_string(),
+                "http://elsewhere:5002".to_string()
+            )],
+            vec![
+                (
+                    "DIFY_PLUGIN_DAEMON_URL".to_string(),
+                    "http://dify-plugin-daemon.dify.svc:5002".to_string()
+                ),
+                ("LOG_LEVEL".to_string(), "info".to_string()),
+            ],
+        ]
+    );
+    let without = plugin_envs(&format!("{HEADER}  plugins:\n    - path: plugins/a\n"));
+    assert_eq!(without, vec![Vec::new()], "no dify section, no variable");
+}
+
+#[test]
+fn a_dify_daemon_url_that_is_not_http_or_holds_credentials_is_refused_at_its_line() {
+    let d = only(&format!(
+        "{HEADER}  dify:\n    daemonUrl: dify-plugin-daemon:5002\n"
+    ));
+    assert_eq!(d.path, "spec.dify.daemonUrl");
+    assert_eq!(d.line, 10, "{d}");
+    assert!(d.message.contains("http(s) URL"), "{d}");
+    let d = only(&format!(
+        "{HEADER}  dify:\n    daemonUrl: http://admin:hunter2@daemon:5002\n"
+    ));
+    assert!(d.message.contains("credentials do not belong"), "{d}");
+    assert!(
+        !d.to_string().contains("hunter2"),
+        "no secret in the error: {d}"
+    );
+}

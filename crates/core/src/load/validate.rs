@@ -267,8 +267,14 @@ pub(super) fn validate_plugin_set(
         }
     };
 
+    let mut runtime_defaults = set.spec.runtime.clone();
+    if let Some(dify) = &set.spec.dify {
+        check_http_url(&mut c, "spec.dify.daemonUrl", &dify.daemon_url);
+        with_daemon_url(&mut runtime_defaults, &dify.daemon_url);
+    }
+
     let mut plugins = Vec::new();
-    let defaults = Arc::new(set.spec.runtime.clone());
+    let defaults = Arc::new(runtime_defaults);
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     for (i, entry) in set.spec.plugins.iter().enumerate() {
         let path = join_index("spec.plugins", i);
@@ -332,7 +338,7 @@ pub(super) fn validate_plugin_set(
         }
         seen.insert(identity, path.clone());
         let runtime = match &entry.runtime {
-            Some(over) => Arc::new(set.spec.runtime.merged_with(over)),
+            Some(over) => Arc::new(defaults.merged_with(over)),
             None => Arc::clone(&defaults),
         };
         plugins.push(DeclaredPlugin {
@@ -351,6 +357,20 @@ pub(super) fn validate_plugin_set(
         })
     } else {
         Err(Diagnostics(c.found))
+    }
+}
+
+/// Gives every plugin the daemon's URL ([`crate::model::DAEMON_URL_ENV`]), unless
+/// `spec.runtime.env` sets the variable itself; a plugin's own `runtime.env` still wins
+/// (environment lists merge by name).
+fn with_daemon_url(runtime: &mut crate::model::RuntimeSpec, daemon_url: &str) {
+    let env = runtime.env.get_or_insert_with(Vec::new);
+    if !env.iter().any(|e| e.name == crate::model::DAEMON_URL_ENV) {
+        env.push(k8s_openapi::api::core::v1::EnvVar {
+            name: crate::model::DAEMON_URL_ENV.to_string(),
+            value: Some(daemon_url.to_string()),
+            value_from: None,
+        });
     }
 }
 

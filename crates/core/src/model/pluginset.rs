@@ -82,7 +82,26 @@ pub struct PluginSetSpec {
     /// Which package signatures to trust, and what to refuse.
     #[serde(default, skip_serializing_if = "SignaturesSpec::is_default")]
     pub signatures: SignaturesSpec,
+    /// The Dify installation the plugins serve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dify: Option<DifySpec>,
 }
+
+/// The Dify installation the plugins serve. Plugins run serverless: Dify's plugin daemon
+/// calls each one at the endpoint plugsync's connector reports, and a plugin calls the
+/// daemon back (models, tools, storage) at `daemonUrl`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DifySpec {
+    /// The plugin daemon's URL as plugin pods reach it, e.g.
+    /// `http://dify-plugin-daemon.dify.svc:5002`. Every plugin gets it as
+    /// `DIFY_PLUGIN_DAEMON_URL`, where the Dify plugin SDK looks for it (its default,
+    /// `http://localhost:5002`, is never right in a pod); `runtime.env` may override it.
+    pub daemon_url: String,
+}
+
+/// The variable the Dify plugin SDK reads the daemon's URL from.
+pub const DAEMON_URL_ENV: &str = "DIFY_PLUGIN_DAEMON_URL";
 
 /// Package signatures: Dify's official key is always trusted; `keys` adds the repository's
 /// own (partners, an internal signing key). The result for each package is recorded in
