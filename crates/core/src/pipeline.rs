@@ -525,6 +525,12 @@ impl Snapshot for SubdirSnapshot<'_> {
     fn tree_id(&self, rel: &str) -> Result<Option<git2::Oid>, crate::source::SnapshotError> {
         self.inner.tree_id(&join(self.dir, rel))
     }
+    fn on_disk(
+        &self,
+        rel_dir: &str,
+    ) -> Result<Option<std::path::PathBuf>, crate::source::SnapshotError> {
+        self.inner.on_disk(&join(self.dir, rel_dir))
+    }
     fn display_path(&self, rel: &str) -> std::path::PathBuf {
         self.inner.display_path(&join(self.dir, rel))
     }

@@ -686,12 +686,16 @@ impl Resolver {
         let snap = |e: crate::source::SnapshotError| Error::Usage(format!("{label}: {e}"));
         match kind {
             EntryKind::Dir => {
-                let tmp = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
-                snapshot.materialize(rel, tmp.path()).map_err(snap)?;
-                package::pack_dir(tmp.path()).map_err(|e| Error::Package {
+                let package_error = |e| Error::Package {
                     plugin: label.to_string(),
                     source: e,
-                })
+                };
+                if let Some(dir) = snapshot.on_disk(rel).map_err(snap)? {
+                    return package::pack_dir(&dir).map_err(package_error);
+                }
+                let tmp = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+                snapshot.materialize(rel, tmp.path()).map_err(snap)?;
+                package::pack_dir(tmp.path()).map_err(package_error)
             }
             EntryKind::File => {
                 let bytes = snapshot.read(rel).map_err(snap)?.ok_or_else(|| {

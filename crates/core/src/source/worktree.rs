@@ -151,6 +151,10 @@ impl Snapshot for WorkTree {
     fn tree_id(&self, rel: &str) -> Result<Option<git2::Oid>, SnapshotError> {
         super::computed_tree_id(self, rel)
     }
+
+    fn on_disk(&self, rel_dir: &str) -> Result<Option<PathBuf>, SnapshotError> {
+        super::checked_dir(self, rel_dir).map(|(dir, _)| Some(dir))
+    }
 }
 
 #[cfg(test)]
