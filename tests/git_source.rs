@@ -405,7 +405,34 @@ fn symlinks_are_reported_and_refused_in_both() {
         );
         assert!(!dest.exists(), "{who}: nothing written");
         assert!(err.to_string().contains(&who), "{err}");
+        // Packing in place checks the directory as materializing does.
+        match snap.on_disk("deploy/dify/plugins/agent") {
+            Ok(None) => assert!(
+                snap.revision().is_some(),
+                "{who}: only a revision is not on disk"
+            ),
+            Ok(Some(path)) => panic!(
+                "{who}: a directory holding a symlink is on disk at {}",
+                path.display()
+            ),
+            Err(err) => assert!(
+                matches!(&err, SnapshotError::Symlink { path, .. } if path == link),
+                "{who}: {err}"
+            ),
+        }
     }
+    assert_eq!(
+        wt.on_disk("deploy/dify/plugins")
+            .expect_err("a symlink below")
+            .to_string(),
+        wt.materialize(
+            "deploy/dify/plugins",
+            &tempfile::tempdir().expect("tmp").path().join("x")
+        )
+        .expect_err("a symlink below")
+        .to_string(),
+        "the same refusal, in the same words"
+    );
 }
 
 #[test]
@@ -542,4 +569,19 @@ fn snapshots_are_shared_across_threads() {
     for handle in handles {
         assert_eq!(handle.join().expect("thread").as_deref(), Some(&b"v2"[..]));
     }
+}
+
+/// A working tree's plugin directory is packed where it is: `on_disk` names it there, and
+/// a git revision (nothing on disk) names none, so it is materialized.
+#[test]
+fn a_working_tree_directory_is_on_disk_and_a_revision_is_not() {
+    let dir = repo();
+    let wt = WorkTree::new(dir.path()).expect("worktree");
+    let rev = GitRevision::open(dir.path(), "HEAD", None).expect("open");
+    let agent = "deploy/dify/plugins/agent";
+    assert_eq!(
+        wt.on_disk(agent).expect("clean"),
+        Some(wt.root().join(agent))
+    );
+    assert_eq!(rev.on_disk(agent).expect("clean"), None);
 }
