@@ -8,6 +8,7 @@
 #[macro_use]
 mod output;
 mod diff;
+mod inventory;
 mod logging;
 mod progress;
 mod run;
@@ -97,6 +98,15 @@ enum Command {
     /// Work with single `.difypkg` packages.
     #[command(subcommand)]
     Package(PackageCommand),
+    /// Publish packages and groups to a private plugin inventory in an OCI registry.
+    #[command(subcommand)]
+    Inventory(inventory::InventoryCommand),
+    /// List a private inventory's plugins with their newest versions.
+    Search(inventory::SearchArgs),
+    /// List a private inventory's groups and their plugins.
+    Groups(inventory::GroupsArgs),
+    /// List declared plugins that have newer versions in a private inventory.
+    Outdated(inventory::OutdatedArgs),
 }
 
 /// Where the declared set lives.
@@ -547,6 +557,10 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
         Command::Sources(args) => sources(args).await,
         Command::Init(args) => init(args),
         Command::Package(cmd) => package_command(cmd),
+        Command::Inventory(cmd) => inventory::inventory_command(cmd).await,
+        Command::Search(args) => inventory::search_command(args).await,
+        Command::Groups(args) => inventory::groups_command(args).await,
+        Command::Outdated(args) => inventory::outdated_command(args).await,
     }
 }
 

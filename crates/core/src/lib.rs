@@ -12,6 +12,7 @@ pub mod codegen;
 pub mod crd;
 pub mod diff;
 pub mod error;
+pub mod inventory;
 pub mod load;
 pub mod model;
 pub mod package;
