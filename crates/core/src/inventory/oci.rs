@@ -279,6 +279,8 @@ fn is_not_found(e: &OciDistributionError) -> bool {
             )
         }),
         OciDistributionError::ServerError { code, .. } => *code == 404,
+        // A blob pull turns the status into a transport error.
+        OciDistributionError::RequestError(r) => r.status() == Some(reqwest::StatusCode::NOT_FOUND),
         _ => false,
     }
 }
@@ -299,7 +301,9 @@ fn registry_error(reference: &Reference, e: &OciDistributionError) -> InventoryE
         }
         OciDistributionError::ServerError { code, .. } => format!("HTTP {code}"),
         OciDistributionError::RequestError(r) => {
-            if r.is_connect() {
+            if let Some(status) = r.status() {
+                format!("HTTP {status}")
+            } else if r.is_connect() {
                 "cannot connect (is the registry up? plain-HTTP registries need --insecure)".to_owned()
             } else if r.is_timeout() {
                 "timed out".to_owned()
