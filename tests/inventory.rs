@@ -691,3 +691,150 @@ mod raw_http {
         answer[9..12].parse().unwrap()
     }
 }
+
+/// The real cosign (`tests/cosign/build`): `$PLUGSYNC_COSIGN`, else `cosign` on PATH. Skips
+/// without it unless `PLUGSYNC_REQUIRE_REGISTRY_TESTS=1`.
+fn cosign_or_skip(test: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PLUGSYNC_COSIGN")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .or_else(|| registry_fixture::which("cosign"));
+    if found.is_none() {
+        let message =
+            format!("SKIPPED {test}: cosign not found (build it with tests/cosign/build and set PLUGSYNC_COSIGN)");
+        if std::env::var(registry_fixture::REQUIRE_ENV).is_ok_and(|v| v == "1") {
+            panic!("{message}, and {}=1", registry_fixture::REQUIRE_ENV);
+        }
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "{message}");
+    }
+    found
+}
+
+fn cosign(bin: &Path, home: &Path, args: &[&str]) -> Output {
+    std::process::Command::new(bin)
+        .args(args)
+        .env("HOME", home)
+        .env("COSIGN_PASSWORD", "plugsync-test")
+        .env("COSIGN_YES", "true")
+        .env("TUF_ROOT", home.join("tuf"))
+        .output()
+        .expect("run cosign")
+}
+
+#[test]
+fn cosign_verifies_what_plugsync_signed() {
+    let Some(bin) = cosign_or_skip("cosign_verifies_what_plugsync_signed") else {
+        return;
+    };
+    let Some(env) = Env::new("cosign_verifies_what_plugsync_signed") else {
+        return;
+    };
+    let v1 = package(env.dir.path(), "acme", "weather", "1.0.0", "Weather");
+    let report = env.publish(&[&v1]);
+    let digest = report["digest"].as_str().unwrap();
+    let image = format!("{}/dify/inventory:latest", env.registry.host);
+    let verify = |key: &Path| {
+        cosign(
+            &bin,
+            env.dir.path(),
+            &[
+                "verify",
+                "--key",
+                key.to_str().unwrap(),
+                "--insecure-ignore-tlog=true",
+                "--allow-insecure-registry",
+                &image,
+            ],
+        )
+    };
+    let out = verify(&env.public);
+    assert!(
+        out.status.success(),
+        "cosign verify failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let claims: Value = serde_json::from_slice(&out.stdout).expect("cosign prints the claims");
+    assert_eq!(
+        claims[0]["critical"]["image"]["docker-manifest-digest"],
+        digest
+    );
+    // And cosign does check: another key fails.
+    let (_, other) = key_pair(env.dir.path(), "stranger");
+    assert!(!verify(&other).status.success());
+}
+
+#[test]
+fn plugsync_accepts_what_cosign_signed() {
+    let Some(bin) = cosign_or_skip("plugsync_accepts_what_cosign_signed") else {
+        return;
+    };
+    let Some(env) = Env::new("plugsync_accepts_what_cosign_signed") else {
+        return;
+    };
+    let v1 = package(env.dir.path(), "acme", "weather", "1.0.0", "Weather");
+    let report = env.publish(&[&v1]);
+    let digest = report["digest"].as_str().unwrap().to_owned();
+    // Drop plugsync's own signature, so only cosign's remains.
+    let sig_tag = format!("sha256-{}.sig", digest.trim_start_matches("sha256:"));
+    let sig = raw_http::blocking_head(
+        &env.registry.host,
+        &format!("/v2/dify/inventory/manifests/{sig_tag}"),
+    );
+    assert_eq!(
+        raw_http::blocking_delete(
+            &env.registry.host,
+            &format!("/v2/dify/inventory/manifests/{sig}")
+        ),
+        202
+    );
+    // An openssl-style key imported into cosign (cosign's own keys are encrypted).
+    let (ops_key, _) = key_pair(env.dir.path(), "ops");
+    let prefix = env.dir.path().join("cosign-ops");
+    let out = cosign(
+        &bin,
+        env.dir.path(),
+        &[
+            "import-key-pair",
+            "--key",
+            ops_key.to_str().unwrap(),
+            "--output-key-prefix",
+            prefix.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cosign(
+        &bin,
+        env.dir.path(),
+        &[
+            "sign",
+            "--key",
+            &format!("{}.key", prefix.display()),
+            "--tlog-upload=false",
+            "--allow-insecure-registry",
+            "--yes",
+            &format!("{}/dify/inventory@{digest}", env.registry.host),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let cosign_pub = format!("{}.pub", prefix.display());
+    let search = env.read_json(&["search"], &["--inventory-key", &cosign_pub]);
+    assert_eq!(search["digest"], digest.as_str());
+    assert_eq!(names_and_newest(&search)[0].0, "acme/weather");
+    // The publisher's key signed nothing now.
+    let stderr = env.read_fails(&["search"], &["--refresh"]);
+    assert!(
+        stderr.contains("none of its signatures verifies with this key"),
+        "{stderr}"
+    );
+}
