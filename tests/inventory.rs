@@ -838,3 +838,203 @@ fn plugsync_accepts_what_cosign_signed() {
         "{stderr}"
     );
 }
+
+/// A repository whose plugins.yaml takes `entries` from the inventory of `env`.
+fn inventory_repo(env: &Env, entries: &str) -> PathBuf {
+    let repo = env.dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::copy(&env.public, repo.join("inventory.pub")).unwrap();
+    std::fs::write(
+        repo.join("plugins.yaml"),
+        format!(
+            "apiVersion: plugsync.dev/v1alpha1\n\
+             kind: PluginSet\n\
+             metadata:\n  name: demo\n  namespace: dify\n\
+             spec:\n  registry:\n    prefix: registry.local:5000/dify-plugins\n\
+             \x20 sources:\n    inventory:\n      url: {}\n      key: inventory.pub\n      insecure: true\n\
+             \x20 plugins:\n{entries}",
+            env.inventory()
+        ),
+    )
+    .unwrap();
+    repo
+}
+
+fn plugsync_lock(env: &Env, repo: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["lock", "--repo", repo.to_str().unwrap()];
+    args.extend(extra);
+    env.run(&args)
+}
+
+#[test]
+fn a_group_expands_into_the_lock_which_pins_the_inventory() {
+    let Some(env) = Env::new("a_group_expands_into_the_lock") else {
+        return;
+    };
+    let signed = Path::new(env!("CARGO_MANIFEST_DIR")).join(SIGNED);
+    let weather = package(env.dir.path(), "acme", "weather", "1.0.0", "Weather");
+    let extra = package(env.dir.path(), "acme", "extra", "1.0.0", "Extra");
+    let report = env.publish(&[&signed, &weather, &extra]);
+    let (inventory, key) = (env.inventory(), env.key.display().to_string());
+    env.ok(&[
+        "inventory",
+        "group",
+        "--insecure",
+        "--to",
+        &inventory,
+        "--key",
+        &key,
+        "base:1.0",
+        "langgenius/agent@0.0.14",
+        "acme/weather@1.0.0",
+        "--optional",
+        "acme/extra@1.0.0",
+    ]);
+    let digest = env.read_json(&["search"], &["--refresh"])["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(digest, report["digest"].as_str().unwrap());
+
+    let repo = inventory_repo(&env, "    - group: base:1.0\n");
+    let out = plugsync_lock(&env, &repo, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(repo.join("plugins.lock")).unwrap();
+    let lock: Value = serde_saphyr::from_str(&text).expect("lock yaml");
+    // The mandatory plugins, pinned by their package digests; the optional one left out.
+    let mut pinned: Vec<(String, String)> = lock["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_owned(),
+                p["sha256"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    pinned.sort();
+    let sha = |path: &Path| {
+        registry_fixture::sha256_digest(&std::fs::read(path).unwrap())
+            .trim_start_matches("sha256:")
+            .to_owned()
+    };
+    assert_eq!(
+        pinned,
+        vec![
+            ("acme/weather".to_owned(), sha(&weather)),
+            ("langgenius/agent".to_owned(), sha(&signed)),
+        ]
+    );
+    assert_eq!(lock["inventory"]["digest"], digest.as_str());
+    assert_eq!(lock["inventory"]["url"], inventory.as_str());
+    let agent = lock["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "langgenius/agent")
+        .unwrap();
+    assert_eq!(agent["signature"], "dify-official");
+    assert!(agent["source"].as_str().unwrap().starts_with(&format!(
+        "oci+http://{}/dify/inventory/packages/langgenius/agent@sha256:",
+        env.registry.host
+    )));
+
+    // The tag moves (a new group version, a new plugin version): the locked repository
+    // still reads the pinned inventory, and stays up to date.
+    let newer = package(env.dir.path(), "acme", "weather", "2.0.0", "Weather");
+    env.publish(&[&newer]);
+    env.ok(&[
+        "inventory",
+        "group",
+        "--insecure",
+        "--to",
+        &inventory,
+        "--key",
+        &key,
+        "base:1.0.1",
+        "acme/weather@2.0.0",
+    ]);
+    let out = plugsync_lock(&env, &repo, &["--locked"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = env.run(&["validate", "--repo", repo.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(repo.join("plugins.lock")).unwrap(),
+        text
+    );
+
+    // Asking for what only the new inventory has moves the pin.
+    inventory_repo(
+        &env,
+        "    - group: base:1.0.1\n    - inventory: langgenius/agent\n      version: 0.0.14\n",
+    );
+    let out = plugsync_lock(&env, &repo, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lock: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(repo.join("plugins.lock")).unwrap())
+            .unwrap();
+    assert_ne!(lock["inventory"]["digest"], digest.as_str());
+    assert!(lock["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "acme/weather" && p["version"] == "2.0.0"));
+
+    // An entry the inventory lacks: an error at its plugins.yaml line.
+    inventory_repo(
+        &env,
+        "    - inventory: acme/weather\n      version: 9.0.0\n",
+    );
+    let out = plugsync_lock(&env, &repo, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("plugins.yaml:15:18: spec.plugins[0].inventory: acme/weather 9.0.0 is not published in the inventory"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_tampered_package_is_refused() {
+    let Some(env) = Env::new("a_tampered_package_is_refused") else {
+        return;
+    };
+    let weather = package(env.dir.path(), "acme", "weather", "1.0.0", "Weather");
+    let report = env.publish(&[&weather]);
+    let digest = report["packages"][0]["digest"].as_str().unwrap();
+    let data = env.blob_file(digest);
+    let mut bytes = std::fs::read(&data).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0xff;
+    std::fs::write(&data, &bytes).unwrap();
+
+    let repo = inventory_repo(
+        &env,
+        "    - inventory: acme/weather\n      version: 1.0.0\n",
+    );
+    let out = plugsync_lock(&env, &repo, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the package (") && stderr.contains("was tampered with or corrupted"),
+        "{stderr}"
+    );
+    assert!(!repo.join("plugins.lock").exists());
+}

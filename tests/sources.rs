@@ -665,6 +665,8 @@ async fn list_shows_in_tree_and_external_clients() {
             ("https", true),
             ("https", false),
             ("marketplace", true),
+            ("oci", true),
+            ("oci+http", true),
         ]
     );
 
@@ -774,7 +776,7 @@ async fn unknown_scheme_lists_known_schemes() {
     );
     let message = err.to_string();
     assert!(
-        message.contains("known schemes: demo, file, http, https"),
+        message.contains("known schemes: demo, file, http, https, oci, oci+http"),
         "{message}"
     );
     assert!(!message.contains("abc"), "{message}");

@@ -122,6 +122,7 @@ pub(crate) async fn load(source: Source) -> Result<Loaded, Error> {
         login,
         ttl: source.ttl,
         refresh: source.refresh,
+        offline: false,
         cache_dir: source.cache_dir.unwrap_or_else(Cache::default_dir),
         timeout: source.access.timeout,
     };

@@ -1002,7 +1002,7 @@ fn validate_offline(args: &ValidateArgs) -> Result<ExitCode, Error> {
     println!(
         "{}: valid ({} plugins)",
         plugins_path.display(),
-        set.plugins.len()
+        set.plugins.len() + set.inventory_entries.len()
     );
     let lock_path = args.repo.lock_path();
     let Some(text) = app::lock::read_lock_text(&lock_path)? else {
@@ -1027,6 +1027,19 @@ fn validate_offline(args: &ValidateArgs) -> Result<ExitCode, Error> {
         max_bytes,
     );
     let snapshot = WorkTree::new(&args.repo.root()).map_err(|e| Error::Usage(e.to_string()))?;
+    // `inventory:` and `group:` entries, expanded against the inventory the lock pins, from
+    // the cache only.
+    let expanded = tokio::runtime::Handle::current().block_on(
+        plugsync_core::inventory::expand::expand_from_cache(
+            &set,
+            &snapshot,
+            "",
+            Some(&lock.value),
+            &cache_dir,
+            true,
+        ),
+    )?;
+    let set = expanded.map_or(set, |e| e.set);
     let check = resolver.check_offline(&snapshot, &set, &lock);
     for warning in &check.warnings {
         eprintln!("warning: {warning}");

@@ -44,6 +44,8 @@ pub struct LoadOptions {
     pub ttl: Duration,
     /// Pull again, whatever the cache holds.
     pub refresh: bool,
+    /// Never ask the registry: only a cached copy will do (`plugsync validate`).
+    pub offline: bool,
     /// The cache root (`resolve::cache::Cache::default_dir()` by default).
     pub cache_dir: PathBuf,
     /// Bound on each registry request.
@@ -152,6 +154,19 @@ fn load_locked(
         options.login.as_ref(),
         options.timeout,
     );
+    if options.offline {
+        return match cached {
+            Some((state, inventory)) => Ok(Loaded {
+                inventory,
+                digest: state.manifest_digest.clone(),
+                origin: Origin::Cache,
+            }),
+            None => Err(InventoryError::Io {
+                what: format!("the inventory {reference}"),
+                reason: "not in the cache, and this command fetches nothing (run `plugsync lock` or `plugsync search` first)".into(),
+            }),
+        };
+    }
     if let (Some((state, inventory)), false) = (cached, options.refresh) {
         let age = now().saturating_sub(state.checked_at);
         if options.reference.digest.is_some() || age < options.ttl.as_secs() {

@@ -18,6 +18,7 @@
 
 pub mod cache;
 pub mod db;
+pub mod expand;
 mod oci;
 pub mod publish;
 pub mod sign;

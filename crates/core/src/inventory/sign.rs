@@ -120,9 +120,16 @@ impl PublicKey {
     /// Reads a P-256 public key (`BEGIN PUBLIC KEY`), or the public half of a private key.
     pub fn read(path: &Path) -> Result<PublicKey, InventoryError> {
         let text = read_pem(path)?;
-        let key = match VerifyingKey::from_public_key_pem(&text) {
+        Self::from_pem(&text, &path.display().to_string())
+    }
+
+    /// [`PublicKey::read`] for PEM text already read (from a repository); `source` names
+    /// it in messages.
+    pub fn from_pem(text: &str, source: &str) -> Result<PublicKey, InventoryError> {
+        let path = Path::new(source);
+        let key = match VerifyingKey::from_public_key_pem(text) {
             Ok(key) => key,
-            Err(_) => match private_from_text(&text) {
+            Err(_) => match private_from_text(text) {
                 Some(private) => *private.verifying_key(),
                 None => {
                     return Err(key_error(
@@ -134,7 +141,7 @@ impl PublicKey {
         };
         Ok(PublicKey {
             key,
-            source: path.display().to_string(),
+            source: source.to_owned(),
         })
     }
 
