@@ -1038,3 +1038,94 @@ fn a_tampered_package_is_refused() {
     );
     assert!(!repo.join("plugins.lock").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_copies_marketplace_plugins_and_a_repositorys_plugins() {
+    let Some(env) = Env::new("mirror_copies_marketplace_plugins") else {
+        return;
+    };
+    // A stand-in marketplace on loopback (this machine cannot reach marketplace.dify.ai):
+    // the download path Dify's marketplace serves.
+    let weather = std::fs::read(package(
+        env.dir.path(),
+        "acme",
+        "weather",
+        "1.0.0",
+        "Weather",
+    ))
+    .unwrap();
+    let router = axum::Router::new().route(
+        "/api/v1/plugins/acme/weather/1.0.0/download",
+        axum::routing::get(move || {
+            let body = weather.clone();
+            async move { body }
+        }),
+    );
+    let (addr, _server) = registry_fixture::serve(router).await;
+
+    let repo = env.dir.path().join("example");
+    fs::copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples"),
+        &repo,
+    );
+    let (inventory, key) = (env.inventory(), env.key.display().to_string());
+    let marketplace = format!("http://{addr}");
+    let out = tokio::task::block_in_place(|| {
+        env.ok(&[
+            "inventory",
+            "mirror",
+            "--insecure",
+            "--to",
+            &inventory,
+            "--key",
+            &key,
+            "--marketplace",
+            &marketplace,
+            "acme/weather@1.0.0",
+            "--repo",
+            repo.to_str().unwrap(),
+            "-o",
+            "json",
+        ])
+    });
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let mut mirrored: Vec<String> = report["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            format!(
+                "{}@{}",
+                p["name"].as_str().unwrap(),
+                p["version"].as_str().unwrap()
+            )
+        })
+        .collect();
+    mirrored.sort();
+    // The example repository resolves to its hello-world plugin and the agent package.
+    let lock = std::fs::read_to_string(repo.join("plugins.lock")).unwrap();
+    let lock: Value = serde_saphyr::from_str(&lock).unwrap();
+    let mut expected: Vec<String> = lock["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            format!(
+                "{}@{}",
+                p["name"].as_str().unwrap(),
+                p["version"].as_str().unwrap()
+            )
+        })
+        .collect();
+    expected.push("acme/weather@1.0.0".into());
+    expected.sort();
+    assert_eq!(mirrored, expected);
+
+    let search = tokio::task::block_in_place(|| env.read_json(&["search"], &[]));
+    let mut names: Vec<String> = names_and_newest(&search)
+        .into_iter()
+        .map(|(n, v)| format!("{n}@{v}"))
+        .collect();
+    names.sort();
+    assert_eq!(names, expected);
+}

@@ -24,6 +24,27 @@ pub(super) enum InventoryCommand {
     Publish(PublishArgs),
     /// Define a group: a named, versioned set of plugin versions installed together.
     Group(GroupArgs),
+    /// Copy named marketplace plugins (`author/name@version`), or everything a plugins.yaml
+    /// resolves (--repo), into the private registry and inventory: for sites that prepare
+    /// offline.
+    Mirror(MirrorArgs),
+}
+
+#[derive(Debug, Args)]
+pub(super) struct MirrorArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Marketplace plugins to copy, each `author/name@version`.
+    #[arg(value_name = "PLUGIN@VERSION")]
+    plugins: Vec<String>,
+    /// The marketplace to copy from.
+    #[arg(long, default_value = plugsync_core::model::DEFAULT_MARKETPLACE)]
+    marketplace: url::Url,
+    /// Also copy every plugin a plugins.yaml resolves to (its folder).
+    #[arg(long, value_name = "DIR")]
+    repo: Option<PathBuf>,
+    #[command(flatten)]
+    fetch: super::FetchArgs,
 }
 
 /// Where to publish.
@@ -265,6 +286,55 @@ pub(super) async fn inventory_command(cmd: InventoryCommand) -> Result<ExitCode,
                 &args.target.key,
                 args.target.access.access(),
                 args.packages,
+                packages,
+                Vec::new(),
+            )
+            .await?;
+            print_report(&report, args.target.output);
+            Ok(ExitCode::SUCCESS)
+        }
+        InventoryCommand::Mirror(args) => {
+            let mut packages = match &args.repo {
+                Some(dir) => resolved_packages(dir.clone(), &args.fetch).await?,
+                None => Vec::new(),
+            };
+            if !args.plugins.is_empty() {
+                let fetchers = plugsync_core::resolve::fetch::Fetchers::discover(
+                    args.fetch.settings(),
+                    args.marketplace.clone(),
+                );
+                for p in &args.plugins {
+                    let (plugin, version) = parse_plugin(p)?;
+                    let (author, name) = plugin.split_once('/').ok_or_else(|| {
+                        Error::Usage(format!("`{p}`: expected author/name@version"))
+                    })?;
+                    let url = plugsync_core::model::marketplace_download_url(
+                        &args.marketplace,
+                        author,
+                        name,
+                        &version,
+                    );
+                    let bytes = fetchers
+                        .fetch(&url, &plugsync_core::resolve::fetch::NoProgress)
+                        .await
+                        .map_err(|e| Error::Usage(format!("{p}: {e}")))?;
+                    packages.push(plugsync_core::inventory::publish::PackageInput {
+                        label: format!("{p} (marketplace)"),
+                        bytes,
+                    });
+                }
+            }
+            if packages.is_empty() {
+                return Err(Error::Usage(
+                    "nothing to mirror: name marketplace plugins as author/name@version, or --repo DIR"
+                        .into(),
+                ));
+            }
+            let report = app::publish(
+                &args.target.to,
+                &args.target.key,
+                args.target.access.access(),
+                Vec::new(),
                 packages,
                 Vec::new(),
             )
