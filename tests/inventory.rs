@@ -976,6 +976,24 @@ fn a_group_expands_into_the_lock_which_pins_the_inventory() {
         text
     );
 
+    // `outdated` takes the inventory, its key and insecure from plugins.yaml, and compares
+    // what the lock pins with the newest versions.
+    let out = env.ok(&[
+        "outdated",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--inventory-ttl",
+        "0s",
+        "-o",
+        "json",
+    ]);
+    let outdated: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        outdated["outdated"],
+        serde_json::json!([{"name": "acme/weather", "declared": "1.0.0", "newest": "2.0.0"}])
+    );
+    assert_eq!(outdated["inventory"], inventory.as_str());
+
     // Asking for what only the new inventory has moves the pin.
     inventory_repo(
         &env,

@@ -162,6 +162,18 @@ pub(crate) fn declared_versions(plugins: &Path) -> Result<Vec<(String, String)>,
         .spec
         .plugins
         .iter()
-        .filter_map(|p| Some((p.marketplace.clone()?, p.version.clone()?)))
+        .filter_map(|p| {
+            let name = p.marketplace.clone().or_else(|| p.inventory.clone())?;
+            Some((name, p.version.clone()?))
+        })
         .collect())
+}
+
+/// plugins.yaml's `spec.sources.inventory`, if it names one.
+pub(crate) fn declared_source(
+    plugins: &Path,
+) -> Result<Option<plugsync_core::model::InventorySource>, Error> {
+    let text = plugsync_core::load::read_file(plugins)?;
+    let set = plugsync_core::load::load_plugin_set(plugins, &text)?;
+    Ok(set.doc.value.spec.sources.inventory.clone())
 }

@@ -2,7 +2,7 @@
 //! discovery commands `plugsync search`, `plugsync groups`, `plugsync outdated`. Arguments
 //! and printing only (a table, or `-o json`); the work is in `crate::app::inventory`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -120,9 +120,10 @@ pub(super) struct GroupArgs {
 /// Which inventory to read, and how fresh it must be.
 #[derive(Debug, Args)]
 pub(super) struct SourceArgs {
-    /// The inventory: `oci://host[:port]/repository:tag`, or pinned `…@sha256:<hex>`.
+    /// The inventory: `oci://host[:port]/repository:tag`, or pinned `…@sha256:<hex>`
+    /// [`outdated` default: plugins.yaml's spec.sources.inventory].
     #[arg(long, env = "PLUGSYNC_INVENTORY", value_name = "OCI_REF")]
-    inventory: String,
+    inventory: Option<String>,
     /// The public key (PEM) the inventory's signature must verify with (`cosign.pub`, or
     /// the publisher's public key).
     #[arg(
@@ -130,10 +131,11 @@ pub(super) struct SourceArgs {
         env = "PLUGSYNC_INVENTORY_KEY",
         value_name = "KEY_PEM"
     )]
-    key: PathBuf,
-    /// How long the cached inventory is used without asking the registry, e.g. `30m`.
-    #[arg(long = "inventory-ttl", default_value = "30m", value_parser = humantime::parse_duration)]
-    ttl: Duration,
+    key: Option<PathBuf>,
+    /// How long the cached inventory is used without asking the registry, e.g. `30m`
+    /// [default: 30m].
+    #[arg(long = "inventory-ttl", value_parser = humantime::parse_duration)]
+    ttl: Option<Duration>,
     /// Pull the inventory again, whatever the cache holds.
     #[arg(long)]
     refresh: bool,
@@ -148,15 +150,50 @@ pub(super) struct SourceArgs {
 }
 
 impl SourceArgs {
-    fn source(&self) -> Source {
-        Source {
-            reference: self.inventory.clone(),
-            key: self.key.clone(),
-            access: self.access.access(),
-            ttl: self.ttl,
+    /// The inventory named by the flags; `repo`'s plugins.yaml (spec.sources.inventory)
+    /// fills in what they leave out, when given.
+    fn source(&self, repo: Option<&Path>) -> Result<Source, Error> {
+        let declared = match repo {
+            Some(plugins) if self.inventory.is_none() || self.key.is_none() => {
+                app::declared_source(plugins)?
+            }
+            _ => None,
+        };
+        let dir = repo.and_then(Path::parent).unwrap_or(Path::new("."));
+        let reference = match (&self.inventory, &declared) {
+            (Some(r), _) => r.clone(),
+            (None, Some(d)) => d.url.clone(),
+            (None, None) => {
+                return Err(Error::Usage(
+                    "which inventory? give --inventory oci://host/repository:tag (or PLUGSYNC_INVENTORY)"
+                        .into(),
+                ))
+            }
+        };
+        let key = match (&self.key, &declared) {
+            (Some(k), _) => k.clone(),
+            (None, Some(d)) => dir.join(&d.key),
+            (None, None) => {
+                return Err(Error::Usage(
+                    "which key verifies the inventory? give --inventory-key KEY_PEM (or PLUGSYNC_INVENTORY_KEY)"
+                        .into(),
+                ))
+            }
+        };
+        Ok(Source {
+            reference,
+            key,
+            access: Access {
+                insecure: self.access.insecure || declared.as_ref().is_some_and(|d| d.insecure),
+                timeout: self.access.registry_timeout,
+            },
+            ttl: self
+                .ttl
+                .or(declared.as_ref().and_then(|d| d.ttl))
+                .unwrap_or(plugsync_core::inventory::DEFAULT_TTL),
             refresh: self.refresh,
             cache_dir: self.cache_dir.clone(),
-        }
+        })
     }
 }
 
@@ -425,11 +462,13 @@ async fn resolved_packages(
 }
 
 pub(super) async fn search_command(args: SearchArgs) -> Result<ExitCode, Error> {
-    let loaded = app::load(args.source.source()).await?;
+    let source = args.source.source(None)?;
+    let reference = source.reference.clone();
+    let loaded = app::load(source).await?;
     let hits = loaded.inventory.search(&args.text);
     match args.source.output {
         OutputFormat::Json => print_json(&json!({
-            "inventory": args.source.inventory,
+            "inventory": reference,
             "digest": loaded.digest,
             "plugins": hits,
         })),
@@ -456,11 +495,13 @@ pub(super) async fn search_command(args: SearchArgs) -> Result<ExitCode, Error> 
 }
 
 pub(super) async fn groups_command(args: GroupsArgs) -> Result<ExitCode, Error> {
-    let loaded = app::load(args.source.source()).await?;
+    let source = args.source.source(None)?;
+    let reference = source.reference.clone();
+    let loaded = app::load(source).await?;
     let groups = &loaded.inventory.groups;
     match args.source.output {
         OutputFormat::Json => print_json(&json!({
-            "inventory": args.source.inventory,
+            "inventory": reference,
             "digest": loaded.digest,
             "groups": groups,
         })),
@@ -485,8 +526,11 @@ pub(super) async fn groups_command(args: GroupsArgs) -> Result<ExitCode, Error> 
 }
 
 pub(super) async fn outdated_command(args: OutdatedArgs) -> Result<ExitCode, Error> {
-    let declared = crate::app::inventory::declared_versions(&args.repo.plugins_path())?;
-    let loaded = app::load(args.source.source()).await?;
+    let plugins = args.repo.plugins_path();
+    let declared = crate::app::inventory::declared_versions(&plugins)?;
+    let source = args.source.source(Some(&plugins))?;
+    let reference = source.reference.clone();
+    let loaded = app::load(source).await?;
     let mut rows = Vec::new();
     for (name, version) in declared {
         if let Some(newest) = loaded.inventory.newest(&name) {
@@ -497,7 +541,7 @@ pub(super) async fn outdated_command(args: OutdatedArgs) -> Result<ExitCode, Err
     }
     match args.source.output {
         OutputFormat::Json => print_json(&json!({
-            "inventory": args.source.inventory,
+            "inventory": reference,
             "digest": loaded.digest,
             "outdated": rows.iter().map(|(n, c, l)| json!({"name": n, "declared": c, "newest": l})).collect::<Vec<_>>(),
         })),
