@@ -141,7 +141,8 @@ impl LockRun {
             &snapshot,
             "",
             self.old.as_ref(),
-            resolver,
+            resolver.cache().root(),
+            false,
         )
         .await?;
         let (set, pin) = match &expanded {

@@ -1030,7 +1030,7 @@ fn validate_offline(args: &ValidateArgs) -> Result<ExitCode, Error> {
     // `inventory:` and `group:` entries, expanded against the inventory the lock pins, from
     // the cache only.
     let expanded = tokio::runtime::Handle::current().block_on(
-        plugsync_core::inventory::expand::expand_from_cache(
+        plugsync_core::inventory::expand::expand_from(
             &set,
             &snapshot,
             "",

@@ -346,7 +346,8 @@ impl LoadedRevision {
             snapshot,
             &self.dir,
             self.old_lock.as_ref(),
-            resolver,
+            resolver.cache().root(),
+            false,
         )
         .await?;
         // `inventory:` and `group:` entries become the package artifacts they name.

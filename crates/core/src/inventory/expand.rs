@@ -64,7 +64,11 @@ pub async fn expand(
     })?;
     let key = PublicKey::from_pem(&String::from_utf8_lossy(&key_pem), &source.key)
         .map_err(|e| key_error(e.to_string()))?;
-    let declared = InventoryRef::parse(&source.url)?;
+    let declared = InventoryRef::parse(&source.url).map_err(|e| {
+        Error::Invalid(Diagnostics(vec![set
+            .doc
+            .error_at("spec.sources.inventory.url", e.to_string())]))
+    })?;
     let options = |reference: InventoryRef| LoadOptions {
         reference,
         key: key.clone(),
@@ -308,20 +312,10 @@ pub async fn fetch_package(
 }
 
 /// [`expand`] for a set read from `snapshot` (plugins.yaml in `dir`): the key file is read
-/// from the same revision, the inventory cached under the resolver's package cache.
+/// from the same revision, the inventory cached under `cache_root` (the package cache's).
+/// `offline`: only the inventory the lock pins, and only from the cache (`plugsync
+/// validate` fetches nothing).
 pub async fn expand_from(
-    set: &LoadedPluginSet,
-    snapshot: &dyn crate::source::Snapshot,
-    dir: &str,
-    old_lock: Option<&PluginLock>,
-    resolver: &crate::resolve::Resolver,
-) -> Result<Option<Expanded>, Error> {
-    expand_from_cache(set, snapshot, dir, old_lock, resolver.cache().root(), false).await
-}
-
-/// [`expand_from`] with the cache root given; `offline`: only the inventory the lock pins,
-/// and only from the cache (`plugsync validate` fetches nothing).
-pub async fn expand_from_cache(
     set: &LoadedPluginSet,
     snapshot: &dyn crate::source::Snapshot,
     dir: &str,
@@ -335,7 +329,11 @@ pub async fn expand_from_cache(
     if set.inventory_entries.is_empty() {
         return Ok(None);
     }
-    let key_file = crate::pipeline::join(dir, &source.key);
+    let key_file = if dir.is_empty() {
+        source.key.clone()
+    } else {
+        format!("{dir}/{}", source.key)
+    };
     let key_pem = snapshot
         .read(&key_file)
         .map_err(|e| Error::snapshot(snapshot.describe(), e))?;

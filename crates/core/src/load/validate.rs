@@ -288,8 +288,17 @@ pub(super) fn validate_plugin_set(
     };
 
     if let Some(inventory) = &set.spec.sources.inventory {
-        if let Err(e) = crate::inventory::InventoryRef::parse(&inventory.url) {
-            c.error("spec.sources.inventory.url", e.to_string());
+        // The full parse is the inventory's (`inventory::InventoryRef`, which imports this
+        // module): it reports at this line when the entries are expanded.
+        let rest = inventory.url.strip_prefix("oci://").unwrap_or_default();
+        if !rest.contains('/') || rest.starts_with('/') {
+            c.error(
+                "spec.sources.inventory.url",
+                format!(
+                    "`{}` must be oci://host/repository[:tag][@sha256:<hex>]",
+                    inventory.url
+                ),
+            );
         }
         check_relative_path(&mut c, "spec.sources.inventory.key", &inventory.key);
     }
