@@ -82,16 +82,20 @@ struct Env {
 
 impl Env {
     fn new(test: &str) -> Option<Env> {
-        let registry = registry_or_skip(test)?;
+        Some(Env::with_registry(registry_or_skip(test)?))
+    }
+
+    /// An environment around `registry`; `DOCKER_CONFIG` is `<dir>/docker` (empty).
+    fn with_registry(registry: RegistryServer) -> Env {
         let dir = tempfile::tempdir().expect("dir");
         let (key, public) = key_pair(dir.path(), "publisher");
-        Some(Env {
+        Env {
             registry,
             dir,
             cache: tempfile::tempdir().expect("cache"),
             key,
             public,
-        })
+        }
     }
 
     fn inventory(&self) -> String {
@@ -103,7 +107,7 @@ impl Env {
             .expect("binary")
             .args(args)
             .env("PLUGSYNC_CACHE_DIR", self.cache.path())
-            .env("DOCKER_CONFIG", self.dir.path().join("no-docker-config"))
+            .env("DOCKER_CONFIG", self.dir.path().join("docker"))
             .env_remove("PLUGSYNC_INVENTORY")
             .env_remove("PLUGSYNC_INVENTORY_KEY")
             .timeout(std::time::Duration::from_secs(60))
@@ -599,7 +603,7 @@ fn two_processes_refreshing_one_cache_at_once() {
                 .args(&args)
                 .args(["-o", "json"])
                 .env("PLUGSYNC_CACHE_DIR", env.cache.path())
-                .env("DOCKER_CONFIG", env.dir.path().join("no-docker-config"))
+                .env("DOCKER_CONFIG", env.dir.path().join("docker"))
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -1146,4 +1150,54 @@ async fn mirror_copies_marketplace_plugins_and_a_repositorys_plugins() {
         .collect();
     names.sort();
     assert_eq!(names, expected);
+}
+
+#[test]
+fn a_registry_that_wants_credentials_gets_them_from_the_docker_config() {
+    if !registry_fixture::tools_or_skip("a_registry_that_wants_credentials", true) {
+        return;
+    }
+    let env = Env::with_registry(RegistryServer::start_with_basic_auth("ci", "s3cret-pw"));
+    let weather = package(env.dir.path(), "acme", "weather", "1.0.0", "Weather");
+    let publish = [
+        "inventory",
+        "publish",
+        "--insecure",
+        "--to",
+        &env.inventory(),
+        "--key",
+        env.key.to_str().unwrap(),
+        weather.to_str().unwrap(),
+    ];
+    // No credentials: refused, and the message says what to do.
+    let out = env.run(&publish);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("docker config"), "{stderr}");
+
+    // `docker login` wrote them.
+    let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "ci:s3cret-pw");
+    std::fs::create_dir_all(env.dir.path().join("docker")).unwrap();
+    std::fs::write(
+        env.dir.path().join("docker/config.json"),
+        serde_json::json!({"auths": {env.registry.host.clone(): {"auth": auth}}}).to_string(),
+    )
+    .unwrap();
+    let out = env.ok(&publish);
+    assert!(!out.contains("s3cret-pw"));
+    let search = env.read_json(&["search"], &[]);
+    assert_eq!(names_and_newest(&search)[0].0, "acme/weather");
+    // lock reads the inventory and pulls the package with them too.
+    let repo = inventory_repo(
+        &env,
+        "    - inventory: acme/weather\n      version: 1.0.0\n",
+    );
+    let out = plugsync_lock(&env, &repo, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lock = std::fs::read_to_string(repo.join("plugins.lock")).unwrap();
+    assert!(lock.contains("name: acme/weather"), "{lock}");
 }

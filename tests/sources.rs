@@ -35,6 +35,7 @@ fn settings() -> FetchSettings {
         retries: 3,
         max_bytes: 1024 * 1024,
         plugin_dirs: Vec::new(),
+        registry_logins: Default::default(),
     }
 }
 

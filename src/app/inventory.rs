@@ -25,16 +25,51 @@ pub(crate) struct Access {
     pub timeout: Duration,
 }
 
+/// Every registry's credentials in the user's docker config (see [`docker_login`]), for the
+/// resolver's `oci` client and the inventory read before resolving. Unreadable: none (a
+/// warning), since most runs never touch a registry.
+pub(crate) fn docker_logins() -> std::collections::BTreeMap<String, Login> {
+    let Some(path) = docker_config_path() else {
+        return Default::default();
+    };
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Default::default();
+    };
+    match DockerConfig::parse(&bytes) {
+        Ok(config) => config
+            .hosts()
+            .filter_map(|host| {
+                let c = config.credentials_for(host)?;
+                let password = c.password()?.to_owned();
+                Some((
+                    host.to_owned(),
+                    Login {
+                        username: c.username().to_owned(),
+                        password,
+                    },
+                ))
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!("{}: {e}; registries are read anonymously", path.display());
+            Default::default()
+        }
+    }
+}
+
+fn docker_config_path() -> Option<PathBuf> {
+    match std::env::var_os("DOCKER_CONFIG") {
+        Some(dir) if !dir.is_empty() => Some(PathBuf::from(dir).join("config.json")),
+        _ => dirs::home_dir().map(|home| home.join(".docker/config.json")),
+    }
+}
+
 /// The credentials the user's docker config (`$DOCKER_CONFIG/config.json`, else
 /// `~/.docker/config.json`) holds for `registry`, as `docker login` wrote them. Credential
 /// helpers are not run; a missing or unreadable file means anonymous access.
 pub(crate) fn docker_login(registry: &str) -> Result<Option<Login>, Error> {
-    let path = match std::env::var_os("DOCKER_CONFIG") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("config.json"),
-        _ => match dirs::home_dir() {
-            Some(home) => home.join(".docker/config.json"),
-            None => return Ok(None),
-        },
+    let Some(path) = docker_config_path() else {
+        return Ok(None);
     };
     let Ok(bytes) = std::fs::read(&path) else {
         return Ok(None);

@@ -143,6 +143,7 @@ impl LockRun {
             self.old.as_ref(),
             resolver.cache().root(),
             false,
+            &resolver.fetchers().settings().registry_logins,
         )
         .await?;
         let (set, pin) = match &expanded {

@@ -177,6 +177,8 @@ impl FetchArgs {
             retries: self.retries,
             max_bytes: self.max_size_mib * 1024 * 1024,
             plugin_dirs: self.plugin_dirs.clone(),
+            // `oci` package artifacts and the private inventory, as `docker login` left them.
+            registry_logins: app::inventory::docker_logins(),
             ..FetchSettings::default()
         }
     }
@@ -1037,6 +1039,7 @@ fn validate_offline(args: &ValidateArgs) -> Result<ExitCode, Error> {
             Some(&lock.value),
             &cache_dir,
             true,
+            &Default::default(),
         ),
     )?;
     let set = expanded.map_or(set, |e| e.set);

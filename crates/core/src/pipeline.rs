@@ -348,6 +348,7 @@ impl LoadedRevision {
             self.old_lock.as_ref(),
             resolver.cache().root(),
             false,
+            &resolver.fetchers().settings().registry_logins,
         )
         .await?;
         // `inventory:` and `group:` entries become the package artifacts they name.

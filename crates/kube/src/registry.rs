@@ -399,6 +399,12 @@ impl DockerConfig {
         })
     }
 
+    /// The registry hosts it holds credentials for (normalized as in
+    /// [`DockerConfig::credentials_for`]): the CLI hands them all to the package clients.
+    pub fn hosts(&self) -> impl Iterator<Item = &str> {
+        self.auths.keys().map(String::as_str)
+    }
+
     /// The credentials for `host` (`host[:port]`, as in [`ImageRef::registry`]), if any.
     ///
     /// Matching is exact after normalisation: `registry.local:5000` and `registry.local`

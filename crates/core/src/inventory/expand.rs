@@ -8,6 +8,7 @@
 //! so the tag moving changes nothing; only when an entry is not in the pinned inventory
 //! (a version bump) is the tag read, and the lock then pins the new digest.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde_json::Value;
@@ -16,7 +17,7 @@ use url::Url;
 use super::oci::{Registry, Repo};
 use super::sign::PublicKey;
 use super::{
-    load, Inventory, InventoryError, InventoryRef, LoadOptions, PluginRow, DEFAULT_TIMEOUT,
+    load, Inventory, InventoryError, InventoryRef, LoadOptions, Login, PluginRow, DEFAULT_TIMEOUT,
     DEFAULT_TTL, PACKAGE_LAYER_MEDIA_TYPE,
 };
 use crate::error::{Diagnostics, Error};
@@ -42,6 +43,7 @@ pub async fn expand(
     old_lock: Option<&PluginLock>,
     cache_dir: PathBuf,
     offline: bool,
+    logins: &BTreeMap<String, Login>,
 ) -> Result<Option<Expanded>, Error> {
     if set.inventory_entries.is_empty() {
         return Ok(None);
@@ -73,7 +75,7 @@ pub async fn expand(
         reference,
         key: key.clone(),
         insecure: source.insecure,
-        login: None,
+        login: logins.get(&declared.registry).cloned(),
         ttl: source.ttl.unwrap_or(DEFAULT_TTL),
         refresh: false,
         offline,
@@ -250,12 +252,13 @@ fn package_url(row: &PluginRow, insecure: bool) -> Url {
 }
 
 /// The package bytes of the artifact at `url` (`oci://` or `oci+http://host/path@sha256:…`):
-/// its manifest pulled by digest (checked), then its package layer (checked). Anonymous:
-/// the resolver has no registry credentials.
+/// its manifest pulled by digest (checked), then its package layer (checked), with the
+/// credentials `logins` holds for its registry (anonymous without).
 pub async fn fetch_package(
     url: &Url,
     timeout: std::time::Duration,
     max_bytes: u64,
+    logins: &BTreeMap<String, Login>,
 ) -> Result<Vec<u8>, InventoryError> {
     let bad = |reason: &str| InventoryError::Reference {
         reference: url.to_string(),
@@ -278,7 +281,7 @@ pub async fn fetch_package(
         registry: registry.clone(),
         repository: repository.to_owned(),
     };
-    let client = Registry::new(&registry, insecure, None, timeout);
+    let client = Registry::new(&registry, insecure, logins.get(&registry), timeout);
     let (manifest, _) = client
         .manifest(&repo.digest(digest))
         .await?
@@ -322,6 +325,7 @@ pub async fn expand_from(
     old_lock: Option<&PluginLock>,
     cache_root: &std::path::Path,
     offline: bool,
+    logins: &BTreeMap<String, Login>,
 ) -> Result<Option<Expanded>, Error> {
     let Some(source) = &set.spec().spec.sources.inventory else {
         return Ok(None);
@@ -337,5 +341,13 @@ pub async fn expand_from(
     let key_pem = snapshot
         .read(&key_file)
         .map_err(|e| Error::snapshot(snapshot.describe(), e))?;
-    expand(set, key_pem, old_lock, cache_root.to_path_buf(), offline).await
+    expand(
+        set,
+        key_pem,
+        old_lock,
+        cache_root.to_path_buf(),
+        offline,
+        logins,
+    )
+    .await
 }

@@ -161,6 +161,11 @@ impl Resolver {
         &self.cache
     }
 
+    /// The package source clients (their settings carry registry credentials).
+    pub fn fetchers(&self) -> &Fetchers {
+        &self.sources
+    }
+
     /// Shows download progress through `progress`.
     pub fn with_progress(mut self, progress: Arc<dyn ProgressReporter>) -> Resolver {
         self.progress = progress;

@@ -211,6 +211,9 @@ pub struct FetchSettings {
     pub max_bytes: u64,
     /// Directories searched for `plugsync-source-<scheme>` before `PATH`.
     pub plugin_dirs: Vec<PathBuf>,
+    /// Credentials by registry host (`host[:port]`) for `oci` package artifacts and the
+    /// private inventory (from the user's docker config); anonymous where absent.
+    pub registry_logins: BTreeMap<String, crate::inventory::Login>,
 }
 
 impl Default for FetchSettings {
@@ -221,6 +224,7 @@ impl Default for FetchSettings {
             retries: 3,
             max_bytes: 64 * 1024 * 1024,
             plugin_dirs: Vec::new(),
+            registry_logins: BTreeMap::new(),
         }
     }
 }
@@ -274,6 +278,11 @@ impl Fetchers {
             .get_or_init(|| external::discover(&self.search))
     }
 
+    /// The settings every fetch runs with.
+    pub fn settings(&self) -> &FetchSettings {
+        &self.settings
+    }
+
     /// Replaces the retry backoff of the HTTP client (the default starts at 200 ms);
     /// tests use a few milliseconds to stay fast.
     pub fn with_backoff(mut self, backoff: Backoff) -> Self {
@@ -292,6 +301,7 @@ impl Fetchers {
                 url,
                 self.settings.timeout,
                 self.settings.max_bytes,
+                &self.settings.registry_logins,
             )
             .await
             .map_err(|e| FetchError::Network {
