@@ -75,7 +75,7 @@ pub struct Loaded {
     pub origin: Origin,
 }
 
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct State {
     reference: String,
     manifest_digest: String,
@@ -181,8 +181,7 @@ fn load_locked(
             Some(digest) if digest == state.manifest_digest => {
                 let renewed = State {
                     checked_at: now(),
-                    ..serde_json::from_slice(&serde_json::to_vec(state).expect("state serializes"))
-                        .expect("state round-trips")
+                    ..state.clone()
                 };
                 write_atomic(
                     &state_path,

@@ -24,6 +24,7 @@ pub mod publish;
 pub mod sign;
 
 use std::cmp::Ordering;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -45,6 +46,19 @@ pub const EMPTY_CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30 * 60);
 /// The default bound on each registry request.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A repository path, as the OCI distribution spec allows it.
+static REPOSITORY: LazyLock<regex::Regex> = LazyLock::new(|| {
+    regex::Regex::new(
+        r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$",
+    )
+    .expect("a valid regex")
+});
+
+/// A tag, as the OCI distribution spec allows it.
+static TAG: LazyLock<regex::Regex> = LazyLock::new(|| {
+    regex::Regex::new(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$").expect("a valid regex")
+});
 
 /// What can go wrong with an inventory. Messages name the reference, file or plugin, and
 /// say what to do; none contains a credential.
@@ -222,19 +236,13 @@ impl InventoryRef {
             Some((r, t)) if !t.contains('/') => (r, Some(t.to_owned())),
             _ => (path, None),
         };
-        let component = regex::Regex::new(
-            r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$",
-        )
-        .expect("a valid regex");
-        if !component.is_match(repository) {
+        if !REPOSITORY.is_match(repository) {
             return Err(bad(
                 "the repository must be lowercase path components (a-z, 0-9, . _ -)",
             ));
         }
         if let Some(t) = &tag {
-            let tag_re =
-                regex::Regex::new(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$").expect("a valid regex");
-            if !tag_re.is_match(t) {
+            if !TAG.is_match(t) {
                 return Err(bad("the tag must be 1-128 letters, digits, _ . -"));
             }
         }
