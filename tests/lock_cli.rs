@@ -618,6 +618,8 @@ fn sources_lists_in_tree_and_external_clients() {
         ("file", "in-tree"),
         ("http", "in-tree"),
         ("https", "in-tree"),
+        ("oci", "in-tree"),
+        ("oci+http", "in-tree"),
         ("marketplace", "in-tree"),
         ("demo", "external"),
     ] {

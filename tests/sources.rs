@@ -35,6 +35,7 @@ fn settings() -> FetchSettings {
         retries: 3,
         max_bytes: 1024 * 1024,
         plugin_dirs: Vec::new(),
+        registry_logins: Default::default(),
     }
 }
 
@@ -665,6 +666,8 @@ async fn list_shows_in_tree_and_external_clients() {
             ("https", true),
             ("https", false),
             ("marketplace", true),
+            ("oci", true),
+            ("oci+http", true),
         ]
     );
 
@@ -774,7 +777,7 @@ async fn unknown_scheme_lists_known_schemes() {
     );
     let message = err.to_string();
     assert!(
-        message.contains("known schemes: demo, file, http, https"),
+        message.contains("known schemes: demo, file, http, https, oci, oci+http"),
         "{message}"
     );
     assert!(!message.contains("abc"), "{message}");

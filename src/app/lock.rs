@@ -134,18 +134,35 @@ impl LockRun {
         let snapshot =
             WorkTree::new(&self.request.root).map_err(|e| Error::Usage(e.to_string()))?;
         let update = &self.request.update;
-        let resolution = match &self.salvaged {
+        // `inventory:` and `group:` entries become the package artifacts they name; the
+        // lock pins the inventory's digest.
+        let expanded = plugsync_core::inventory::expand::expand_from(
+            &self.set,
+            &snapshot,
+            "",
+            self.old.as_ref(),
+            resolver.cache().root(),
+            false,
+            &resolver.fetchers().settings().registry_logins,
+        )
+        .await?;
+        let (set, pin) = match &expanded {
+            Some(e) => (&e.set, Some(e.pin.clone())),
+            None => (&self.set, None),
+        };
+        let mut resolution = match &self.salvaged {
             Some(salvaged) => {
                 resolver
-                    .resolve_salvaged(&snapshot, &self.set, salvaged, update)
+                    .resolve_salvaged(&snapshot, set, salvaged, update)
                     .await?
             }
             None => {
                 resolver
-                    .resolve(&snapshot, &self.set, self.old.as_ref(), update)
+                    .resolve(&snapshot, set, self.old.as_ref(), update)
                     .await?
             }
         };
+        resolution.lock.inventory = pin;
         tracing::debug!(plugins = resolution.plugins.len(), "resolved");
         self.resolution = Some(resolution);
         Ok(())

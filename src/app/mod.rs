@@ -5,6 +5,7 @@
 pub(crate) mod controller;
 pub(crate) mod diff;
 pub(crate) mod files;
+pub(crate) mod inventory;
 pub(crate) mod lock;
 pub(crate) mod run;
 pub(crate) mod shutdown;

@@ -8,6 +8,7 @@
 #[macro_use]
 mod output;
 mod diff;
+mod inventory;
 mod logging;
 mod progress;
 mod run;
@@ -97,6 +98,15 @@ enum Command {
     /// Work with single `.difypkg` packages.
     #[command(subcommand)]
     Package(PackageCommand),
+    /// Publish packages and groups to a private plugin inventory in an OCI registry.
+    #[command(subcommand)]
+    Inventory(inventory::InventoryCommand),
+    /// List a private inventory's plugins with their newest versions.
+    Search(inventory::SearchArgs),
+    /// List a private inventory's groups and their plugins.
+    Groups(inventory::GroupsArgs),
+    /// List declared plugins that have newer versions in a private inventory.
+    Outdated(inventory::OutdatedArgs),
 }
 
 /// Where the declared set lives.
@@ -167,6 +177,8 @@ impl FetchArgs {
             retries: self.retries,
             max_bytes: self.max_size_mib * 1024 * 1024,
             plugin_dirs: self.plugin_dirs.clone(),
+            // `oci` package artifacts and the private inventory, as `docker login` left them.
+            registry_logins: app::inventory::docker_logins(),
             ..FetchSettings::default()
         }
     }
@@ -547,6 +559,10 @@ async fn run(command: Command) -> Result<ExitCode, Error> {
         Command::Sources(args) => sources(args).await,
         Command::Init(args) => init(args),
         Command::Package(cmd) => package_command(cmd),
+        Command::Inventory(cmd) => inventory::inventory_command(cmd).await,
+        Command::Search(args) => inventory::search_command(args).await,
+        Command::Groups(args) => inventory::groups_command(args).await,
+        Command::Outdated(args) => inventory::outdated_command(args).await,
     }
 }
 
@@ -980,7 +996,7 @@ fn validate_offline(args: &ValidateArgs) -> Result<ExitCode, Error> {
     println!(
         "{}: valid ({} plugins)",
         plugins_path.display(),
-        set.plugins.len()
+        set.plugins.len() + set.inventory_entries.len()
     );
     let lock_path = args.repo.lock_path();
     let Some(text) = app::lock::read_lock_text(&lock_path)? else {
@@ -1005,6 +1021,20 @@ fn validate_offline(args: &ValidateArgs) -> Result<ExitCode, Error> {
         max_bytes,
     );
     let snapshot = WorkTree::new(&args.repo.root()).map_err(|e| Error::Usage(e.to_string()))?;
+    // `inventory:` and `group:` entries, expanded against the inventory the lock pins, from
+    // the cache only.
+    let expanded = tokio::runtime::Handle::current().block_on(
+        plugsync_core::inventory::expand::expand_from(
+            &set,
+            &snapshot,
+            "",
+            Some(&lock.value),
+            &cache_dir,
+            true,
+            &Default::default(),
+        ),
+    )?;
+    let set = expanded.map_or(set, |e| e.set);
     let check = resolver.check_offline(&snapshot, &set, &lock);
     for warning in &check.warnings {
         eprintln!("warning: {warning}");

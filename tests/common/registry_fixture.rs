@@ -73,6 +73,8 @@ pub struct RegistryServer {
     pub host: String,
     /// Basic-auth user and password, when started with them.
     pub credentials: Option<(String, String)>,
+    /// The registry's storage root (`docker/registry/v2/...`), for tests that damage it.
+    pub storage: PathBuf,
     child: Child,
     log: PathBuf,
     _dir: TempDir,
@@ -81,15 +83,20 @@ pub struct RegistryServer {
 impl RegistryServer {
     /// An open registry.
     pub fn start() -> RegistryServer {
-        Self::start_inner(None)
+        Self::start_inner(None, false)
+    }
+
+    /// An open registry that logs every request (see [`RegistryServer::requests`]).
+    pub fn start_with_access_log() -> RegistryServer {
+        Self::start_inner(None, true)
     }
 
     /// A registry that demands HTTP basic auth (htpasswd, bcrypt) for everything.
     pub fn start_with_basic_auth(user: &str, password: &str) -> RegistryServer {
-        Self::start_inner(Some((user.to_owned(), password.to_owned())))
+        Self::start_inner(Some((user.to_owned(), password.to_owned())), false)
     }
 
-    fn start_inner(credentials: Option<(String, String)>) -> RegistryServer {
+    fn start_inner(credentials: Option<(String, String)>, access_log: bool) -> RegistryServer {
         let mut last_log = String::new();
         // The free port is found by binding and releasing it; another process can grab it in
         // between, so try a few times.
@@ -101,9 +108,10 @@ impl RegistryServer {
             std::fs::create_dir_all(&storage).expect("storage dir");
             let mut config = format!(
                 "version: 0.1\n\
-                 log:\n  level: warn\n  accesslog:\n    disabled: true\n\
+                 log:\n  level: warn\n  accesslog:\n    disabled: {}\n\
                  storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
                  http:\n  addr: {host}\n  secret: plugsync-test-secret\n",
+                !access_log,
                 storage.display()
             );
             if let Some((user, password)) = &credentials {
@@ -134,6 +142,7 @@ impl RegistryServer {
             let mut server = RegistryServer {
                 host,
                 credentials: credentials.clone(),
+                storage: storage.clone(),
                 child,
                 log,
                 _dir: dir,
@@ -167,6 +176,29 @@ impl RegistryServer {
     /// What the registry has logged so far (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The requests the registry has answered so far, as `(method, path, status)`, from
+    /// its access log (only with [`RegistryServer::start_with_access_log`]).
+    pub fn requests(&self) -> Vec<(String, String, u16)> {
+        let log = std::fs::read(&self.log).unwrap_or_default();
+        String::from_utf8_lossy(&log)
+            .lines()
+            .filter_map(|line| {
+                // `127.0.0.1 - - [date] "GET /v2/ HTTP/1.1" 200 2 "" "agent"`
+                let request = line.split('"').nth(1)?;
+                let mut parts = request.split(' ');
+                let (method, path) = (parts.next()?, parts.next()?);
+                let status = line
+                    .split('"')
+                    .nth(2)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()?;
+                Some((method.to_owned(), path.to_owned(), status))
+            })
+            .collect()
     }
 
     /// `127.0.0.1:<port>/<repository>:<tag>`.

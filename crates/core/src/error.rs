@@ -135,6 +135,9 @@ pub enum Error {
     /// Rendering failed (a template error, a missing base image, an invalid object).
     #[error(transparent)]
     Render(#[from] crate::render::RenderError),
+    /// The private plugin inventory failed (registry, signature, cache, database).
+    #[error(transparent)]
+    Inventory(#[from] crate::inventory::InventoryError),
 
     /// The Kubernetes API answered with an error status.
     #[error("{what}: {message} ({code})")]
@@ -184,6 +187,13 @@ impl Error {
             Error::Source { .. } | Error::Io { .. } | Error::Cluster(_) => true,
             Error::Snapshot { source, .. } => source.is_transient(),
             Error::ClusterApi { code, .. } => matches!(code, 429 | 500 | 502 | 503 | 504),
+            // The registry or the local cache: a retry may get through; a signature or a
+            // conflict will not change by itself.
+            Error::Inventory(e) => matches!(
+                e,
+                crate::inventory::InventoryError::Registry { .. }
+                    | crate::inventory::InventoryError::Io { .. }
+            ),
             Error::Invalid(_)
             | Error::Package { .. }
             | Error::DigestMismatch { .. }

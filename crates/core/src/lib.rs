@@ -14,6 +14,7 @@ pub mod crd;
 pub mod diff;
 pub mod error;
 pub mod fetch;
+pub mod inventory;
 pub mod load;
 pub mod model;
 pub mod package;

@@ -341,17 +341,33 @@ impl LoadedRevision {
         snapshot: &dyn Snapshot,
         resolver: &Resolver,
     ) -> Result<ResolvedState, Error> {
-        let resolution = resolver
+        let expanded = crate::inventory::expand::expand_from(
+            &self.set,
+            snapshot,
+            &self.dir,
+            self.old_lock.as_ref(),
+            resolver.cache().root(),
+            false,
+            &resolver.fetchers().settings().registry_logins,
+        )
+        .await?;
+        // `inventory:` and `group:` entries become the package artifacts they name.
+        let (set, pin) = match expanded {
+            Some(e) => (e.set, Some(e.pin)),
+            None => (self.set, None),
+        };
+        let mut resolution = resolver
             .resolve(
                 &SubdirSnapshot {
                     inner: snapshot,
                     dir: &self.dir,
                 },
-                &self.set,
+                &set,
                 self.old_lock.as_ref(),
                 &[],
             )
             .await?;
+        resolution.lock.inventory = pin;
         let lock = match &self.old_lock {
             None => LockState::Missing,
             Some(_) if resolution.changes.is_empty() => LockState::UpToDate,
@@ -365,7 +381,7 @@ impl LoadedRevision {
         Ok(ResolvedState {
             source: self.source,
             revision: self.revision,
-            set: self.set,
+            set,
             resolution,
             templates: self.templates,
             lock,

@@ -217,6 +217,15 @@ impl Credentials {
         &self.username
     }
 
+    /// The password (or access token used as one), `None` for an identity token: what the
+    /// CLI's private inventory (`plugsync inventory`, `search`) sends with basic auth.
+    pub fn password(&self) -> Option<&str> {
+        match &self.secret {
+            CredentialSecret::Password(p) => Some(p),
+            CredentialSecret::IdentityToken(_) => None,
+        }
+    }
+
     /// A short fingerprint that tells credentials apart (keys the `oci-client`s, so a token
     /// fetched with one Secret is never reused for another) without holding the secret.
     fn fingerprint(&self) -> String {
@@ -388,6 +397,12 @@ impl DockerConfig {
             secret: name,
             reason: e.to_string(),
         })
+    }
+
+    /// The registry hosts it holds credentials for (normalized as in
+    /// [`DockerConfig::credentials_for`]): the CLI hands them all to the package clients.
+    pub fn hosts(&self) -> impl Iterator<Item = &str> {
+        self.auths.keys().map(String::as_str)
     }
 
     /// The credentials for `host` (`host[:port]`, as in [`ImageRef::registry`]), if any.

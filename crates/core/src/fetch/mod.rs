@@ -6,11 +6,15 @@
 //! - `http`, `https` ([`http`]): one shared HTTP client with timeouts, a size cap and
 //!   retries with exponential backoff. The Dify marketplace is reached through it, at
 //!   [`marketplace_download_url`].
+//! - `oci`, `oci+http`: a package artifact of a private inventory pulled by digest from an
+//!   OCI registry (`crate::inventory::expand::fetch_package`), what `inventory:` and
+//!   `group:` entries expand to.
 //! - any other scheme: an external program `plugsync-source-<scheme>` ([`external`]),
 //!   found in [`FetchSettings::plugin_dirs`] and then on `PATH`. The protocol it speaks
 //!   is documented in [`external`].
 //!
-//! The in-tree schemes `file`, `http` and `https` (and the name `marketplace`) cannot be
+//! The in-tree schemes `file`, `http`, `https`, `oci` and `oci+http` (the package artifacts
+//! of a private inventory, `crate::inventory`), and the name `marketplace`, cannot be
 //! overridden by an external client: a `plugsync-source-https` found on disk is never
 //! run; [`Fetchers::list`] shows it as shadowed so the user sees why.
 //!
@@ -207,6 +211,9 @@ pub struct FetchSettings {
     pub max_bytes: u64,
     /// Directories searched for `plugsync-source-<scheme>` before `PATH`.
     pub plugin_dirs: Vec<PathBuf>,
+    /// Credentials by registry host (`host[:port]`) for `oci` package artifacts and the
+    /// private inventory (from the user's docker config); anonymous where absent.
+    pub registry_logins: BTreeMap<String, crate::inventory::Login>,
 }
 
 impl Default for FetchSettings {
@@ -217,12 +224,13 @@ impl Default for FetchSettings {
             retries: 3,
             max_bytes: 64 * 1024 * 1024,
             plugin_dirs: Vec::new(),
+            registry_logins: BTreeMap::new(),
         }
     }
 }
 
 /// Schemes served in-tree; external clients cannot take them over.
-pub(crate) const IN_TREE_SCHEMES: [&str; 3] = ["file", "http", "https"];
+pub(crate) const IN_TREE_SCHEMES: [&str; 5] = ["file", "http", "https", "oci", "oci+http"];
 
 /// The name the marketplace is listed under; reserved like the in-tree schemes.
 pub(crate) const MARKETPLACE: &str = "marketplace";
@@ -270,6 +278,11 @@ impl Fetchers {
             .get_or_init(|| external::discover(&self.search))
     }
 
+    /// The settings every fetch runs with.
+    pub fn settings(&self) -> &FetchSettings {
+        &self.settings
+    }
+
     /// Replaces the retry backoff of the HTTP client (the default starts at 200 ms);
     /// tests use a few milliseconds to stay fast.
     pub fn with_backoff(mut self, backoff: Backoff) -> Self {
@@ -283,6 +296,18 @@ impl Fetchers {
         match url.scheme() {
             "file" => file::fetch(url, self.settings.max_bytes, progress).await,
             "http" | "https" => self.http.fetch(url, progress).await,
+            // Package artifacts of a private inventory (`inventory:` and `group:` entries).
+            "oci" | "oci+http" => crate::inventory::expand::fetch_package(
+                url,
+                self.settings.timeout,
+                self.settings.max_bytes,
+                &self.settings.registry_logins,
+            )
+            .await
+            .map_err(|e| FetchError::Network {
+                url: redact_url(url),
+                message: e.to_string(),
+            }),
             scheme => match self.external().clients.get(scheme) {
                 Some(path) => external::fetch(path, url, &self.settings, progress).await,
                 None => Err(FetchError::UnsupportedScheme {
@@ -331,6 +356,16 @@ impl Fetchers {
             ),
             in_tree("http", "HTTP download with retries", http_attrs.clone()),
             in_tree("https", "HTTPS download with retries", http_attrs),
+            in_tree(
+                "oci",
+                "package artifacts of a private plugin inventory (OCI registry, HTTPS)",
+                BTreeMap::from([("max_bytes".to_owned(), s.max_bytes.to_string())]),
+            ),
+            in_tree(
+                "oci+http",
+                "package artifacts of a private plugin inventory (OCI registry, plain HTTP)",
+                BTreeMap::from([("max_bytes".to_owned(), s.max_bytes.to_string())]),
+            ),
             in_tree(
                 MARKETPLACE,
                 "Dify marketplace (downloaded over http/https)",

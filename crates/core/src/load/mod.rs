@@ -17,7 +17,7 @@ use crate::error::{Diagnostic, Diagnostics, Error};
 use crate::model::{PluginLock, PluginSet};
 pub use crate::yaml::Position;
 use crate::yaml::{join_index, join_key, parent_path, Index, Node, ReadError, Tree};
-pub use validate::{DeclaredPlugin, DeclaredSource, LoadedPluginSet};
+pub use validate::{DeclaredPlugin, DeclaredSource, InventoryEntry, LoadedPluginSet};
 
 /// Default name of the declared set, relative to the repository folder.
 pub const PLUGINS_FILE: &str = "plugins.yaml";

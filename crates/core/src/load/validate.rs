@@ -114,6 +114,24 @@ pub struct DeclaredPlugin {
     pub runtime: Arc<RuntimeSpec>,
 }
 
+/// An `inventory:` or `group:` entry: what it names in the private inventory, expanded
+/// into [`DeclaredPlugin`]s (`crate::inventory::expand`) before the set is resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InventoryEntry {
+    /// Position in `spec.plugins`.
+    pub index: usize,
+    /// Field path of the entry (`spec.plugins[3]`), for messages.
+    pub path: String,
+    /// `true` for `group:`, `false` for `inventory:`.
+    pub group: bool,
+    /// `author/name` of the plugin, or the group's name.
+    pub name: String,
+    /// The exact version of the plugin or the group.
+    pub version: String,
+    /// `spec.runtime` with this entry's overrides applied.
+    pub runtime: Arc<RuntimeSpec>,
+}
+
 /// A `plugins.yaml` that passed every check.
 #[derive(Debug, Clone)]
 pub struct LoadedPluginSet {
@@ -121,6 +139,8 @@ pub struct LoadedPluginSet {
     pub doc: Document<PluginSet>,
     /// The entries, in declaration order.
     pub plugins: Vec<DeclaredPlugin>,
+    /// The `inventory:` and `group:` entries, not yet expanded into `plugins`.
+    pub inventory_entries: Vec<InventoryEntry>,
     /// The marketplace base URL, parsed.
     pub marketplace: Url,
 }
@@ -273,7 +293,24 @@ pub(super) fn validate_plugin_set(
         with_daemon_url(&mut runtime_defaults, &dify.daemon_url);
     }
 
+    if let Some(inventory) = &set.spec.sources.inventory {
+        // The full parse is the inventory's (`inventory::InventoryRef`, which imports this
+        // module): it reports at this line when the entries are expanded.
+        let rest = inventory.url.strip_prefix("oci://").unwrap_or_default();
+        if !rest.contains('/') || rest.starts_with('/') {
+            c.error(
+                "spec.sources.inventory.url",
+                format!(
+                    "`{}` must be oci://host/repository[:tag][@sha256:<hex>]",
+                    inventory.url
+                ),
+            );
+        }
+        check_relative_path(&mut c, "spec.sources.inventory.key", &inventory.key);
+    }
+
     let mut plugins = Vec::new();
+    let mut inventory_entries = Vec::new();
     let defaults = Arc::new(runtime_defaults);
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     for (i, entry) in set.spec.plugins.iter().enumerate() {
@@ -282,13 +319,15 @@ pub(super) fn validate_plugin_set(
             ("marketplace", entry.marketplace.is_some()),
             ("url", entry.url.is_some()),
             ("path", entry.path.is_some()),
+            ("inventory", entry.inventory.is_some()),
+            ("group", entry.group.is_some()),
         ]
         .into_iter()
         .filter_map(|(k, set)| set.then_some(k))
         .collect();
         if kinds.len() != 1 {
             let msg = if kinds.is_empty() {
-                "a plugin needs exactly one source: `marketplace` (with `version`), `url` or `path`"
+                "a plugin needs exactly one source: `marketplace` (with `version`), `url`, `path`, `inventory` (with `version`) or `group`"
                     .to_string()
             } else {
                 format!(
@@ -299,11 +338,30 @@ pub(super) fn validate_plugin_set(
             c.error(&path, msg);
             continue;
         }
-        if entry.version.is_some() && entry.marketplace.is_none() {
+        if entry.version.is_some() && entry.marketplace.is_none() && entry.inventory.is_none() {
             c.error(
                 &join_key(&path, "version"),
-                "`version` goes with `marketplace` only: a `url` or `path` package declares its own version",
+                "`version` goes with `marketplace` or `inventory` only: a `url` or `path` package declares its own version, a `group` its own plugins' versions",
             );
+        }
+        if entry.inventory.is_some() || entry.group.is_some() {
+            let runtime = match &entry.runtime {
+                Some(over) => {
+                    check_runtime(&mut c, &join_key(&path, "runtime"), over);
+                    Arc::new(set.spec.runtime.merged_with(over))
+                }
+                None => Arc::clone(&defaults),
+            };
+            if let Some(found) = check_inventory_entry(&mut c, &path, entry, i, runtime) {
+                if set.spec.sources.inventory.is_none() {
+                    c.error(
+                        &join_key(&path, if found.group { "group" } else { "inventory" }),
+                        "needs a private inventory: add spec.sources.inventory (its url and key)",
+                    );
+                }
+                inventory_entries.push(found);
+            }
+            continue;
         }
         let source = if let Some(m) = &entry.marketplace {
             check_marketplace(&mut c, &path, m, entry.version.as_deref())
@@ -353,6 +411,7 @@ pub(super) fn validate_plugin_set(
         Ok(LoadedPluginSet {
             doc,
             plugins,
+            inventory_entries,
             marketplace,
         })
     } else {
@@ -464,6 +523,66 @@ fn check_package_url<T>(c: &mut Checker<'_, T>, path: &str, value: &str) -> Opti
         }
         _ => Some(DeclaredSource::Url(url)),
     }
+}
+
+/// An `inventory: author/name` (with `version`) or `group: name:version` entry.
+fn check_inventory_entry<T>(
+    c: &mut Checker<'_, T>,
+    path: &str,
+    entry: &crate::model::PluginEntry,
+    index: usize,
+    runtime: Arc<RuntimeSpec>,
+) -> Option<InventoryEntry> {
+    if let Some(group) = &entry.group {
+        let field = join_key(path, "group");
+        return match group.split_once(':') {
+            Some((name, version)) if !name.is_empty() && !version.is_empty() => {
+                Some(InventoryEntry {
+                    index,
+                    path: path.to_string(),
+                    group: true,
+                    name: name.to_string(),
+                    version: version.to_string(),
+                    runtime,
+                })
+            }
+            _ => {
+                c.error(
+                    &field,
+                    format!("`{group}` must be `name:version`, e.g. `base:1.0`"),
+                );
+                None
+            }
+        };
+    }
+    let id = entry.inventory.as_deref().unwrap_or_default();
+    let field = join_key(path, "inventory");
+    let Some((author, name)) = id.split_once('/') else {
+        c.error(
+            &field,
+            format!("`{id}` must be `author/name`, e.g. `langgenius/agent`"),
+        );
+        return None;
+    };
+    if !AUTHOR.is_match(author) || !PLUGIN_NAME.is_match(name) {
+        c.error(
+            &field,
+            format!("`{id}` must be `author/name` with [a-z0-9_-] in each part"),
+        );
+        return None;
+    }
+    let Some(version) = &entry.version else {
+        c.error(path, "an `inventory` plugin needs an exact `version`");
+        return None;
+    };
+    Some(InventoryEntry {
+        index,
+        path: path.to_string(),
+        group: false,
+        name: id.to_string(),
+        version: version.clone(),
+        runtime,
+    })
 }
 
 fn check_relative_path<T>(

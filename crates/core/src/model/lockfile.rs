@@ -28,6 +28,20 @@ pub struct PluginLock {
     /// match one runs that digest and renders no build Job. Sorted by image, then hash.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<LockedImage>,
+    /// The private inventory `inventory:` and `group:` entries were resolved in, pinned by
+    /// digest: a locked repository reads exactly this inventory, whatever its tag says now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<LockedInventory>,
+}
+
+/// The private inventory a lock was resolved in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LockedInventory {
+    /// `spec.sources.inventory.url` as declared.
+    pub url: String,
+    /// `sha256:…` of the inventory manifest used.
+    pub digest: String,
 }
 
 /// One built image, pinned by digest, for the exact build inputs that produced it.
@@ -49,6 +63,7 @@ impl Default for PluginLock {
             kind: "PluginLock".to_string(),
             plugins: Vec::new(),
             images: Vec::new(),
+            inventory: None,
         }
     }
 }
@@ -112,6 +127,7 @@ impl PluginLock {
         self.api_version == now.api_version
             && self.kind == now.kind
             && self.images == now.images
+            && self.inventory == now.inventory
             && self.plugins.len() == now.plugins.len()
             && self
                 .plugins

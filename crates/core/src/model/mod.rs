@@ -10,7 +10,7 @@ mod marketplace;
 pub mod pluginset;
 
 pub use lock_state::{LockChange, LockState};
-pub use lockfile::{LockedImage, LockedPlugin, PluginLock};
+pub use lockfile::{LockedImage, LockedInventory, LockedPlugin, PluginLock};
 pub use marketplace::marketplace_download_url;
 pub use pluginset::*;
 

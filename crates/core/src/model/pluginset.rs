@@ -415,14 +415,41 @@ pub struct SourcesSpec {
     /// `<marketplace>/api/v1/plugins/<author>/<name>/<version>/download`.
     #[serde(default = "default_marketplace")]
     pub marketplace: String,
+    /// A private plugin inventory in an OCI registry (`plugsync inventory publish`), for
+    /// `inventory:` and `group:` entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<InventorySource>,
 }
 
 impl Default for SourcesSpec {
     fn default() -> Self {
         SourcesSpec {
             marketplace: default_marketplace(),
+            inventory: None,
         }
     }
+}
+
+/// Where the private inventory is and how it is trusted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct InventorySource {
+    /// `oci://host[:port]/repository:tag`, optionally pinned `…@sha256:<hex>`.
+    pub url: String,
+    /// The public key (PEM, P-256; `cosign.pub`) its signature must verify with: a file in
+    /// the repository, relative to plugins.yaml.
+    pub key: String,
+    /// How long a cached copy is used before the registry is asked again (default `30m`).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<String>")]
+    pub ttl: Option<Duration>,
+    /// Plain HTTP to the registry (loopback or air-gapped registries without TLS).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
 }
 
 /// The public Dify marketplace.
@@ -444,7 +471,14 @@ pub struct PluginEntry {
     /// `author/name` on the Dify marketplace; needs `version`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub marketplace: Option<String>,
-    /// Exact version, with `marketplace` only (a `url` or `path` package names its own).
+    /// `author/name` in the private inventory (`spec.sources.inventory`); needs `version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<String>,
+    /// A group of the private inventory, `name:version`: expands to its mandatory plugins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Exact version, with `marketplace` or `inventory` only (a `url` or `path` package
+    /// names its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
     /// A package URL: `https://`, `http://`, `file://`, or any scheme an external

@@ -156,6 +156,16 @@ impl Resolver {
         }
     }
 
+    /// The package cache (the private inventory's cache lives under its root).
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// The package source clients (their settings carry registry credentials).
+    pub fn fetchers(&self) -> &Fetchers {
+        &self.sources
+    }
+
     /// Shows download progress through `progress`.
     pub fn with_progress(mut self, progress: Arc<dyn ProgressReporter>) -> Resolver {
         self.progress = progress;
