@@ -136,7 +136,7 @@ impl LockRun {
         let update = &self.request.update;
         // `inventory:` and `group:` entries become the package artifacts they name; the
         // lock pins the inventory's digest.
-        let expanded = plugsync_core::inventory::expand::expand_from(
+        let expanded = plugsync_core::expand::expand_from(
             &self.set,
             &snapshot,
             "",

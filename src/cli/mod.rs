@@ -1023,8 +1023,8 @@ fn validate_offline(args: &ValidateArgs) -> Result<ExitCode, Error> {
     let snapshot = WorkTree::new(&args.repo.root()).map_err(|e| Error::Usage(e.to_string()))?;
     // `inventory:` and `group:` entries, expanded against the inventory the lock pins, from
     // the cache only.
-    let expanded = tokio::runtime::Handle::current().block_on(
-        plugsync_core::inventory::expand::expand_from(
+    let expanded =
+        tokio::runtime::Handle::current().block_on(plugsync_core::expand::expand_from(
             &set,
             &snapshot,
             "",
@@ -1032,8 +1032,7 @@ fn validate_offline(args: &ValidateArgs) -> Result<ExitCode, Error> {
             &cache_dir,
             true,
             &Default::default(),
-        ),
-    )?;
+        ))?;
     let set = expanded.map_or(set, |e| e.set);
     let check = resolver.check_offline(&snapshot, &set, &lock);
     for warning in &check.warnings {

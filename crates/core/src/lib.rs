@@ -13,6 +13,7 @@ pub mod codegen;
 pub mod crd;
 pub mod diff;
 pub mod error;
+pub mod expand;
 pub mod fetch;
 pub mod inventory;
 pub mod load;

@@ -341,7 +341,7 @@ impl LoadedRevision {
         snapshot: &dyn Snapshot,
         resolver: &Resolver,
     ) -> Result<ResolvedState, Error> {
-        let expanded = crate::inventory::expand::expand_from(
+        let expanded = crate::expand::expand_from(
             &self.set,
             snapshot,
             &self.dir,

@@ -1,7 +1,7 @@
 //! The core's top modules import each other one way (docs/architecture.md, "Which core
 //! module may import which"): read from the `crate::` paths of the sources, unit tests and
 //! comments left out. The crate's `Error` is no exception: it wraps the errors of the leaf
-//! modules (`package`, `fetch`, `source`, `render`) that never return it.
+//! modules (`package`, `inventory`, `fetch`, `source`, `render`) that never return it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -105,8 +105,18 @@ fn the_core_modules_import_one_way() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let graph = imports(&src);
     for module in [
-        "model", "load", "resolve", "render", "plan", "pipeline", "diff", "report", "error",
+        "model",
+        "load",
+        "resolve",
+        "render",
+        "plan",
+        "pipeline",
+        "diff",
+        "report",
+        "error",
         "fetch",
+        "inventory",
+        "expand",
     ] {
         assert!(
             graph.contains_key(module),
@@ -123,7 +133,7 @@ fn the_core_modules_import_one_way() {
         assert!(!graph["report"].contains(above), "report imports {above}");
     }
     // The stages return the crate's `Error`; the modules it wraps must not.
-    for wrapped in ["package", "fetch", "source", "render"] {
+    for wrapped in ["package", "inventory", "fetch", "source", "render"] {
         assert!(
             !graph[wrapped].contains("error"),
             "{wrapped} imports error, which wraps its errors"

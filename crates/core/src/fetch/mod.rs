@@ -7,7 +7,7 @@
 //!   retries with exponential backoff. The Dify marketplace is reached through it, at
 //!   [`marketplace_download_url`].
 //! - `oci`, `oci+http`: a package artifact of a private inventory pulled by digest from an
-//!   OCI registry (`crate::inventory::expand::fetch_package`), what `inventory:` and
+//!   OCI registry (`crate::inventory::fetch_package`), what `inventory:` and
 //!   `group:` entries expand to.
 //! - any other scheme: an external program `plugsync-source-<scheme>` ([`external`]),
 //!   found in [`FetchSettings::plugin_dirs`] and then on `PATH`. The protocol it speaks
@@ -297,7 +297,7 @@ impl Fetchers {
             "file" => file::fetch(url, self.settings.max_bytes, progress).await,
             "http" | "https" => self.http.fetch(url, progress).await,
             // Package artifacts of a private inventory (`inventory:` and `group:` entries).
-            "oci" | "oci+http" => crate::inventory::expand::fetch_package(
+            "oci" | "oci+http" => crate::inventory::fetch_package(
                 url,
                 self.settings.timeout,
                 self.settings.max_bytes,

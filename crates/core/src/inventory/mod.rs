@@ -16,9 +16,9 @@
 //! calls: call them from `spawn_blocking`, as `pipeline` is called. `docs/inventory.md`
 //! describes the media types, the schema and the cache protocol.
 
+mod artifact;
 pub mod cache;
 pub mod db;
-pub mod expand;
 mod oci;
 pub mod publish;
 pub mod sign;
@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use artifact::fetch_package;
 pub use cache::{load, LoadOptions, Loaded};
 pub use publish::{publish, PublishOptions, PublishReport};
 

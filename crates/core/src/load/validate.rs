@@ -115,7 +115,7 @@ pub struct DeclaredPlugin {
 }
 
 /// An `inventory:` or `group:` entry: what it names in the private inventory, expanded
-/// into [`DeclaredPlugin`]s (`crate::inventory::expand`) before the set is resolved.
+/// into [`DeclaredPlugin`]s (`crate::expand`) before the set is resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InventoryEntry {
     /// Position in `spec.plugins`.

@@ -1,7 +1,7 @@
 //! `inventory:` and `group:` entries of plugins.yaml: expanded, against the verified
 //! inventory, into ordinary `url:` declarations of the package artifacts
 //! (`oci://host/repo/packages/author/name@sha256:<manifest>`), which the resolver then
-//! fetches ([`fetch_package`]) and pins like any other package.
+//! fetches ([`crate::inventory::fetch_package`]) and pins like any other package.
 //!
 //! The lock records the inventory's digest (`inventory:` in plugins.lock). A locked
 //! repository expands against exactly that inventory (pulled by digest, cached forever),
@@ -11,16 +11,13 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use serde_json::Value;
 use url::Url;
 
-use super::oci::{Registry, Repo};
-use super::sign::PublicKey;
-use super::{
-    load, Inventory, InventoryError, InventoryRef, LoadOptions, Login, PluginRow, DEFAULT_TIMEOUT,
-    DEFAULT_TTL, PACKAGE_LAYER_MEDIA_TYPE,
-};
 use crate::error::{Diagnostics, Error};
+use crate::inventory::sign::PublicKey;
+use crate::inventory::{
+    load, Inventory, InventoryRef, LoadOptions, Login, PluginRow, DEFAULT_TIMEOUT, DEFAULT_TTL,
+};
 use crate::load::{DeclaredPlugin, DeclaredSource, LoadedPluginSet};
 use crate::model::{LockedInventory, PluginLock};
 
@@ -117,7 +114,7 @@ pub async fn expand(
             let cached = run(options(declared.clone())).await?;
             // A copy within its TTL that lacks an entry may just predate a publish: ask
             // the registry (a HEAD; a download only if the tag moved) before refusing.
-            if cached.origin == super::cache::Origin::Cache
+            if cached.origin == crate::inventory::cache::Origin::Cache
                 && expand_in(set, &cached.inventory, source.insecure).is_err()
             {
                 let mut now = options(declared.clone());
@@ -249,69 +246,6 @@ fn package_url(row: &PluginRow, insecure: bool) -> Url {
         row.repository, row.manifest_digest
     ))
     .expect("an inventory row names a valid repository and digest")
-}
-
-/// The package bytes of the artifact at `url` (`oci://` or `oci+http://host/path@sha256:…`):
-/// its manifest pulled by digest (checked), then its package layer (checked), with the
-/// credentials `logins` holds for its registry (anonymous without).
-pub async fn fetch_package(
-    url: &Url,
-    timeout: std::time::Duration,
-    max_bytes: u64,
-    logins: &BTreeMap<String, Login>,
-) -> Result<Vec<u8>, InventoryError> {
-    let bad = |reason: &str| InventoryError::Reference {
-        reference: url.to_string(),
-        reason: reason.to_owned(),
-    };
-    let insecure = url.scheme() == "oci+http";
-    let host = url
-        .host_str()
-        .ok_or_else(|| bad("a package artifact URL needs a host"))?;
-    let registry = match url.port() {
-        Some(port) => format!("{host}:{port}"),
-        None => host.to_owned(),
-    };
-    let (repository, digest) = url
-        .path()
-        .trim_start_matches('/')
-        .split_once('@')
-        .ok_or_else(|| bad("expected oci://host/repository@sha256:<hex>"))?;
-    let repo = Repo {
-        registry: registry.clone(),
-        repository: repository.to_owned(),
-    };
-    let client = Registry::new(&registry, insecure, logins.get(&registry), timeout);
-    let (manifest, _) = client
-        .manifest(&repo.digest(digest))
-        .await?
-        .ok_or_else(|| InventoryError::MissingBlob {
-            what: "the package artifact".into(),
-            repository: repo.name(),
-            digest: digest.to_owned(),
-        })?;
-    let manifest: Value =
-        serde_json::from_slice(&manifest).map_err(|_| bad("its manifest is not JSON"))?;
-    let layer = manifest
-        .get("layers")
-        .and_then(Value::as_array)
-        .and_then(|l| {
-            l.iter().find(|l| {
-                l.get("mediaType").and_then(Value::as_str) == Some(PACKAGE_LAYER_MEDIA_TYPE)
-            })
-        })
-        .ok_or_else(|| bad("not a Dify package artifact (no package layer)"))?;
-    let size = layer.get("size").and_then(Value::as_u64).unwrap_or(0);
-    if size > max_bytes {
-        return Err(bad(&format!(
-            "package too large: {size} bytes, limit is {max_bytes}"
-        )));
-    }
-    let layer_digest = layer
-        .get("digest")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad("its package layer has no digest"))?;
-    client.blob(&repo, layer_digest, "the package").await
 }
 
 /// [`expand`] for a set read from `snapshot` (plugins.yaml in `dir`): the key file is read
