@@ -196,7 +196,8 @@ mod tests {
             short_target("plugsync_kube::controller::reconcile"),
             "controller"
         );
-        assert_eq!(short_target("plugsync_core::fetch"), "resolve");
+        assert_eq!(short_target("plugsync_core::fetch"), "fetch");
+        assert_eq!(short_target("plugsync_core::resolve::cache"), "resolve");
         assert_eq!(short_target("plugsync::cli"), "cli");
         assert_eq!(
             short_target("kube_runtime::controller"),
