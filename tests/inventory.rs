@@ -418,7 +418,7 @@ fn groups_and_outdated() {
     let outdated = env.read_json(&["outdated"], &["--repo", repo.to_str().unwrap()]);
     assert_eq!(
         outdated["outdated"],
-        serde_json::json!([{"name": "langgenius/agent", "declared": "0.0.14", "newest": "0.0.15"}])
+        serde_json::json!([{"name": "langgenius/agent", "declared": "0.0.14", "newest": "0.0.15", "source": "inventory"}])
     );
 }
 
@@ -994,7 +994,7 @@ fn a_group_expands_into_the_lock_which_pins_the_inventory() {
     let outdated: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         outdated["outdated"],
-        serde_json::json!([{"name": "acme/weather", "declared": "1.0.0", "newest": "2.0.0"}])
+        serde_json::json!([{"name": "acme/weather", "declared": "1.0.0", "newest": "2.0.0", "source": "inventory"}])
     );
     assert_eq!(outdated["inventory"], inventory.as_str());
 
@@ -1200,4 +1200,121 @@ fn a_registry_that_wants_credentials_gets_them_from_the_docker_config() {
     );
     let lock = std::fs::read_to_string(repo.join("plugins.lock")).unwrap();
     assert!(lock.contains("name: acme/weather"), "{lock}");
+}
+
+/// `plugsync outdated --marketplace` asks the marketplace plugins.yaml names, in one batch
+/// lookup as Dify's API makes it, for the newest version of every declared plugin; with no
+/// inventory declared, only the marketplace. A marketplace that fails says so and where.
+/// (A stand-in on loopback: this machine cannot reach marketplace.dify.ai.)
+#[tokio::test(flavor = "multi_thread")]
+async fn outdated_asks_the_marketplace_for_newer_versions() {
+    use std::sync::{Arc, Mutex};
+    let asked: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let seen = Arc::clone(&asked);
+    let router = axum::Router::new().route(
+        "/api/v1/plugins/batch",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let seen = Arc::clone(&seen);
+            async move {
+                let body: Value = serde_json::from_slice(&body).expect("a JSON body");
+                seen.lock().unwrap().push(body);
+                axum::Json(serde_json::json!({"code": 0, "data": {"plugins": [
+                    {"plugin_id": "langgenius/agent", "latest_version": "0.0.22",
+                     "latest_package_identifier": "langgenius/agent:0.0.22@abc", "status": "active"},
+                    {"plugin_id": "someone/else", "latest_version": "9.0.0",
+                     "latest_package_identifier": "someone/else:9.0.0@def", "status": "active"},
+                ]}}))
+            }
+        }),
+    );
+    let (addr, _server) = registry_fixture::serve(router).await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    fs::copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples"),
+        &repo,
+    );
+    let plugins = repo.join("plugins.yaml");
+    let text = std::fs::read_to_string(&plugins).unwrap().replace(
+        "  plugins:\n",
+        &format!("  sources:\n    marketplace: http://{addr}\n  plugins:\n"),
+    );
+    std::fs::write(&plugins, text).unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "outdated",
+            "--marketplace",
+            "--repo",
+            repo.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let cache = dir.path().join("cache");
+        tokio::task::block_in_place(move || {
+            Command::cargo_bin("plugsync")
+                .expect("binary")
+                .args(&args)
+                .env("PLUGSYNC_CACHE_DIR", cache)
+                .env_remove("PLUGSYNC_INVENTORY")
+                .env_remove("PLUGSYNC_INVENTORY_KEY")
+                .timeout(std::time::Duration::from_secs(60))
+                .output()
+                .expect("run plugsync")
+        })
+    };
+    let out = run(&["-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["outdated"],
+        serde_json::json!([{"name": "langgenius/agent", "declared": "0.0.14", "newest": "0.0.22", "source": "marketplace"}])
+    );
+    assert_eq!(
+        report["inventory"],
+        Value::Null,
+        "no inventory declared, none asked"
+    );
+    let mut ids: Vec<String> = asked.lock().unwrap()[0]["plugin_ids"]
+        .as_array()
+        .expect("plugin_ids")
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["langgenius/agent", "plugsync/hello-world"],
+        "one lookup of every declared plugin"
+    );
+    assert_eq!(asked.lock().unwrap().len(), 1);
+
+    // The table names where the newer version is.
+    let out = run(&[]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["langgenius/agent", "0.0.14", "0.0.22", "marketplace"]),
+        "{table}"
+    );
+
+    // A marketplace that cannot answer: a clear error naming it, no table.
+    let text = std::fs::read_to_string(&plugins)
+        .unwrap()
+        .replace(&format!("http://{addr}"), &format!("http://{addr}/nowhere"));
+    std::fs::write(&plugins, text).unwrap();
+    let out = run(&[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "POST http://{addr}/nowhere/api/v1/plugins/batch: the marketplace answered 404"
+        )),
+        "{err}"
+    );
 }

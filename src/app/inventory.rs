@@ -84,15 +84,6 @@ pub(crate) fn docker_login(registry: &str) -> Result<Option<Login>, Error> {
     }))
 }
 
-async fn off_runtime<T: Send + 'static>(
-    work: impl FnOnce(&tokio::runtime::Handle) -> Result<T, Error> + Send + 'static,
-) -> Result<T, Error> {
-    let runtime = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || work(&runtime))
-        .await
-        .map_err(|e| Error::Usage(format!("internal error: the work thread failed: {e}")))?
-}
-
 /// Publishes package files (and already-read packages) and groups to `to`, signed with
 /// the private key at `key`.
 pub(crate) async fn publish(
@@ -106,7 +97,7 @@ pub(crate) async fn publish(
     let target = InventoryRef::parse(to)?;
     let key = PrivateKey::read(key)?;
     let login = docker_login(&target.registry)?;
-    off_runtime(move |runtime| {
+    super::off_runtime(move |runtime| {
         let mut inputs = packages;
         for file in files {
             let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
@@ -161,7 +152,7 @@ pub(crate) async fn load(source: Source) -> Result<Loaded, Error> {
         cache_dir: source.cache_dir.unwrap_or_else(Cache::default_dir),
         timeout: source.access.timeout,
     };
-    off_runtime(move |runtime| Ok(inventory::load(runtime, &options)?)).await
+    super::off_runtime(move |runtime| Ok(inventory::load(runtime, &options)?)).await
 }
 
 /// The plugins a repository declares, as `(author/name, version)`: what its plugins.lock
@@ -208,7 +199,29 @@ pub(crate) fn declared_versions(plugins: &Path) -> Result<Vec<(String, String)>,
 pub(crate) fn declared_source(
     plugins: &Path,
 ) -> Result<Option<plugsync_core::model::InventorySource>, Error> {
+    Ok(declared_sources(plugins)?.inventory)
+}
+
+/// Where plugins.yaml says packages come from (`spec.sources`): its inventory and its
+/// marketplace.
+pub(crate) fn declared_sources(plugins: &Path) -> Result<plugsync_core::model::SourcesSpec, Error> {
     let text = plugsync_core::load::read_file(plugins)?;
     let set = plugsync_core::load::load_plugin_set(plugins, &text)?;
-    Ok(set.doc.value.spec.sources.inventory.clone())
+    Ok(set.doc.value.spec.sources.clone())
+}
+
+/// The newest version the marketplace publishes of each plugin named, by `author/name`.
+pub(crate) async fn marketplace_versions(
+    marketplace: &str,
+    names: &[String],
+    timeout: std::time::Duration,
+) -> Result<std::collections::BTreeMap<String, String>, Error> {
+    let base = url::Url::parse(marketplace)
+        .map_err(|e| Error::Usage(format!("spec.sources.marketplace `{marketplace}`: {e}")))?;
+    plugsync_core::fetch::marketplace::latest_versions(&base, names, timeout)
+        .await
+        .map_err(|source| Error::Source {
+            plugin: "the marketplace".to_owned(),
+            source,
+        })
 }

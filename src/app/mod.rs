@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use plugsync_core::render::RenderSettings;
 use plugsync_core::resolve::cache::Cache;
+use plugsync_core::Error;
 use plugsync_kube::controller::registry_check::SecretRegistryCheck;
 use plugsync_kube::controller::Context;
 
@@ -35,4 +36,15 @@ pub(crate) fn controller_context(
         REGISTRY_CHECK_TIMEOUT,
     )));
     context
+}
+
+/// Runs `work` on a blocking thread, with the runtime's handle for the downloads it awaits:
+/// loading, reading the cache, SQLite and rendering never run on the runtime's workers.
+pub(crate) async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce(&tokio::runtime::Handle) -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || work(&runtime))
+        .await
+        .map_err(|e| Error::Usage(format!("internal error: the work thread failed: {e}")))?
 }

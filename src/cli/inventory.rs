@@ -221,6 +221,10 @@ pub(super) struct OutdatedArgs {
     repo: super::RepoArgs,
     #[command(flatten)]
     source: SourceArgs,
+    /// Also ask the Dify marketplace of plugins.yaml (`spec.sources.marketplace`) for each
+    /// declared plugin's newest version; without an inventory, ask only the marketplace.
+    #[arg(long)]
+    marketplace: bool,
 }
 
 /// Prints rows as columns padded to the widest cell (the last column unpadded).
@@ -432,7 +436,7 @@ async fn resolved_packages(
     fetch: &super::FetchArgs,
 ) -> Result<Vec<plugsync_core::inventory::publish::PackageInput>, Error> {
     let resolver = super::resolver_for(fetch)?;
-    super::off_runtime(move |runtime| {
+    crate::app::off_runtime(move |runtime| {
         let snapshot =
             plugsync_core::source::WorkTree::new(&dir).map_err(|e| Error::Usage(e.to_string()))?;
         let state = plugsync_core::pipeline::resolved_state_blocking(
@@ -528,28 +532,61 @@ pub(super) async fn groups_command(args: GroupsArgs) -> Result<ExitCode, Error> 
 pub(super) async fn outdated_command(args: OutdatedArgs) -> Result<ExitCode, Error> {
     let plugins = args.repo.plugins_path();
     let declared = crate::app::inventory::declared_versions(&plugins)?;
-    let source = args.source.source(Some(&plugins))?;
-    let reference = source.reference.clone();
-    let loaded = app::load(source).await?;
-    let mut rows = Vec::new();
-    for (name, version) in declared {
-        if let Some(newest) = loaded.inventory.newest(&name) {
-            if plugsync_core::inventory::compare_versions(&newest.version, &version).is_gt() {
-                rows.push((name, version, newest.version.clone()));
+    let sources = app::declared_sources(&plugins)?;
+    // (name, declared version, newest version, where the newest is)
+    let mut rows: Vec<(String, String, String, &str)> = Vec::new();
+    let mut inventory = (None, None);
+    let ask_inventory =
+        !args.marketplace || args.source.inventory.is_some() || sources.inventory.is_some();
+    if ask_inventory {
+        let source = args.source.source(Some(&plugins))?;
+        let reference = source.reference.clone();
+        let loaded = app::load(source).await?;
+        for (name, version) in &declared {
+            if let Some(newest) = loaded.inventory.newest(name) {
+                if plugsync_core::inventory::compare_versions(&newest.version, version).is_gt() {
+                    rows.push((
+                        name.clone(),
+                        version.clone(),
+                        newest.version.clone(),
+                        "inventory",
+                    ));
+                }
+            }
+        }
+        inventory = (Some(reference), Some(loaded.digest));
+    }
+    if args.marketplace {
+        let names: Vec<String> = declared.iter().map(|(name, _)| name.clone()).collect();
+        let newest = app::marketplace_versions(
+            &sources.marketplace,
+            &names,
+            args.source.access.registry_timeout,
+        )
+        .await?;
+        for (name, version) in &declared {
+            if let Some(newest) = newest.get(name) {
+                if plugsync_core::inventory::compare_versions(newest, version).is_gt() {
+                    rows.push((name.clone(), version.clone(), newest.clone(), "marketplace"));
+                }
             }
         }
     }
     match args.source.output {
         OutputFormat::Json => print_json(&json!({
-            "inventory": reference,
-            "digest": loaded.digest,
-            "outdated": rows.iter().map(|(n, c, l)| json!({"name": n, "declared": c, "newest": l})).collect::<Vec<_>>(),
+            "inventory": inventory.0,
+            "digest": inventory.1,
+            "marketplace": args.marketplace.then_some(&sources.marketplace),
+            "outdated": rows
+                .iter()
+                .map(|(n, c, l, s)| json!({"name": n, "declared": c, "newest": l, "source": s}))
+                .collect::<Vec<_>>(),
         })),
         OutputFormat::Text => table(
-            &["NAME", "DECLARED", "NEWEST"],
+            &["NAME", "DECLARED", "NEWEST", "SOURCE"],
             &rows
                 .iter()
-                .map(|(n, c, l)| vec![n.clone(), c.clone(), l.clone()])
+                .map(|(n, c, l, s)| vec![n.clone(), c.clone(), l.clone(), (*s).to_owned()])
                 .collect::<Vec<_>>(),
         ),
     }

@@ -646,19 +646,8 @@ fn resolver_for(fetch: &FetchArgs) -> Result<Resolver, Error> {
     Ok(resolver)
 }
 
-/// Runs `work` on a blocking thread, with the runtime's handle for the downloads it awaits:
-/// loading, reading the cache and rendering never run on the runtime's workers.
-async fn off_runtime<T: Send + 'static>(
-    work: impl FnOnce(&tokio::runtime::Handle) -> Result<T, Error> + Send + 'static,
-) -> Result<T, Error> {
-    let runtime = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || work(&runtime))
-        .await
-        .map_err(|e| Error::Usage(format!("internal error: the work thread failed: {e}")))?
-}
-
 async fn render_command(args: RenderArgs) -> Result<ExitCode, Error> {
-    off_runtime(move |runtime| render_blocking(runtime, args)).await
+    crate::app::off_runtime(move |runtime| render_blocking(runtime, args)).await
 }
 
 /// `plugsync render`, on a thread that may block.
@@ -732,7 +721,7 @@ fn write_to_stdout(pieces: &[&str]) -> Result<(), Error> {
 }
 
 async fn diff_command(args: DiffArgs) -> Result<ExitCode, Error> {
-    off_runtime(move |runtime| diff_blocking(runtime, args)).await
+    crate::app::off_runtime(move |runtime| diff_blocking(runtime, args)).await
 }
 
 /// `plugsync diff`, on a thread that may block (git object reads, loading, rendering).
@@ -779,7 +768,7 @@ async fn pinned_state(
     let snapshot = WorkTree::new(&root).map_err(|e| Error::Usage(e.to_string()))?;
     let resolver = resolver_for(fetch)?;
     let plugins_path = repo.plugins_path();
-    let mut resolved = off_runtime(move |runtime| {
+    let mut resolved = crate::app::off_runtime(move |runtime| {
         pipeline::resolved_state_blocking(runtime, &snapshot, &file, &resolver)
     })
     .await?
@@ -787,7 +776,7 @@ async fn pinned_state(
     let namespace = set_namespace(&resolved.set, cluster)?;
     resolved.in_namespace(&namespace);
     let settings = render.settings();
-    let state = off_runtime(move |_| resolved.render(&settings)).await?;
+    let state = crate::app::off_runtime(move |_| resolved.render(&settings)).await?;
     app::lock::require_pinned(&state.lock, &repo.lock_path())?;
     Ok(state)
 }

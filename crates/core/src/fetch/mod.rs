@@ -24,6 +24,7 @@
 pub mod external;
 mod file;
 pub mod http;
+pub mod marketplace;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -112,6 +113,14 @@ pub enum FetchError {
         /// The URL, redacted.
         url: String,
         /// What is wrong and what would be right.
+        reason: String,
+    },
+    /// A marketplace's version lookup failed (`plugsync outdated`).
+    #[error("POST {url}: {reason}")]
+    Lookup {
+        /// The URL, redacted.
+        url: String,
+        /// What went wrong: the status, or what the answer lacked.
         reason: String,
     },
     /// An external client exited unsuccessfully or broke the protocol.

@@ -20,3 +20,18 @@ pub fn marketplace_download_url(base: &Url, author: &str, name: &str, version: &
     }
     url
 }
+
+/// The marketplace's batch lookup, `<base>/api/v1/plugins/batch`: one POST of
+/// `{"plugin_ids": ["author/name", …]}` answers each plugin's newest version
+/// (`data.plugins[].latest_version`), as Dify's own API asks it
+/// (`core/helper/marketplace.py`, `batch_fetch_plugin_manifests`).
+pub fn marketplace_batch_url(base: &Url) -> Url {
+    let mut url = base.clone();
+    url.set_fragment(None);
+    if let Ok(mut segments) = url.path_segments_mut() {
+        segments
+            .pop_if_empty()
+            .extend(["api", "v1", "plugins", "batch"]);
+    }
+    url
+}

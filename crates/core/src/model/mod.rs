@@ -11,7 +11,7 @@ pub mod pluginset;
 
 pub use lock_state::{LockChange, LockState};
 pub use lockfile::{LockedImage, LockedInventory, LockedPlugin, PluginLock};
-pub use marketplace::marketplace_download_url;
+pub use marketplace::{marketplace_batch_url, marketplace_download_url};
 pub use pluginset::*;
 
 /// The API group and version of every plugsync document and resource.
