@@ -985,15 +985,18 @@ async fn failed_attempts_beyond_the_history_limit_are_collected() {
     let third = h.plugin(&format!("{id}--3")).await;
     assert_eq!(phase(&third), Some(PluginPhase::BuildFailed));
     assert!(h.get::<Job>(&format!("{id}--3")).await.is_some());
-    // The first attempt reports the retry that runs; its own failure is remembered.
+    // The first attempt reports the retry that runs; its own failure is remembered. Its
+    // status follows attempt 4's by a reconcile: it may name attempt 4 while still showing
+    // the Building it saw, so wait for both (a first attempt that never reports Running
+    // still fails here, at the wait's deadline).
     let first = h
-        .wait_plugin(&id, "attempt 1 reporting attempt 4", |p| {
+        .wait_plugin(&id, "attempt 1 reporting attempt 4 running", |p| {
             p.status
                 .as_ref()
                 .is_some_and(|s| s.current_attempt.as_deref() == Some(fourth.as_str()))
+                && phase(p) == Some(PluginPhase::Running)
         })
         .await;
-    assert_eq!(phase(&first), Some(PluginPhase::Running));
     let failure = first
         .status
         .as_ref()
