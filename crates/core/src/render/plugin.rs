@@ -1,7 +1,7 @@
 //! One plugin rendered, step by step: its template values, its build (the Dockerfile, the
 //! build context and the build-inputs hash), the labels of its objects, then the objects.
 
-use super::build::build_inputs;
+use super::build::{build_inputs, BuildInputs};
 use super::labels::ObjectLabels;
 use super::objects::{render_objects, ObjectNames};
 use super::resources::warn_low_memory;
@@ -9,6 +9,7 @@ use super::values::{self, PluginValues, RuntimeValues};
 use super::{
     AsValue, Compiled, ObjectForm, PluginInput, RenderError, RenderSettings, RenderedPlugin,
 };
+use crate::crd::{BuildRef, PackageRef, PluginSpec, RunnerSpec};
 use crate::model::PluginSet;
 
 /// `<plugin-id>` for the first attempt, `<plugin-id>--N` for attempt N.
@@ -71,7 +72,7 @@ pub(super) fn render_plugin_sharing<F: ObjectForm>(
     let labels = ObjectLabels::new(set, input, &resource_name, &build.inputs_hash);
     let shared = shared.for_plugin(input.runtime, input.manifest.memory);
     warn_low_memory(locked, input.runtime, input.manifest.memory);
-    let plugin_spec = values::plugin_spec(set, input, env, &build, &image);
+    let plugin_spec = plugin_spec(set, input, env, &build, &image);
     let (ctx, service_name) = values.into_context(&labels, shared, plugin_spec);
 
     // 3. The objects, in apply order; no Job when the image is already known.
@@ -92,6 +93,44 @@ pub(super) fn render_plugin_sharing<F: ObjectForm>(
         context: build.context,
         objects,
     })
+}
+
+/// The spec of the plugin's `Plugin` resource, as the `plugin.yaml.j2` template writes it.
+fn plugin_spec(
+    set: &PluginSet,
+    input: &PluginInput<'_>,
+    env: &Compiled,
+    build: &BuildInputs<'_>,
+    image: &str,
+) -> PluginSpec {
+    let locked = input.locked;
+    let manifest = input.manifest;
+    PluginSpec {
+        plugin_set: set.metadata.name.clone(),
+        name: locked.name.clone(),
+        version: locked.version.clone(),
+        unique_identifier: locked.unique_identifier.clone(),
+        plugin_id: locked.plugin_id.clone(),
+        attempt: input.attempt.max(1),
+        package: PackageRef {
+            source: locked.source.clone(),
+            sha256: locked.sha256.clone(),
+            checksum: locked.checksum.clone(),
+        },
+        runner: RunnerSpec {
+            language: manifest.runner_language.clone(),
+            version: manifest.runner_version.clone(),
+            entrypoint: manifest.entrypoint.clone(),
+        },
+        build: BuildRef {
+            context_sha256: build.context.sha256.clone(),
+            inputs_hash: build.inputs_hash.clone(),
+            image: image.to_string(),
+        },
+        runtime: input.runtime.clone(),
+        image_digest: build.image_digest.map(str::to_string),
+        templates: env.config_map_name(&set.metadata.name),
+    }
 }
 
 #[cfg(test)]

@@ -1,16 +1,15 @@
 //! What the templates of one plugin see: the plugin, its runner, build and registry
-//! settings, its set, the values that follow from its runtime settings, and the `Plugin`'s
-//! spec; put together into the template context once the build inputs are known.
+//! settings, its set, and the values that follow from its runtime settings; put together
+//! with the `Plugin`'s spec into the template context once the build inputs are known.
 
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::build::BuildInputs;
 use super::json::{prepared, prepared_entries};
 use super::labels::ObjectLabels;
 use super::resources::{plugin_env, plugin_resources};
-use super::{Compiled, PluginInput, RenderError};
-use crate::crd::{BuildRef, PackageRef, PluginSpec, RunnerSpec};
+use super::{PluginInput, RenderError};
+use crate::crd::PluginSpec;
 use crate::model::{PluginSet, RegistryType, RuntimeSpec};
 
 /// The image a plugin's build pushes: `<registry prefix>/<name>-<plugin id>:<version>`.
@@ -149,44 +148,6 @@ impl<'a> PluginValues<'a> {
             plugin_spec => prepared(plugin_spec),
         };
         (ctx, plugin.service_name)
-    }
-}
-
-/// The spec of the plugin's `Plugin` resource, as the `plugin.yaml.j2` template writes it.
-pub(super) fn plugin_spec(
-    set: &PluginSet,
-    input: &PluginInput<'_>,
-    env: &Compiled,
-    build: &BuildInputs<'_>,
-    image: &str,
-) -> PluginSpec {
-    let locked = input.locked;
-    let manifest = input.manifest;
-    PluginSpec {
-        plugin_set: set.metadata.name.clone(),
-        name: locked.name.clone(),
-        version: locked.version.clone(),
-        unique_identifier: locked.unique_identifier.clone(),
-        plugin_id: locked.plugin_id.clone(),
-        attempt: input.attempt.max(1),
-        package: PackageRef {
-            source: locked.source.clone(),
-            sha256: locked.sha256.clone(),
-            checksum: locked.checksum.clone(),
-        },
-        runner: RunnerSpec {
-            language: manifest.runner_language.clone(),
-            version: manifest.runner_version.clone(),
-            entrypoint: manifest.entrypoint.clone(),
-        },
-        build: BuildRef {
-            context_sha256: build.context.sha256.clone(),
-            inputs_hash: build.inputs_hash.clone(),
-            image: image.to_string(),
-        },
-        runtime: input.runtime.clone(),
-        image_digest: build.image_digest.map(str::to_string),
-        templates: env.config_map_name(&set.metadata.name),
     }
 }
 
