@@ -196,7 +196,7 @@ async fn authorize(
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes())
         .unwrap_or_default();
-    if crate::server::token_matches(&connector.key, presented) {
+    if crate::token::token_matches(&connector.key, presented) {
         next.run(request).await
     } else {
         warn!("connector: request without the connector key refused");

@@ -14,3 +14,4 @@ pub mod leader;
 pub mod metrics;
 pub mod registry;
 pub mod server;
+mod token;
