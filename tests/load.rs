@@ -631,3 +631,42 @@ fn a_dify_daemon_url_that_is_not_http_or_holds_credentials_is_refused_at_its_lin
         "no secret in the error: {d}"
     );
 }
+
+/// `inventory:` and `group:` entries get the set's defaults too, `spec.dify`'s daemon URL
+/// included, under their own overrides.
+#[test]
+fn inventory_entries_get_the_daemon_url_under_their_own_runtime() {
+    let set = load_plugin_set(
+        Path::new("plugins.yaml"),
+        &format!(
+            "{HEADER}  dify:\n    daemonUrl: http://daemon:5002\n  sources:\n    inventory:\n      url: oci://registry.example.com/dify/inventory:latest\n      key: inventory.pub\n  plugins:\n    - inventory: acme/weather\n      version: 1.0.0\n      runtime:\n        env:\n          - name: LOG_LEVEL\n            value: info\n    - group: base:1.0\n"
+        ),
+    )
+    .expect("valid");
+    let envs: Vec<Vec<(String, String)>> = set
+        .inventory_entries
+        .iter()
+        .map(|e| {
+            e.runtime
+                .env
+                .iter()
+                .flatten()
+                .map(|v| (v.name.clone(), v.value.clone().unwrap_or_default()))
+                .collect()
+        })
+        .collect();
+    let daemon = (
+        "DIFY_PLUGIN_DAEMON_URL".to_string(),
+        "http://daemon:5002".to_string(),
+    );
+    assert_eq!(
+        envs,
+        vec![
+            vec![
+                daemon.clone(),
+                ("LOG_LEVEL".to_string(), "info".to_string())
+            ],
+            vec![daemon],
+        ]
+    );
+}

@@ -345,13 +345,10 @@ pub(super) fn validate_plugin_set(
             );
         }
         if entry.inventory.is_some() || entry.group.is_some() {
-            let runtime = match &entry.runtime {
-                Some(over) => {
-                    check_runtime(&mut c, &join_key(&path, "runtime"), over);
-                    Arc::new(set.spec.runtime.merged_with(over))
-                }
-                None => Arc::clone(&defaults),
-            };
+            if let Some(over) = &entry.runtime {
+                check_runtime(&mut c, &join_key(&path, "runtime"), over);
+            }
+            let runtime = entry_runtime(&defaults, entry);
             if let Some(found) = check_inventory_entry(&mut c, &path, entry, i, runtime) {
                 if set.spec.sources.inventory.is_none() {
                     c.error(
@@ -395,10 +392,7 @@ pub(super) fn validate_plugin_set(
             continue;
         }
         seen.insert(identity, path.clone());
-        let runtime = match &entry.runtime {
-            Some(over) => Arc::new(defaults.merged_with(over)),
-            None => Arc::clone(&defaults),
-        };
+        let runtime = entry_runtime(&defaults, entry);
         plugins.push(DeclaredPlugin {
             index: i,
             path,
@@ -416,6 +410,18 @@ pub(super) fn validate_plugin_set(
         })
     } else {
         Err(Diagnostics(c.found))
+    }
+}
+
+/// The runtime settings of one entry: the set's defaults (`spec.runtime`, with what
+/// `spec.dify` adds) under the entry's own overrides.
+fn entry_runtime(
+    defaults: &Arc<RuntimeSpec>,
+    entry: &crate::model::PluginEntry,
+) -> Arc<RuntimeSpec> {
+    match &entry.runtime {
+        Some(over) => Arc::new(defaults.merged_with(over)),
+        None => Arc::clone(defaults),
     }
 }
 
