@@ -29,38 +29,16 @@ pub(crate) struct Access {
 /// resolver's `oci` client and the inventory read before resolving. Unreadable: none (a
 /// warning), since most runs never touch a registry.
 pub(crate) fn docker_logins() -> std::collections::BTreeMap<String, Login> {
-    let Some(path) = docker_config_path() else {
-        return Default::default();
-    };
-    let Ok(bytes) = std::fs::read(&path) else {
-        return Default::default();
-    };
-    match DockerConfig::parse(&bytes) {
-        Ok(config) => config
+    match read_docker_config() {
+        Ok(Some(config)) => config
             .hosts()
-            .filter_map(|host| {
-                let c = config.credentials_for(host)?;
-                let password = c.password()?.to_owned();
-                Some((
-                    host.to_owned(),
-                    Login {
-                        username: c.username().to_owned(),
-                        password,
-                    },
-                ))
-            })
+            .filter_map(|host| Some((host.to_owned(), login_of(&config, host)?)))
             .collect(),
+        Ok(None) => Default::default(),
         Err(e) => {
-            tracing::warn!("{}: {e}; registries are read anonymously", path.display());
+            tracing::warn!("{e}; registries are read anonymously");
             Default::default()
         }
-    }
-}
-
-fn docker_config_path() -> Option<PathBuf> {
-    match std::env::var_os("DOCKER_CONFIG") {
-        Some(dir) if !dir.is_empty() => Some(PathBuf::from(dir).join("config.json")),
-        _ => dirs::home_dir().map(|home| home.join(".docker/config.json")),
     }
 }
 
@@ -68,20 +46,33 @@ fn docker_config_path() -> Option<PathBuf> {
 /// `~/.docker/config.json`) holds for `registry`, as `docker login` wrote them. Credential
 /// helpers are not run; a missing or unreadable file means anonymous access.
 pub(crate) fn docker_login(registry: &str) -> Result<Option<Login>, Error> {
-    let Some(path) = docker_config_path() else {
-        return Ok(None);
+    Ok(read_docker_config()?.and_then(|config| login_of(&config, registry)))
+}
+
+/// The user's docker config, parsed; `None` when there is none to read.
+fn read_docker_config() -> Result<Option<DockerConfig>, Error> {
+    let path = match std::env::var_os("DOCKER_CONFIG") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("config.json"),
+        _ => match dirs::home_dir() {
+            Some(home) => home.join(".docker/config.json"),
+            None => return Ok(None),
+        },
     };
     let Ok(bytes) = std::fs::read(&path) else {
         return Ok(None);
     };
-    let config = DockerConfig::parse(&bytes)
-        .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
-    Ok(config.credentials_for(registry).and_then(|c| {
-        c.password().map(|p| Login {
-            username: c.username().to_owned(),
-            password: p.to_owned(),
-        })
-    }))
+    DockerConfig::parse(&bytes)
+        .map(Some)
+        .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))
+}
+
+/// The basic-auth login `config` holds for `registry` (identity tokens are not used).
+fn login_of(config: &DockerConfig, registry: &str) -> Option<Login> {
+    let credentials = config.credentials_for(registry)?;
+    Some(Login {
+        username: credentials.username().to_owned(),
+        password: credentials.password()?.to_owned(),
+    })
 }
 
 /// Publishes package files (and already-read packages) and groups to `to`, signed with
