@@ -4,10 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
 use url::Url;
 
-use super::oci::{Registry, Repo};
+use super::oci::{image_manifest, layers_of, Registry, Repo};
 use super::{InventoryError, Login, PACKAGE_LAYER_MEDIA_TYPE};
 
 /// The package bytes of the artifact at `url` (`oci://` or `oci+http://host/path@sha256:…`):
@@ -49,26 +48,17 @@ pub async fn fetch_package(
             repository: repo.name(),
             digest: digest.to_owned(),
         })?;
-    let manifest: Value =
-        serde_json::from_slice(&manifest).map_err(|_| bad("its manifest is not JSON"))?;
-    let layer = manifest
-        .get("layers")
-        .and_then(Value::as_array)
-        .and_then(|l| {
-            l.iter().find(|l| {
-                l.get("mediaType").and_then(Value::as_str) == Some(PACKAGE_LAYER_MEDIA_TYPE)
-            })
-        })
+    let manifest = image_manifest(&manifest)
+        .ok_or_else(|| bad("its manifest is not an OCI image manifest"))?;
+    let layer = layers_of(&manifest, PACKAGE_LAYER_MEDIA_TYPE)
+        .next()
         .ok_or_else(|| bad("not a Dify package artifact (no package layer)"))?;
-    let size = layer.get("size").and_then(Value::as_u64).unwrap_or(0);
+    let size = u64::try_from(layer.size).unwrap_or(0);
     if size > max_bytes {
         return Err(bad(&format!(
             "package too large: {size} bytes, limit is {max_bytes}"
         )));
     }
-    let layer_digest = layer
-        .get("digest")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad("its package layer has no digest"))?;
+    let layer_digest = layer.digest.as_str();
     client.blob(&repo, layer_digest, "the package").await
 }

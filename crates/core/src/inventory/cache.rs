@@ -22,10 +22,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use tokio::runtime::Handle;
 
-use super::oci::{Registry, Repo};
+use super::oci::{image_manifest, layers_of, Registry, Repo};
 use super::sign::{self, PublicKey};
 use super::{db, Inventory, InventoryError, InventoryRef, Login, INVENTORY_LAYER_MEDIA_TYPE};
 
@@ -274,26 +273,17 @@ pub(crate) async fn pull(
         reference: reference.to_string(),
         reason: reason.to_owned(),
     };
-    let manifest: Value =
-        serde_json::from_slice(&manifest).map_err(|_| not_inventory("its manifest is not JSON"))?;
-    let layer = manifest
-        .get("layers")
-        .and_then(Value::as_array)
-        .and_then(|layers| {
-            layers.iter().find(|l| {
-                l.get("mediaType").and_then(Value::as_str) == Some(INVENTORY_LAYER_MEDIA_TYPE)
-            })
-        })
+    let manifest = image_manifest(&manifest)
+        .ok_or_else(|| not_inventory("its manifest is not an OCI image manifest"))?;
+    let layer_digest = layers_of(&manifest, INVENTORY_LAYER_MEDIA_TYPE)
+        .next()
         .ok_or_else(|| {
             not_inventory(&format!(
                 "its manifest has no {INVENTORY_LAYER_MEDIA_TYPE} layer"
             ))
-        })?;
-    let layer_digest = layer
-        .get("digest")
-        .and_then(Value::as_str)
-        .ok_or_else(|| not_inventory("its database layer has no digest"))?
-        .to_owned();
+        })?
+        .digest
+        .clone();
     let repo = reference.repo();
     verify_signature(registry, &repo, reference, &digest, key).await?;
     let database = registry
@@ -320,24 +310,15 @@ pub(crate) async fn verify_signature(
     let Some((manifest, _)) = registry.manifest(&repo.tag(&tag)).await? else {
         return Err(untrusted(&format!("it has no signature (no tag {tag})")));
     };
-    let manifest: Value = serde_json::from_slice(&manifest)
-        .map_err(|_| untrusted("its signature manifest is unreadable"))?;
-    let layers = manifest
-        .get("layers")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    for layer in layers {
-        if layer.get("mediaType").and_then(Value::as_str) != Some(sign::SIMPLE_SIGNING_MEDIA_TYPE) {
-            continue;
-        }
-        let (Some(payload_digest), Some(signature)) = (
-            layer.get("digest").and_then(Value::as_str),
-            layer
-                .get("annotations")
-                .and_then(|a| a.get(sign::SIGNATURE_ANNOTATION))
-                .and_then(Value::as_str),
-        ) else {
+    let manifest = image_manifest(&manifest)
+        .ok_or_else(|| untrusted("its signature manifest is unreadable"))?;
+    for layer in layers_of(&manifest, sign::SIMPLE_SIGNING_MEDIA_TYPE) {
+        let payload_digest = &layer.digest;
+        let Some(signature) = layer
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(sign::SIGNATURE_ANNOTATION))
+        else {
             continue;
         };
         let payload = registry

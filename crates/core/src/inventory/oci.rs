@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
-use oci_client::manifest::{OciDescriptor, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE};
+use oci_client::manifest::{
+    OciDescriptor, OciImageManifest, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE,
+};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use tracing::instrument::WithSubscriber as _;
@@ -322,4 +324,21 @@ fn registry_error(reference: &Reference, e: &OciDistributionError) -> InventoryE
         reference: reference.whole(),
         reason,
     }
+}
+
+/// A manifest's bytes read as the OCI image manifest every artifact here is (oci-client's
+/// own type); `None` when they are not one.
+pub(crate) fn image_manifest(bytes: &[u8]) -> Option<OciImageManifest> {
+    serde_json::from_slice(bytes).ok()
+}
+
+/// The layers of `manifest` whose media type is `media_type`, in order.
+pub(crate) fn layers_of<'a>(
+    manifest: &'a OciImageManifest,
+    media_type: &'a str,
+) -> impl Iterator<Item = &'a OciDescriptor> {
+    manifest
+        .layers
+        .iter()
+        .filter(move |layer| layer.media_type == media_type)
 }
